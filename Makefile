@@ -1,0 +1,36 @@
+# Everything a fresh machine needs: `make run` and `make test` create the
+# virtual environment and install what they need from setup.cfg.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PY      = $(BIN)/python
+ARGS   ?=
+
+.PHONY: run test demo bench bench-deps clean venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## run: start guardproxy (first run writes ./guardproxy.toml and prints a new key)
+run: $(VENV)/.installed
+	$(PY) -m guardproxy run $(ARGS)
+
+## test: install the test dependencies and run the whole suite (both event loops)
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q $(ARGS)
+
+## demo: a fake Ollama and guardproxy in front of it, walked through the checklist
+demo: $(VENV)/.installed
+	$(PY) -m guardproxy.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,185 @@
+"""Command line: run (the default), init, keygen, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import (ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME, append_key, create_config,
+                     find_config_path, generate_key, load_config, parse_config, parse_hostport,
+                     parse_upstream)
+from .loop import LOOPS, loop_name, run as run_loop
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="guardproxy", description="An API-key gate for Ollama and other self-hosted LLM servers.")
+    p.add_argument("--version", action="version", version=f"guardproxy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="start the proxy (the default command)")
+    _run_args(run)
+    init = sub.add_parser("init", help="write a fresh config with a new key")
+    init.add_argument("--config", metavar="FILE", help=f"config file (default: ${{GUARDPROXY_CONFIG}} or ./{DEFAULT_CONFIG_NAME})")
+    init.add_argument("--name", default="default", help="name of the first key (default: default)")
+    kg = sub.add_parser("keygen", help="make a new key, add it to the config and print it once")
+    kg.add_argument("--config", metavar="FILE", help="config file to add the key to")
+    kg.add_argument("--name", help="a name for the key (default: key-N)")
+    return p
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help=f"config file (default: ${{GUARDPROXY_CONFIG}} or ./{DEFAULT_CONFIG_NAME})")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 0.0.0.0:11435)")
+    p.add_argument("--upstream", metavar="URL", help="the Ollama server (default http://127.0.0.1:11434)")
+    p.add_argument("--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop where available)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "init":
+            return cmd_init(args)
+        if args.command == "keygen":
+            return cmd_keygen(args)
+        return cmd_run(args)
+    except ConfigError as e:
+        print(f"guardproxy: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _banner(key: str, path: Path, name: str, listen: str = "localhost:11435") -> str:
+    line = "=" * 72
+    return (f"{line}\n"
+            f"  New API key \"{name}\" (shown only this once; only its hash is stored):\n\n"
+            f"      {key}\n\n"
+            f"  Config: {path.resolve()}\n"
+            f"  Use it: curl -H 'X-API-Key: {key}' http://{listen}/api/tags\n"
+            f"          (OpenAI SDKs: api_key=<key>, sent as Authorization: Bearer)\n"
+            f"{line}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path, _ = find_config_path(args.config)
+    key = generate_key()
+    create_config(path, key, args.name)
+    print(_banner(key, path, args.name))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path, _ = find_config_path(args.config)
+    key = generate_key()
+    if not path.exists():
+        name = args.name or "default"
+        create_config(path, key, name)
+        print(f"created {path} with key \"{name}\"", file=sys.stderr)
+    else:
+        name = args.name or _next_name(path)
+        append_key(path, name, key)
+        print(f"added key \"{name}\" to {path} (a [[keys]] block at its end; nothing else changed)", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _next_name(path: Path) -> str:
+    import tomllib
+    try:
+        names = {k.get("name") for k in tomllib.loads(path.read_text(encoding="utf-8")).get("keys", [])}
+    except Exception:
+        names = set()
+    n = len(names) + 1
+    while f"key-{n}" in names:
+        n += 1
+    return f"key-{n}"
+
+
+def resolve_run_config(args: argparse.Namespace) -> Config:
+    """The config `run` uses, creating ./guardproxy.toml on the very first run."""
+    env_key = os.environ.get(ENV_KEY) or None
+    path, explicit = find_config_path(args.config)
+    if path.exists() or explicit:
+        if not path.exists():
+            raise ConfigError(f"{path}: cannot read: no such file (create it with `python -m guardproxy init --config {path}`)")
+        config = load_config(path, env_key=env_key)
+    elif env_key:
+        config = parse_config({}, None, env_key=env_key)
+    else:
+        key = generate_key()
+        create_config(path, key)
+        print(_banner(key, path, "default"), file=sys.stderr)
+        config = load_config(path)
+    if args.listen:
+        try:
+            host, port = parse_hostport(args.listen)
+        except ValueError as e:
+            raise ConfigError(f"--listen: expected {e}") from None
+        config = replace(config, listen_host=host, listen_port=port)
+    if args.upstream:
+        try:
+            config = replace(config, upstream=parse_upstream(args.upstream))
+        except ValueError as e:
+            raise ConfigError(f"--upstream: expected {e}") from None
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = resolve_run_config(args)
+    for k in config.keys:
+        if k.plaintext:
+            print(f"guardproxy: warning: key \"{k.name}\" is stored in plaintext in {config.path}; "
+                  f"replace it with key_sha256", file=sys.stderr)
+    try:
+        return run_loop(_serve(config), args.loop)
+    except RuntimeError as e:
+        print(f"guardproxy: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(config: Config) -> int:
+    from .accesslog import AccessLog
+    from .server import GuardServer
+    try:
+        access_log = AccessLog(config.access_log)
+    except OSError as e:
+        print(f"guardproxy: config error: {config.path}: log.access: cannot open {config.access_log!r}: "
+              f"{e.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    server = GuardServer(config, access_log=access_log)
+    try:
+        await server.start()
+    except OSError as e:
+        print(f"guardproxy: cannot listen on {config.listen_host}:{config.listen_port}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, AttributeError, RuntimeError):
+            pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    print(f"guardproxy {__version__} listening on http://{config.listen_host}:{server.port} -> "
+          f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
+          f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    except asyncio.CancelledError:
+        pass
+    print(f"guardproxy: shutting down (grace {config.timeouts.grace:g}s)", file=sys.stderr, flush=True)
+    await server.stop()
+    access_log.close()
+    return 0

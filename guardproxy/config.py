@@ -1,0 +1,369 @@
+"""The configuration: read with tomllib, validated into frozen dataclasses.
+
+Every mistake raises one ConfigError whose text names the file, the line
+when it can be found, the field, and what was expected, so start-up can stop
+with a single line instead of a traceback.  Pure logic: no asyncio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+DEFAULT_LISTEN = "0.0.0.0:11435"
+DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+ENV_KEY = "GUARDPROXY_API_KEY"
+ENV_CONFIG = "GUARDPROXY_CONFIG"
+DEFAULT_CONFIG_NAME = "guardproxy.toml"
+KEY_PREFIX = "gp_"
+
+
+class ConfigError(Exception):
+    """A config mistake, already phrased as the one line a user should see."""
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    name: str
+    sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
+    plaintext: bool = False  # written as key = "..." in the file
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0      # opening a connection to the upstream
+    read: float = 600.0        # between upstream bytes (a generation can think for minutes)
+    header: float = 10.0       # a client's request head, from its first byte
+    keepalive: float = 30.0    # an idle client connection between requests
+    grace: float = 30.0        # running streams at shutdown
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    listen_host: str
+    listen_port: int
+    upstream: Upstream
+    keys: tuple[KeyEntry, ...]
+    access_log: str = "-"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+# --- keys -----------------------------------------------------------------
+
+def generate_key() -> str:
+    """A new API key: 256 random bits, URL-safe, recognisable by its prefix."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+# --- small value parsers ------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 30, 2.5, "30s", "10min", "1h", "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration that is not negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[v6]:PORT" -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+    if not m:
+        raise ValueError("HOST:PORT, e.g. \"0.0.0.0:11435\" or \"[::]:11435\"")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError("a port between 0 and 65535")
+    if m.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("a valid IPv6 address inside [ ]") from None
+    return host, port
+
+
+def parse_upstream(value: str) -> Upstream:
+    m = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d+))?/?", value.strip())
+    if not m:
+        raise ValueError("an http:// URL with host and optional port, e.g. \"http://127.0.0.1:11434\"")
+    host = m.group(1).strip("[]")
+    port = int(m.group(2)) if m.group(2) else 80
+    if not 0 < port <= 65535:
+        raise ValueError("a port between 1 and 65535")
+    return Upstream(host, port)
+
+
+# --- loading ------------------------------------------------------------------
+
+_TOP = {"listen", "upstream", "keys", "log", "timeouts"}
+_KEY_FIELDS = {"name", "key_sha256", "key"}
+_LOG_FIELDS = {"access"}
+_TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
+
+
+class _Reader:
+    """Validation helpers that know the file, so every error names it."""
+
+    def __init__(self, path: Path | None, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def fail(self, where: tuple[Any, ...], expected: str) -> ConfigError:
+        name = str(self.path) if self.path else "<config>"
+        line = self._locate(where)
+        loc = f"{name}:{line}" if line else name
+        return ConfigError(f"{loc}: {_dotted(where)}: expected {expected}")
+
+    def _locate(self, where: tuple[Any, ...]) -> int | None:
+        """Best-effort line number of a field, so a user can jump to it."""
+        table: tuple[Any, ...] = ()
+        counts: dict[str, int] = {}
+        target_table = tuple(where[:-1])
+        leaf = where[-1] if where else None
+        table_line = None
+        for i, raw in enumerate(self.lines, 1):
+            s = raw.strip()
+            if s.startswith("[["):
+                nm = s.strip("[]").strip()
+                counts[nm] = counts.get(nm, -1) + 1
+                table = (nm, counts[nm])
+            elif s.startswith("["):
+                table = (s.strip("[]").strip(),)
+            else:
+                m = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', s)
+                if m and table == target_table and m.group(1) == leaf:
+                    return i
+                continue
+            if table == tuple(where):
+                table_line = i
+        return table_line
+
+    def table(self, obj: Any, where: tuple[Any, ...], allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(obj, dict):
+            raise self.fail(where, "a table")
+        for k in obj:
+            if k not in allowed:
+                raise self.fail(where + (k,), f"one of the known fields ({', '.join(sorted(allowed))}); "
+                                               f"unknown field")
+        return obj
+
+    def string(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: str | None = None) -> str:
+        v = obj.get(key, default)
+        if not isinstance(v, str):
+            raise self.fail(where + (key,), "a string")
+        return v
+
+
+def _dotted(where: tuple[Any, ...]) -> str:
+    out = ""
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(file)"
+
+
+def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
+                 env_key: str | None = None) -> Config:
+    r = _Reader(path, text)
+    r.table(data, (), _TOP)
+    listen = r.string(data, "listen", (), DEFAULT_LISTEN)
+    try:
+        lhost, lport = parse_hostport(listen)
+    except ValueError as e:
+        raise r.fail(("listen",), str(e)) from None
+    up = r.string(data, "upstream", (), DEFAULT_UPSTREAM)
+    try:
+        upstream = parse_upstream(up)
+    except ValueError as e:
+        raise r.fail(("upstream",), str(e)) from None
+
+    keys: list[KeyEntry] = []
+    raw_keys = data.get("keys", [])
+    if not isinstance(raw_keys, list):
+        raise r.fail(("keys",), "an array of tables written as [[keys]]")
+    names: set[str] = set()
+    for i, k in enumerate(raw_keys):
+        where = ("keys", i)
+        r.table(k, where, _KEY_FIELDS)
+        name = r.string(k, "name", where)
+        if not name.strip():
+            raise r.fail(where + ("name",), "a non-empty name")
+        if name in names:
+            raise r.fail(where + ("name",), f"a unique name; \"{name}\" is used twice")
+        names.add(name)
+        if ("key" in k) == ("key_sha256" in k):
+            raise r.fail(where, "exactly one of key_sha256 = \"<64 hex>\" or key = \"<plaintext>\"")
+        if "key_sha256" in k:
+            h = r.string(k, "key_sha256", where)
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
+                raise r.fail(where + ("key_sha256",), "64 hexadecimal characters (a SHA-256)")
+            keys.append(KeyEntry(name, bytes.fromhex(h)))
+        else:
+            plain = r.string(k, "key", where)
+            if len(plain) < 16:
+                raise r.fail(where + ("key",), "a key of at least 16 characters")
+            keys.append(KeyEntry(name, hashlib.sha256(plain.encode()).digest(), plaintext=True))
+    if env_key:
+        keys.append(KeyEntry("env", hashlib.sha256(env_key.encode()).digest()))
+    if not keys:
+        raise r.fail(("keys",), f"at least one [[keys]] entry (run `python -m guardproxy keygen`) "
+                                f"or the {ENV_KEY} environment variable")
+
+    log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
+    access = r.string(log, "access", ("log",), "-")
+
+    t = r.table(data.get("timeouts", {}), ("timeouts",), _TIMEOUT_FIELDS)
+    tv: dict[str, float] = {}
+    for k, v in t.items():
+        try:
+            tv[k] = parse_duration(v)
+        except ValueError as e:
+            raise r.fail(("timeouts", k), str(e)) from None
+    return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv))
+
+
+def load_config(path: Path, *, env_key: str | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cannot read: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already ends with "(at line N, column M)".
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, path, text, env_key=env_key)
+
+
+def find_config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The config file to use, and whether the user named it explicitly."""
+    if explicit:
+        return Path(explicit), True
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env), True
+    return Path(DEFAULT_CONFIG_NAME), False
+
+
+# --- writing --------------------------------------------------------------------
+
+_TEMPLATE = """\
+# guardproxy configuration. Keys are stored only as SHA-256 hashes;
+# add one with `python -m guardproxy keygen --name NAME`.
+
+listen = {listen}
+upstream = {upstream}
+
+[log]
+access = "-"            # JSON lines: a file path, "-" for stdout, "" to turn off
+
+[timeouts]
+connect = "10s"         # opening a connection to the upstream (then 504)
+read = "600s"           # silence between upstream bytes during a generation
+header = "10s"          # a client's request head, from its first byte
+keepalive = "30s"       # idle client connection between requests
+grace = "30s"           # running streams get this long at shutdown
+"""
+
+
+def key_block(name: str, key: str) -> str:
+    return "\n" + tomli_w.dumps({"keys": [{"name": name, "key_sha256": hash_key(key)}]})
+
+
+def write_atomic(path: Path, text: str, *, private: bool) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    mode = 0o600 if private else 0o644
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def initial_config_text(key: str, name: str = "default", listen: str = DEFAULT_LISTEN,
+                        upstream: str = DEFAULT_UPSTREAM) -> str:
+    return _TEMPLATE.format(listen=tomli_w.dumps({"x": listen})[4:].strip(),
+                            upstream=tomli_w.dumps({"x": upstream})[4:].strip()) + key_block(name, key)
+
+
+def create_config(path: Path, key: str, name: str = "default") -> None:
+    """A fresh config with one key; refuses to overwrite an existing file."""
+    if path.exists():
+        raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it")
+    text = initial_config_text(key, name)
+    parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
+    write_atomic(path, text, private=True)
+
+
+def append_key(path: Path, name: str, key: str) -> None:
+    """Add a [[keys]] block at the end of the file, leaving the rest byte-for-byte."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cannot read: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    existing = [k.get("name") for k in data.get("keys", []) if isinstance(k, dict)]
+    if name in existing:
+        raise ConfigError(f"{path}: keys.name: expected a new name; \"{name}\" already exists")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    new_text = text + key_block(name, key)
+    parse_config(tomllib.loads(new_text), path, new_text)
+    write_atomic(path, new_text, private=True)

@@ -1,0 +1,146 @@
+"""Where an HTTP/1.1 message body ends, over raw bytes.
+
+The relay forwards bytes unchanged; these trackers only find the end of the
+message so that a keep-alive connection can be reused.  They never copy data.
+Pure logic: no asyncio, tested with byte literals.
+"""
+
+from __future__ import annotations
+
+# A chunk-size line is hex digits plus optional extensions; nginx caps the
+# whole line far below this, and a line longer than this is an attack.
+MAX_CHUNK_LINE = 4096
+MAX_TRAILER_BYTES = 16384
+
+
+class FramingError(Exception):
+    """The peer sent a body whose framing is invalid."""
+
+
+class Framing:
+    """Base: feed(data) returns the offset just past the message end, or -1."""
+
+    done: bool = False
+
+    def feed(self, data: bytes) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class NoBody(Framing):
+    done = True
+
+    def feed(self, data: bytes) -> int:
+        return 0
+
+
+class LengthFraming(Framing):
+    """Content-Length countdown."""
+
+    __slots__ = ("remaining", "done")
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+        self.done = length == 0
+
+    def feed(self, data: bytes) -> int:
+        n = len(data)
+        if n < self.remaining:
+            self.remaining -= n
+            return -1
+        end = self.remaining
+        self.remaining = 0
+        self.done = True
+        return end
+
+
+class CloseFraming(Framing):
+    """Body ends when the connection closes (HTTP/1.0 style responses)."""
+
+    def feed(self, data: bytes) -> int:
+        return -1
+
+
+_SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class ChunkedFraming(Framing):
+    """Scans chunk-size lines, skips chunk data, and finds the final CRLF.
+
+    A size line, the CRLF after data, or a trailer can each be split across
+    reads, so the state survives between feed() calls.  Per read of a token
+    stream this is one find() and one int() for each chunk in the read.
+    """
+
+    __slots__ = ("state", "remaining", "line", "done")
+
+    def __init__(self) -> None:
+        self.state = _SIZE
+        self.remaining = 0
+        self.line = b""  # partial size line or trailer line
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        pos = 0
+        n = len(data)
+        while pos < n:
+            state = self.state
+            if state == _DATA:
+                take = n - pos
+                if take < self.remaining:
+                    self.remaining -= take
+                    return -1
+                pos += self.remaining
+                self.remaining = 2
+                self.state = _DATA_CRLF
+            elif state == _DATA_CRLF:
+                # Exactly CRLF must follow chunk data.
+                while self.remaining and pos < n:
+                    expected = 13 if self.remaining == 2 else 10
+                    if data[pos] != expected:
+                        raise FramingError("missing CRLF after chunk data")
+                    pos += 1
+                    self.remaining -= 1
+                if not self.remaining:
+                    self.state = _SIZE
+            elif state == _SIZE:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    self.line += data[pos:]
+                    if len(self.line) > MAX_CHUNK_LINE:
+                        raise FramingError("chunk size line too long")
+                    return -1
+                line = self.line + data[pos:nl] if self.line else data[pos:nl]
+                self.line = b""
+                pos = nl + 1
+                size = _parse_size(line)
+                if size:
+                    self.remaining = size
+                    self.state = _DATA
+                else:
+                    self.state = _TRAILER
+            else:  # _TRAILER: lines until an empty one
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    self.line += data[pos:]
+                    if len(self.line) > MAX_TRAILER_BYTES:
+                        raise FramingError("trailer section too long")
+                    return -1
+                line = self.line + data[pos:nl] if self.line else data[pos:nl]
+                self.line = b""
+                pos = nl + 1
+                if line == b"\r":
+                    self.done = True
+                    return pos
+                if not line.endswith(b"\r"):
+                    raise FramingError("bare LF in trailer")
+        return -1
+
+
+def _parse_size(line: bytes) -> int:
+    if not line.endswith(b"\r"):
+        raise FramingError("chunk size line must end with CRLF")
+    digits = line[:-1].split(b";", 1)[0]
+    if not digits or len(digits) > 16 or not _HEX.issuperset(digits):
+        raise FramingError("invalid chunk size")
+    return int(digits, 16)

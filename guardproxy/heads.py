@@ -1,0 +1,188 @@
+"""Request heads: parsed once by h11, rebuilt as bytes for the upstream.
+
+h11's validation is its main cost, so each head is parsed exactly once and the
+upstream head is assembled from raw_items() rather than through a second h11
+event.  Pure logic: no asyncio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+
+from .errors import BadRequest, GuardError, HeadTooLarge
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
+# client's key must never reach the upstream, Host is rewritten, and the
+# forwarding headers are set by guardproxy alone so a client cannot forge them.
+_DROP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+    b"proxy-authorization", b"http2-settings", b"expect",
+    b"x-api-key", b"authorization",
+    b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
+})
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: list[tuple[bytes, bytes, bytes]]  # (lower-case name, name as sent, value)
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+    host: bytes
+
+    @property
+    def path(self) -> bytes:
+        return self.target.split(b"?", 1)[0]
+
+    def get(self, name: bytes) -> bytes | None:
+        for lname, _, value in self.headers:
+            if lname == name:
+                return value
+        return None
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def parse_request_head(data: bytes) -> RequestHead:
+    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(data) + 1)
+    try:
+        conn.receive_data(data)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as e:
+        err_cls = HeadTooLarge if e.error_status_hint == 431 else BadRequest
+        raise err_cls(f"malformed request: {e}") from None
+    if not isinstance(event, h11.Request):
+        raise BadRequest("malformed request head")
+    raw = event.headers.raw_items()
+    lower = event.headers  # h11 has already lower-cased these names
+    headers = [(ln, rn, v) for (ln, v), (rn, _) in zip(lower, raw)]
+    content_length = None
+    chunked = False
+    keep_alive = event.http_version == b"1.1"
+    expect = False
+    host = b""
+    connection_tokens: list[bytes] = []
+    for name, _, value in headers:
+        if name == b"content-length":
+            content_length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True  # h11 accepts only "chunked"
+        elif name == b"connection":
+            connection_tokens.extend(_tokens(value))
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+        elif name == b"host":
+            host = value
+    if b"close" in connection_tokens:
+        keep_alive = False
+    elif event.http_version == b"1.0" and b"keep-alive" in connection_tokens:
+        keep_alive = True
+    if chunked:
+        content_length = None
+    return RequestHead(event.method, event.target, event.http_version, headers, keep_alive,
+                       content_length, chunked, expect, host)
+
+
+def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes) -> bytes:
+    """The head sent to the upstream: our Host and forwarding headers, no secrets."""
+    listed = set()
+    for name, _, value in req.headers:
+        if name == b"connection":
+            listed.update(_tokens(value))
+    # An HTTP/1.0 client cannot read a chunked response, so ask the upstream
+    # in its version; the upstream then frames the body in a way it can read.
+    version = b"HTTP/1.0" if req.http_version == b"1.0" else b"HTTP/1.1"
+    parts = [req.method, b" ", req.target, b" ", version, b"\r\nHost: ", authority, b"\r\n"]
+    for name, raw_name, value in req.headers:
+        if name in _DROP or name in listed:
+            continue
+        parts += (raw_name, b": ", value, b"\r\n")
+    if req.host:
+        parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
+    parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: ", proto,
+              b"\r\nX-Real-IP: ", client_ip, b"\r\n\r\n")
+    return b"".join(parts)
+
+
+# --- response heads from the upstream ------------------------------------------
+
+class BadUpstreamHead(GuardError):
+    status = 502
+    message = "upstream sent an invalid response"
+
+
+_RESP_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    head: bytes                 # the head to send to the client
+    content_length: int | None  # None: chunked, close-delimited or no body
+    chunked: bool
+    no_body: bool               # HEAD request, 1xx, 204, 304
+    close_client: bool          # the client connection must close after this response
+    upstream_keep_alive: bool
+
+
+def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: bool) -> ResponseHead:
+    """Parse the upstream's response head (ending in CRLF CRLF) and rebuild the client's copy.
+
+    The status line and end-to-end headers pass unchanged; hop-by-hop headers
+    are the upstream connection's own business.  Contradictory framing is
+    refused: a proxy that guesses here is how responses get smuggled.
+    """
+    lines = data[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code = rest[:3]
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
+            or rest[3:4] not in (b"", b" "):
+        raise BadUpstreamHead()
+    status = int(code)
+    keep_alive = version == b"HTTP/1.1"
+    content_length: int | None = None
+    chunked = False
+    out = [b"HTTP/1.1 ", rest, b"\r\n"]
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
+            raise BadUpstreamHead()
+        lname = name.lower()
+        value = value.strip()
+        if lname in _RESP_DROP:
+            if lname == b"connection":
+                toks = _tokens(value)
+                if b"close" in toks:
+                    keep_alive = False
+                elif b"keep-alive" in toks and version == b"HTTP/1.0":
+                    keep_alive = True
+            continue
+        if lname == b"content-length":
+            if not value.isdigit() or len(value) > 18 or (content_length is not None and content_length != int(value)):
+                raise BadUpstreamHead()
+            content_length = int(value)
+        elif lname == b"transfer-encoding":
+            if _tokens(value) != [b"chunked"] or chunked:
+                raise BadUpstreamHead()
+            chunked = True
+        out += (line, b"\r\n")
+    if chunked and content_length is not None:
+        raise BadUpstreamHead()
+    no_body = head_request or status < 200 or status in (204, 304)
+    close_delimited = not no_body and not chunked and content_length is None
+    if close_delimited:
+        keep_alive = False
+    close_client = not client_keep_alive or close_delimited
+    if close_client:
+        out.append(b"Connection: close\r\n")
+    out.append(b"\r\n")
+    return ResponseHead(status, b"".join(out), content_length, chunked, no_body, close_client, keep_alive)

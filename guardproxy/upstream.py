@@ -1,0 +1,61 @@
+"""Connections to the upstream: a small keep-alive pool, and the one place
+where connection failures become HTTP errors (refused -> 502, timeout -> 504)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import Upstream
+from .errors import BadGateway, GatewayTimeout, GuardError
+from .relay import UpstreamConnection
+
+
+def upstream_failure(exc: BaseException) -> GuardError:
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return GatewayTimeout("upstream connect timeout")
+    return BadGateway("upstream unavailable")
+
+
+class UpstreamPool:
+    def __init__(self, upstream: Upstream, *, connect_timeout: float, max_idle: int = 16) -> None:
+        self.upstream = upstream
+        self.authority = upstream.authority.encode()
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self._idle: list[UpstreamConnection] = []
+        self.opened = 0
+
+    async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection ready for one request: an idle one, or a new one."""
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(loop, self._forget), self.upstream.host, self.upstream.port)
+        except (OSError, TimeoutError) as exc:
+            raise upstream_failure(exc) from None
+        self.opened += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed or len(self._idle) >= self.max_idle:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        # The upstream closed an idle connection: never hand it out again.
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real guardproxy in front of the fake Ollama, on loopback.
+
+Integration tests run under both event loops (plain asyncio and uvloop);
+`pytest --loop asyncio` restricts the run to one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+from guardproxy.accesslog import AccessLog
+from guardproxy.config import Config, KeyEntry, Timeouts, Upstream, hash_key
+from guardproxy.fake_ollama import FakeOllama
+from guardproxy.server import GuardServer
+
+KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
+OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--loop", choices=("all", "asyncio", "uvloop"), default="all",
+                     help="event loop(s) for the integration tests")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    wanted = config.getoption("--loop")
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
+    if wanted in ("all", "asyncio"):
+        factories["asyncio"] = asyncio.new_event_loop
+    if wanted in ("all", "uvloop") and sys.platform != "win32" and "integration" in str(item.path):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factories["uvloop"] = uvloop.new_event_loop
+    if not factories:
+        factories["asyncio"] = asyncio.new_event_loop
+    return factories
+
+
+def make_config(upstream_port: int, **overrides: Any) -> Config:
+    timeouts = overrides.pop("timeouts", Timeouts())
+    return Config(path=None, listen_host="127.0.0.1", listen_port=0,
+                  upstream=Upstream("127.0.0.1", upstream_port),
+                  keys=(KeyEntry("laptop", bytes.fromhex(hash_key(KEY))),
+                        KeyEntry("phone", bytes.fromhex(hash_key(OTHER_KEY)))),
+                  access_log=overrides.pop("access_log", ""), timeouts=timeouts, **overrides)
+
+
+class Proxy:
+    """A running GuardServer and where its access log goes."""
+
+    def __init__(self, server: GuardServer, log_path: Path) -> None:
+        self.server = server
+        self.log_path = log_path
+        self.port = server.port
+        self.url = f"http://127.0.0.1:{server.port}"
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        self.server.access_log.flush()
+        text = self.log_path.read_text() if self.log_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line]
+
+
+async def start_proxy(upstream_port: int, tmp_path: Path, **overrides: Any) -> Proxy:
+    log_path = tmp_path / "access.log"
+    config = make_config(upstream_port, access_log=str(log_path), **overrides)
+    server = GuardServer(config, access_log=AccessLog(str(log_path)))
+    await server.start()
+    return Proxy(server, log_path)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOllama]:
+    server = await FakeOllama.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
+    p = await start_proxy(fake.port, tmp_path)
+    try:
+        yield p
+    finally:
+        await p.server.stop(grace=0)
+        p.server.access_log.close()

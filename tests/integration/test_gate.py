@@ -1,0 +1,391 @@
+"""The core gate over real sockets: health, keys, splicing, headers, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import KEY, OTHER_KEY, Proxy, start_proxy
+from guardproxy.config import Timeouts
+from guardproxy.fake_ollama import FakeOllama
+from wire import exchange, read_response, request_bytes
+
+AUTH = {"X-API-Key": KEY}
+
+
+async def fetch(port: int, method: str, target: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes(method, target, body, headers))
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader, head_only=method == "HEAD"), 10)
+    finally:
+        writer.close()
+
+
+# --- health ------------------------------------------------------------------
+
+async def test_health_needs_no_key_and_is_never_forwarded(proxy: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(proxy.port, "GET", "/health")
+    assert (r.status, r.body) == (200, b"OK")
+    r = await fetch(proxy.port, "HEAD", "/health")
+    assert r.status == 200 and r.header("content-length") == "2"
+    assert fake.connections_opened == 0
+
+
+@pytest.mark.parametrize("target", ["/health/", "/healthz", "/health?x=1", "/Health"])
+async def test_health_is_exact_path_only(proxy: Proxy, fake: FakeOllama, target: str) -> None:
+    r = await fetch(proxy.port, "GET", target)
+    assert r.status == 401
+    assert fake.connections_opened == 0
+
+
+# --- authentication ----------------------------------------------------------------
+
+BAD_AUTH = [
+    {},
+    {"X-API-Key": "wrong"},
+    {"X-API-Key": KEY + "x"},
+    {"X-API-Key": ""},
+    {"Authorization": "Bearer"},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Basic {KEY}"},
+    {"Authorization": KEY},
+    {"X-API-Key": "x" * 5000},
+]
+
+
+async def test_every_auth_failure_is_the_same_401_and_opens_no_upstream(proxy: Proxy, fake: FakeOllama) -> None:
+    answers = set()
+    for headers in BAD_AUTH:
+        raw = await exchange(proxy.port, request_bytes("GET", "/api/tags", headers={**headers, "Connection": "close"}))
+        answers.add(raw)
+    # Two X-API-Key headers are ambiguous, even if one is right.
+    raw = (b"GET /api/tags HTTP/1.1\r\nHost: a\r\nX-API-Key: " + KEY.encode() + b"\r\nX-API-Key: x\r\n"
+           b"Connection: close\r\n\r\n")
+    answers.add(await exchange(proxy.port, raw))
+    assert len(answers) == 1
+    (only,) = answers
+    assert only.startswith(b"HTTP/1.1 401 ")
+    assert only.endswith(b'\r\n\r\n{"error": "unauthorized"}')
+    assert fake.connections_opened == 0
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"},
+                                     {"authorization": f"bearer {OTHER_KEY}"}])
+async def test_valid_key_is_proxied_unchanged(proxy: Proxy, fake: FakeOllama, headers: dict[str, str]) -> None:
+    via = await fetch(proxy.port, "GET", "/api/tags", headers=headers)
+    direct = await fetch(fake.port, "GET", "/api/tags")
+    assert via.status == 200
+    assert via.body == direct.body
+    assert json.loads(via.body)["models"]
+
+
+async def test_keys_never_reach_upstream_or_log(proxy: Proxy, fake: FakeOllama) -> None:
+    await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": KEY})
+    await fetch(proxy.port, "POST", "/api/generate", b'{"model":"llama3.2","prompt":"hi"}',
+                headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": "wrong-guess-123"})
+    assert len(fake.requests) == 2
+    for req in fake.requests:
+        names = {k for k, _ in req.headers}
+        assert "x-api-key" not in names and "authorization" not in names
+        assert KEY not in repr(req) and OTHER_KEY not in repr(req)
+    log = proxy.log_path.read_text() if proxy.log_path.exists() else ""
+    proxy.server.access_log.flush()
+    log = proxy.log_path.read_text()
+    assert KEY not in log and OTHER_KEY not in log and "wrong-guess-123" not in log
+    assert [e["key"] for e in proxy.log_lines()] == ["laptop", "phone", None]
+
+
+# --- headers to the upstream -------------------------------------------------------
+
+async def test_host_is_rewritten_and_forwarding_headers_are_ours(proxy: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(proxy.port, "GET", "/api/version", headers={
+        **AUTH, "Host": "gpu.example.com:11435", "X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6",
+        "X-Forwarded-Host": "evil", "Forwarded": "for=6.6.6.6", "Connection": "keep-alive, X-Secret",
+        "X-Secret": "hop", "Keep-Alive": "timeout=5", "Upgrade": "h2c", "X-Custom": "kept"})
+    # A public Host forwarded unchanged would get Ollama's 403.
+    assert r.status == 200
+    (req,) = fake.requests
+    h = dict(req.headers)
+    assert h["host"] == f"127.0.0.1:{fake.port}"
+    assert h["x-forwarded-host"] == "gpu.example.com:11435"
+    assert h["x-forwarded-for"] == "127.0.0.1"
+    assert h["x-real-ip"] == "127.0.0.1"
+    assert h["x-forwarded-proto"] == "http"
+    assert h["x-custom"] == "kept"
+    for gone in ("forwarded", "connection", "x-secret", "keep-alive", "upgrade"):
+        assert gone not in h
+    assert [k for k, _ in req.headers].count("x-forwarded-for") == 1
+
+
+# --- streaming -------------------------------------------------------------------------
+
+async def raw_stream(port: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """The response body bytes exactly as framed on the wire (chunk lines included)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes("POST", "/api/generate", body, {**(headers or {}), "Connection": "close"}))
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_streamed_bytes_identical_to_direct(proxy: Proxy, fake: FakeOllama) -> None:
+    body = b'{"model":"llama3.2","prompt":"hi","options":{"num_predict":40}}'
+    via = await raw_stream(proxy.port, body, AUTH)
+    direct = await raw_stream(fake.port, body)
+    strip = lambda b: b"".join(l for l in b.split(b"\n") if b"created_at" not in l)  # noqa: E731
+    # created_at is the send time, so compare everything else and the framing.
+    assert via.count(b"\r\n") == direct.count(b"\r\n")
+    assert via.endswith(b"0\r\n\r\n")
+    assert strip(via).replace(b"total_duration", b"") .split(b"eval_count")[0] == \
+        strip(direct).split(b"eval_count")[0]
+    lines = [l for l in via.split(b"\r\n") if l.startswith(b"{")]
+    assert len(lines) == 41 and json.loads(lines[-1])["eval_count"] == 40
+
+
+async def test_chunk_boundaries_survive(proxy: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(proxy.port, "POST", "/api/chat",
+                    b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":7}}',
+                    headers=AUTH)
+    assert r.header("content-type") == "application/x-ndjson"
+    assert len(r.chunks) == 8 and all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in r.chunks)
+
+
+async def test_first_token_arrives_before_upstream_finishes(proxy: Proxy, fake: FakeOllama) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request_bytes("POST", "/api/generate",
+                               b'{"model":"llama3.2","prompt":"hi","fake_delay":0.05,"options":{"num_predict":20}}',
+                               AUTH))
+    await reader.readuntil(b"\r\n\r\n")
+    first = await asyncio.wait_for(reader.readuntil(b"\n}\n") if False else reader.readuntil(b"}\n"), 5)
+    assert b" tok0" in first
+    # The upstream has sent only a few of its 21 lines when the first one is here.
+    sent = fake.bytes_sent_last_stream
+    assert sent < 5 * len(first)
+    writer.close()
+
+
+async def test_client_disconnect_closes_upstream_within_a_second(proxy: Proxy, fake: FakeOllama) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request_bytes("POST", "/api/generate",
+                               b'{"model":"llama3.2","prompt":"hi","fake_delay":0.02,"options":{"num_predict":100000}}',
+                               AUTH))
+    await reader.readuntil(b"tok1")
+    hung_up = time.monotonic()
+    writer.transport.abort()
+    await asyncio.wait_for(fake.stream_aborted.wait(), 1.0)
+    assert fake.aborted_at is not None and fake.aborted_at - hung_up < 1.0
+    for _ in range(100):
+        if proxy.log_lines():
+            break
+        await asyncio.sleep(0.01)
+    (entry,) = proxy.log_lines()
+    assert entry["outcome"] == "client_gone" and entry["status"] == 499
+
+
+async def test_slow_reader_keeps_memory_bounded(proxy: Proxy, fake: FakeOllama) -> None:
+    total = 64 * 1024 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(request_bytes("GET", f"/fake/blob?size={total}", headers=AUTH))
+    await reader.readuntil(b"\r\n\r\n")
+    # Stop reading.  The upstream must stall: wait until its progress stops.
+    last, still = -1, 0
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        now = fake.bytes_sent_last_stream
+        still = still + 1 if now == last else 0
+        last = now
+        if still >= 20:
+            break
+    assert still >= 20, "the upstream never stalled: nothing pushed back"
+    assert last < total // 2
+    (conn,) = proxy.server.connections
+    # guardproxy's own buffer for this stream: at most the write high-water mark plus one read.
+    assert conn.transport.get_write_buffer_size() <= 64 * 1024 + 256 * 1024
+    assert conn.upstream is not None and conn.upstream._paused_by_client
+    # Reading again lets the whole body through, byte-exact.
+    got = 0
+    while got < total:
+        data = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert data
+        got += len(data)
+    writer.close()
+
+
+async def test_upstream_dying_mid_stream_truncates_visibly(tmp_path) -> None:
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"6\r\n{\"a\":1\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    up = await asyncio.start_server(dying, "127.0.0.1", 0)
+    p = await start_proxy(up.sockets[0].getsockname()[1], tmp_path)
+    try:
+        raw = await exchange(p.port, request_bytes("POST", "/api/generate", b"{}", AUTH))
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+        assert raw.endswith(b"6\r\n{\"a\":1\r\n")  # no invented terminating chunk
+        entry = p.log_lines()[-1]
+        assert entry["outcome"] == "upstream_error"
+    finally:
+        await p.server.stop(grace=0)
+        up.close()
+
+
+# --- upstream failures ------------------------------------------------------------------
+
+async def test_upstream_refused_is_fast_502(tmp_path) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    p = await start_proxy(port, tmp_path)
+    try:
+        t0 = time.monotonic()
+        r = await fetch(p.port, "GET", "/api/tags", headers=AUTH)
+        assert r.status == 502 and json.loads(r.body) == {"error": "upstream unavailable"}
+        assert time.monotonic() - t0 < 1.0
+        assert p.log_lines()[-1]["outcome"] == "upstream_error"
+    finally:
+        await p.server.stop(grace=0)
+
+
+async def test_upstream_connect_timeout_is_504(tmp_path) -> None:
+    # A listener whose accept queue is full drops new SYNs: connect() hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    p = await start_proxy(port, tmp_path, timeouts=Timeouts(connect=0.3))
+    try:
+        r = await fetch(p.port, "GET", "/api/tags", headers=AUTH)
+        assert r.status == 504
+        assert json.loads(r.body) == {"error": "upstream connect timeout"}
+    finally:
+        await p.server.stop(grace=0)
+        for f in fillers:
+            f.close()
+        listener.close()
+
+
+async def test_upstream_read_timeout_before_head_is_504(tmp_path) -> None:
+    stalled = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        stalled.set()
+        await reader.read()  # never answers
+        writer.close()
+
+    up = await asyncio.start_server(silent, "127.0.0.1", 0)
+    p = await start_proxy(up.sockets[0].getsockname()[1], tmp_path, timeouts=Timeouts(read=0.3))
+    try:
+        r = await fetch(p.port, "GET", "/api/tags", headers=AUTH)
+        assert stalled.is_set() and r.status == 504
+    finally:
+        await p.server.stop(grace=0)
+        up.close()
+
+
+# --- keep-alive, pipelining, bodies ----------------------------------------------------------
+
+async def test_keepalive_both_sides(proxy: Proxy, fake: FakeOllama) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    for _ in range(3):
+        writer.write(request_bytes("GET", "/api/tags", headers=AUTH))
+        r = await asyncio.wait_for(read_response(reader), 5)
+        assert r.status == 200
+    writer.close()
+    assert fake.connections_opened == 1  # the pooled upstream connection was reused
+
+
+async def test_pipelined_requests_answered_in_order_each_authenticated(proxy: Proxy, fake: FakeOllama) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request_bytes("GET", "/api/version", headers=AUTH)
+                 + request_bytes("GET", "/health")
+                 + request_bytes("GET", "/api/tags", headers=AUTH)
+                 + request_bytes("GET", "/api/tags"))
+    statuses = [(await asyncio.wait_for(read_response(reader), 5)).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 401]
+    writer.close()
+    assert [r.target for r in fake.requests] == ["/api/version", "/api/tags"]
+
+
+async def test_request_bodies_forwarded_as_framed(proxy: Proxy, fake: FakeOllama) -> None:
+    body = json.dumps({"model": "llama3.2", "prompt": "x" * 200_000, "stream": False}).encode()
+    r = await fetch(proxy.port, "POST", "/api/generate", body, AUTH)
+    assert r.status == 200 and fake.requests[-1].body == body
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7000]), body[i:i + 7000]) for i in range(0, len(body), 7000))
+    r = await fetch(proxy.port, "POST", "/api/generate", chunked + b"0\r\n\r\n",
+                    {**AUTH, "Transfer-Encoding": "chunked"})
+    assert r.status == 200 and fake.requests[-1].body == body
+    assert fake.requests[-1].header("transfer-encoding") == "chunked"
+
+
+async def test_expect_100_continue(proxy: Proxy, fake: FakeOllama) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    body = b'{"model":"llama3.2","prompt":"hi","stream":false}'
+    head = request_bytes("POST", "/api/generate", body, {**AUTH, "Expect": "100-continue"})[:-len(body)]
+    writer.write(head)
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    r = await asyncio.wait_for(read_response(reader), 5)
+    assert r.status == 200
+    assert fake.requests[-1].header("expect") is None
+    writer.close()
+
+
+async def test_refused_request_with_body_closes_connection(proxy: Proxy, fake: FakeOllama) -> None:
+    # The unread body must never be parsed as a next request.
+    smuggled = request_bytes("GET", "/api/tags", headers=AUTH)
+    raw = await exchange(proxy.port, request_bytes("POST", "/api/generate", smuggled))
+    assert raw.startswith(b"HTTP/1.1 401") and b"Connection: close" in raw
+    assert raw.count(b"HTTP/1.1") == 1
+    assert fake.requests == []
+
+
+async def test_access_log_line(proxy: Proxy, fake: FakeOllama) -> None:
+    await fetch(proxy.port, "POST", "/api/generate?x=1", b'{"model":"llama3.2","prompt":"hi"}', AUTH)
+    (e,) = proxy.log_lines()
+    assert e["method"] == "POST" and e["path"] == "/api/generate" and e["status"] == 200
+    assert e["key"] == "laptop" and e["outcome"] == "ok" and e["client"] == "127.0.0.1"
+    assert e["bytes_in"] > 34 and e["bytes_out"] > 500
+    assert 0 <= e["ttfb_ms"] <= e["duration_ms"]
+    assert e["time"].endswith("Z")
+
+
+async def test_graceful_stop_lets_running_stream_finish(fake: FakeOllama, tmp_path) -> None:
+    p = await start_proxy(fake.port, tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    writer.write(request_bytes("POST", "/api/generate",
+                               b'{"model":"llama3.2","prompt":"hi","fake_delay":0.02,"options":{"num_predict":15}}',
+                               {**AUTH, "Connection": "close"}))
+    await reader.readuntil(b"tok0")
+    stopping = asyncio.create_task(p.server.stop(grace=10))
+    rest = await asyncio.wait_for(reader.read(-1), 5)
+    assert b'"done":true' in rest and rest.endswith(b"0\r\n\r\n")
+    await asyncio.wait_for(stopping, 5)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", p.port)
