@@ -1,0 +1,65 @@
+"""Body framing over raw bytes: every split point must give the same answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardproxy.framing import ChunkedFraming, FramingError, LengthFraming
+
+BODY = (b"4a\r\n" + b"x" * 0x4a + b"\r\n"
+        b"5;ext=1\r\nhello\r\n"
+        b"0\r\nX-Trailer: 1\r\n\r\n")
+
+
+def feed_split(data: bytes, cuts: list[int]) -> int:
+    f = ChunkedFraming()
+    start = 0
+    for cut in cuts + [len(data)]:
+        end = f.feed(data[start:cut])
+        if end >= 0:
+            return start + end
+        start = cut
+    return -1
+
+
+def test_chunked_end_found_whole() -> None:
+    assert feed_split(BODY + b"NEXT", []) == len(BODY)
+
+
+def test_chunked_end_found_at_every_split() -> None:
+    for i in range(1, len(BODY)):
+        assert feed_split(BODY + b"GET /", [i]) == len(BODY), i
+
+
+def test_chunked_byte_by_byte() -> None:
+    assert feed_split(BODY, list(range(1, len(BODY)))) == len(BODY)
+
+
+def test_chunked_incomplete_is_not_done() -> None:
+    f = ChunkedFraming()
+    assert f.feed(BODY[:-1]) == -1 and not f.done
+
+
+@pytest.mark.parametrize("bad", [
+    b"zz\r\n",                 # not hex
+    b"5\r\nhelloXX",           # no CRLF after data
+    b"5\nhello\r\n",           # bare LF after size
+    b"\r\n",                   # empty size
+    b"1" * 17 + b"\r\n",       # absurd size
+    b"0\r\nX: 1\n\r\n",        # bare LF in trailer
+])
+def test_chunked_malformed(bad: bytes) -> None:
+    with pytest.raises(FramingError):
+        ChunkedFraming().feed(bad)
+
+
+def test_chunked_size_line_too_long() -> None:
+    with pytest.raises(FramingError):
+        ChunkedFraming().feed(b"1;" + b"a" * 5000)
+
+
+def test_length_countdown() -> None:
+    f = LengthFraming(10)
+    assert f.feed(b"12345") == -1
+    assert f.feed(b"67890GET") == 5 and f.done
+    assert LengthFraming(0).done

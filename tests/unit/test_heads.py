@@ -1,0 +1,71 @@
+"""Request heads in, upstream heads out; response heads checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardproxy.errors import BadRequest
+from guardproxy.heads import BadUpstreamHead, build_upstream_head, parse_request_head, parse_response_head
+
+
+def test_upstream_head_drops_secrets_and_hop_by_hop() -> None:
+    req = parse_request_head(
+        b"POST /api/chat?x=1 HTTP/1.1\r\nHost: public.example\r\nX-API-Key: secret\r\n"
+        b"Authorization: Bearer secret\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTE: trailers\r\n"
+        b"X-Forwarded-For: 1.2.3.4\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.9", b"http")
+    assert head == (b"POST /api/chat?x=1 HTTP/1.1\r\nHost: 127.0.0.1:11434\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                    b"X-Forwarded-Host: public.example\r\nX-Forwarded-For: 10.0.0.9\r\n"
+                    b"X-Forwarded-Proto: http\r\nX-Real-IP: 10.0.0.9\r\n\r\n")
+
+
+def test_http10_request_keeps_its_version_upstream() -> None:
+    req = parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
+    assert not req.keep_alive
+    assert build_upstream_head(req, b"u:1", b"c", b"http").startswith(b"GET / HTTP/1.0\r\n")
+
+
+def test_keep_alive_rules() -> None:
+    assert parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive
+    assert not parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive
+
+
+def test_malformed_request_is_400() -> None:
+    with pytest.raises(BadRequest):
+        parse_request_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+
+
+def test_response_head_rebuilt_for_client() -> None:
+    rh = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                             b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+                             head_request=False, client_keep_alive=True)
+    assert rh.chunked and not rh.close_client and rh.upstream_keep_alive
+    assert rh.head == b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_close_delimited_response_closes_client() -> None:
+    rh = parse_response_head(b"HTTP/1.0 200 OK\r\n\r\n", head_request=False, client_keep_alive=True)
+    assert rh.close_client and not rh.upstream_keep_alive and rh.head.endswith(b"Connection: close\r\n\r\n")
+
+
+def test_no_body_responses() -> None:
+    assert parse_response_head(b"HTTP/1.1 204 No Content\r\n\r\n", head_request=False, client_keep_alive=True).no_body
+    rh = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head_request=True, client_keep_alive=True)
+    assert rh.no_body and not rh.close_client
+
+
+@pytest.mark.parametrize("head", [
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"HTTP/2 200\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n",
+])
+def test_contradictory_or_garbage_response_heads(head: bytes) -> None:
+    with pytest.raises(BadUpstreamHead):
+        parse_response_head(head, head_request=False, client_keep_alive=True)
