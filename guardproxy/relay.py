@@ -284,12 +284,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer = None
         if self.state == _IDLE:
             return
-        deadline = self.last_read + self.read_timeout
         now = self.loop.time()
-        if now < deadline or self._paused_by_client:
-            # A stalled client is not the upstream's fault; the clock restarts.
-            self._timer = self.loop.call_at(max(deadline, now + 0.001) if not self._paused_by_client
-                                            else now + self.read_timeout, self._check_timeout)
+        if self._paused_by_client:
+            # A stalled client is not the upstream's fault: the clock restarts.
+            self._timer = self.loop.call_at(now + self.read_timeout, self._check_timeout)
+            return
+        deadline = self.last_read + self.read_timeout
+        if now < deadline:
+            self._timer = self.loop.call_at(deadline, self._check_timeout)
             return
         self.fail(UpstreamTimeout())
 
