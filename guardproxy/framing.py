@@ -104,15 +104,9 @@ class ChunkedFraming(Framing):
                 if not self.remaining:
                     self.state = _SIZE
             elif state == _SIZE:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    self.line += data[pos:]
-                    if len(self.line) > MAX_CHUNK_LINE:
-                        raise FramingError("chunk size line too long")
+                line, pos = self._line(data, pos, MAX_CHUNK_LINE)
+                if line is None:
                     return -1
-                line = self.line + data[pos:nl] if self.line else data[pos:nl]
-                self.line = b""
-                pos = nl + 1
                 size = _parse_size(line)
                 if size:
                     self.remaining = size
@@ -120,21 +114,27 @@ class ChunkedFraming(Framing):
                 else:
                     self.state = _TRAILER
             else:  # _TRAILER: lines until an empty one
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    self.line += data[pos:]
-                    if len(self.line) > MAX_TRAILER_BYTES:
-                        raise FramingError("trailer section too long")
+                line, pos = self._line(data, pos, MAX_TRAILER_BYTES)
+                if line is None:
                     return -1
-                line = self.line + data[pos:nl] if self.line else data[pos:nl]
-                self.line = b""
-                pos = nl + 1
                 if line == b"\r":
                     self.done = True
                     return pos
                 if not line.endswith(b"\r"):
                     raise FramingError("bare LF in trailer")
         return -1
+
+    def _line(self, data: bytes, pos: int, limit: int) -> tuple[bytes | None, int]:
+        """The next line (without its LF), joined with a part from earlier reads."""
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            self.line += data[pos:]
+            if len(self.line) > limit:
+                raise FramingError("chunk size line or trailer too long")
+            return None, len(data)
+        line = self.line + data[pos:nl] if self.line else data[pos:nl]
+        self.line = b""
+        return line, nl + 1
 
 
 def _parse_size(line: bytes) -> int:
