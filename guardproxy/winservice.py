@@ -224,8 +224,8 @@ class RotatingWriter(io.TextIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            super().close()  # flushes, then marks this stream closed
             self._file.close()
-        super().close()
 
 
 # --- running sc.exe / netsh -----------------------------------------------------------------
