@@ -304,13 +304,23 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _is_admin() -> bool:
+    try:
+        import ctypes
+        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, OSError):
+        return True  # cannot tell: let sc.exe answer
+
+
 def _install(args: argparse.Namespace, name: str) -> int:
     from .config import ConfigError, create_config, generate_key, load_config
+    if not _is_admin():
+        print(f"guardproxy service install: {_SC_ERRORS[5]}", file=sys.stderr)
+        return 1
     frozen = bool(getattr(sys, "frozen", False))
     if not frozen:
-        try:
-            import servicemanager  # noqa: F401  (the service host needs it)
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("servicemanager") is None:  # the service host needs it
             print("guardproxy service install: pywin32 is missing: `pip install pywin32`, "
                   "or use the one-file guardproxy.exe", file=sys.stderr)
             return 1
