@@ -272,7 +272,7 @@ def add_parser(sub: Any) -> None:
                        ("start", "start the service"), ("stop", "stop the service (streams get the grace period)"),
                        ("status", "show whether the service is installed and running")):
         ssub.add_parser(verb, help=text)
-    run = ssub.add_parser("run", help=argparse.SUPPRESS)  # what the SCM starts; not for people
+    run = ssub.add_parser("run")  # what the SCM starts; no help=, so it is not listed for people
     run.add_argument("--config", metavar="FILE", required=True)
     for sp in ssub.choices.values():
         sp.add_argument("--name", default=DEFAULT_NAME, help=f"service name (default: {DEFAULT_NAME})")
@@ -435,6 +435,9 @@ def _service_class(config_path: str, name: str) -> type:
 
         def SvcDoRun(self) -> None:
             log_path, access_path = service_log_paths(config_path)
+            # A service starts in C:\Windows\System32: relative paths in the config
+            # (log files, TLS files) mean "next to the config" instead.
+            os.chdir(os.path.dirname(config_path) or ".")
             sys.stderr = RotatingWriter(log_path, stamp=True)
             sys.stdout = RotatingWriter(access_path)  # log.access = "-" lands here
             try:
@@ -451,6 +454,10 @@ def _service_class(config_path: str, name: str) -> type:
                 servicemanager.LogErrorMsg(f"guardproxy stopped: {e!r}; see {log_path}")
                 rc = 1
             print(f"guardproxy: service stopped (exit {rc})", file=sys.stderr)
+            if rc:
+                # Raising makes the framework report SERVICE_STOPPED with an error
+                # code, so `sc query` and services.msc show that it failed.
+                raise RuntimeError(f"guardproxy exited with code {rc}; see {log_path}")
 
         async def _main(self, config: Any) -> int:
             with self._lock:
