@@ -157,7 +157,8 @@ def ollama_host_fix() -> str:
     if sys.platform == "darwin":
         return "bind Ollama to loopback: `launchctl setenv OLLAMA_HOST 127.0.0.1`, then restart Ollama"
     return ("bind Ollama to loopback: `sudo systemctl edit ollama`, add [Service] "
-            "Environment=\"OLLAMA_HOST=127.0.0.1\", then `sudo systemctl restart ollama`")
+            "Environment=\"OLLAMA_HOST=127.0.0.1\", then `sudo systemctl restart ollama` "
+            "(in Docker: publish it as -p 127.0.0.1:11434:11434)")
 
 
 def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -> list[Finding]:
