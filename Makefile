@@ -3,10 +3,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+ifeq ($(OS),Windows_NT)
+BIN     = $(VENV)/Scripts
+ifeq ($(origin PYTHON),file)
+PYTHON  = py
+endif
+endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test demo bench bench-deps clean venv
+.PHONY: run test demo bench bench-deps clean venv exe smoke-exe
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +22,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-exe: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[exe]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -32,5 +42,13 @@ test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) -m guardproxy.demo
 
+## exe: one-file executable from packaging/guardproxy.spec -> dist/guardproxy (dist/guardproxy.exe on Windows)
+exe: $(VENV)/.installed-exe
+	$(PY) -m PyInstaller --noconfirm --clean --distpath dist --workpath build/pyinstaller packaging/guardproxy.spec
+
+## smoke-exe: build the executable and check it against a fake Ollama (health, 401/200, a stream)
+smoke-exe: exe
+	$(PY) packaging/smoke_test.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

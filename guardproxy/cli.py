@@ -1,4 +1,4 @@
-"""Command line: run (the default), init, keygen, --version."""
+"""Command line: run (the default), init, keygen, check, doctor, service, --version."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import __version__, checklist, doctor, winservice
 from .config import (ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME, append_key, create_config,
                      find_config_path, generate_key, load_config, parse_config, parse_hostport,
                      parse_upstream)
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="make a new key, add it to the config and print it once")
     kg.add_argument("--config", metavar="FILE", help="config file to add the key to")
     kg.add_argument("--name", help="a name for the key (default: key-N)")
+    for tool in (checklist, doctor, winservice):
+        tool.add_parser(sub)  # each defines its own arguments and sets func
     return p
 
 
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_init(args)
         if args.command == "keygen":
             return cmd_keygen(args)
+        if hasattr(args, "func"):
+            return args.func(args)
         return cmd_run(args)
     except ConfigError as e:
         print(f"guardproxy: config error: {e}", file=sys.stderr)
@@ -149,7 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
     from .accesslog import AccessLog
     from .server import GuardServer
     try:
@@ -166,8 +171,9 @@ async def _serve(config: Config) -> int:
               f"{e.strerror or e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = asyncio.Event() if stop is None else stop
+    for sig in signals:
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):

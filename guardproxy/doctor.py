@@ -1,0 +1,360 @@
+"""`guardproxy doctor`: inspect the local set-up and explain each problem in one line with its fix.
+
+Checks, in order: the config is valid; keys are present and none stored in
+plaintext; the config file is private; the upstream answers /api/version;
+Ollama is not listening on an address other machines can reach (read from the
+operating system's socket table, never by sending traffic to a LAN or public
+address); the listen port is free; TLS files are readable; the open-file
+limit; on Windows, the service and its firewall rule.
+
+Blocking and standard library only: it runs before anything else is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import listening, winservice
+from .config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream, load_config, \
+    parse_config, parse_hostport, parse_upstream
+
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
+FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    text: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.text}" + (f" -- fix: {self.fix}" if self.fix else "")
+
+
+# --- config and keys -----------------------------------------------------------------
+
+def find_config(explicit: str | None, environ: Mapping[str, str], windows: bool) -> Path | None:
+    """The first config file that exists, or the explicitly named one even if it does not."""
+    candidates = winservice.config_candidates(explicit, environ, windows)
+    if explicit or environ.get("GUARDPROXY_CONFIG"):
+        return Path(candidates[0])
+    for c in candidates:
+        if Path(c).exists():
+            return Path(c)
+    return None
+
+
+def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, dict[str, Any], list[Finding]]:
+    env_key = environ.get(ENV_KEY) or None
+    if path is None:
+        fix = "run `guardproxy init` here" + (", or `guardproxy service install`" if sys.platform == "win32" else "")
+        if env_key:
+            return (parse_config({}, None, env_key=env_key), {},
+                    [Finding(INFO, f"no config file; using defaults and the key in ${ENV_KEY}")])
+        return None, {}, [Finding(FAIL, "no config file found (./guardproxy.toml"
+                                  + (", %ProgramData%\\guardproxy\\guardproxy.toml" if sys.platform == "win32" else "")
+                                  + f") and ${ENV_KEY} is not set", fix)]
+    try:
+        config = load_config(path, env_key=env_key)
+    except ConfigError as e:
+        return None, _raw_toml(path), [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
+    return config, _raw_toml(path), [Finding(OK, f"config valid: {path.resolve()}")]
+
+
+def _raw_toml(path: Path) -> dict[str, Any]:
+    """The file as plain TOML, for tables this version may not know yet (e.g. [tls])."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def check_keys(config: Config, raw: Mapping[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    plain = {k.get("name"): k.get("key") for k in raw.get("keys", []) if isinstance(k, dict) and "key" in k}
+    for entry in config.keys:
+        if entry.plaintext:
+            digest = hashlib.sha256(str(plain.get(entry.name, "")).encode()).hexdigest()
+            out.append(Finding(WARN, f"key \"{entry.name}\" is stored in plaintext in {config.path}",
+                               f"replace its `key = \"...\"` line with `key_sha256 = \"{digest}\"`"))
+    hashed = sum(not k.plaintext for k in config.keys)
+    out.insert(0, Finding(OK, f"{len(config.keys)} key{'s' if len(config.keys) != 1 else ''} "
+                              f"({hashed} stored as SHA-256)"))
+    return out
+
+
+def check_file_mode(path: Path) -> list[Finding]:
+    if os.name != "posix":
+        return []
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return []
+    if mode & 0o077:
+        return [Finding(WARN, f"{path} is readable by other users (mode {mode:o})", f"chmod 600 {path}")]
+    return []
+
+
+# --- the upstream ---------------------------------------------------------------------
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    url = f"http://{upstream.authority}"
+    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/version", headers={"Host": upstream.authority})
+        resp = conn.getresponse()
+        body = resp.read(65536)
+    except ConnectionRefusedError:
+        return [Finding(FAIL, f"nothing answers at {url}",
+                        "start Ollama (the Ollama app, or `ollama serve`), or set `upstream` in the config")]
+    except TimeoutError:
+        return [Finding(FAIL, f"{url} did not answer within {timeout:g}s", "check that Ollama is running and not stuck")]
+    except (OSError, http.client.HTTPException) as e:
+        return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}",
+                        "check `upstream` in the config")]
+    finally:
+        conn.close()
+    if resp.status == 403:
+        return [Finding(FAIL, f"{url} answered 403 to its own address as Host",
+                        "point `upstream` at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
+    if resp.status != 200:
+        return [Finding(FAIL, f"{url}/api/version answered {resp.status}: this does not look like Ollama",
+                        "set `upstream` to Ollama's address, usually http://127.0.0.1:11434")]
+    try:
+        version = json.loads(body)["version"]
+    except (ValueError, KeyError, TypeError):
+        return [Finding(WARN, f"{url}/api/version answered 200 but without a version: is this Ollama?")]
+    return [Finding(OK, f"upstream {url} is Ollama {version}")]
+
+
+def ollama_host_fix() -> str:
+    if sys.platform == "win32":
+        return ("bind Ollama to loopback: `setx OLLAMA_HOST 127.0.0.1 /M` in an Administrator prompt "
+                "(or remove OLLAMA_HOST from the environment variables), then quit and restart Ollama")
+    if sys.platform == "darwin":
+        return "bind Ollama to loopback: `launchctl setenv OLLAMA_HOST 127.0.0.1`, then restart Ollama"
+    return ("bind Ollama to loopback: `sudo systemctl edit ollama`, add [Service] "
+            "Environment=\"OLLAMA_HOST=127.0.0.1\", then `sudo systemctl restart ollama` "
+            "(in Docker: publish it as -p 127.0.0.1:11434:11434)")
+
+
+def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -> list[Finding]:
+    """Is the upstream's port open to other machines, bypassing the gate?"""
+    if not _is_loopback_host(upstream.host):
+        return [Finding(INFO, f"upstream {upstream.authority} is another machine: make sure its port "
+                              f"{upstream.port} accepts connections only from this one")]
+    if table is None:
+        return [Finding(INFO, "cannot read this system's table of listening sockets; "
+                              f"check yourself that port {upstream.port} listens on 127.0.0.1 only")]
+    found = listening.exposed(upstream.port, table)
+    if found:
+        where = ", ".join(sorted({entry.display for entry in found}))
+        return [Finding(FAIL, f"Ollama listens on {where}: anyone on the LAN (or a router forwarding "
+                              f"{upstream.port}) reaches it without a key", ollama_host_fix())]
+    listens = any(e.port == upstream.port for e in table)
+    return [Finding(OK, f"port {upstream.port} is not open to other machines"
+                        + (" (it listens on loopback only)" if listens else ""))]
+
+
+# --- this machine -----------------------------------------------------------------------
+
+def _bindable_family(host: str) -> tuple[socket.AddressFamily, str] | None:
+    """Loopback and wildcard addresses only: binding there is local and sends nothing."""
+    if host.lower() == "localhost":
+        return socket.AF_INET, "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not (ip.is_loopback or ip.is_unspecified):
+        return None
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+
+
+def check_listen_port(host: str, port: int) -> list[Finding]:
+    target = _bindable_family(host)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if target is None:
+        return [Finding(INFO, f"listen address {shown} not tested (only loopback and wildcard addresses are)")]
+    family, addr = target
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        sock.bind((addr, port))
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)) or getattr(e, "winerror", 0) == 10048:
+            if _guardproxy_answers(addr, port):
+                return [Finding(OK, f"guardproxy is already running on {shown}")]
+            return [Finding(FAIL, f"listen port {shown} is taken by another program",
+                            "stop that program, or choose another `listen` port in the config")]
+        if e.errno == errno.EACCES:
+            return [Finding(FAIL, f"not allowed to listen on {shown}", "use a port above 1023")]
+        return [Finding(FAIL, f"cannot listen on {shown}: {e.strerror or e}", "check `listen` in the config")]
+    finally:
+        sock.close()
+    return [Finding(OK, f"listen address {shown} is free")]
+
+
+def _guardproxy_answers(addr: str, port: int) -> bool:
+    """Ask the loopback side of the port (never a LAN address) whether it is a guardproxy."""
+    local = "::1" if ":" in addr else "127.0.0.1"
+    conn = http.client.HTTPConnection(local, port, timeout=2.0)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        return resp.status == 200 and resp.read(16) == b"OK"
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
+    """A [tls] table's files: readable, and the certificate matches the key."""
+    tls = raw.get("tls")
+    if not isinstance(tls, dict):
+        return []
+    files = {k: v for k, v in tls.items()
+             if isinstance(v, str) and v and any(w in k.lower() for w in ("cert", "key", "file", "ca", "chain"))}
+    if not files:
+        return [Finding(WARN, "[tls] names no certificate or key file", "add the certificate and key paths")]
+    out: list[Finding] = []
+    resolved: dict[str, Path] = {}
+    for field, value in files.items():
+        p = Path(value).expanduser()
+        if not p.is_absolute() and not p.exists():
+            p = base / p
+        resolved[field] = p
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            out.append(Finding(FAIL, f"tls.{field}: cannot read {p}: {e.strerror}",
+                               "fix the path, or the file's permissions for the account guardproxy runs as"))
+    cert = next((f for f in resolved if "cert" in f.lower()), None)
+    key = next((f for f in resolved if "key" in f.lower() and "cert" not in f.lower()), None)
+    if not out and cert and key:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(resolved[cert], resolved[key])
+        except (ssl.SSLError, OSError) as e:
+            out.append(Finding(FAIL, f"tls: {resolved[cert]} and {resolved[key]} do not load as a certificate "
+                                     f"and its key ({getattr(e, 'reason', None) or e})",
+                               "use the PEM certificate (chain) and the private key that belongs to it"))
+    if not out:
+        out.append(Finding(OK, f"TLS files readable: {', '.join(str(p) for p in resolved.values())}"))
+    return out
+
+
+def check_open_files(limits: tuple[int, int] | None = None) -> list[Finding]:
+    if limits is None:
+        try:
+            import resource
+        except ImportError:
+            return []  # Windows: no such per-process limit
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = limits
+    if soft == -1 or soft >= FEW_FILES:
+        shown = "unlimited" if soft == -1 else f"{soft} (about {soft // 2} simultaneous streams)"
+        return [Finding(OK, f"open-file limit {shown}")]
+    return [Finding(WARN, f"open-file limit is {soft}: about {soft // 2} simultaneous streams",
+                    f"raise it: `ulimit -n {hard if hard != -1 else 65536}` before starting, "
+                    f"or LimitNOFILE=65536 in the systemd unit")]
+
+
+def check_windows_service(name: str, listen_host: str, port: int) -> list[Finding]:
+    state = winservice.service_state(name)
+    if state is None:
+        return [Finding(INFO, f"no Windows service \"{name}\" installed",
+                        "`guardproxy service install --open-firewall` in an Administrator prompt, "
+                        "to start guardproxy on boot")]
+    out = [Finding(OK if state == "RUNNING" else WARN, f"Windows service \"{name}\" is {state.lower()}",
+                   "" if state == "RUNNING" else f"`guardproxy service start --name {name}`")]
+    if not _is_loopback_host(listen_host):
+        rule = winservice.firewall_rule_name(name)
+        if winservice.firewall_rule_exists(rule):
+            out.append(Finding(OK, f"firewall rule \"{rule}\" exists"))
+        else:
+            out.append(Finding(WARN, f"no firewall rule \"{rule}\": other machines may not reach port {port}",
+                               f"`netsh advfirewall firewall add rule name={rule} dir=in action=allow "
+                               f"protocol=TCP localport={port}`"))
+    return out
+
+
+# --- all of it ------------------------------------------------------------------------------
+
+def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None, *,
+               service_name: str = winservice.DEFAULT_NAME,
+               table: list[listening.Listener] | None | bool = True) -> list[Finding]:
+    """Every check; `table=True` reads the system's socket table (tests may pass their own)."""
+    environ = os.environ if environ is None else environ
+    windows = sys.platform == "win32"
+    path = find_config(config_arg, environ, windows)
+    config, raw, findings = check_config(path, environ)
+    if config is not None:
+        findings += check_keys(config, raw)
+        if config.path is not None:
+            findings += check_file_mode(config.path)
+        upstream, listen = config.upstream, (config.listen_host, config.listen_port)
+    else:
+        # Fall back on what the file says, or the defaults, to check what still can be.
+        try:
+            upstream = parse_upstream(str(raw.get("upstream", DEFAULT_UPSTREAM)))
+        except ValueError:
+            upstream = parse_upstream(DEFAULT_UPSTREAM)
+        try:
+            listen = parse_hostport(str(raw.get("listen", DEFAULT_LISTEN)))
+        except ValueError:
+            listen = parse_hostport(DEFAULT_LISTEN)
+    findings += check_upstream(upstream)
+    findings += check_exposure(upstream, listening.listeners() if table is True else table or None)
+    findings += check_listen_port(*listen)
+    if path is not None:
+        findings += check_tls(raw, path.resolve().parent)
+    findings += check_open_files()
+    if windows:
+        findings += check_windows_service(service_name, listen[0], listen[1])
+    return findings
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="inspect the local set-up and say how to fix each problem",
+                       description="Inspect the local set-up: config, keys, upstream, Ollama's exposure, "
+                                   "listen port, TLS files, open-file limit, Windows service. "
+                                   "Exit code 1 if a problem (FAIL) was found.")
+    p.add_argument("--config", metavar="FILE", help="config file (default: $GUARDPROXY_CONFIG or ./guardproxy.toml"
+                                                    "; on Windows also %%ProgramData%%\\guardproxy\\guardproxy.toml)")
+    p.add_argument("--name", default=winservice.DEFAULT_NAME, help="Windows service name (default: guardproxy)")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    findings = run_doctor(args.config, service_name=args.name)
+    for f in findings:
+        print(f.line())
+    problems = sum(f.level in (WARN, FAIL) for f in findings)
+    print(f"\n{problems} problem{'s' if problems != 1 else ''} found" if problems else "\nno problems found")
+    return 1 if any(f.level == FAIL for f in findings) else 0

@@ -1,0 +1,155 @@
+"""Smoke test of the one-file executable: does the frozen program really work?
+
+    python packaging/smoke_test.py [dist/guardproxy]
+
+Starts the fake Ollama (python -m guardproxy.fake_ollama) and the built
+binary on 127.0.0.1 with ephemeral ports, then checks /health 200, no key
+401, wrong key 401, the key 200, and a streamed generation, through both this
+interpreter's checklist and the binary's own `check`, `doctor` and `service`
+commands, so a module the spec failed to bundle shows up here.  Then stops
+both.  Exit code 0 when everything passed.  Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from guardproxy import __version__  # noqa: E402
+from guardproxy.checklist import GENERATION_TOKENS, format_table, run_checks  # noqa: E402
+
+KEY = "gp_smoke-test-key-0123456789abcdefghijklmnopq"
+STARTUP_TIMEOUT = 30.0  # a one-file binary unpacks itself first; the first start can be slow
+
+
+class Process:
+    """A child process whose output lines are collected by a thread, so waiting never blocks."""
+
+    def __init__(self, args: list[str], stream: str) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        for name in ("stdout", "stderr"):
+            pipe = getattr(self.proc, name)
+            threading.Thread(target=self._pump, args=(pipe, name == stream), daemon=True).start()
+
+    def _pump(self, pipe, watched: bool) -> None:  # type: ignore[no-untyped-def]
+        for line in pipe:
+            self.seen.append(line.rstrip("\n"))
+            if watched:
+                self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None and self.lines.empty():
+                raise SystemExit(f"FAIL: {self.args[0]} did not print /{pattern}/ within {timeout:g}s; "
+                                 f"output so far: {self.seen!r}")
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            if sys.platform == "win32":
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                return None
+        return self.proc.returncode
+
+
+def run_binary(binary: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def main(argv: list[str]) -> int:
+    binary = str(Path(argv[0] if argv else ROOT / "dist" / ("guardproxy.exe" if os.name == "nt" else "guardproxy")).resolve())
+    if not Path(binary).is_file():
+        print(f"FAIL: no executable at {binary}; build it with `make exe`", file=sys.stderr)
+        return 1
+    failures: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        print(f"  {'PASS' if ok else 'FAIL'}  {what}")
+        if not ok:
+            failures.append(what)
+
+    started = time.perf_counter()
+    version = run_binary(binary, "--version")
+    expect(version.returncode == 0 and version.stdout.strip() == f"guardproxy {__version__}",
+           f"--version prints guardproxy {__version__} (got {version.stdout.strip()!r})")
+
+    fake = Process([sys.executable, "-m", "guardproxy.fake_ollama", "--host", "127.0.0.1", "--port", "0",
+                    "--token-delay", "0.005", "--loop", "asyncio"], "stdout")
+    gate: Process | None = None
+    with tempfile.TemporaryDirectory(prefix="guardproxy-smoke-") as tmp:
+        try:
+            upstream = fake.wait_for(r"listening on (http://127\.0\.0\.1:\d+)", 15).group(1)
+            config = Path(tmp) / "guardproxy.toml"
+            config.write_text(f'listen = "127.0.0.1:0"\nupstream = "{upstream}"\n\n[log]\naccess = ""\n\n'
+                              f'[[keys]]\nname = "smoke"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n',
+                              encoding="utf-8")
+            gate = Process([binary, "run", "--config", str(config)], "stderr")
+            m = gate.wait_for(r"listening on (http://127\.0\.0\.1:\d+) -> \S+ \((\w+)", STARTUP_TIMEOUT)
+            url, loop = m.group(1), m.group(2)
+            print(f"  binary started in {time.perf_counter() - started:.1f}s: {url} ({loop}) -> {upstream}")
+            if sys.platform != "win32":
+                expect(loop == "uvloop", f"uvloop is bundled and used (got {loop})")
+
+            results = run_checks(url, KEY, model="llama3.2", timeout=15)
+            print(format_table(url, results))
+            for r in results:
+                expect(r.ok, r.name)
+            gen = results[-1]
+            expect(gen.detail.startswith(f"{GENERATION_TOKENS} tokens"),
+                   f"all {GENERATION_TOKENS} streamed tokens arrived ({gen.detail})")
+
+            own = run_binary(binary, "check", url, "--key", KEY, "--model", "llama3.2")
+            expect(own.returncode == 0 and "0 failed" in own.stdout,
+                   f"the binary's own `check` passes (exit {own.returncode})")
+            doctor = run_binary(binary, "doctor", "--config", str(config))
+            expect(f"upstream {upstream} is Ollama" in doctor.stdout,
+                   f"the binary's `doctor` reaches the upstream (exit {doctor.returncode})")
+            service = run_binary(binary, "service", "status")
+            if sys.platform != "win32":
+                expect(service.returncode == 2 and "only on Windows" in service.stderr,
+                       "`service` explains it is Windows-only")
+        finally:
+            code = gate.stop() if gate is not None else None
+            fake.stop()
+        if gate is not None:
+            expect(code == 0 if sys.platform != "win32" else code is not None,
+                   f"the binary stops cleanly on SIGTERM (exit {code})")
+    if failures:
+        print(f"smoke test FAILED: {len(failures)} problem(s); binary output: {gate.seen if gate else []!r}")
+        return 1
+    print(f"smoke test passed in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,163 @@
+"""`guardproxy doctor` against the fake Ollama.  Traffic goes to 127.0.0.1 only; a fake
+Ollama bound to 0.0.0.0 is found through the socket table, never by connecting to a LAN address."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import KEY, Proxy
+from guardproxy import cli
+from guardproxy.doctor import FAIL, OK, WARN, Finding, check_open_files, run_doctor
+from guardproxy.fake_ollama import FakeOllama
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+
+
+def write_config(tmp_path: Path, upstream_port: int, *, listen: str = "127.0.0.1:0", extra: str = "",
+                 key_line: str | None = None) -> Path:
+    key_line = key_line or f'key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"'
+    path = tmp_path / "guardproxy.toml"
+    path.write_text(f'listen = "{listen}"\nupstream = "http://127.0.0.1:{upstream_port}"\n{extra}\n'
+                    f'[[keys]]\nname = "laptop"\n{key_line}\n', encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+async def doctor(path: Path | str | None) -> list[Finding]:
+    return await asyncio.to_thread(run_doctor, str(path) if path else None, {})
+
+
+def texts(findings: list[Finding], level: str) -> list[str]:
+    return [f.line() for f in findings if f.level == level]
+
+
+@linux_only
+async def test_a_good_setup_has_no_problems(fake: FakeOllama, tmp_path: Path) -> None:
+    findings = await doctor(write_config(tmp_path, fake.port))
+    assert texts(findings, FAIL) == [] and texts(findings, WARN) == []
+    oks = texts(findings, OK)
+    assert any("config valid" in t for t in oks)
+    assert f"ok    upstream http://127.0.0.1:{fake.port} is Ollama 0.12.0" in oks
+    assert f"ok    port {fake.port} is not open to other machines (it listens on loopback only)" in oks
+    assert [r.target for r in fake.requests] == ["/api/version"]
+
+
+@linux_only
+async def test_ollama_on_all_interfaces_is_a_failure_with_the_fix(tmp_path: Path) -> None:
+    exposed = await FakeOllama.start("0.0.0.0", 0)  # bound to all interfaces; reached only via 127.0.0.1
+    try:
+        findings = await doctor(write_config(tmp_path, exposed.port))
+    finally:
+        await exposed.close()
+    fails = [f for f in findings if f.level == FAIL]
+    assert len(fails) == 1
+    assert fails[0].text.startswith(f"Ollama listens on 0.0.0.0:{exposed.port}: anyone on the LAN")
+    assert "OLLAMA_HOST=127.0.0.1" in fails[0].fix
+    assert any(f.text == f"upstream http://127.0.0.1:{exposed.port} is Ollama 0.12.0" for f in findings)
+
+
+@linux_only
+async def test_the_cli_prints_one_line_per_finding_and_exits_1_on_failure(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    exposed = await FakeOllama.start("0.0.0.0", 0)
+    try:
+        code = await asyncio.to_thread(cli.main, ["doctor", "--config", str(write_config(tmp_path, exposed.port))])
+    finally:
+        await exposed.close()
+    out = capsys.readouterr().out
+    assert code == 1
+    line = next(x for x in out.splitlines() if x.startswith("FAIL"))
+    assert f"0.0.0.0:{exposed.port}" in line and " -- fix: bind Ollama to loopback" in line
+
+
+async def test_upstream_down_is_a_failure(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        findings = await doctor(write_config(tmp_path, port))
+    assert f"FAIL  nothing answers at http://127.0.0.1:{port} -- fix: start Ollama" in \
+        "\n".join(texts(findings, FAIL))
+
+
+async def test_plaintext_key_gets_its_hash_as_the_fix(fake: FakeOllama, tmp_path: Path) -> None:
+    findings = await doctor(write_config(tmp_path, fake.port, key_line=f'key = "{KEY}"'))
+    warn = [f for f in findings if f.level == WARN]
+    assert len(warn) == 1 and warn[0].text.startswith('key "laptop" is stored in plaintext')
+    assert warn[0].fix == f'replace its `key = "..."` line with `key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"`'
+    assert KEY not in warn[0].line()
+
+
+async def test_world_readable_config_is_a_warning(fake: FakeOllama, tmp_path: Path) -> None:
+    path = write_config(tmp_path, fake.port)
+    path.chmod(0o644)
+    warn = texts(await doctor(path), WARN)
+    assert warn == [f"warn  {path} is readable by other users (mode 644) -- fix: chmod 600 {path}"]
+
+
+async def test_invalid_config_names_file_and_line_and_checks_go_on(fake: FakeOllama, tmp_path: Path) -> None:
+    path = write_config(tmp_path, fake.port, extra='[timeouts]\nread = "forever"\n')
+    findings = await doctor(path)
+    assert texts(findings, FAIL)[0].startswith(f"FAIL  config: {path}:4: timeouts.read: expected a duration")
+    # The upstream named in the broken file is still checked.
+    assert any(f.text.startswith(f"upstream http://127.0.0.1:{fake.port} is Ollama") for f in findings)
+
+
+async def test_missing_config_says_how_to_create_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    findings = await doctor(None)
+    assert findings[0].level == FAIL and "no config file found" in findings[0].text
+    assert "guardproxy init" in findings[0].fix
+
+
+async def test_listen_port_taken_by_another_program(fake: FakeOllama, tmp_path: Path) -> None:
+    other = await FakeOllama.start()  # something that is not guardproxy holds the port
+    try:
+        findings = await doctor(write_config(tmp_path, fake.port, listen=f"127.0.0.1:{other.port}"))
+    finally:
+        await other.close()
+    assert f"FAIL  listen port 127.0.0.1:{other.port} is taken by another program -- fix: stop that program, " \
+           f"or choose another `listen` port in the config" in texts(findings, FAIL)
+
+
+async def test_listen_port_held_by_a_running_guardproxy_is_fine(proxy: Proxy, fake: FakeOllama, tmp_path: Path) -> None:
+    findings = await doctor(write_config(tmp_path, fake.port, listen=f"127.0.0.1:{proxy.port}"))
+    assert f"ok    guardproxy is already running on 127.0.0.1:{proxy.port}" in texts(findings, OK)
+
+
+async def test_listen_on_a_specific_address_is_not_bound(fake: FakeOllama, tmp_path: Path) -> None:
+    findings = await doctor(write_config(tmp_path, fake.port, listen="192.0.2.10:11435"))
+    assert any(f.text.startswith("listen address 192.0.2.10:11435 not tested") for f in findings)
+
+
+async def test_tls_files_are_checked_from_a_tls_table(fake: FakeOllama, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    other = ca.issue_cert("other.example")
+    other.private_key_pem.write_to_path(str(tmp_path / "other-key.pem"))
+
+    good = await doctor(write_config(tmp_path, fake.port, extra='[tls]\ncert = "cert.pem"\nkey = "key.pem"\n'))
+    assert any(f.level == OK and f.text.startswith("TLS files readable") for f in good)
+
+    missing = await doctor(write_config(tmp_path, fake.port, extra='[tls]\ncert = "cert.pem"\nkey = "nope.pem"\n'))
+    assert any(f.level == FAIL and f.text.startswith(f"tls.key: cannot read {tmp_path / 'nope.pem'}")
+               for f in missing)
+
+    mismatched = await doctor(write_config(tmp_path, fake.port,
+                                           extra='[tls]\ncert = "cert.pem"\nkey = "other-key.pem"\n'))
+    assert any(f.level == FAIL and "do not load as a certificate and its key" in f.text for f in mismatched)
+
+
+def test_open_file_limit() -> None:
+    low = check_open_files((256, 4096))
+    assert low[0].level == WARN and "ulimit -n 4096" in low[0].fix and "about 128 simultaneous" in low[0].text
+    assert check_open_files((65536, 65536))[0].level == OK
+    assert check_open_files((-1, -1))[0].text == "open-file limit unlimited"

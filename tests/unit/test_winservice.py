@@ -1,0 +1,256 @@
+"""The Windows service's pure parts: names, paths, sc.exe/netsh command lines, sc.exe answers, log rotation."""
+
+from __future__ import annotations
+
+import ntpath
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guardproxy import cli, winservice as ws
+
+EXE = r"C:\Program Files\guardproxy\guardproxy.exe"
+CFG = r"C:\ProgramData\guardproxy\guardproxy.toml"
+
+
+def crt_split(cmdline: str) -> list[str]:
+    """How the Microsoft C runtime splits a command line into argv (the rules list2cmdline targets)."""
+    args: list[str] = []
+    cur: list[str] = []
+    in_quotes = have_arg = False
+    i = 0
+    while i < len(cmdline):
+        c = cmdline[i]
+        if c == "\\":
+            j = i
+            while j < len(cmdline) and cmdline[j] == "\\":
+                j += 1
+            n = j - i
+            if j < len(cmdline) and cmdline[j] == '"':
+                cur.append("\\" * (n // 2))
+                if n % 2:
+                    cur.append('"')
+                    i = j + 1
+                else:
+                    i = j
+                have_arg = True
+                continue
+            cur.append("\\" * n)
+            i = j
+            have_arg = True
+            continue
+        if c == '"':
+            in_quotes = not in_quotes
+            have_arg = True
+        elif c in " \t" and not in_quotes:
+            if have_arg:
+                args.append("".join(cur))
+                cur, have_arg = [], False
+        else:
+            cur.append(c)
+            have_arg = True
+        i += 1
+    if have_arg:
+        args.append("".join(cur))
+    return args
+
+
+# --- names and paths ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["guardproxy", "guardproxy-2", "gp_lab.1", "A" * 64])
+def test_service_names_that_need_no_quoting_are_accepted(name: str) -> None:
+    assert ws.validate_service_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "two words", 'quote"', "semi;colon", "-leading", "A" * 65, "x/y"])
+def test_service_names_that_would_need_quoting_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="--name"):
+        ws.validate_service_name(name)
+
+
+def test_programdata_dir_follows_the_environment() -> None:
+    assert ws.programdata_dir({"ProgramData": r"D:\Data"}) == r"D:\Data\guardproxy"
+    assert ws.programdata_dir({"PROGRAMDATA": r"E:\PD"}) == r"E:\PD\guardproxy"
+    assert ws.programdata_dir({}) == r"C:\ProgramData\guardproxy"
+
+
+def test_service_config_is_explicit_then_env_then_programdata_never_cwd() -> None:
+    env = {"ProgramData": r"C:\ProgramData"}
+    assert ws.service_config_path(r"C:\gp\my.toml", env) == r"C:\gp\my.toml"
+    assert ws.service_config_path(None, {**env, "GUARDPROXY_CONFIG": r"C:\x.toml"}) == r"C:\x.toml"
+    assert ws.service_config_path(None, env) == CFG
+
+
+def test_config_candidates_look_in_programdata_on_windows_only() -> None:
+    env = {"ProgramData": r"C:\ProgramData"}
+    assert ws.config_candidates(None, env, windows=True) == ["guardproxy.toml", CFG]
+    assert ws.config_candidates(None, env, windows=False) == ["guardproxy.toml"]
+    assert ws.config_candidates("a.toml", env, windows=True) == ["a.toml"]
+    assert ws.config_candidates(None, {**env, "GUARDPROXY_CONFIG": "b.toml"}, windows=True) == ["b.toml"]
+
+
+def test_logs_live_next_to_the_config() -> None:
+    assert ws.service_log_paths(CFG, ntpath) == (r"C:\ProgramData\guardproxy\guardproxy.log",
+                                                 r"C:\ProgramData\guardproxy\access.log")
+    assert ws.service_log_paths("/etc/gp/guardproxy.toml") == ("/etc/gp/guardproxy.log", "/etc/gp/access.log")
+
+
+# --- command lines --------------------------------------------------------------------------
+
+def test_the_frozen_exe_is_registered_with_quoted_paths() -> None:
+    line = ws.service_command_line(EXE, True, CFG, "guardproxy")
+    assert line == (r'"C:\Program Files\guardproxy\guardproxy.exe" service run '
+                    r"--config C:\ProgramData\guardproxy\guardproxy.toml --name guardproxy")
+    assert crt_split(line) == [EXE, "service", "run", "--config", CFG, "--name", "guardproxy"]
+
+
+def test_a_pip_install_is_registered_as_python_dash_m() -> None:
+    py = r"C:\Users\Ana Lopez\AppData\Local\Programs\Python\Python312\python.exe"
+    cfg = r"C:\Users\Ana Lopez\gp\guardproxy.toml"
+    line = ws.service_command_line(py, False, cfg, "gp2")
+    assert crt_split(line) == [py, "-m", "guardproxy", "service", "run", "--config", cfg, "--name", "gp2"]
+
+
+def test_sc_create_survives_both_rounds_of_command_line_parsing() -> None:
+    # subprocess joins the list into one command line, sc.exe splits it, and
+    # the SCM later splits binPath again when it starts the service.
+    command = ws.service_command_line(EXE, True, r"C:\My Configs\guardproxy.toml", "guardproxy")
+    args = ws.sc_create_args("guardproxy", command)
+    assert args[:3] == ["sc.exe", "create", "guardproxy"]
+    assert args[3:5] == ["binPath=", command] and args[5:7] == ["start=", "auto"]
+    sc_argv = crt_split(subprocess.list2cmdline(args))
+    assert sc_argv == args
+    assert crt_split(sc_argv[4]) == [EXE, "service", "run", "--config", r"C:\My Configs\guardproxy.toml",
+                                     "--name", "guardproxy"]
+
+
+def test_sc_verbs_description_and_restart_on_failure() -> None:
+    assert ws.sc_args("query", "gp") == ["sc.exe", "query", "gp"]
+    assert ws.sc_args("delete", "gp") == ["sc.exe", "delete", "gp"]
+    with pytest.raises(ValueError):
+        ws.sc_args("config", "gp")
+    assert ws.sc_description_args("gp")[:3] == ["sc.exe", "description", "gp"]
+    assert ws.sc_failure_args("gp") == ["sc.exe", "failure", "gp", "reset=", "86400", "actions=",
+                                        "restart/5000/restart/5000/restart/60000"]
+
+
+def test_firewall_rule_commands() -> None:
+    assert ws.firewall_add_args("guardproxy", 11435) == [
+        "netsh", "advfirewall", "firewall", "add", "rule", "name=guardproxy", "dir=in", "action=allow",
+        "protocol=TCP", "localport=11435", "enable=yes"]
+    assert ws.firewall_delete_args("guardproxy") == ["netsh", "advfirewall", "firewall", "delete", "rule",
+                                                     "name=guardproxy"]
+    assert ws.firewall_show_args("gp2") == ["netsh", "advfirewall", "firewall", "show", "rule", "name=gp2"]
+
+
+# --- sc.exe's answers -------------------------------------------------------------------------
+
+SC_QUERY_RUNNING = """
+SERVICE_NAME: guardproxy
+        TYPE               : 10  WIN32_OWN_PROCESS
+        STATE              : 4  RUNNING
+                                (STOPPABLE, NOT_PAUSABLE, ACCEPTS_SHUTDOWN)
+        WIN32_EXIT_CODE    : 0  (0x0)
+        SERVICE_EXIT_CODE  : 0  (0x0)
+        CHECKPOINT         : 0x0
+        WAIT_HINT          : 0x0
+"""
+SC_QUERY_GERMAN_STOP_PENDING = """
+SERVICE_NAME: guardproxy
+        TYP                : 10  WIN32_OWN_PROCESS
+        STATUS             : 3  STOP_PENDING
+        WIN32_EXITCODE     : 0  (0x0)
+"""
+
+
+def test_sc_query_state_is_read_from_the_number_not_the_label() -> None:
+    assert ws.parse_sc_state(SC_QUERY_RUNNING) == "RUNNING"
+    assert ws.parse_sc_state(SC_QUERY_GERMAN_STOP_PENDING) == "STOP_PENDING"
+    assert ws.parse_sc_state("[SC] EnumQueryServicesStatus:OpenService FAILED 1060:") is None
+
+
+def test_sc_failures_are_explained() -> None:
+    assert "Administrator" in ws.explain_sc_failure(5, "[SC] OpenSCManager FAILED 5:\n\nAccess is denied.")
+    assert "already exists" in ws.explain_sc_failure(1073, "")
+    assert "no such service is installed" in ws.explain_sc_failure(1060, "")
+    assert ws.explain_sc_failure(1234, "[SC] StartService FAILED 1234:\n\n  Something.") == \
+        "sc.exe failed with error 1234: [SC] StartService FAILED 1234: Something."
+
+
+def _fake_sc(returncode: int, stdout: str = ""):
+    seen: list[list[str]] = []
+
+    def run(args):
+        seen.append(list(args))
+        return subprocess.CompletedProcess(list(args), returncode, stdout, "")
+    return run, seen
+
+
+def test_service_state_and_firewall_lookup_use_the_right_commands() -> None:
+    run, seen = _fake_sc(0, SC_QUERY_RUNNING)
+    assert ws.service_state("guardproxy", run) == "RUNNING"
+    assert seen == [["sc.exe", "query", "guardproxy"]]
+    run, _ = _fake_sc(1060, "[SC] EnumQueryServicesStatus:OpenService FAILED 1060:")
+    assert ws.service_state("guardproxy", run) is None
+    run, seen = _fake_sc(1, "No rules match the specified criteria.")
+    assert ws.firewall_rule_exists("guardproxy", run) is False
+    assert seen == [ws.firewall_show_args("guardproxy")]
+
+
+# --- the log file ----------------------------------------------------------------------------
+
+def test_rotating_writer_rotates_by_size_and_keeps_n_backups(tmp_path: Path) -> None:
+    path = str(tmp_path / "guardproxy.log")
+    w = ws.RotatingWriter(path, max_bytes=100, backups=2)
+    for i in range(10):
+        w.write(f"line {i:02d} " + "x" * 30 + "\n")  # 39 bytes: two lines fit in 100
+    w.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["guardproxy.log", "guardproxy.log.1", "guardproxy.log.2"]
+    assert Path(path).read_text().startswith("line 08") and "line 09" in Path(path).read_text()
+    assert Path(path + ".1").read_text().startswith("line 06")
+    assert Path(path + ".2").read_text().startswith("line 04")
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+
+
+def test_rotating_writer_stamps_each_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "guardproxy.log"
+    w = ws.RotatingWriter(str(path), stamp=True, clock=lambda: 1_800_000_000.0)
+    w.write("guardproxy listening")
+    w.write(" on 127.0.0.1\nsecond\n")
+    w.write("third\n")
+    w.close()
+    assert path.read_text() == ("2027-01-15T08:00:00Z guardproxy listening on 127.0.0.1\n"
+                                "2027-01-15T08:00:00Z second\n2027-01-15T08:00:00Z third\n")
+    with pytest.raises(ValueError):
+        w.write("after close")
+
+
+def test_rotating_writer_appends_to_an_existing_log(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    path.write_text("old\n")
+    w = ws.RotatingWriter(str(path), max_bytes=10, backups=1)
+    w.write("new line\n")  # 4 + 9 > 10: the old file moves aside first
+    w.close()
+    assert path.read_text() == "new line\n" and (tmp_path / "access.log.1").read_text() == "old\n"
+
+
+# --- the command line -------------------------------------------------------------------------
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the message is for other systems")
+@pytest.mark.parametrize("action", ["install", "uninstall", "start", "stop", "status"])
+def test_service_commands_say_they_are_windows_only(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["service", action]) == ws.EXIT_NOT_WINDOWS
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only on Windows" in err
+
+
+def test_service_install_takes_config_name_and_firewall(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli._parser().parse_args(["service", "install", "--config", CFG, "--name", "gp2", "--open-firewall"])
+    assert (args.service_command, args.config, args.name, args.open_firewall) == ("install", CFG, "gp2", True)
+    assert cli._parser().parse_args(["service", "status"]).name == "guardproxy"
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["service"])
+    capsys.readouterr()
