@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import h11
 
 from .errors import BadRequest, GuardError, HeadTooLarge
+from .strict import MAX_BODY, MAX_HEADERS, check_head
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
 # client's key must never reach the upstream, Host is rewritten, and the
@@ -19,6 +20,8 @@ from .errors import BadRequest, GuardError, HeadTooLarge
 _DROP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"proxy-authorization", b"http2-settings", b"expect",
+    # The framing headers are written by guardproxy itself (build_upstream_head).
+    b"content-length", b"transfer-encoding",
     b"x-api-key", b"authorization",
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
 })
@@ -51,8 +54,13 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
-def parse_request_head(data: bytes) -> RequestHead:
-    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError."""
+def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY) -> RequestHead:
+    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError.
+
+    strict.check_head refuses first what h11 would let through; h11 then
+    parses what is left, so both parsers agree on every head that passes.
+    """
+    facts = check_head(data, max_headers=max_headers, max_body=max_body)
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(data) + 1)
     try:
         conn.receive_data(data)
@@ -65,18 +73,14 @@ def parse_request_head(data: bytes) -> RequestHead:
     raw = event.headers.raw_items()
     lower = event.headers  # h11 has already lower-cased these names
     headers = [(ln, rn, v) for (ln, v), (rn, _) in zip(lower, raw)]
-    content_length = None
-    chunked = False
+    content_length = facts.content_length
+    chunked = facts.chunked
     keep_alive = event.http_version == b"1.1"
     expect = False
     host = b""
     connection_tokens: list[bytes] = []
     for name, _, value in headers:
-        if name == b"content-length":
-            content_length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True  # h11 accepts only "chunked"
-        elif name == b"connection":
+        if name == b"connection":
             connection_tokens.extend(_tokens(value))
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
@@ -86,14 +90,18 @@ def parse_request_head(data: bytes) -> RequestHead:
         keep_alive = False
     elif event.http_version == b"1.0" and b"keep-alive" in connection_tokens:
         keep_alive = True
-    if chunked:
-        content_length = None
     return RequestHead(event.method, event.target, event.http_version, headers, keep_alive,
                        content_length, chunked, expect, host)
 
 
 def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes) -> bytes:
-    """The head sent to the upstream: our Host and forwarding headers, no secrets."""
+    """The head sent to the upstream: our Host and forwarding headers, no secrets.
+
+    Never a copy of the client's bytes: every line is written here with CRLF,
+    and the body framing is guardproxy's own (one Content-Length, or chunked
+    that the relay re-frames), so the upstream cannot read the message
+    differently from the way guardproxy did.
+    """
     listed = set()
     for name, _, value in req.headers:
         if name == b"connection":
@@ -106,6 +114,10 @@ def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, pr
         if name in _DROP or name in listed:
             continue
         parts += (raw_name, b": ", value, b"\r\n")
+    if req.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.content_length is not None:
+        parts += (b"Content-Length: ", b"%d" % req.content_length, b"\r\n")
     if req.host:
         parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
     parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: ", proto,
