@@ -7,6 +7,8 @@ Pure logic: no asyncio, tested with byte literals.
 
 from __future__ import annotations
 
+import re
+
 # A chunk-size line is hex digits plus optional extensions; nginx caps the
 # whole line far below this, and a line longer than this is an attack.
 MAX_CHUNK_LINE = 4096
@@ -238,11 +240,21 @@ class BodyTooLarge(FramingError):
     """The body passed the configured maximum."""
 
 
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )   (RFC 9112 7.1.1)
+_CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|" + _QUOTED
+                        + rb"))?)*")
+_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 def _strict_size(line: bytes) -> int:
-    digits, semi, ext = line.partition(b";")
-    digits = digits.rstrip(b" \t")
-    if not digits or len(digits) > 16 or not _HEX.issuperset(digits):
+    m = _SIZE_RE.match(line)
+    if m is None:
         raise FramingError("invalid chunk size")
-    if semi and _EXT_BAD.intersection(ext):
-        raise FramingError("control character in chunk extension")
-    return int(digits, 16)
+    if m.end() < len(line):
+        if line[m.end():m.end() + 1] in b"0123456789abcdefABCDEF":
+            raise FramingError("chunk size too large")
+        if not _CHUNK_EXT.fullmatch(line, m.end()):
+            raise FramingError("malformed chunk extension")
+    return int(m.group(), 16)

@@ -28,6 +28,7 @@ from .upstream import UpstreamPool
 
 READ_LIMIT = 65536        # client bytes buffered before reading pauses
 WRITE_HIGH_WATER = 65536  # client bytes queued before the upstream pauses
+LINGER = 2.0              # seconds a refused connection is drained before it closes
 
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
@@ -49,7 +50,9 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None
         self.counted = False  # holds a place in the per-address count
+        self.linger = False   # close after a refusal: read and discard before closing
         self._write_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -72,6 +75,8 @@ class ClientConnection(asyncio.Protocol):
         self.task = self.loop.create_task(self.server.serve(self))
 
     def data_received(self, data: bytes) -> None:
+        if self.linger and self._linger_timer is not None:
+            return  # lingering close: the refusal is out, the rest is discarded
         self.buf += data
         if len(self.buf) > READ_LIMIT and not self._reading_paused:
             self._reading_paused = True
@@ -89,6 +94,9 @@ class ClientConnection(asyncio.Protocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._wake()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -103,6 +111,28 @@ class ClientConnection(asyncio.Protocol):
         self._write_timer = self.loop.call_later(self.server.config.timeouts.write, self._write_stalled)
         if self.upstream is not None:
             self.upstream.pause_for_client()
+
+    def close_lingering(self) -> None:
+        """Close after a refusal without losing the refusal.
+
+        Closing a socket with unread bytes in its receive queue sends a TCP
+        reset, and a reset can make the client discard the error response
+        it has not read yet.  So, like nginx's lingering_close: send FIN
+        after the response, discard what still arrives, and close when the
+        client does or after LINGER seconds.
+        """
+        if self.closed:
+            return
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.buf.clear()
+        transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER, transport.abort)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _write_stalled(self) -> None:
         self._write_timer = None
@@ -301,6 +331,7 @@ class GuardServer:
         except GuardError as err:
             # A head that never completed (too big, bare LF, too slow): the
             # refusal is still answered and logged, without a method or path.
+            conn.linger = True
             response = render(err, close=True)
             if not conn.closed:
                 conn.transport.write(response)
@@ -315,7 +346,9 @@ class GuardServer:
         except Exception as exc:  # a bug must cost one connection, never the server
             print(f"guardproxy: internal error: {exc!r}", file=sys.stderr)
         finally:
-            if not conn.closed:
+            if conn.linger:
+                conn.close_lingering()
+            elif not conn.closed:
                 conn.transport.close()
 
     async def handle(self, conn: ClientConnection, head: bytes) -> bool:
@@ -354,9 +387,10 @@ class GuardServer:
         has_body = req is not None and (req.chunked or bool(req.content_length))
         close = err.close or req is None or has_body or not req.keep_alive or self.closing
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD")
+        conn.linger = close
         if not conn.closed:
             conn.transport.write(response)
-        entry.update(status=err.status, bytes_out=len(response), outcome="upstream_error" if err.status >= 502 else "refused")
+        entry.update(status=err.status, bytes_out=len(response), outcome="upstream_error" if err.status in (502, 504) else "refused")
         entry["error"] = err.message
         self._log(entry, started, started)
         return not close
