@@ -7,6 +7,7 @@ event.  Pure logic: no asyncio.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import h11
@@ -132,6 +133,9 @@ class BadUpstreamHead(GuardError):
     message = "upstream sent an invalid response"
 
 
+# The status line is copied to the client, so a CR, LF or other control byte
+# in the reason phrase would let the upstream split the client's response.
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _RESP_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
 
 
@@ -157,7 +161,7 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
-            or rest[3:4] not in (b"", b" "):
+            or rest[3:4] not in (b"", b" ") or _BAD_REASON.search(rest):
         raise BadUpstreamHead()
     status = int(code)
     keep_alive = version == b"HTTP/1.1"
@@ -166,7 +170,8 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
     out = [b"HTTP/1.1 ", rest, b"\r\n"]
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
+        if not sep or not name or name != name.strip() or _BAD_REASON.search(line) \
+                or line[:1] in (b" ", b"\t"):
             raise BadUpstreamHead()
         lname = name.lower()
         value = value.strip()

@@ -266,17 +266,22 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             framing = CloseFraming()
         self._framing = framing
-        self.head_sent = True
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
         self.state = _BODY
+        if self.read_timeout < self.first_byte_timeout and self._timer is not None:
+            # The first-byte clock is done; from now on the gap between reads counts.
+            self._timer.cancel()
+            self._timer = self.loop.call_at(self.loop.time() + self.read_timeout, self._check_timeout)
         end = 0
         if rest and not framing.done:
             try:
                 end = framing.feed(rest)
             except FramingError:
-                self.fail(UpstreamGone("upstream sent a malformed body"))
+                # Nothing has gone to the client yet: it can still get a 502.
+                self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
+        self.head_sent = True
         if end < 0:
             self._client_transport.write(rh.head + rest)  # type: ignore[union-attr]
             self.bytes_out += len(rest)

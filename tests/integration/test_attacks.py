@@ -28,6 +28,7 @@ from typing import AsyncIterator, NamedTuple
 import pytest
 
 from conftest import KEY, Proxy, start_proxy
+from guardproxy.strict import check_head
 from upstreams import RecordingUpstream
 
 K = b"X-API-Key: " + KEY.encode() + b"\r\n"
@@ -360,3 +361,46 @@ async def test_expect_continue_refusal_sends_no_100(gate: Proxy, upstream: Recor
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     assert b"100 Continue" not in answer and b"Connection: close" in answer
     assert upstream.saw_nothing
+
+
+# --- mutated heads over real sockets: an answer every time, never a hang ----------------------
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    import random
+    rng = random.Random(seed)
+    base = [get(), post(b"Content-Length: 2\r\n", b"{}"), post(CHUNKED, b"2\r\n{}\r\n0\r\n\r\n"),
+            get(b"OPTIONS * HTTP/1.1"), b"GET /health HTTP/1.0\r\n\r\n"]
+    noise = [b"\r", b"\n", b"\x00", b" ", b"\t", b":", b",", b"\x7f", b"\xff", b"#", b"\r\n", b"0", b"chunked"]
+    out = []
+    for _ in range(count):
+        data = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(data))
+            op = rng.choice(("insert", "delete", "replace"))
+            if op == "delete":
+                del data[pos]
+            else:
+                data[pos:pos + (op == "replace")] = rng.choice(noise)
+        out.append(bytes(data) + b"\r\n\r\n")  # ends every head that is still open
+    return out
+
+
+async def test_mutated_heads_get_an_answer_and_nothing_malformed_goes_upstream(
+        upstream: RecordingUpstream, tmp_path: Path) -> None:
+    from guardproxy.config import ServerLimits, Timeouts
+    p = await start_proxy(upstream.port, tmp_path, server=ServerLimits(max_body=MAX_BODY),
+                          timeouts=Timeouts(header=0.5, body=0.5, keepalive=0.5))
+    try:
+        cases = _mutations(1234, 150)
+        answers = await asyncio.gather(*(send(p.port, raw, False, timeout=5) for raw in cases))
+        for raw, answer in zip(cases, answers):
+            assert answer.startswith(b"HTTP/1.1 "), (raw, answer)
+            status = int(answer[9:12])
+            assert status in (200, 400, 401, 405, 408, 413, 414, 431, 501, 505), (raw, answer)
+        assert upstream.heads, "some mutations are harmless and must still be served"
+        for head in upstream.heads:
+            # Every head that went upstream is one guardproxy wrote: it passes the strict check.
+            check_head(head, max_body=1 << 40)
+    finally:
+        await p.server.stop(grace=0)
+        p.server.access_log.close()
