@@ -248,7 +248,10 @@ class GuardServer:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
             backlog=1024, reuse_address=True,
-            ssl=self.tls.context if self.tls is not None else None)
+            ssl=self.tls.context if self.tls is not None else None,
+            # A client that opens a connection and never finishes the handshake
+            # gets the same deadline as one that never finishes its head.
+            ssl_handshake_timeout=self.config.timeouts.header if self.tls is not None else None)
         if self.tls is not None:
             self.tls.start(self.loop)
 
