@@ -69,8 +69,10 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             # Over a connection cap: one short answer, no task, no buffers.
             self.closed = True
-            transport.write(render(refusal, close=True))  # type: ignore[attr-defined]
+            response = render(refusal, close=True)
+            transport.write(response)  # type: ignore[attr-defined]
             transport.close()
+            self.server.log_refusal(self, refusal, len(response))
             return
         self.task = self.loop.create_task(self.server.serve(self))
 
@@ -338,12 +340,7 @@ class GuardServer:
             response = render(err, close=True)
             if not conn.closed:
                 conn.transport.write(response)
-            now = time.perf_counter()
-            self._log({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "client": conn.peer_ip, "method": "", "path": "", "status": err.status,
-                       "bytes_in": len(conn.buf), "bytes_out": len(response), "duration_ms": 0.0,
-                       "ttfb_ms": None, "key": None, "outcome": "refused", "error": err.message},
-                      now, now)
+            self.log_refusal(conn, err, len(response))
         except ClientGone:
             pass
         except Exception as exc:  # a bug must cost one connection, never the server
@@ -462,6 +459,15 @@ class GuardServer:
         entry["error"] = err.message
         self._log(entry, started, upstream.head_at)
         return False
+
+    def log_refusal(self, conn: ClientConnection, err: GuardError, bytes_out: int) -> None:
+        """A refusal with no parsed request behind it (incomplete head, connection cap)."""
+        now = time.perf_counter()
+        self._log({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "client": conn.peer_ip, "method": "", "path": "", "status": err.status,
+                   "bytes_in": len(conn.buf), "bytes_out": bytes_out, "duration_ms": 0.0,
+                   "ttfb_ms": None, "key": None, "outcome": "refused", "error": err.message},
+                  now, now)
 
     def _log(self, entry: dict[str, Any], started: float, first_byte: float | None) -> None:
         if not self.access_log.enabled:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from .errors import BadRequest, GuardError, HeadTooLarge, MethodNotAllowed, PayloadTooLarge
 
@@ -57,13 +58,26 @@ def _bad(message: str) -> BadRequest:
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
-# field-value: VCHAR, obs-text, SP and HTAB; no other control byte, no DEL.
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # origin-form (RFC 9112 3.2.1): "/" then pchar, "/", "?" and %XX only.
 # No "#", "\", spaces, quotes, braces or raw bytes >= 0x80.
 _ORIGIN_FORM = re.compile(rb"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?")
+# One match per field line: token name, colon, OWS, then a value without
+# control bytes (CR, LF and NUL included).  Anything else is diagnosed by
+# _field_error, off the fast path.
+_FIELD = re.compile(rb"([!#$%&'*+\-.^`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
 _UNIQUE = frozenset({b"host", b"content-length", b"transfer-encoding", b"x-api-key", b"authorization"})
+
+
+def _field_error(line: bytes) -> NoReturn:
+    if b"\r" in line:
+        raise _bad("bare CR in header field")
+    if line[:1] in (b" ", b"\t"):
+        raise _bad("obsolete line folding")
+    name, colon, _ = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise _bad("malformed header field name")
+    raise _bad("control character in header field value")
 
 
 class HeadScanner:
@@ -156,18 +170,13 @@ def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = M
 
     seen: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        if b"\r" in line:
-            raise _bad("bare CR in header field")
-        if line[:1] in (b" ", b"\t"):
-            raise _bad("obsolete line folding")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise _bad("malformed header field name")
-        if _BAD_VALUE.search(value):
-            raise _bad("control character in header field value")
-        lname = name.lower()
-        value = value.strip(b" \t")
+        m = _FIELD.fullmatch(line)
+        if m is None:
+            _field_error(line)
+        lname = m.group(1).lower()
         if lname in _UNIQUE:
+            name = m.group(1)
+            value = m.group(2).rstrip(b" \t")
             if lname in seen:
                 raise _bad(f"duplicate {name.decode('latin-1')} header")
             seen[lname] = value

@@ -229,6 +229,7 @@ async def test_global_cap_refuses_with_503(upstream: RecordingUpstream, tmp_path
         raw = await read_all(reader)
         assert raw.startswith(b"HTTP/1.1 503 ")
         assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"error": "too many connections"}
+        assert p.log_lines()[-1]["status"] == 503 and p.log_lines()[-1]["outcome"] == "refused"
         writer.close()
     finally:
         for s in socks:
