@@ -9,8 +9,9 @@ still too low.  Pure logic apart from the resource call; Windows has none.
 from __future__ import annotations
 
 # Descriptors guardproxy needs besides client sockets: upstream connections
-# (one per active stream), the listener, log files, the event loop's own.
-HEADROOM = 64
+# (one per active stream; most client connections are idle), the listener,
+# log files, the event loop's own.
+HEADROOM = 256
 
 
 def check_open_files(max_connections: int) -> str | None:
@@ -19,7 +20,7 @@ def check_open_files(max_connections: int) -> str | None:
         import resource
     except ImportError:  # Windows: no per-process descriptor limit of this kind
         return None
-    needed = 2 * max_connections + HEADROOM  # a client and an upstream socket per active stream
+    needed = max_connections + HEADROOM
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return None

@@ -371,6 +371,11 @@ class GuardServer:
             entry["key"] = self.keys.authenticate(req)
             upstream = await self.pool.acquire()
         except GuardError as err:
+            if req is None:  # refused while parsing: log what the request line claimed
+                parts = head.split(b"\r\n", 1)[0].split(b" ")
+                entry["method"] = parts[0][:16].decode("latin-1")
+                if len(parts) > 1:
+                    entry["path"] = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
             return self._refuse(conn, req, err, entry, started)
         return await self._proxy(conn, req, upstream, entry, started)
 

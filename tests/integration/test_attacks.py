@@ -255,6 +255,8 @@ async def test_head_attack_refused_and_upstream_untouched(gate: Proxy, upstream:
     assert upstream.saw_nothing
     entry = gate.log_lines()[-1]
     assert entry["status"] == case.status and entry["outcome"] == "refused"
+    if case.id in ("method-put", "cl-te"):
+        assert (entry["method"], entry["path"]) == (case.raw.split(b" ")[0].decode(), case.raw.split(b" ")[1].decode())
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["one-write", "bytewise"])
