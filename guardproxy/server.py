@@ -12,6 +12,7 @@ one place (errors.render).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sys
 import time
 from typing import Any
@@ -36,6 +37,24 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def address_key(ip: str) -> str:
+    """The unit the per-address cap counts: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually holds a whole /64, so counting single IPv6
+    addresses would give it 2**64 allowances.  IPv4-mapped addresses (a
+    dual-stack listener) count as the IPv4 address they are.
+    """
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False))
+
+
 class ClientConnection(asyncio.Protocol):
     """One client socket: a bounded read buffer, write flow control, and hang-up detection."""
 
@@ -50,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None
         self.counted = False  # holds a place in the per-address count
+        self.address_key = ""  # what the per-address cap counts (see address_key)
         self.linger = False   # close after a refusal: read and discard before closing
         self._write_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -110,6 +130,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = True
         # A client that stops reading holds an upstream stream (and a GPU) open;
         # past the write timeout it is dropped, which closes the upstream too.
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         self._write_timer = self.loop.call_later(self.server.config.timeouts.write, self._write_stalled)
         if self.upstream is not None:
             self.upstream.pause_for_client()
@@ -262,10 +284,11 @@ class GuardServer:
         limits = self.config.server
         if len(self.connections) >= limits.max_connections:
             return ServiceUnavailable("too many connections")
-        n = self.per_ip.get(conn.peer_ip, 0)
+        key = conn.address_key = address_key(conn.peer_ip)
+        n = self.per_ip.get(key, 0)
         if n >= limits.max_connections_per_ip:
             return ServiceUnavailable("too many connections from your address")
-        self.per_ip[conn.peer_ip] = n + 1
+        self.per_ip[key] = n + 1
         conn.counted = True
         self.connections.add(conn)
         return None
@@ -274,11 +297,11 @@ class GuardServer:
         self.connections.discard(conn)
         if conn.counted:
             conn.counted = False
-            n = self.per_ip.get(conn.peer_ip, 1) - 1
+            n = self.per_ip.get(conn.address_key, 1) - 1
             if n > 0:
-                self.per_ip[conn.peer_ip] = n
+                self.per_ip[conn.address_key] = n
             else:
-                self.per_ip.pop(conn.peer_ip, None)
+                self.per_ip.pop(conn.address_key, None)
 
     @property
     def port(self) -> int:

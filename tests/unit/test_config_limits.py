@@ -60,3 +60,11 @@ def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
             "print(check_open_files(1000)); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["None", "1256"]
+
+
+def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
+    from guardproxy.server import address_key
+    assert address_key("203.0.113.7") == "203.0.113.7"
+    assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
