@@ -163,6 +163,10 @@ async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
         print(f"guardproxy: config error: {config.path}: log.access: cannot open {config.access_log!r}: "
               f"{e.strerror}", file=sys.stderr)
         return EXIT_CONFIG
+    from .fdlimit import check_open_files
+    warning = check_open_files(config.server.max_connections)
+    if warning:
+        print(warning, file=sys.stderr)
     server = GuardServer(config, access_log=access_log)
     try:
         await server.start()
@@ -178,7 +182,8 @@ async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
-    print(f"guardproxy {__version__} listening on http://{config.listen_host}:{server.port} -> "
+    scheme = "https" if config.tls is not None else "http"
+    print(f"guardproxy {__version__} listening on {scheme}://{config.listen_host}:{server.port} -> "
           f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
           f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
     try:

@@ -46,6 +46,23 @@ class Timeouts:
     header: float = 10.0       # a client's request head, from its first byte
     keepalive: float = 30.0    # an idle client connection between requests
     grace: float = 30.0        # running streams at shutdown
+    body: float = 30.0         # silence inside a request body (then 408)
+    write: float = 60.0        # a client that stops reading a response (then dropped)
+    first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_body: int = 64 * 1024 * 1024     # request body bytes (then 413)
+    max_connections: int = 10000         # open client connections in all (then 503)
+    max_connections_per_ip: int = 256    # open client connections from one address (then 503)
+    max_headers: int = 100               # header fields in a request head (then 431)
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path   # PEM certificate chain (fullchain.pem)
+    key: Path    # PEM private key
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Config:
     keys: tuple[KeyEntry, ...]
     access_log: str = "-"
     timeouts: Timeouts = field(default_factory=Timeouts)
+    server: ServerLimits = field(default_factory=ServerLimits)
+    tls: Tls | None = None
 
 
 # --- keys -----------------------------------------------------------------
@@ -102,6 +121,22 @@ def parse_duration(value: Any) -> float:
     raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
+               "GB": 1000**3, "GiB": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 1048576, "64MiB", "512KiB", "1GB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError("a size like \"64MiB\", \"512KiB\" or a number of bytes")
+
+
 def parse_hostport(value: str) -> tuple[str, int]:
     """"HOST:PORT" or "[v6]:PORT" -> (host, port)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
@@ -132,10 +167,12 @@ def parse_upstream(value: str) -> Upstream:
 
 # --- loading ------------------------------------------------------------------
 
-_TOP = {"listen", "upstream", "keys", "log", "timeouts"}
+_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls"}
 _KEY_FIELDS = {"name", "key_sha256", "key"}
 _LOG_FIELDS = {"access"}
 _TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
+_SERVER_FIELDS = {f for f in ServerLimits.__dataclass_fields__}
+_TLS_FIELDS = {"cert", "key"}
 
 
 class _Reader:
@@ -255,7 +292,35 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
             tv[k] = parse_duration(v)
         except ValueError as e:
             raise r.fail(("timeouts", k), str(e)) from None
-    return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv))
+
+    sv = r.table(data.get("server", {}), ("server",), _SERVER_FIELDS)
+    limits: dict[str, int] = {}
+    for k, v in sv.items():
+        if k == "max_body":
+            try:
+                limits[k] = parse_size(v)
+            except ValueError as e:
+                raise r.fail(("server", k), str(e)) from None
+        elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            limits[k] = v
+        else:
+            raise r.fail(("server", k), "a whole number of at least 1")
+
+    tls = None
+    if "tls" in data:
+        tt = r.table(data["tls"], ("tls",), _TLS_FIELDS)
+        if set(tt) != _TLS_FIELDS:
+            raise r.fail(("tls",), "both cert = \"<fullchain.pem>\" and key = \"<privkey.pem>\"")
+        base = path.parent if path is not None else Path(".")
+        files = {}
+        for k in ("cert", "key"):
+            f = Path(r.string(tt, k, ("tls",)))
+            files[k] = f if f.is_absolute() else base / f
+            if not files[k].is_file():
+                raise r.fail(("tls", k), f"a readable PEM file; {str(files[k])!r} does not exist")
+        tls = Tls(files["cert"], files["key"])
+    return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv),
+                  ServerLimits(**limits), tls)
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:
@@ -301,6 +366,19 @@ read = "600s"           # silence between upstream bytes during a generation
 header = "10s"          # a client's request head, from its first byte
 keepalive = "30s"       # idle client connection between requests
 grace = "30s"           # running streams get this long at shutdown
+body = "30s"            # silence inside a request body (then 408)
+write = "60s"           # a client that stops reading a response is dropped
+first_byte = "300s"     # the upstream's first response byte (a cold model load is slow)
+
+[server]
+max_body = "64MiB"              # request bodies (then 413)
+max_connections = 10000         # client connections in all (then 503)
+max_connections_per_ip = 256    # client connections from one address (then 503)
+max_headers = 100               # header fields per request (then 431)
+
+# [tls]                         # serve HTTPS on the listen port
+# cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
+# key = "/etc/letsencrypt/live/example.com/privkey.pem"
 """
 
 

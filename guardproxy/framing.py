@@ -7,6 +7,8 @@ Pure logic: no asyncio, tested with byte literals.
 
 from __future__ import annotations
 
+import re
+
 # A chunk-size line is hex digits plus optional extensions; nginx caps the
 # whole line far below this, and a line longer than this is an attack.
 MAX_CHUNK_LINE = 4096
@@ -144,3 +146,115 @@ def _parse_size(line: bytes) -> int:
     if not digits or len(digits) > 16 or not _HEX.issuperset(digits):
         raise FramingError("invalid chunk size")
     return int(digits, 16)
+
+
+# --- request bodies: decoded and re-framed, never copied -------------------------
+
+# A chunk extension (RFC 9112 7.1.1) may hold tokens, quoted strings and
+# whitespace, never a control byte: a lone CR in one is how llhttp and a
+# lenient parser were made to disagree about where a chunk starts.
+_EXT_BAD = frozenset(range(0x00, 0x09)) | frozenset(range(0x0A, 0x20)) | {0x7F}
+
+
+class ChunkedDecoder:
+    """Decodes a chunked request body strictly, so guardproxy can re-frame it.
+
+    feed(data) returns (payload pieces, end): end is the offset just past the
+    final CRLF, or -1 when more is needed.  Chunk extensions and trailers are
+    checked and then dropped; they never reach the upstream.  The running
+    payload total is checked against max_body before a chunk's data is read.
+    """
+
+    __slots__ = ("state", "remaining", "line", "done", "total", "max_body")
+
+    def __init__(self, max_body: int) -> None:
+        self.state = _SIZE
+        self.remaining = 0
+        self.line = b""
+        self.done = False
+        self.total = 0
+        self.max_body = max_body
+
+    def feed(self, data: bytes) -> tuple[list[bytes], int]:
+        pieces: list[bytes] = []
+        pos = 0
+        n = len(data)
+        while pos < n:
+            state = self.state
+            if state == _DATA:
+                take = min(self.remaining, n - pos)
+                pieces.append(data[pos:pos + take])
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.remaining = 2
+                    self.state = _DATA_CRLF
+            elif state == _DATA_CRLF:
+                while self.remaining and pos < n:
+                    if data[pos] != (13 if self.remaining == 2 else 10):
+                        raise FramingError("missing CRLF after chunk data")
+                    pos += 1
+                    self.remaining -= 1
+                if not self.remaining:
+                    self.state = _SIZE
+            else:
+                nl = data.find(b"\n", pos)
+                limit = MAX_CHUNK_LINE if state == _SIZE else MAX_TRAILER_BYTES
+                if nl < 0:
+                    self.line += data[pos:]
+                    if len(self.line) > limit:
+                        raise FramingError("chunk size line too long" if state == _SIZE
+                                           else "trailer section too long")
+                    return pieces, -1
+                line = self.line + data[pos:nl]
+                self.line = b""
+                pos = nl + 1
+                if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                    raise FramingError("bare CR or LF in chunked framing")
+                if state == _SIZE:
+                    size = _strict_size(line[:-1])
+                    self.total += size
+                    if self.total > self.max_body:
+                        raise BodyTooLarge()
+                    if size:
+                        self.remaining = size
+                        self.state = _DATA
+                    else:
+                        self.remaining = 0  # now counts trailer bytes
+                        self.state = _TRAILER
+                elif line == b"\r":
+                    self.done = True
+                    return pieces, pos
+                else:
+                    # Trailer fields are dropped, but they must be sane and
+                    # the whole section stays within its limit.
+                    if _EXT_BAD.intersection(line[:-1]) or b":" not in line or line[:1] in (b" ", b"\t"):
+                        raise FramingError("malformed trailer field")
+                    self.remaining += len(line) + 1
+                    if self.remaining > MAX_TRAILER_BYTES:
+                        raise FramingError("trailer section too long")
+        return pieces, -1
+
+
+class BodyTooLarge(FramingError):
+    """The body passed the configured maximum."""
+
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )   (RFC 9112 7.1.1)
+_CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|" + _QUOTED
+                        + rb"))?)*")
+_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _strict_size(line: bytes) -> int:
+    m = _SIZE_RE.match(line)
+    if m is None:
+        raise FramingError("invalid chunk size")
+    if m.end() < len(line):
+        if line[m.end():m.end() + 1] in b"0123456789abcdefABCDEF":
+            raise FramingError("chunk size too large")
+        if not _CHUNK_EXT.fullmatch(line, m.end()):
+            raise FramingError("malformed chunk extension")
+    return int(m.group(), 16)

@@ -7,11 +7,13 @@ event.  Pure logic: no asyncio.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import h11
 
 from .errors import BadRequest, GuardError, HeadTooLarge
+from .strict import MAX_BODY, MAX_HEADERS, check_head
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
 # client's key must never reach the upstream, Host is rewritten, and the
@@ -19,6 +21,8 @@ from .errors import BadRequest, GuardError, HeadTooLarge
 _DROP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"proxy-authorization", b"http2-settings", b"expect",
+    # The framing headers are written by guardproxy itself (build_upstream_head).
+    b"content-length", b"transfer-encoding",
     b"x-api-key", b"authorization",
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
 })
@@ -51,8 +55,13 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
-def parse_request_head(data: bytes) -> RequestHead:
-    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError."""
+def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY) -> RequestHead:
+    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError.
+
+    strict.check_head refuses first what h11 would let through; h11 then
+    parses what is left, so both parsers agree on every head that passes.
+    """
+    facts = check_head(data, max_headers=max_headers, max_body=max_body)
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(data) + 1)
     try:
         conn.receive_data(data)
@@ -65,18 +74,14 @@ def parse_request_head(data: bytes) -> RequestHead:
     raw = event.headers.raw_items()
     lower = event.headers  # h11 has already lower-cased these names
     headers = [(ln, rn, v) for (ln, v), (rn, _) in zip(lower, raw)]
-    content_length = None
-    chunked = False
+    content_length = facts.content_length
+    chunked = facts.chunked
     keep_alive = event.http_version == b"1.1"
     expect = False
     host = b""
     connection_tokens: list[bytes] = []
     for name, _, value in headers:
-        if name == b"content-length":
-            content_length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True  # h11 accepts only "chunked"
-        elif name == b"connection":
+        if name == b"connection":
             connection_tokens.extend(_tokens(value))
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
@@ -86,14 +91,18 @@ def parse_request_head(data: bytes) -> RequestHead:
         keep_alive = False
     elif event.http_version == b"1.0" and b"keep-alive" in connection_tokens:
         keep_alive = True
-    if chunked:
-        content_length = None
     return RequestHead(event.method, event.target, event.http_version, headers, keep_alive,
                        content_length, chunked, expect, host)
 
 
 def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes) -> bytes:
-    """The head sent to the upstream: our Host and forwarding headers, no secrets."""
+    """The head sent to the upstream: our Host and forwarding headers, no secrets.
+
+    Never a copy of the client's bytes: every line is written here with CRLF,
+    and the body framing is guardproxy's own (one Content-Length, or chunked
+    that the relay re-frames), so the upstream cannot read the message
+    differently from the way guardproxy did.
+    """
     listed = set()
     for name, _, value in req.headers:
         if name == b"connection":
@@ -106,6 +115,10 @@ def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, pr
         if name in _DROP or name in listed:
             continue
         parts += (raw_name, b": ", value, b"\r\n")
+    if req.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.content_length is not None:
+        parts += (b"Content-Length: ", b"%d" % req.content_length, b"\r\n")
     if req.host:
         parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
     parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: ", proto,
@@ -120,6 +133,9 @@ class BadUpstreamHead(GuardError):
     message = "upstream sent an invalid response"
 
 
+# The status line is copied to the client, so a CR, LF or other control byte
+# in the reason phrase would let the upstream split the client's response.
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _RESP_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
 
 
@@ -145,7 +161,7 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
-            or rest[3:4] not in (b"", b" "):
+            or rest[3:4] not in (b"", b" ") or _BAD_REASON.search(rest):
         raise BadUpstreamHead()
     status = int(code)
     keep_alive = version == b"HTTP/1.1"
@@ -154,7 +170,8 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
     out = [b"HTTP/1.1 ", rest, b"\r\n"]
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
+        if not sep or not name or name != name.strip() or _BAD_REASON.search(line) \
+                or line[:1] in (b" ", b"\t"):
             raise BadUpstreamHead()
         lname = name.lower()
         value = value.strip()

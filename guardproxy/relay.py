@@ -14,9 +14,9 @@ import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .errors import BadGateway, BadRequest, GatewayTimeout, GuardError
-from .framing import (ChunkedFraming, CloseFraming, Framing, FramingError, LengthFraming,
-                      NoBody)
+from .errors import BadGateway, BadRequest, GatewayTimeout, GuardError, PayloadTooLarge
+from .framing import (BodyTooLarge, ChunkedDecoder, ChunkedFraming, CloseFraming, Framing,
+                      FramingError, LengthFraming, NoBody)
 from .heads import BadUpstreamHead, RequestHead, parse_response_head
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ class UpstreamGone(BadGateway):
 
 class UpstreamTimeout(GatewayTimeout):
     message = "upstream read timeout"
+
+
+class FirstByteTimeout(GatewayTimeout):
+    message = "upstream first byte timeout"
 
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
@@ -71,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_at = 0.0
         self.last_read = 0.0
         self.read_timeout = 600.0
+        self.first_byte_timeout = 300.0
         self._timer: asyncio.TimerHandle | None = None
         self._head_request = False
         self._client_keep_alive = True
@@ -87,7 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         set_nodelay(transport)
 
     def begin(self, client: "ClientConnection", req: RequestHead, *, keep_alive: bool,
-              read_timeout: float) -> "asyncio.Future[bool]":
+              read_timeout: float, first_byte_timeout: float | None = None) -> "asyncio.Future[bool]":
         """Attach to a client for one request; the future says if the connection is reusable."""
         self.client = client
         self._client_transport = client.transport
@@ -101,9 +106,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = req.method == b"HEAD"
         self._client_keep_alive = keep_alive
         self.read_timeout = read_timeout
+        # Until the response head arrives the clock is the first-byte timeout
+        # (a cold model load can take minutes); after it, the gap between reads.
+        self.first_byte_timeout = read_timeout if first_byte_timeout is None else first_byte_timeout
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
-        self._timer = self.loop.call_at(self.last_read + read_timeout, self._check_timeout)
+        self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
         if client.write_paused:
             self.pause_for_client()
         return self.result
@@ -258,17 +266,22 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             framing = CloseFraming()
         self._framing = framing
-        self.head_sent = True
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
         self.state = _BODY
+        if self.read_timeout < self.first_byte_timeout and self._timer is not None:
+            # The first-byte clock is done; from now on the gap between reads counts.
+            self._timer.cancel()
+            self._timer = self.loop.call_at(self.loop.time() + self.read_timeout, self._check_timeout)
         end = 0
         if rest and not framing.done:
             try:
                 end = framing.feed(rest)
             except FramingError:
-                self.fail(UpstreamGone("upstream sent a malformed body"))
+                # Nothing has gone to the client yet: it can still get a 502.
+                self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
+        self.head_sent = True
         if end < 0:
             self._client_transport.write(rh.head + rest)  # type: ignore[union-attr]
             self.bytes_out += len(rest)
@@ -285,38 +298,64 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state == _IDLE:
             return
         now = self.loop.time()
+        limit = self.first_byte_timeout if self.state == _HEAD else self.read_timeout
         if self._paused_by_client:
             # A stalled client is not the upstream's fault: the clock restarts.
-            self._timer = self.loop.call_at(now + self.read_timeout, self._check_timeout)
+            self._timer = self.loop.call_at(now + limit, self._check_timeout)
             return
-        deadline = self.last_read + self.read_timeout
+        deadline = self.last_read + limit
         if now < deadline:
             self._timer = self.loop.call_at(deadline, self._check_timeout)
             return
-        self.fail(UpstreamTimeout())
+        self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
 
 
 async def send_request_body(client: "ClientConnection", upstream: UpstreamConnection, req: RequestHead,
-                            idle_timeout: float) -> int:
-    """Copy the request body, framed as the client sent it, with backpressure both ways.
+                            idle_timeout: float, max_body: int) -> int:
+    """Copy the request body with backpressure both ways; returns the body bytes read.
 
-    Reads only up to the end of the body, so a pipelined next request stays
-    in the client's buffer.  Returns the body bytes copied.
+    A Content-Length body passes unchanged (its size was checked against
+    max_body from the head).  A chunked body is decoded strictly and written
+    again in guardproxy's own chunks: extensions and trailers are dropped, so
+    the upstream never sees chunk framing guardproxy did not write.  Reads
+    only up to the end of the body, so a pipelined next request stays in the
+    client's buffer.  Each write restarts the upstream's first-byte clock:
+    the upstream cannot answer before it has the body.
     """
-    framing: Framing = ChunkedFraming() if req.chunked else LengthFraming(req.content_length or 0)
-    total = 0
     transport = upstream.transport
     assert transport is not None
-    while not framing.done:
+    loop = upstream.loop
+    total = 0
+    if not req.chunked:
+        framing = LengthFraming(req.content_length or 0)
+        while not framing.done:
+            data = await client.peek(BODY_READ, idle_timeout)
+            end = framing.feed(data)
+            if end >= 0:
+                data = data[:end]
+            client.consume(len(data))
+            total += len(data)
+            transport.write(data)
+            upstream.last_read = loop.time()
+            await upstream.drain()
+        return total
+    decoder = ChunkedDecoder(max_body)
+    while not decoder.done:
         data = await client.peek(BODY_READ, idle_timeout)
         try:
-            end = framing.feed(data)
+            pieces, end = decoder.feed(data)
+        except BodyTooLarge:
+            raise PayloadTooLarge() from None
         except FramingError as e:
             raise BadRequest(f"malformed chunked body: {e}") from None
-        if end >= 0:
-            data = data[:end]
-        client.consume(len(data))
-        total += len(data)
-        transport.write(data)
+        used = len(data) if end < 0 else end
+        client.consume(used)
+        total += used
+        payload = b"".join(pieces)
+        if payload:
+            transport.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        if decoder.done:
+            transport.write(b"0\r\n\r\n")
+        upstream.last_read = loop.time()
         await upstream.drain()
     return total

@@ -12,6 +12,7 @@ one place (errors.render).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sys
 import time
 from typing import Any
@@ -19,19 +20,39 @@ from typing import Any
 from .accesslog import AccessLog
 from .auth import KeyRing
 from .config import Config
-from .errors import GuardError, HeadTooLarge, RequestTimeout, render
+from .errors import GuardError, RequestTimeout, ServiceUnavailable, render
 from .heads import RequestHead, build_upstream_head, parse_request_head
 from .relay import ClientGone, UpstreamConnection, UpstreamGone, send_request_body, set_nodelay
+from .strict import HeadScanner
+from .tls import CertReloader
 from .upstream import UpstreamPool
 
-MAX_HEAD = 16384
 READ_LIMIT = 65536        # client bytes buffered before reading pauses
 WRITE_HIGH_WATER = 65536  # client bytes queued before the upstream pauses
+LINGER = 2.0              # seconds a refused connection is drained before it closes
 
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
            b"Cache-Control: no-store\r\n\r\n")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def address_key(ip: str) -> str:
+    """The unit the per-address cap counts: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually holds a whole /64, so counting single IPv6
+    addresses would give it 2**64 allowances.  IPv4-mapped addresses (a
+    dual-stack listener) count as the IPv4 address they are.
+    """
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False))
 
 
 class ClientConnection(asyncio.Protocol):
@@ -47,6 +68,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = "unknown"
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None
+        self.counted = False  # holds a place in the per-address count
+        self.address_key = ""  # what the per-address cap counts (see address_key)
+        self.linger = False   # close after a refusal: read and discard before closing
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -59,10 +85,20 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0]
-        self.server.connections.add(self)
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            # Over a connection cap: one short answer, no task, no buffers.
+            self.closed = True
+            response = render(refusal, close=True)
+            transport.write(response)  # type: ignore[attr-defined]
+            transport.close()
+            self.server.log_refusal(self, refusal, len(response))
+            return
         self.task = self.loop.create_task(self.server.serve(self))
 
     def data_received(self, data: bytes) -> None:
+        if self.linger and self._linger_timer is not None:
+            return  # lingering close: the refusal is out, the rest is discarded
         self.buf += data
         if len(self.buf) > READ_LIMIT and not self._reading_paused:
             self._reading_paused = True
@@ -76,7 +112,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.release(self)
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._wake()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -86,11 +128,46 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        # A client that stops reading holds an upstream stream (and a GPU) open;
+        # past the write timeout it is dropped, which closes the upstream too.
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+        self._write_timer = self.loop.call_later(self.server.config.timeouts.write, self._write_stalled)
         if self.upstream is not None:
             self.upstream.pause_for_client()
 
+    def close_lingering(self) -> None:
+        """Close after a refusal without losing the refusal.
+
+        Closing a socket with unread bytes in its receive queue sends a TCP
+        reset, and a reset can make the client discard the error response
+        it has not read yet.  So, like nginx's lingering_close: send FIN
+        after the response, discard what still arrives, and close when the
+        client does or after LINGER seconds.
+        """
+        if self.closed:
+            return
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.buf.clear()
+        transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER, transport.abort)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if not self.closed:
+            self.transport.abort()
+
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self.upstream is not None:
             self.upstream.resume_for_client()
         waiter = self._drain_waiter
@@ -118,8 +195,14 @@ class ClientConnection(asyncio.Protocol):
             if not self.closed:
                 self.transport.resume_reading()
 
-    async def read_head(self, first_byte_timeout: float, header_timeout: float) -> bytes | None:
-        """The next request head, or None when the client closes or idles out between requests."""
+    async def read_head(self, first_byte_timeout: float, header_timeout: float,
+                        max_headers: int) -> bytes | None:
+        """The next request head, or None when the client closes or idles out between requests.
+
+        The head deadline runs from the head's first byte.  HeadScanner
+        refuses a bare LF, an over-long line, too many fields or too many
+        bytes as soon as they arrive, so no head is held until the deadline.
+        """
         if not self.buf:
             self.idle = True
             try:
@@ -132,18 +215,15 @@ class ClientConnection(asyncio.Protocol):
                 self.idle = False
             if not self.buf:
                 return None
-        scanned = 0
+        scanner = HeadScanner(max_headers)
         try:
             async with asyncio.timeout(header_timeout):
                 while True:
-                    idx = self.buf.find(b"\r\n\r\n", max(0, scanned - 3))
-                    if idx >= 0:
-                        head = bytes(self.buf[:idx + 4])
-                        self.consume(idx + 4)
+                    end = scanner.feed(self.buf)
+                    if end >= 0:
+                        head = bytes(self.buf[scanner.start:end])
+                        self.consume(end)
                         return head
-                    scanned = len(self.buf)
-                    if scanned > MAX_HEAD:
-                        raise HeadTooLarge()
                     if self.closed:
                         raise ClientGone()
                     await self._wait_data()
@@ -180,6 +260,8 @@ class GuardServer:
         self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
         self.connections: set[ClientConnection] = set()
+        self.per_ip: dict[str, int] = {}
+        self.tls = CertReloader(config.tls) if config.tls is not None else None
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._active = 0
@@ -189,7 +271,37 @@ class GuardServer:
     async def start(self) -> None:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
-            backlog=1024, reuse_address=True)
+            backlog=1024, reuse_address=True,
+            ssl=self.tls.context if self.tls is not None else None,
+            # A client that opens a connection and never finishes the handshake
+            # gets the same deadline as one that never finishes its head.
+            ssl_handshake_timeout=self.config.timeouts.header if self.tls is not None else None)
+        if self.tls is not None:
+            self.tls.start(self.loop)
+
+    def admit(self, conn: ClientConnection) -> GuardError | None:
+        """Count a new connection, or say which cap it is over."""
+        limits = self.config.server
+        if len(self.connections) >= limits.max_connections:
+            return ServiceUnavailable("too many connections")
+        key = conn.address_key = address_key(conn.peer_ip)
+        n = self.per_ip.get(key, 0)
+        if n >= limits.max_connections_per_ip:
+            return ServiceUnavailable("too many connections from your address")
+        self.per_ip[key] = n + 1
+        conn.counted = True
+        self.connections.add(conn)
+        return None
+
+    def release(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if conn.counted:
+            conn.counted = False
+            n = self.per_ip.get(conn.address_key, 1) - 1
+            if n > 0:
+                self.per_ip[conn.address_key] = n
+            else:
+                self.per_ip.pop(conn.address_key, None)
 
     @property
     def port(self) -> int:
@@ -200,6 +312,8 @@ class GuardServer:
         """Stop accepting, let running requests finish within the grace period, then close."""
         grace = self.config.timeouts.grace if grace is None else grace
         self.closing = True
+        if self.tls is not None:
+            self.tls.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -227,7 +341,7 @@ class GuardServer:
         first_wait = t.header
         try:
             while not conn.closed and not self.closing:
-                head = await conn.read_head(first_wait, t.header)
+                head = await conn.read_head(first_wait, t.header, self.config.server.max_headers)
                 if head is None:
                     break
                 first_wait = t.keepalive
@@ -243,15 +357,21 @@ class GuardServer:
                     break
                 await conn.drain()
         except GuardError as err:
-            # A head that never completed: there is no request to log against.
+            # A head that never completed (too big, bare LF, too slow): the
+            # refusal is still answered and logged, without a method or path.
+            conn.linger = True
+            response = render(err, close=True)
             if not conn.closed:
-                conn.transport.write(render(err, close=True))
+                conn.transport.write(response)
+            self.log_refusal(conn, err, len(response))
         except ClientGone:
             pass
         except Exception as exc:  # a bug must cost one connection, never the server
             print(f"guardproxy: internal error: {exc!r}", file=sys.stderr)
         finally:
-            if not conn.closed:
+            if conn.linger:
+                conn.close_lingering()
+            elif not conn.closed:
                 conn.transport.close()
 
     async def handle(self, conn: ClientConnection, head: bytes) -> bool:
@@ -265,7 +385,8 @@ class GuardServer:
         }
         req: RequestHead | None = None
         try:
-            req = parse_request_head(head)
+            req = parse_request_head(head, max_headers=self.config.server.max_headers,
+                                     max_body=self.config.server.max_body)
             entry["method"] = req.method.decode("latin-1")
             entry["path"] = req.path.decode("latin-1")[:1024]
             if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
@@ -273,6 +394,11 @@ class GuardServer:
             entry["key"] = self.keys.authenticate(req)
             upstream = await self.pool.acquire()
         except GuardError as err:
+            if req is None:  # refused while parsing: log what the request line claimed
+                parts = head.split(b"\r\n", 1)[0].split(b" ")
+                entry["method"] = parts[0][:16].decode("latin-1")
+                if len(parts) > 1:
+                    entry["path"] = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
             return self._refuse(conn, req, err, entry, started)
         return await self._proxy(conn, req, upstream, entry, started)
 
@@ -289,9 +415,10 @@ class GuardServer:
         has_body = req is not None and (req.chunked or bool(req.content_length))
         close = err.close or req is None or has_body or not req.keep_alive or self.closing
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD")
+        conn.linger = close
         if not conn.closed:
             conn.transport.write(response)
-        entry.update(status=err.status, bytes_out=len(response), outcome="upstream_error" if err.status >= 502 else "refused")
+        entry.update(status=err.status, bytes_out=len(response), outcome="upstream_error" if err.status in (502, 504) else "refused")
         entry["error"] = err.message
         self._log(entry, started, started)
         return not close
@@ -301,10 +428,12 @@ class GuardServer:
         t = self.config.timeouts
         has_body = req.chunked or bool(req.content_length)
         keep_alive = req.keep_alive and not self.closing
-        head = build_upstream_head(req, self.pool.authority, conn.peer_ip.encode(), b"http")
+        head = build_upstream_head(req, self.pool.authority, conn.peer_ip.encode(),
+                                   b"https" if self.tls is not None else b"http")
         body_task: asyncio.Task[int] | None = None
         for attempt in (0, 1):
-            result = upstream.begin(conn, req, keep_alive=keep_alive, read_timeout=t.read)
+            result = upstream.begin(conn, req, keep_alive=keep_alive, read_timeout=t.read,
+                                    first_byte_timeout=t.first_byte)
             if conn.closed:
                 upstream.client_lost()
             else:
@@ -312,7 +441,8 @@ class GuardServer:
                 if has_body:
                     if req.expect_continue and req.http_version == b"1.1":
                         conn.transport.write(_CONTINUE)
-                    body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.header))
+                    body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.body,
+                                                                             self.config.server.max_body))
                     body_task.add_done_callback(lambda task, up=upstream: _body_done(task, up))
             try:
                 reusable = await result
@@ -357,6 +487,15 @@ class GuardServer:
         entry["error"] = err.message
         self._log(entry, started, upstream.head_at)
         return False
+
+    def log_refusal(self, conn: ClientConnection, err: GuardError, bytes_out: int) -> None:
+        """A refusal with no parsed request behind it (incomplete head, connection cap)."""
+        now = time.perf_counter()
+        self._log({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "client": conn.peer_ip, "method": "", "path": "", "status": err.status,
+                   "bytes_in": len(conn.buf), "bytes_out": bytes_out, "duration_ms": 0.0,
+                   "ttfb_ms": None, "key": None, "outcome": "refused", "error": err.message},
+                  now, now)
 
     def _log(self, entry: dict[str, Any], started: float, first_byte: float | None) -> None:
         if not self.access_log.enabled:

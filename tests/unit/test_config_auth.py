@@ -10,7 +10,7 @@ import pytest
 from guardproxy.auth import KeyRing
 from guardproxy.config import (ConfigError, append_key, create_config, generate_key, hash_key, load_config,
                                parse_config, parse_duration, parse_hostport, parse_upstream)
-from guardproxy.errors import Unauthorized
+from guardproxy.errors import BadRequest, Unauthorized
 from guardproxy.heads import parse_request_head
 
 
@@ -85,9 +85,13 @@ def test_auth_accepts_either_header() -> None:
 
 @pytest.mark.parametrize("lines", [
     (), ("X-API-Key: nope",), ("Authorization: Basic Z3A=",), ("Authorization: Bearer",),
-    ("X-API-Key: " + "gp_k" * 8, "X-API-Key: " + "gp_k" * 8),
     ("X-API-Key: wrong", "Authorization: Bearer " + "gp_k" * 8),
 ])
 def test_auth_refusals(lines: tuple[str, ...]) -> None:
     with pytest.raises(Unauthorized):
         ring_for("gp_k" * 8).authenticate(parse_request_head(head(*lines)))
+
+
+def test_duplicate_key_headers_are_refused_before_auth() -> None:
+    with pytest.raises(BadRequest):
+        parse_request_head(head("X-API-Key: " + "gp_k" * 8, "X-API-Key: " + "gp_k" * 8))

@@ -1,0 +1,220 @@
+"""Strict request-head rules: where h11 is lenient, guardproxy is not.
+
+h11 accepts things nginx, HAProxy and Envoy refuse (both Content-Length and
+Transfer-Encoding, obs-fold, bare LF, control bytes in values, HTTP/2.0 in a
+request line, absolute-form targets, ...).  Each of those is a way for two
+HTTP parsers to disagree about where a request ends, which is how requests
+get smuggled.  This module checks the raw bytes before h11 sees them:
+
+* HeadScanner finds the end of a head while it arrives, enforcing the size,
+  line-ending and header-count limits whatever the segmentation.
+* check_head validates a complete head and returns its framing facts.
+
+Every violation raises a GuardError carrying its status; all of them close
+the connection.  Pure logic: no asyncio.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .errors import BadRequest, GuardError, HeadTooLarge, MethodNotAllowed, PayloadTooLarge
+
+MAX_REQUEST_LINE = 8192   # 414 beyond this (nginx: large_client_header_buffers 8k)
+MAX_HEAD = 16384          # 431 beyond this, however the head is split into reads
+MAX_HEADERS = 100         # 431 beyond this (Apache LimitRequestFields)
+MAX_BODY = 64 * 1024 * 1024
+ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"DELETE", b"OPTIONS")
+ALLOW_HEADER = ", ".join(m.decode() for m in ALLOWED_METHODS)
+
+
+class UriTooLong(GuardError):
+    status = 414
+    message = "request line too long"
+    close = True
+
+
+class NotImplementedCoding(GuardError):
+    status = 501
+    message = "unsupported transfer coding"
+    close = True
+
+
+class VersionNotSupported(GuardError):
+    status = 505
+    message = "HTTP version not supported"
+    close = True
+
+
+def _bad(message: str) -> BadRequest:
+    return BadRequest(message)
+
+
+# RFC 9110 5.6.2 tchar, minus "_": nginx and Apache drop underscore names by
+# default, and a proxy that keeps them lets X_API_KEY pose as X-API-Key to an
+# upstream that maps both to the same variable (CGI-style frameworks do).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+# origin-form (RFC 9112 3.2.1): "/" then pchar, "/", "?" and %XX only.
+# No "#", "\", spaces, quotes, braces or raw bytes >= 0x80.
+_ORIGIN_FORM = re.compile(rb"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?")
+# One match per field line: token name, colon, OWS, then a value without
+# control bytes (CR, LF and NUL included).  Anything else is diagnosed by
+# _field_error, off the fast path.
+_FIELD = re.compile(rb"([!#$%&'*+\-.^`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
+_UNIQUE = frozenset({b"host", b"content-length", b"transfer-encoding", b"x-api-key", b"authorization"})
+
+
+def _field_error(line: bytes) -> NoReturn:
+    if b"\r" in line:
+        raise _bad("bare CR in header field")
+    if line[:1] in (b" ", b"\t"):
+        raise _bad("obsolete line folding")
+    name, colon, _ = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise _bad("malformed header field name")
+    raise _bad("control character in header field value")
+
+
+class HeadScanner:
+    """Finds where a request head ends as bytes arrive, refusing early.
+
+    feed() is given the whole buffer each time (it remembers how far it has
+    looked) and returns the length of the complete head, or -1 to wait for
+    more.  A bare LF, an over-long request line, too many lines or too many
+    bytes are refused as soon as they are seen, not when a CRLF CRLF shows up.
+    """
+
+    __slots__ = ("pos", "start", "lines", "max_headers")
+
+    def __init__(self, max_headers: int = MAX_HEADERS) -> None:
+        self.pos = 0        # start of the line not yet complete
+        self.start = 0      # where the request line starts (after ignored empty lines)
+        self.lines = 0      # complete lines seen (request line included)
+        self.max_headers = max_headers
+
+    def feed(self, buf: bytes | bytearray) -> int:
+        pos = self.pos
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                pending = len(buf) - pos
+                if self.lines == 0 and pending > MAX_REQUEST_LINE + 1:
+                    raise UriTooLong()
+                if len(buf) > MAX_HEAD:
+                    raise HeadTooLarge()
+                self.pos = pos
+                return -1
+            if nl == 0 or buf[nl - 1] != 0x0D:
+                raise _bad("bare LF in request head")
+            if self.lines == 0 and nl - 1 - pos > MAX_REQUEST_LINE:
+                raise UriTooLong()
+            if nl + 1 > MAX_HEAD:
+                raise HeadTooLarge()
+            if nl - 1 == pos:  # an empty line
+                if self.lines == 0:
+                    # RFC 9112 2.2: empty lines before a request line are ignored.
+                    pos = self.start = nl + 1
+                    continue
+                return nl + 1
+            self.lines += 1
+            if self.lines > self.max_headers + 1:
+                raise HeadTooLarge("too many header fields")
+            pos = nl + 1
+
+
+@dataclass(slots=True)
+class HeadFacts:
+    """What the strict check learned; the parser uses it instead of guessing."""
+
+    content_length: int | None
+    chunked: bool
+
+
+def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY) -> HeadFacts:
+    """Validate one complete request head (ending in CRLF CRLF) or raise a GuardError.
+
+    The order decides which status a head with several faults gets: size and
+    syntax first (400/414/431), then the version (505), then framing
+    (400/501/413), then target form (400) and method (405).
+    """
+    if len(data) > MAX_HEAD:
+        raise HeadTooLarge()
+    if not data.endswith(b"\r\n\r\n"):
+        raise _bad("request head must end with CRLF CRLF")
+    lines = data[:-4].split(b"\r\n")
+    if b"\n" in data[:-4].replace(b"\r\n", b""):
+        raise _bad("bare LF in request head")
+    request_line = lines[0]
+    if len(request_line) > MAX_REQUEST_LINE:
+        raise UriTooLong()
+    if len(lines) - 1 > max_headers:
+        raise HeadTooLarge("too many header fields")
+    if b"\r" in request_line:
+        raise _bad("bare CR in request line")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise _bad("malformed request line")
+    method, target, version = parts
+    if not _METHOD.fullmatch(method):
+        raise _bad("malformed method")
+    vm = _VERSION.fullmatch(version)
+    if vm is None:
+        raise _bad("malformed HTTP version")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise VersionNotSupported()
+
+    seen: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        m = _FIELD.fullmatch(line)
+        if m is None:
+            _field_error(line)
+        lname = m.group(1).lower()
+        if lname in _UNIQUE:
+            name = m.group(1)
+            value = m.group(2).rstrip(b" \t")
+            if lname in seen:
+                raise _bad(f"duplicate {name.decode('latin-1')} header")
+            seen[lname] = value
+
+    content_length: int | None = None
+    cl = seen.get(b"content-length")
+    te = seen.get(b"transfer-encoding")
+    if cl is not None:
+        if not cl.isdigit() or len(cl) > 18:
+            raise _bad("invalid Content-Length")
+        content_length = int(cl)
+    chunked = False
+    if te is not None:
+        if version == b"HTTP/1.0":
+            raise _bad("Transfer-Encoding in an HTTP/1.0 request")
+        if cl is not None:
+            raise _bad("both Content-Length and Transfer-Encoding")
+        codings = [c.strip(b" \t").lower() for c in te.split(b",")]
+        if not all(codings) or not all(_TOKEN.fullmatch(c) for c in codings):
+            raise _bad("malformed Transfer-Encoding")
+        if codings.count(b"chunked") > 1:
+            raise _bad("chunked applied more than once")
+        if codings != [b"chunked"]:
+            raise NotImplementedCoding()
+        chunked = True
+    if version == b"HTTP/1.1" and b"host" not in seen:
+        raise _bad("missing Host header")
+    host = seen.get(b"host")
+    if host is not None and not _HOST.fullmatch(host):
+        raise _bad("invalid Host header")
+
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise _bad("asterisk-form is only for OPTIONS")
+    elif not _ORIGIN_FORM.fullmatch(target):
+        raise _bad("request target must be an absolute path")
+    if method not in ALLOWED_METHODS:
+        raise MethodNotAllowed(headers=[("Allow", ALLOW_HEADER)], close=True)
+    if content_length is not None and content_length > max_body:
+        raise PayloadTooLarge()
+    return HeadFacts(content_length, chunked)

@@ -1,0 +1,73 @@
+"""HTTPS on the listen port: one ssl.SSLContext, reloaded when its files change.
+
+certbot and win-acme renew a certificate by writing new files in place; a
+context that re-reads them when their modification time changes serves the
+new certificate to every new connection without a restart.  Connections
+already open keep the certificate they shook hands with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import sys
+
+from .config import Tls
+
+CHECK_EVERY = 60.0  # seconds between looks at the certificate files
+
+
+def server_context(tls: Tls) -> ssl.SSLContext:
+    """TLS 1.2+ with the ssl module's modern defaults (ECDHE, AEAD ciphers)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if hasattr(ssl, "OP_NO_RENEGOTIATION"):
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # TLS 1.2 suites; TLS 1.3 ones are always on
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+class CertReloader:
+    def __init__(self, tls: Tls) -> None:
+        self.tls = tls
+        self.context = server_context(tls)
+        self._stamp = self._mtimes()
+        self._task: asyncio.Task[None] | None = None
+
+    def _mtimes(self) -> tuple[int, int]:
+        try:
+            return (os.stat(self.tls.cert).st_mtime_ns, os.stat(self.tls.key).st_mtime_ns)
+        except OSError:
+            return (0, 0)
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if they changed; a broken pair keeps the old certificate."""
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.context.load_cert_chain(self.tls.cert, self.tls.key)
+        except (OSError, ssl.SSLError) as e:
+            print(f"guardproxy: tls: cannot reload {self.tls.cert}: {e}; keeping the old certificate",
+                  file=sys.stderr)
+            return False
+        print(f"guardproxy: tls: reloaded {self.tls.cert}", file=sys.stderr)
+        return True
+
+    def start(self, loop: asyncio.AbstractEventLoop, every: float = CHECK_EVERY) -> None:
+        self._task = loop.create_task(self._watch(every))
+
+    async def _watch(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.reload_if_changed()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
