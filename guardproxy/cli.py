@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="make a new key, add it to the config and print it once")
     kg.add_argument("--config", metavar="FILE", help="config file to add the key to")
     kg.add_argument("--name", help="a name for the key (default: key-N)")
+    us = sub.add_parser("usage", help="summarise the access log: requests, tokens, errors, probing addresses")
+    us.add_argument("--config", metavar="FILE", help="config whose log.access file to read")
+    us.add_argument("--log", metavar="FILE", help="access log file to read (default: log.access of the config)")
+    us.add_argument("--since", default="24h", help="only the last DURATION, e.g. 1h, 7d, or \"all\" (default 24h)")
+    us.add_argument("--by", choices=("key", "model", "ip"), default="key", help="group rows by (default key)")
     return p
 
 
@@ -53,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_init(args)
         if args.command == "keygen":
             return cmd_keygen(args)
+        if args.command == "usage":
+            return cmd_usage(args)
         return cmd_run(args)
     except ConfigError as e:
         print(f"guardproxy: config error: {e}", file=sys.stderr)
@@ -90,6 +97,28 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         append_key(path, name, key)
         print(f"added key \"{name}\" to {path} (a [[keys]] block at its end; nothing else changed)", file=sys.stderr)
     print(key)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from .config import parse_duration
+    from .usage import read_log, summarise
+    try:
+        since = None if args.since == "all" else parse_duration(args.since)
+    except ValueError as e:
+        raise ConfigError(f"--since: expected {e}") from None
+    log = args.log
+    if not log:
+        path, _ = find_config_path(args.config)
+        log = load_config(path).access_log if path.exists() else ""
+        if log in ("", "-"):
+            raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
+                              f"(or pass --log FILE)")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
+    except OSError as e:
+        raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
     return 0
 
 
@@ -140,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if k.plaintext:
             print(f"guardproxy: warning: key \"{k.name}\" is stored in plaintext in {config.path}; "
                   f"replace it with key_sha256", file=sys.stderr)
+    if "*" in config.cors.origins:
+        print("guardproxy: warning: cors.origins allows \"*\": any web page can call this server "
+              "with a key it holds; list your app's exact origins instead", file=sys.stderr)
     try:
         return run_loop(_serve(config), args.loop)
     except RuntimeError as e:
@@ -172,6 +204,12 @@ async def _serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    reloader = None
+    if config.path is not None:
+        from .reload import Reloader
+        reloader = Reloader(server, config.path, env_key=os.environ.get(ENV_KEY) or None)
+        reloader.install_sighup(loop)
+        watch = loop.create_task(reloader.watch())
     print(f"guardproxy {__version__} listening on http://{config.listen_host}:{server.port} -> "
           f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
           f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
@@ -179,6 +217,8 @@ async def _serve(config: Config) -> int:
         await stop.wait()
     except asyncio.CancelledError:
         pass
+    if reloader is not None:
+        watch.cancel()
     print(f"guardproxy: shutting down (grace {config.timeouts.grace:g}s)", file=sys.stderr, flush=True)
     await server.stop()
     access_log.close()

@@ -183,6 +183,7 @@ class GuardServer:
         self.loop = asyncio.get_running_loop()
         self.keys = KeyRing(config.keys)
         self.policies = Policies(config)
+        self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
         self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
         self.connections: set[ClientConnection] = set()
@@ -296,7 +297,7 @@ class GuardServer:
                     return self._preflight(conn, req, entry, started)
                 cors = pol.cors.response_headers(origin)
             path = policy.check_path(req.target)
-            now = time.monotonic()
+            now = self.clock()
             client = entry["client"] = pol.client_address(conn.peer_ip, req)
             pol.before_auth(client, now)
             try:
