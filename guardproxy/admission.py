@@ -121,7 +121,11 @@ async def fetch_whole(host: str, port: int, authority: bytes, req: RequestHead, 
     except (OSError, TimeoutError) as exc:
         raise upstream_failure(exc) from None
     try:
-        head = build_upstream_head(req, authority, client_ip, b"http")
+        # Identity encoding: the body is read as JSON here.
+        plain = RequestHead(req.method, req.target, req.http_version,
+                            [h for h in req.headers if h[0] != b"accept-encoding"], req.keep_alive,
+                            req.content_length, req.chunked, False, req.host)
+        head = build_upstream_head(plain, authority, client_ip, b"http")
         writer.write(head[:-2] + b"Connection: close\r\n\r\n")
         try:
             async with asyncio.timeout(read_timeout):

@@ -24,7 +24,9 @@ MODEL_PATHS = frozenset({b"/api/generate", b"/api/chat", b"/api/embed", b"/api/e
 GENERATION_PATHS = MODEL_PATHS - {b"/api/show"}
 # Small JSON responses listing models; filtered to the key's allow-list.
 LISTING_PATHS = frozenset({b"/api/tags", b"/api/ps", b"/v1/models"})
-MAX_MODEL_BODY = 1024 * 1024  # a request body read to find its model
+# A request body read whole to find its model: chat requests can carry
+# base64 images, so this is generous; it applies only to keys with a model list.
+MAX_MODEL_BODY = 16 * 1024 * 1024
 _PATH_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/:@!$&'()*+,;=")
 
 
@@ -53,6 +55,10 @@ def is_admin_path(path: bytes) -> bool:
 def check_endpoint(key: KeyEntry, path: bytes) -> None:
     if not key.admin and is_admin_path(path):
         raise Forbidden("this key may not use administrative endpoints")
+    if key.models is not None and path.startswith(b"/v1/models/"):
+        name = path[len(b"/v1/models/"):].decode("utf-8", "replace")
+        if not model_allowed(key.models, name):
+            raise Forbidden(f"this key may not use model {name[:200]!r}")
 
 
 # --- models -------------------------------------------------------------------------

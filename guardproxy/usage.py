@@ -18,7 +18,10 @@ from typing import Any, Iterable, TextIO
 
 TAIL_BYTES = 8192
 
-_DONE = re.compile(rb'"done"\s*:\s*true')
+# Only Ollama's final line (and an embed answer) carries these counts, so the
+# last match in the tail is the one; Ollama's final /api/generate line puts a
+# long "context" array between "done" and the counts, so they are searched
+# for directly instead of from "done".
 _OLLAMA = {"prompt_tokens": re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
            "completion_tokens": re.compile(rb'"eval_count"\s*:\s*(\d+)')}
 _USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
@@ -39,34 +42,23 @@ def join_tail(parts: Iterable[bytes | None], limit: int = TAIL_BYTES) -> bytes:
     return b"".join(reversed(out))
 
 
+def _last(pat: re.Pattern[bytes], data: bytes) -> re.Match[bytes] | None:
+    m = None
+    for m in pat.finditer(data):
+        pass
+    return m
+
+
 def usage_from_tail(tail: bytes) -> dict[str, Any]:
     """{"model", "prompt_tokens", "completion_tokens"} found at the end of a response (may be empty)."""
     out: dict[str, Any] = {}
-    seg = None
-    done = None
-    for done in _DONE.finditer(tail):
-        pass
-    if done is not None:
-        # The final NDJSON line: from the line start before "done" to its end.
-        start = max(tail.rfind(b"\n", 0, done.start()), tail.rfind(b"\r", 0, done.start())) + 1
-        end = tail.find(b"\n", done.end())
-        seg = tail[start:end if end >= 0 else len(tail)]
-        pats = _OLLAMA
-    else:
-        last = None
-        for last in _USAGE.finditer(tail):
-            pass
-        if last is not None:
-            seg = last.group(1)
-            pats = _OPENAI
-    if seg is not None:
-        for field, pat in pats.items():
-            m = pat.search(seg)
-            if m:
-                out[field] = int(m.group(1))
-    model = None
-    for model in _MODEL.finditer(tail):
-        pass
+    usage = _last(_USAGE, tail)
+    seg, pats = (usage.group(1), _OPENAI) if usage is not None else (tail, _OLLAMA)
+    for field, pat in pats.items():
+        m = _last(pat, seg)
+        if m is not None:
+            out[field] = int(m.group(1))
+    model = _last(_MODEL, tail)
     if model is not None:
         out["model"] = model.group(1).decode("utf-8", "replace")
     return out

@@ -287,3 +287,16 @@ def test_usage_report() -> None:
     assert "old" not in out and "6.6.6.6  6" in out and "1 lines were not JSON" in out
     by_model = summarise(lines, since=None, by="model", now=now)
     assert "llama3.2" in by_model and "qwen3:8b" in by_model
+
+
+def test_usage_when_context_array_separates_done_from_counts() -> None:
+    line = (b'{"model":"llama3.2","response":"","done":true,"context":[' + b",".join(b"%d" % i for i in range(5000)) +
+            b'],"total_duration":1,"prompt_eval_count":26,"eval_count":290,"eval_duration":1}\n')
+    assert usage_from_tail(join_tail([line[:20000], line[20000:]])) == {"prompt_tokens": 26, "completion_tokens": 290}
+
+
+def test_v1_model_retrieval_checked() -> None:
+    key = KeyEntry("k", b"", models=("qwen3:*",))
+    policy.check_endpoint(key, b"/v1/models/qwen3:8b")
+    with pytest.raises(Forbidden):
+        policy.check_endpoint(key, b"/v1/models/mistral:7b")
