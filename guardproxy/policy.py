@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from fnmatch import fnmatchcase
-from typing import Any
+from functools import lru_cache
 
 from .config import KeyEntry
 from .errors import BadRequest, Forbidden
@@ -75,6 +75,11 @@ def _canonical(name: str) -> str:
 def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
     if patterns is None:
         return True
+    return _matches(patterns, name[:512])
+
+
+@lru_cache(maxsize=4096)  # bounded: names come from clients
+def _matches(patterns: tuple[str, ...], name: str) -> bool:
     n = _canonical(name)
     names = {n, n + ":latest"} if ":" not in n.rsplit("/", 1)[-1] else {n}
     for pat in patterns:
@@ -85,28 +90,21 @@ def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
     return False
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Go's encoding/json matches field names case-insensitively and keeps the
-    # last one, so {"model":"ok","MODEL":"other"} must be checked as a whole.
-    out: dict[str, Any] = {}
-    names: list[Any] = []
-    for k, v in pairs:
-        if k.lower() in ("model", "name"):
-            names.append(v)
-        out[k] = v
-    out["\0names"] = names
-    return out
-
-
 def body_models(body: bytes) -> list[str]:
-    """Every model a request body names (top-level "model"/"name" in any letter case)."""
+    """Every model a request body names: top-level "model"/"name" in any letter case.
+
+    Go's encoding/json (Ollama's) matches field names case-insensitively and
+    the last match in the document wins; that value is always the last value
+    of one spelling, which is what a dict keeps, so checking every spelling
+    present covers it: {"model":"ok","MODEL":"other"} is checked as a whole.
+    """
     try:
-        data = json.loads(body, object_pairs_hook=_pairs)
+        data = json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("request body must be JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
-    names = data["\0names"]
+    names = [v for k, v in data.items() if k.lower() in ("model", "name")]
     if not names or not all(isinstance(n, str) for n in names):
         raise BadRequest("request body must name a model")
     return names
