@@ -24,10 +24,10 @@ from .checks import Policies
 from .config import Config
 from .cors import header_bytes, is_preflight
 from .errors import GuardError, HeadTooLarge, RequestTimeout, Unauthorized, render, response_head
-from .usage import join_tail, usage_from_tail
 from .heads import RequestHead, build_upstream_head, parse_request_head
 from .relay import ClientGone, UpstreamConnection, UpstreamGone, send_request_body, set_nodelay
 from .upstream import UpstreamPool
+from .usage import join_tail, usage_from_tail
 
 MAX_HEAD = 16384
 READ_LIMIT = 65536        # client bytes buffered before reading pauses
@@ -361,7 +361,8 @@ class GuardServer:
                 body = policy.filter_listing(path, key, body)
             except (ValueError, AttributeError, TypeError):
                 body = b'{"error": "upstream sent an unreadable model list"}'
-                head = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json; charset=utf-8\r\n"
+                head = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json; charset=utf-8\r\n"
+                        + header_bytes(cors))
                 status = 502
         keep = req.keep_alive and not self.closing
         out = head + b"Content-Length: %d\r\n" % len(body) + (b"" if keep else b"Connection: close\r\n") + b"\r\n"

@@ -308,3 +308,12 @@ def test_readme_policies_example_config_is_valid() -> None:
     block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
     c = load(block)
     assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20
+
+
+def test_decision_modules_never_import_asyncio() -> None:
+    import subprocess
+    import sys
+    code = ("import sys, guardproxy.checks, guardproxy.policy, guardproxy.usage, guardproxy.limits, "
+            "guardproxy.cors, guardproxy.auth; print('asyncio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "False", out.stderr
