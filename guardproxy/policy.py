@@ -52,9 +52,17 @@ def is_admin_path(path: bytes) -> bool:
     return p in ADMIN_PATHS or p == ADMIN_PREFIX or p.startswith(ADMIN_PREFIX + b"/")
 
 
-def check_endpoint(key: KeyEntry, path: bytes) -> None:
-    if not key.admin and is_admin_path(path):
+_READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+def check_endpoint(key: KeyEntry, path: bytes, method: bytes = b"GET") -> None:
+    admin_path = is_admin_path(path)
+    if not key.admin and admin_path:
         raise Forbidden("this key may not use administrative endpoints")
+    # A key limited to some models may only send work to the endpoints whose
+    # model is checked, so an endpoint added to Ollama later cannot bypass its list.
+    if key.models is not None and method not in _READ_METHODS and path not in MODEL_PATHS and not admin_path:
+        raise Forbidden("this key may not use this endpoint")
     if key.models is not None and path.startswith(b"/v1/models/"):
         name = path[len(b"/v1/models/"):].decode("utf-8", "replace")
         if not model_allowed(key.models, name):

@@ -307,7 +307,7 @@ class GuardServer:
                 raise
             entry["key"] = key.name
             pol.after_auth(key, now)
-            policy.check_endpoint(key, path)
+            policy.check_endpoint(key, path, req.method)
             body = None
             if key.models is not None and path in policy.MODEL_PATHS:
                 body = await admission.read_small_body(conn, req, policy.MAX_MODEL_BODY, self.config.timeouts.header)

@@ -317,3 +317,12 @@ def test_decision_modules_never_import_asyncio() -> None:
             "guardproxy.cors, guardproxy.auth; print('asyncio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_model_limited_key_may_post_only_to_checked_endpoints() -> None:
+    key = KeyEntry("k", b"", models=("qwen3:*",))
+    policy.check_endpoint(key, b"/api/chat", b"POST")
+    policy.check_endpoint(key, b"/api/version", b"GET")
+    with pytest.raises(Forbidden):
+        policy.check_endpoint(key, b"/v1/messages", b"POST")
+    policy.check_endpoint(KeyEntry("k", b""), b"/v1/messages", b"POST")
