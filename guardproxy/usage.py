@@ -19,15 +19,16 @@ from typing import Any, Iterable, TextIO
 TAIL_BYTES = 8192
 
 # Only Ollama's final line (and an embed answer) carries these counts, so the
-# last match in the tail is the one; Ollama's final /api/generate line puts a
-# long "context" array between "done" and the counts, so they are searched
-# for directly instead of from "done".
-_OLLAMA = {"prompt_tokens": re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
-           "completion_tokens": re.compile(rb'"eval_count"\s*:\s*(\d+)')}
-_USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
-_OPENAI = {"prompt_tokens": re.compile(rb'"prompt_tokens"\s*:\s*(\d+)'),
-           "completion_tokens": re.compile(rb'"completion_tokens"\s*:\s*(\d+)')}
-_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+# last occurrence in the tail is the one; Ollama's final /api/generate line
+# puts a long "context" array between "done" and the counts, so they are
+# searched for directly rather than from "done".  rfind keeps this in C.
+_NUMBER = re.compile(rb"\s*:\s*(\d{1,18})")
+_MODEL = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
+
+
+def _after(tail: bytes, name: bytes, pat: re.Pattern[bytes], start: int = 0) -> re.Match[bytes] | None:
+    i = tail.rfind(name, start)
+    return pat.match(tail, i + len(name)) if i >= 0 else None
 
 
 def join_tail(parts: Iterable[bytes | None], limit: int = TAIL_BYTES) -> bytes:
@@ -42,25 +43,22 @@ def join_tail(parts: Iterable[bytes | None], limit: int = TAIL_BYTES) -> bytes:
     return b"".join(reversed(out))
 
 
-def _last(pat: re.Pattern[bytes], data: bytes) -> re.Match[bytes] | None:
-    m = None
-    for m in pat.finditer(data):
-        pass
-    return m
-
-
 def usage_from_tail(tail: bytes) -> dict[str, Any]:
     """{"model", "prompt_tokens", "completion_tokens"} found at the end of a response (may be empty)."""
     out: dict[str, Any] = {}
-    usage = _last(_USAGE, tail)
-    seg, pats = (usage.group(1), _OPENAI) if usage is not None else (tail, _OLLAMA)
-    for field, pat in pats.items():
-        m = _last(pat, seg)
+    u = tail.rfind(b'"usage"')
+    if u >= 0:  # OpenAI-compatible: the usage object of the last chunk
+        fields = ((b'"prompt_tokens"', "prompt_tokens"), (b'"completion_tokens"', "completion_tokens"))
+    else:
+        fields = ((b'"prompt_eval_count"', "prompt_tokens"), (b'"eval_count"', "completion_tokens"))
+        u = 0
+    for name, field in fields:
+        m = _after(tail, name, _NUMBER, u)
         if m is not None:
             out[field] = int(m.group(1))
-    model = _last(_MODEL, tail)
-    if model is not None:
-        out["model"] = model.group(1).decode("utf-8", "replace")
+    m = _after(tail, b'"model"', _MODEL)
+    if m is not None:
+        out["model"] = m.group(1).decode("utf-8", "replace")
     return out
 
 
