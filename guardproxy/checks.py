@@ -11,7 +11,8 @@ from .config import Config, KeyEntry
 from .cors import CorsPolicy
 from .errors import TooManyRequests
 from .heads import RequestHead
-from .limits import BanTable, ConcurrencyGate, RateTable, TrustedProxies, retry_after_header
+from .limits import (BanTable, ConcurrencyGate, RateTable, TrustedProxies, address_bucket,
+                     retry_after_header)
 
 
 class Banned(TooManyRequests):
@@ -39,6 +40,8 @@ class Policies:
         self.proxies = TrustedProxies(lim.trusted_proxies)
         self.queue_timeout = lim.queue_timeout
         self.bans.ban = config.ban
+        if not config.ban.after_failures:
+            self.bans.clear()  # bans turned off: lift the running ones too
         for t in (self.ip_rates, self.key_rates):
             t.max_tracked = lim.max_tracked
         self.bans.max_tracked = lim.max_tracked
@@ -57,6 +60,7 @@ class Policies:
 
     def before_auth(self, client: str, now: float) -> None:
         """Bans first (before any key is looked at), then the per-address rate."""
+        client = address_bucket(client)
         wait = self.bans.retry_after(client, now)
         if wait:
             raise Banned(headers=[retry_after_header(wait)])
@@ -66,7 +70,7 @@ class Policies:
                 raise RateLimited(headers=[retry_after_header(wait)])
 
     def auth_failed(self, client: str, now: float) -> None:
-        self.bans.failure(client, now)
+        self.bans.failure(address_bucket(client), now)
 
     def after_auth(self, key: KeyEntry, now: float) -> None:
         if key.rate is not None:

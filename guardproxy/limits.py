@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict, deque
+from functools import lru_cache
 from typing import Any, Hashable, Iterable
 
 from .config import Ban, Rate
@@ -83,6 +84,10 @@ class BanTable:
             self._banned.popitem(last=False)
         return True
 
+    def clear(self) -> None:
+        self._failures.clear()
+        self._banned.clear()
+
     def sizes(self) -> tuple[int, int]:
         return len(self._failures), len(self._banned)
 
@@ -92,6 +97,24 @@ def retry_after_header(seconds: float) -> tuple[str, str]:
 
 
 # --- who is the client ------------------------------------------------------------
+
+@lru_cache(maxsize=4096)
+def address_bucket(addr: str) -> str:
+    """What rates and bans count by: an IPv4 address, or the /64 of an IPv6 one.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses
+    would let it step around every limit.
+    """
+    if ":" not in addr:
+        return addr
+    try:
+        ip = ipaddress.IPv6Address(addr.split("%", 1)[0])
+    except ValueError:
+        return addr
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
 
 class TrustedProxies:
     def __init__(self, cidrs: Iterable[str]) -> None:

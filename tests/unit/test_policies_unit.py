@@ -326,3 +326,10 @@ def test_model_limited_key_may_post_only_to_checked_endpoints() -> None:
     with pytest.raises(Forbidden):
         policy.check_endpoint(key, b"/v1/messages", b"POST")
     policy.check_endpoint(KeyEntry("k", b""), b"/v1/messages", b"POST")
+
+
+def test_ipv6_counts_by_slash_64() -> None:
+    from guardproxy.limits import address_bucket
+    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+    assert address_bucket("::ffff:192.0.2.7") == "192.0.2.7" and address_bucket("192.0.2.7") == "192.0.2.7"
