@@ -21,7 +21,7 @@ from . import admission, policy
 from .accesslog import AccessLog
 from .auth import KeyRing
 from .checks import Policies
-from .config import Config
+from .config import Config, KeyEntry
 from .cors import header_bytes, is_preflight
 from .errors import GuardError, HeadTooLarge, RequestTimeout, Unauthorized, render, response_head
 from .heads import RequestHead, build_upstream_head, parse_request_head
@@ -348,7 +348,7 @@ class GuardServer:
         self._log(entry, started, started)
         return keep
 
-    async def _filtered(self, conn: ClientConnection, req: RequestHead, key: Any, path: bytes,
+    async def _filtered(self, conn: ClientConnection, req: RequestHead, key: KeyEntry, path: bytes,
                         cors: list[tuple[str, str]], entry: dict[str, Any], started: float) -> bool:
         """A model list, fetched whole (it is small) and cut down to the key's models."""
         t = self.config.timeouts
