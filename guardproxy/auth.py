@@ -9,6 +9,7 @@ Pure logic: no asyncio.
 from __future__ import annotations
 
 import hashlib
+from datetime import date, datetime, timezone
 from typing import Iterable
 
 from .config import KeyEntry
@@ -20,10 +21,14 @@ MAX_KEY_LENGTH = 512
 
 class KeyRing:
     def __init__(self, entries: Iterable[KeyEntry]) -> None:
-        self._by_hash = {e.sha256: e.name for e in entries}
+        self._by_hash = {e.sha256: e for e in entries}
 
     def authenticate(self, req: RequestHead) -> str:
         """The key's name, or raise Unauthorized."""
+        return self.identify(req).name
+
+    def identify(self, req: RequestHead, today: date | None = None) -> KeyEntry:
+        """The key's entry, or raise Unauthorized (an expired key is the same as an unknown one)."""
         api_keys = []
         bearer = []
         for name, _, value in req.headers:
@@ -38,7 +43,12 @@ class KeyRing:
         presented = candidates[0] if len(candidates) == 1 else None
         if presented is None or not presented or len(presented) > MAX_KEY_LENGTH:
             raise Unauthorized()
-        name = self._by_hash.get(hashlib.sha256(presented).digest())
-        if name is None:
+        entry = self._by_hash.get(hashlib.sha256(presented).digest())
+        if entry is None:
             raise Unauthorized()
-        return name
+        if entry.expires is not None:
+            if today is None:
+                today = datetime.now(timezone.utc).date()
+            if today > entry.expires:
+                raise Unauthorized()
+        return entry

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     kg.add_argument("--name", help="a name for the key (default: key-N)")
     for tool in (checklist, doctor, winservice):
         tool.add_parser(sub)  # each defines its own arguments and sets func
+    us = sub.add_parser("usage", help="summarise the access log: requests, tokens, errors, probing addresses")
+    us.add_argument("--config", metavar="FILE", help="config whose log.access file to read")
+    us.add_argument("--log", metavar="FILE", help="access log file to read (default: log.access of the config)")
+    us.add_argument("--since", default="24h", help="only the last DURATION, e.g. 1h, 7d, or \"all\" (default 24h)")
+    us.add_argument("--by", choices=("key", "model", "ip"), default="key", help="group rows by (default key)")
     return p
 
 
@@ -57,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_keygen(args)
         if hasattr(args, "func"):
             return args.func(args)
+        if args.command == "usage":
+            return cmd_usage(args)
         return cmd_run(args)
     except ConfigError as e:
         print(f"guardproxy: config error: {e}", file=sys.stderr)
@@ -94,6 +101,28 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         append_key(path, name, key)
         print(f"added key \"{name}\" to {path} (a [[keys]] block at its end; nothing else changed)", file=sys.stderr)
     print(key)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from .config import parse_duration
+    from .usage import read_log, summarise
+    try:
+        since = None if args.since == "all" else parse_duration(args.since)
+    except ValueError as e:
+        raise ConfigError(f"--since: expected {e}") from None
+    log = args.log
+    if not log:
+        path, _ = find_config_path(args.config)
+        log = load_config(path).access_log if path.exists() else ""
+        if log in ("", "-"):
+            raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
+                              f"(or pass --log FILE)")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
+    except OSError as e:
+        raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
     return 0
 
 
@@ -144,6 +173,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if k.plaintext:
             print(f"guardproxy: warning: key \"{k.name}\" is stored in plaintext in {config.path}; "
                   f"replace it with key_sha256", file=sys.stderr)
+    if "*" in config.cors.origins:
+        print("guardproxy: warning: cors.origins allows \"*\": any web page can call this server "
+              "with a key it holds; list your app's exact origins instead", file=sys.stderr)
     try:
         return run_loop(_serve(config), args.loop)
     except RuntimeError as e:
@@ -182,6 +214,12 @@ async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    reloader = None
+    if config.path is not None:
+        from .reload import Reloader
+        reloader = Reloader(server, config.path, env_key=os.environ.get(ENV_KEY) or None)
+        reloader.install_sighup(loop)
+        watch = loop.create_task(reloader.watch())
     scheme = "https" if config.tls is not None else "http"
     print(f"guardproxy {__version__} listening on {scheme}://{config.listen_host}:{server.port} -> "
           f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
@@ -190,6 +228,8 @@ async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
         await stop.wait()
     except asyncio.CancelledError:
         pass
+    if reloader is not None:
+        watch.cancel()
     print(f"guardproxy: shutting down (grace {config.timeouts.grace:g}s)", file=sys.stderr, flush=True)
     await server.stop()
     access_log.close()

@@ -15,6 +15,7 @@ import secrets
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,10 +34,45 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A request rate such as "30/min": `count` requests per `per` seconds."""
+    count: int
+    per: float
+
+
+@dataclass(frozen=True)
 class KeyEntry:
     name: str
     sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
     plaintext: bool = False  # written as key = "..." in the file
+    admin: bool = False                   # may reach /api/pull, /api/delete, ...
+    models: tuple[str, ...] | None = None  # glob patterns; None: every model
+    rate: Rate | None = None
+    max_concurrent: int | None = None
+    expires: date | None = None           # valid through this day (UTC)
+
+
+@dataclass(frozen=True)
+class Cors:
+    origins: tuple[str, ...] = ()  # exact origins, or "*"
+    max_age: int = 86400
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_ip: Rate | None = None
+    max_concurrent: int | None = None  # generations in flight, all keys together
+    queue_timeout: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs, validated
+    max_queue: int = 1024                  # waiting requests, all keys together
+    max_tracked: int = 65536               # addresses/keys kept in the rate and ban tables
+
+
+@dataclass(frozen=True)
+class Ban:
+    after_failures: int = 0  # 0: bans are off
+    window: float = 600.0
+    duration: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +123,9 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None
+    cors: Cors = field(default_factory=Cors)
+    limits: Limits = field(default_factory=Limits)
+    ban: Ban = field(default_factory=Ban)
 
 
 # --- keys -----------------------------------------------------------------
@@ -137,6 +176,19 @@ def parse_size(value: Any) -> int:
     raise ValueError("a size like \"64MiB\", \"512KiB\" or a number of bytes")
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+               "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+
+
+def parse_rate(value: Any) -> Rate:
+    """"30/min", "5/s", "1000/h" (also "10/5min") -> Rate."""
+    m = _RATE.match(value) if isinstance(value, str) else None
+    if not m or int(m.group(1)) < 1:
+        raise ValueError("a rate like \"30/min\", \"5/s\" or \"1000/h\"")
+    return Rate(int(m.group(1)), int(m.group(2) or 1) * _RATE_UNITS[m.group(3)])
+
+
 def parse_hostport(value: str) -> tuple[str, int]:
     """"HOST:PORT" or "[v6]:PORT" -> (host, port)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
@@ -167,8 +219,11 @@ def parse_upstream(value: str) -> Upstream:
 
 # --- loading ------------------------------------------------------------------
 
-_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls"}
-_KEY_FIELDS = {"name", "key_sha256", "key"}
+_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban"}
+_KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires"}
+_CORS_FIELDS = {"origins", "max_age"}
+_LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked"}
+_BAN_FIELDS = {"after_failures", "window", "duration"}
 _LOG_FIELDS = {"access"}
 _TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
 _SERVER_FIELDS = {f for f in ServerLimits.__dataclass_fields__}
@@ -227,6 +282,37 @@ class _Reader:
             raise self.fail(where + (key,), "a string")
         return v
 
+    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: int | None,
+                minimum: int = 0) -> int | None:
+        v = obj.get(key, default)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(where + (key,), f"a whole number >= {minimum}")
+        return v
+
+    def duration(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: float) -> float:
+        try:
+            return parse_duration(obj.get(key, default))
+        except ValueError as e:
+            raise self.fail(where + (key,), str(e)) from None
+
+    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
+        if key not in obj:
+            return None
+        try:
+            return parse_rate(obj[key])
+        except ValueError as e:
+            raise self.fail(where + (key,), str(e)) from None
+
+    def strings(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> tuple[str, ...] | None:
+        if key not in obj:
+            return None
+        v = obj[key]
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise self.fail(where + (key,), "an array of non-empty strings, e.g. [\"a\", \"b\"]")
+        return tuple(x.strip() for x in v)
+
 
 def _dotted(where: tuple[Any, ...]) -> str:
     out = ""
@@ -270,12 +356,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
             h = r.string(k, "key_sha256", where)
             if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
                 raise r.fail(where + ("key_sha256",), "64 hexadecimal characters (a SHA-256)")
-            keys.append(KeyEntry(name, bytes.fromhex(h)))
+            digest, plaintext = bytes.fromhex(h), False
         else:
             plain = r.string(k, "key", where)
             if len(plain) < 16:
                 raise r.fail(where + ("key",), "a key of at least 16 characters")
-            keys.append(KeyEntry(name, hashlib.sha256(plain.encode()).digest(), plaintext=True))
+            digest, plaintext = hashlib.sha256(plain.encode()).digest(), True
+        keys.append(KeyEntry(name, digest, plaintext, **_key_scopes(r, k, where)))
     if env_key:
         keys.append(KeyEntry("env", hashlib.sha256(env_key.encode()).digest()))
     if not keys:
@@ -320,7 +407,59 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                 raise r.fail(("tls", k), f"a readable PEM file; {str(files[k])!r} does not exist")
         tls = Tls(files["cert"], files["key"])
     return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv),
-                  ServerLimits(**limits), tls)
+                  server=ServerLimits(**limits), tls=tls,
+                  cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data))
+
+
+def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
+    admin = k.get("admin", False)
+    if not isinstance(admin, bool):
+        raise r.fail(where + ("admin",), "true or false")
+    expires = k.get("expires")
+    if isinstance(expires, datetime):
+        expires = expires.date()
+    if expires is not None and not isinstance(expires, date):
+        raise r.fail(where + ("expires",), "a date like 2027-01-31 (no quotes)")
+    return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
+            "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires}
+
+
+def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
+    c = r.table(data.get("cors", {}), ("cors",), _CORS_FIELDS)
+    origins = r.strings(c, "origins", ("cors",)) or ()
+    for o in origins:
+        if o != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?", o):
+            raise r.fail(("cors", "origins"), f"exact origins like \"https://example.com\" (scheme://host[:port], "
+                                              f"no path) or \"*\"; got {o!r}")
+    max_age = r.integer(c, "max_age", ("cors",), 86400)
+    return Cors(tuple(o.lower() if o != "*" else o for o in origins), max_age or 0)
+
+
+def _limits(r: _Reader, data: Mapping[str, Any]) -> Limits:
+    where = ("limits",)
+    lt = r.table(data.get("limits", {}), where, _LIMIT_FIELDS)
+    nets = r.strings(lt, "trusted_proxies", where) or ()
+    for n in nets:
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except ValueError:
+            raise r.fail(where + ("trusted_proxies",), f"CIDRs like \"10.0.0.0/8\" or addresses; got {n!r}") from None
+    return Limits(per_ip=r.rate(lt, "per_ip", where),
+                  max_concurrent=r.integer(lt, "max_concurrent", where, None, 1),
+                  queue_timeout=r.duration(lt, "queue_timeout", where, 30.0),
+                  trusted_proxies=nets,
+                  max_queue=r.integer(lt, "max_queue", where, 1024, 1) or 1024,
+                  max_tracked=r.integer(lt, "max_tracked", where, 65536, 16) or 65536)
+
+
+def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
+    where = ("ban",)
+    if "ban" not in data:
+        return Ban()
+    b = r.table(data["ban"], where, _BAN_FIELDS)
+    return Ban(after_failures=r.integer(b, "after_failures", where, 20, 1) or 20,
+               window=r.duration(b, "window", where, 600.0),
+               duration=r.duration(b, "duration", where, 900.0))
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:

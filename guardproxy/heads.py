@@ -25,6 +25,8 @@ _DROP = frozenset({
     b"content-length", b"transfer-encoding",
     b"x-api-key", b"authorization",
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
+    # guardproxy answers CORS itself; Ollama answers 403 to origins outside OLLAMA_ORIGINS.
+    b"origin",
 })
 
 
@@ -150,7 +152,8 @@ class ResponseHead:
     upstream_keep_alive: bool
 
 
-def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: bool) -> ResponseHead:
+def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: bool,
+                        extra: bytes = b"") -> ResponseHead:
     """Parse the upstream's response head (ending in CRLF CRLF) and rebuild the client's copy.
 
     The status line and end-to-end headers pass unchanged; hop-by-hop headers
@@ -183,6 +186,8 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
                 elif b"keep-alive" in toks and version == b"HTTP/1.0":
                     keep_alive = True
             continue
+        if lname.startswith(b"access-control-"):
+            continue  # guardproxy's own CORS headers (in `extra`) replace the upstream's
         if lname == b"content-length":
             if not value.isdigit() or len(value) > 18 or (content_length is not None and content_length != int(value)):
                 raise BadUpstreamHead()
@@ -199,6 +204,8 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
     if close_delimited:
         keep_alive = False
     close_client = not client_keep_alive or close_delimited
+    if extra:
+        out.append(extra)
     if close_client:
         out.append(b"Connection: close\r\n")
     out.append(b"\r\n")

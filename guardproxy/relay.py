@@ -84,6 +84,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused_by_client = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._extra_headers = b""
+        # References to the last three body reads (no copy): usage.py reads
+        # the token counts from them once the response has ended.
+        self._tail0: bytes | None = None
+        self._tail1: bytes | None = None
+        self._tail2: bytes | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -92,7 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
         set_nodelay(transport)
 
     def begin(self, client: "ClientConnection", req: RequestHead, *, keep_alive: bool,
-              read_timeout: float, first_byte_timeout: float | None = None) -> "asyncio.Future[bool]":
+              read_timeout: float, first_byte_timeout: float | None = None,
+              extra_headers: bytes = b"") -> "asyncio.Future[bool]":
         """Attach to a client for one request; the future says if the connection is reusable."""
         self.client = client
         self._client_transport = client.transport
@@ -109,6 +116,8 @@ class UpstreamConnection(asyncio.Protocol):
         # Until the response head arrives the clock is the first-byte timeout
         # (a cold model load can take minutes); after it, the gap between reads.
         self.first_byte_timeout = read_timeout if first_byte_timeout is None else first_byte_timeout
+        self._extra_headers = extra_headers
+        self._tail0 = self._tail1 = self._tail2 = None
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
@@ -214,6 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
             if end < 0:
                 self._client_transport.write(data)  # type: ignore[union-attr]
                 self.bytes_out += len(data)
+                self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data
                 return
             self._end_of_body(data, end)
         elif self.state == _HEAD:
@@ -222,7 +232,14 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.transport is not None:
             self.transport.abort()  # bytes with no request outstanding: out of sync
 
+    def tail(self) -> tuple[bytes | None, ...]:
+        """The last body reads, oldest first (for token counts at the end of a response); then forgets them."""
+        tail = (self._tail2, self._tail1, self._tail0)
+        self._tail0 = self._tail1 = self._tail2 = None
+        return tail
+
     def _end_of_body(self, data: bytes, end: int) -> None:
+        self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data[:end]
         if end:
             self._client_transport.write(data if end == len(data) else data[:end])  # type: ignore[union-attr]
             self.bytes_out += end
@@ -243,7 +260,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             rh = parse_response_head(buf[:idx + 4], head_request=self._head_request,
-                                     client_keep_alive=self._client_keep_alive)
+                                     client_keep_alive=self._client_keep_alive, extra=self._extra_headers)
         except GuardError as err:
             self.fail(err)
             return
@@ -282,6 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
         self.head_sent = True
+        self._tail0 = rest[:end] if end >= 0 else rest
         if end < 0:
             self._client_transport.write(rh.head + rest)  # type: ignore[union-attr]
             self.bytes_out += len(rest)

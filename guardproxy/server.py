@@ -15,17 +15,22 @@ import asyncio
 import ipaddress
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
+from . import admission, policy
 from .accesslog import AccessLog
 from .auth import KeyRing
-from .config import Config
-from .errors import GuardError, RequestTimeout, ServiceUnavailable, render
+from .checks import Policies
+from .config import Config, KeyEntry
+from .cors import header_bytes, is_preflight
+from .errors import GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
 from .heads import RequestHead, build_upstream_head, parse_request_head
 from .relay import ClientGone, UpstreamConnection, UpstreamGone, send_request_body, set_nodelay
 from .strict import HeadScanner
 from .tls import CertReloader
 from .upstream import UpstreamPool
+from .usage import join_tail, usage_from_tail
 
 READ_LIMIT = 65536        # client bytes buffered before reading pauses
 WRITE_HIGH_WATER = 65536  # client bytes queued before the upstream pauses
@@ -257,6 +262,8 @@ class GuardServer:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.keys = KeyRing(config.keys)
+        self.policies = Policies(config)
+        self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
         self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
         self.connections: set[ClientConnection] = set()
@@ -267,6 +274,17 @@ class GuardServer:
         self._active = 0
         self._idle_event = asyncio.Event()
         self._idle_event.set()
+
+    def apply_config(self, config: Config) -> None:
+        """Take a reloaded config: keys, CORS, limits, timeouts.  Running streams keep going.
+
+        The listen address and the upstream stay as they are (they need a restart).
+        """
+        config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
+                         upstream=self.config.upstream, access_log=self.config.access_log)
+        self.keys = KeyRing(config.keys)
+        admission.wake(self.policies.apply(config))
+        self.config = config
 
     async def start(self) -> None:
         self._server = await self.loop.create_server(
@@ -384,6 +402,9 @@ class GuardServer:
             "key": None, "outcome": "ok",
         }
         req: RequestHead | None = None
+        pol = self.policies
+        cors: list[tuple[str, str]] = []
+        slot: str | None = None
         try:
             req = parse_request_head(head, max_headers=self.config.server.max_headers,
                                      max_body=self.config.server.max_body)
@@ -391,7 +412,35 @@ class GuardServer:
             entry["path"] = req.path.decode("latin-1")[:1024]
             if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
                 return self._health(conn, req, entry, started)
-            entry["key"] = self.keys.authenticate(req)
+            origin = req.get(b"origin")
+            if origin is not None:
+                if is_preflight(req):
+                    return self._preflight(conn, req, entry, started)
+                cors = pol.cors.response_headers(origin)
+            # "*" reaches here only as OPTIONS * (the head check refuses it otherwise).
+            path = req.target if req.target == b"*" else policy.check_path(req.target)
+            now = self.clock()
+            client = entry["client"] = pol.client_address(conn.peer_ip, req)
+            pol.before_auth(client, now)
+            try:
+                key = self.keys.identify(req)
+            except Unauthorized:
+                pol.auth_failed(client, now)
+                raise
+            entry["key"] = key.name
+            pol.after_auth(key, now)
+            policy.check_endpoint(key, path, req.method)
+            body = None
+            if key.models is not None and path in policy.MODEL_PATHS:
+                body = await admission.read_small_body(conn, req, policy.MAX_MODEL_BODY, self.config.timeouts.header)
+                entry["bytes_in"] += len(body)
+                entry["model"] = policy.check_models(key, body)
+                req = admission.with_body(req, body)
+            if pol.slots_on and path in policy.GENERATION_PATHS:
+                await admission.acquire_slot(pol.gate, key.name, key.max_concurrent, pol.queue_timeout)
+                slot = key.name
+            if key.models is not None and path in policy.LISTING_PATHS and req.method == b"GET":
+                return await self._filtered(conn, req, key, path, cors, entry, started)
             upstream = await self.pool.acquire()
         except GuardError as err:
             if req is None:  # refused while parsing: log what the request line claimed
@@ -399,8 +448,56 @@ class GuardServer:
                 entry["method"] = parts[0][:16].decode("latin-1")
                 if len(parts) > 1:
                     entry["path"] = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
-            return self._refuse(conn, req, err, entry, started)
-        return await self._proxy(conn, req, upstream, entry, started)
+            if slot is not None:
+                admission.wake(pol.gate.release(slot))
+            return self._refuse(conn, req, err, entry, started, cors)
+        except BaseException:
+            if slot is not None:
+                admission.wake(pol.gate.release(slot))
+            raise
+        try:
+            return await self._proxy(conn, req, upstream, entry, started, body=body,
+                                     extra=header_bytes(cors) if cors else b"",
+                                     usage=path in policy.GENERATION_PATHS)
+        finally:
+            # A generation holds its slot until its stream has ended, however it ended.
+            if slot is not None:
+                admission.wake(pol.gate.release(slot))
+
+    def _preflight(self, conn: ClientConnection, req: RequestHead, entry: dict[str, Any], started: float) -> bool:
+        """A CORS preflight: answered here, no key needed, never forwarded."""
+        has_body = req.chunked or bool(req.content_length)
+        keep = req.keep_alive and not self.closing and not has_body
+        head = response_head(204, self.policies.cors.preflight_headers(req), close=not keep)
+        if not conn.closed:
+            conn.transport.write(head)
+        entry.update(status=204, bytes_out=len(head))
+        self._log(entry, started, started)
+        return keep
+
+    async def _filtered(self, conn: ClientConnection, req: RequestHead, key: KeyEntry, path: bytes,
+                        cors: list[tuple[str, str]], entry: dict[str, Any], started: float) -> bool:
+        """A model list, fetched whole (it is small) and cut down to the key's models."""
+        t = self.config.timeouts
+        up = self.config.upstream
+        status, head, body = await admission.fetch_whole(
+            up.host, up.port, self.pool.authority, req, entry["client"].encode(),
+            header_bytes(cors) if cors else b"", t.connect, t.read)
+        if status == 200:
+            try:
+                body = policy.filter_listing(path, key, body)
+            except (ValueError, AttributeError, TypeError):
+                body = b'{"error": "upstream sent an unreadable model list"}'
+                head = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json; charset=utf-8\r\n"
+                        + header_bytes(cors))
+                status = 502
+        keep = req.keep_alive and not self.closing
+        out = head + b"Content-Length: %d\r\n" % len(body) + (b"" if keep else b"Connection: close\r\n") + b"\r\n"
+        if not conn.closed:
+            conn.transport.write(out + body)
+        entry.update(status=status, bytes_out=len(out) + len(body), ttfb_ms=None)
+        self._log(entry, started, time.perf_counter())
+        return keep
 
     def _health(self, conn: ClientConnection, req: RequestHead, entry: dict[str, Any], started: float) -> bool:
         keep = req.keep_alive and not self.closing
@@ -411,10 +508,11 @@ class GuardServer:
         return keep
 
     def _refuse(self, conn: ClientConnection, req: RequestHead | None, err: GuardError,
-                entry: dict[str, Any], started: float) -> bool:
+                entry: dict[str, Any], started: float, cors: list[tuple[str, str]] | None = None) -> bool:
         has_body = req is not None and (req.chunked or bool(req.content_length))
         close = err.close or req is None or has_body or not req.keep_alive or self.closing
-        response = render(err, close=close, head_only=req is not None and req.method == b"HEAD")
+        response = render(err, close=close, head_only=req is not None and req.method == b"HEAD",
+                          extra_headers=cors or ())
         conn.linger = close
         if not conn.closed:
             conn.transport.write(response)
@@ -424,16 +522,19 @@ class GuardServer:
         return not close
 
     async def _proxy(self, conn: ClientConnection, req: RequestHead, upstream: UpstreamConnection,
-                     entry: dict[str, Any], started: float) -> bool:
+                     entry: dict[str, Any], started: float, *, body: bytes | None = None,
+                     extra: bytes = b"", usage: bool = False) -> bool:
         t = self.config.timeouts
-        has_body = req.chunked or bool(req.content_length)
+        has_body = body is None and (req.chunked or bool(req.content_length))
         keep_alive = req.keep_alive and not self.closing
-        head = build_upstream_head(req, self.pool.authority, conn.peer_ip.encode(),
+        head = build_upstream_head(req, self.pool.authority, entry["client"].encode(),
                                    b"https" if self.tls is not None else b"http")
+        if body:
+            head += body  # read already (to check its model): forwarded exactly, with its length
         body_task: asyncio.Task[int] | None = None
         for attempt in (0, 1):
             result = upstream.begin(conn, req, keep_alive=keep_alive, read_timeout=t.read,
-                                    first_byte_timeout=t.first_byte)
+                                    first_byte_timeout=t.first_byte, extra_headers=extra)
             if conn.closed:
                 upstream.client_lost()
             else:
@@ -458,6 +559,8 @@ class GuardServer:
                     return self._refuse(conn, req, err2, entry, started)
             except ClientGone:
                 entry.update(status=499, outcome="client_gone", bytes_out=upstream.bytes_out)
+                if usage:
+                    entry.update(usage_from_tail(join_tail(upstream.tail())))
                 self._log(entry, started, upstream.head_at or None)
                 return False
             except GuardError as err:
@@ -474,6 +577,8 @@ class GuardServer:
         else:
             upstream.close()
         entry.update(status=upstream.status, bytes_out=upstream.bytes_out)
+        if usage:
+            entry.update(usage_from_tail(join_tail(upstream.tail())))
         self._log(entry, started, upstream.head_at)
         return keep_alive and body_complete and not upstream.close_client
 

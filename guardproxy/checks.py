@@ -1,0 +1,79 @@
+"""The policy checks of one request, in pipeline order, over live-reloadable settings.
+
+Pure logic: no asyncio.  `Policies` holds the tables that outlive a config
+reload (rate buckets, failure counts, bans, slots in use) and the settings
+that a reload replaces (CORS origins, rates, trusted proxies).
+"""
+
+from __future__ import annotations
+
+from .config import Config, KeyEntry
+from .cors import CorsPolicy
+from .errors import TooManyRequests
+from .heads import RequestHead
+from .limits import (BanTable, ConcurrencyGate, RateTable, TrustedProxies, address_bucket,
+                     retry_after_header)
+
+
+class Banned(TooManyRequests):
+    message = "too many failed authentications; try again later"
+
+
+class RateLimited(TooManyRequests):
+    message = "rate limit exceeded"
+
+
+class Policies:
+    def __init__(self, config: Config) -> None:
+        lim = config.limits
+        self.ip_rates = RateTable(lim.max_tracked)
+        self.key_rates = RateTable(lim.max_tracked)
+        self.bans = BanTable(config.ban, lim.max_tracked)
+        self.gate = ConcurrencyGate(lim.max_concurrent, lim.max_queue)
+        self.apply(config)
+
+    def apply(self, config: Config) -> list[object]:
+        """Take new settings; the tables keep their state.  Returns waiters a larger limit admits."""
+        lim = config.limits
+        self.cors = CorsPolicy(config.cors)
+        self.per_ip = lim.per_ip
+        self.proxies = TrustedProxies(lim.trusted_proxies)
+        self.queue_timeout = lim.queue_timeout
+        self.bans.ban = config.ban
+        if not config.ban.after_failures:
+            self.bans.clear()  # bans turned off: lift the running ones too
+        for t in (self.ip_rates, self.key_rates):
+            t.max_tracked = lim.max_tracked
+        self.bans.max_tracked = lim.max_tracked
+        self.gate.max_queue = lim.max_queue
+        self.gate.max_total = lim.max_concurrent
+        # Any key with its own limit, or a global limit, means generations take a slot.
+        self.slots_on = lim.max_concurrent is not None or any(k.max_concurrent for k in config.keys)
+        return self.gate.grant()
+
+    def client_address(self, peer: str, req: RequestHead) -> str:
+        if not self.proxies.nets:
+            return peer
+        xff = [v for n, _, v in req.headers if n == b"x-forwarded-for"]
+        fwd = [v for n, _, v in req.headers if n == b"forwarded"]
+        return self.proxies.client_address(peer, xff, fwd)
+
+    def before_auth(self, client: str, now: float) -> None:
+        """Bans first (before any key is looked at), then the per-address rate."""
+        client = address_bucket(client)
+        wait = self.bans.retry_after(client, now)
+        if wait:
+            raise Banned(headers=[retry_after_header(wait)])
+        if self.per_ip is not None:
+            wait = self.ip_rates.hit(client, self.per_ip, now)
+            if wait:
+                raise RateLimited(headers=[retry_after_header(wait)])
+
+    def auth_failed(self, client: str, now: float) -> None:
+        self.bans.failure(address_bucket(client), now)
+
+    def after_auth(self, key: KeyEntry, now: float) -> None:
+        if key.rate is not None:
+            wait = self.key_rates.hit(key.name, key.rate, now)
+            if wait:
+                raise RateLimited("rate limit exceeded for this key", headers=[retry_after_header(wait)])

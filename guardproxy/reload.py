@@ -1,0 +1,96 @@
+"""Live config changes: on SIGHUP (where it exists) and when the file changes on disk.
+
+A reload parses the whole file first; a broken edit is refused with one log
+line and the running config stays.  Only the settings a running server can
+take are applied (keys, CORS, limits, bans, timeouts for new requests);
+running streams are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .server import GuardServer
+
+POLL_INTERVAL = 1.0
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Reloader:
+    def __init__(self, server: "GuardServer", path: Path, *, env_key: str | None = None,
+                 log: TextIO | None = None) -> None:
+        self.server = server
+        self.path = path
+        self.env_key = env_key
+        self.log = log if log is not None else sys.stderr
+        self._seen = _signature(path)
+        self.reloads = 0
+        self.refused = 0
+
+    def _say(self, text: str) -> None:
+        print(f"guardproxy: {text}", file=self.log, flush=True)
+
+    def reload(self, why: str = "reload") -> bool:
+        """Load and apply the file now; False (and one log line) if it is broken."""
+        self._seen = _signature(self.path)
+        try:
+            config = load_config(self.path, env_key=self.env_key)
+        except ConfigError as e:
+            self.refused += 1
+            self._say(f"{why}: config not reloaded, the previous one keeps running: {e}")
+            return False
+        old = self.server.config
+        notes = []
+        if (config.listen_host, config.listen_port) != (old.listen_host, old.listen_port):
+            notes.append("listen")
+        if config.upstream != old.upstream:
+            notes.append("upstream")
+        if config.access_log != old.access_log:
+            notes.append("log.access")
+        self.server.apply_config(config)
+        self.reloads += 1
+        extra = f" ({', '.join(notes)} changes need a restart)" if notes else ""
+        self._say(f"{why}: config reloaded from {self.path}: {len(config.keys)} key"
+                  f"{'s' if len(config.keys) != 1 else ''}{extra}")
+        return True
+
+    def changed(self) -> bool:
+        sig = _signature(self.path)
+        return sig is not None and sig != self._seen
+
+    async def watch(self, interval: float = POLL_INTERVAL) -> None:
+        """Poll the file's mtime/size/inode (works everywhere, including Windows)."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.changed():
+                # An editor may still be writing: wait one more interval for the
+                # size to settle before reading.
+                before = _signature(self.path)
+                await asyncio.sleep(min(interval, 0.2))
+                if _signature(self.path) == before:
+                    self.reload("file changed")
+
+    def install_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
+        sighup = getattr(signal, "SIGHUP", None)
+        if sighup is None:
+            return False
+        try:
+            loop.add_signal_handler(sighup, self.reload, "SIGHUP")
+        except (NotImplementedError, RuntimeError):
+            return False
+        return True

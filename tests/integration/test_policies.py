@@ -1,0 +1,466 @@
+"""Policies over real sockets: scopes, paths, models, CORS, limits, bans, queue, usage, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from conftest import KEY, OTHER_KEY, Proxy, make_config
+from guardproxy.accesslog import AccessLog
+from guardproxy.config import Ban, Cors, KeyEntry, Limits, Rate, hash_key, load_config
+from guardproxy.fake_ollama import FakeOllama
+from guardproxy.reload import Reloader
+from guardproxy.server import GuardServer
+from wire import exchange, read_response, request_bytes
+
+ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrstu"
+APP = {"X-API-Key": KEY}          # "app": only qwen3:* and llama3.2
+PHONE = {"X-API-Key": OTHER_KEY}  # "phone": every model
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def digest(key: str) -> bytes:
+    return bytes.fromhex(hash_key(key))
+
+
+KEYS = (KeyEntry("app", digest(KEY), models=("qwen3:*", "llama3.2")),
+        KeyEntry("phone", digest(OTHER_KEY)),
+        KeyEntry("admin", digest(ADMIN_KEY), admin=True))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def start(fake_port: int, tmp_path: Path, **overrides: Any) -> Proxy:
+    log_path = tmp_path / "access.log"
+    keys = overrides.pop("keys", KEYS)
+    config = replace(make_config(fake_port, access_log=str(log_path), **overrides), keys=keys)
+    server = GuardServer(config, access_log=AccessLog(str(log_path)))
+    await server.start()
+    return Proxy(server, log_path)
+
+
+@pytest.fixture
+async def gp(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
+    p = await start(fake.port, tmp_path, cors=Cors(("https://app.example",), 600))
+    try:
+        yield p
+    finally:
+        await p.server.stop(grace=0)
+        p.server.access_log.close()
+
+
+async def stop(p: Proxy) -> None:
+    await p.server.stop(grace=0)
+    p.server.access_log.close()
+
+
+async def fetch(port: int, method: str, target: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes(method, target, body, headers))
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader, head_only=method == "HEAD"), 10)
+    finally:
+        writer.close()
+
+
+async def until(cond, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def gen(model: str = "llama3.2", n: int = 3, delay: float = 0.0) -> bytes:
+    return json.dumps({"model": model, "prompt": "hi", "options": {"num_predict": n}, "fake_delay": delay}).encode()
+
+
+# --- admin endpoints and paths -------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/pull", "/api/push", "/api/delete", "/api/create", "/api/copy",
+                                  "/api/blobs/sha256:0123"])
+async def test_admin_endpoints_denied_to_ordinary_keys(gp: Proxy, fake: FakeOllama, path: str) -> None:
+    r = await fetch(gp.port, "POST", path, b'{"model":"llama3.2"}', PHONE)
+    assert r.status == 403 and "administrative" in json.loads(r.body)["error"]
+    assert fake.connections_opened == 0
+
+
+async def test_admin_key_reaches_admin_endpoints(gp: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(gp.port, "POST", "/api/pull", b'{"model":"llama3.2","stream":false}', ADMIN)
+    assert r.status == 200 and fake.requests[-1].target == "/api/pull"
+
+
+PATH_VARIANTS = [b"//api/pull", b"/api/./pull", b"/api/%70ull", b"/api%2Fpull", b"/api/x/../pull",
+                 b"/api/pull/.", b"http://127.0.0.1:11434/api/pull", b"/api/PULL/../pull"]
+
+
+@pytest.mark.parametrize("target", PATH_VARIANTS)
+@pytest.mark.parametrize("auth", [PHONE, ADMIN], ids=["ordinary", "admin"])
+async def test_path_bypass_variants_refused_and_never_forwarded(gp: Proxy, fake: FakeOllama, target: bytes,
+                                                                 auth: dict[str, str]) -> None:
+    body = b'{"model":"llama3.2"}'
+    raw = (b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + auth["X-API-Key"].encode() +
+           b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    out = await exchange(gp.port, raw)
+    assert out.startswith(b"HTTP/1.1 400 ")
+    # An absolute-form target is already refused by the head check, with its own message.
+    if target.startswith(b"/"):
+        assert out.endswith(b'{"error": "request path must be in normal form"}')
+    assert fake.connections_opened == 0 and fake.requests == []
+
+
+# --- models ------------------------------------------------------------------------------
+
+async def test_disallowed_model_is_403_and_never_forwarded(gp: Proxy, fake: FakeOllama) -> None:
+    for path, body in [("/api/generate", gen("mistral:7b")),
+                       ("/api/chat", b'{"model":"llama3.2","MODEL":"mistral:7b","messages":[]}'),
+                       ("/v1/chat/completions", b'{"model":"mistral:7b","messages":[]}'),
+                       ("/api/show", b'{"name":"mistral:7b"}')]:
+        r = await fetch(gp.port, "POST", path, body, APP)
+        assert r.status == 403 and "mistral:7b" in json.loads(r.body)["error"], path
+    assert fake.connections_opened == 0
+
+
+async def test_allowed_model_body_forwarded_exactly_with_length(gp: Proxy, fake: FakeOllama) -> None:
+    body = gen("llama3.2", 4)
+    r = await fetch(gp.port, "POST", "/api/generate", body, APP)
+    assert r.status == 200 and json.loads(r.chunks[-1])["eval_count"] == 4
+    # A chunked body is read whole (it is small) and forwarded with its length.
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
+    reader, writer = await asyncio.open_connection("127.0.0.1", gp.port)
+    writer.write(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() +
+                 b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+    r2 = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert r2.status == 200
+    for rec in fake.requests:
+        assert rec.body == body and rec.header("content-length") == str(len(body))
+        assert rec.header("transfer-encoding") is None
+
+
+async def test_listings_filtered_to_the_keys_models(gp: Proxy, fake: FakeOllama) -> None:
+    tags = json.loads((await fetch(gp.port, "GET", "/api/tags", headers=APP)).body)
+    assert sorted(m["name"] for m in tags["models"]) == ["llama3.2:latest", "qwen3:8b"]
+    v1 = json.loads((await fetch(gp.port, "GET", "/v1/models", headers=APP)).body)
+    assert sorted(m["id"] for m in v1["data"]) == ["llama3.2:latest", "qwen3:8b"]
+    ps = await fetch(gp.port, "GET", "/api/ps", headers=APP)
+    assert ps.status == 200 and all(m["name"] != "mistral:7b" for m in json.loads(ps.body)["models"])
+    full = json.loads((await fetch(gp.port, "GET", "/api/tags", headers=PHONE)).body)
+    assert len(full["models"]) == 3
+
+
+async def test_expired_key_gets_the_same_401_as_an_unknown_key(fake: FakeOllama, tmp_path: Path) -> None:
+    from datetime import date
+    p = await start(fake.port, tmp_path, keys=(KeyEntry("old", digest(KEY), expires=date(2020, 1, 1)),))
+    try:
+        expired = await exchange(p.port, request_bytes("GET", "/api/tags", headers={**APP, "Connection": "close"}))
+        unknown = await exchange(p.port, request_bytes("GET", "/api/tags", headers={"X-API-Key": "gp_nope-" + "x" * 30,
+                                                                                  "Connection": "close"}))
+        assert expired == unknown and expired.startswith(b"HTTP/1.1 401 ")
+        assert fake.connections_opened == 0
+    finally:
+        await stop(p)
+
+
+# --- CORS -------------------------------------------------------------------------------
+
+def preflight(origin: str) -> dict[str, str]:
+    return {"Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-api-key"}
+
+
+async def test_preflight_allowed_origin(gp: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(gp.port, "OPTIONS", "/api/chat", headers=preflight("https://app.example"))
+    assert r.status == 204
+    assert r.header("access-control-allow-origin") == "https://app.example"
+    assert "POST" in r.header("access-control-allow-methods")
+    assert {"content-type", "x-api-key", "authorization"} <= {
+        h.strip().lower() for h in r.header("access-control-allow-headers").split(",")}
+    assert r.header("access-control-max-age") == "600" and "Origin" in r.header("vary")
+    assert r.header("access-control-allow-credentials") is None
+    assert fake.connections_opened == 0
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null"])
+async def test_preflight_disallowed_or_null_origin_gets_no_cors(gp: Proxy, fake: FakeOllama, origin: str) -> None:
+    r = await fetch(gp.port, "OPTIONS", "/api/chat", headers=preflight(origin))
+    assert r.status == 204
+    assert not [k for k, _ in r.headers if k.startswith("access-control-")]
+    assert fake.connections_opened == 0
+
+
+async def test_cors_on_proxied_responses_and_errors_origin_not_forwarded(gp: Proxy, fake: FakeOllama) -> None:
+    origin = {"Origin": "https://app.example"}
+    # The fake answers 403 to a non-local Origin, as Ollama does: a 200 proves it was not forwarded.
+    r = await fetch(gp.port, "POST", "/api/generate", gen("llama3.2", 2), {**APP, **origin})
+    assert r.status == 200 and r.header("access-control-allow-origin") == "https://app.example"
+    assert "Origin" in r.header("vary")
+    assert all(rec.header("origin") is None for rec in fake.requests)
+    for headers, status in [({}, 401), (APP, 403)]:
+        e = await fetch(gp.port, "POST", "/api/generate", gen("mistral:7b"), {**headers, **origin})
+        assert e.status == status and e.header("access-control-allow-origin") == "https://app.example"
+    evil = await fetch(gp.port, "GET", "/api/tags", headers={**PHONE, "Origin": "https://evil.example"})
+    assert evil.status == 200 and evil.header("access-control-allow-origin") is None
+
+
+async def test_upstream_access_control_headers_are_replaced(tmp_path: Path) -> None:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Credentials: true\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+    srv = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    p = await start(srv.sockets[0].getsockname()[1], tmp_path, cors=Cors(("https://app.example",)))
+    try:
+        r = await fetch(p.port, "GET", "/api/version", headers={**PHONE, "Origin": "https://app.example"})
+        acl = [(k, v) for k, v in r.headers if k.startswith("access-control-")]
+        assert ("access-control-allow-origin", "https://app.example") in acl
+        assert ("access-control-allow-origin", "*") not in acl
+        assert "access-control-allow-credentials" not in dict(acl) and r.body == b"ok"
+    finally:
+        await stop(p)
+        srv.close()
+        await srv.wait_closed()
+
+
+# --- rates and bans ---------------------------------------------------------------------
+
+async def test_per_ip_rate_429_with_retry_after_under_fake_clock(fake: FakeOllama, tmp_path: Path) -> None:
+    p = await start(fake.port, tmp_path, limits=Limits(per_ip=Rate(2, 60.0)))
+    clock = p.server.clock = FakeClock()
+    try:
+        assert [(await fetch(p.port, "GET", "/api/version", headers=PHONE)).status for _ in range(2)] == [200, 200]
+        opened = fake.connections_opened
+        r = await fetch(p.port, "GET", "/api/version", headers=PHONE)
+        assert r.status == 429 and r.header("retry-after") == "30"
+        assert json.loads(r.body) == {"error": "rate limit exceeded"}
+        # The same address without a key is limited too (before any key check).
+        assert (await fetch(p.port, "GET", "/api/version")).status == 429
+        assert fake.connections_opened == opened
+        clock.now += 30
+        assert (await fetch(p.port, "GET", "/api/version", headers=PHONE)).status == 200
+    finally:
+        await stop(p)
+
+
+async def test_per_key_rate(fake: FakeOllama, tmp_path: Path) -> None:
+    keys = (replace(KEYS[0], rate=Rate(1, 10.0)), KEYS[1])
+    p = await start(fake.port, tmp_path, keys=keys)
+    p.server.clock = FakeClock()
+    try:
+        assert (await fetch(p.port, "GET", "/api/version", headers=APP)).status == 200
+        r = await fetch(p.port, "GET", "/api/version", headers=APP)
+        assert r.status == 429 and r.header("retry-after") == "10"
+        assert (await fetch(p.port, "GET", "/api/version", headers=PHONE)).status == 200  # other key unaffected
+    finally:
+        await stop(p)
+
+
+async def test_spoofed_x_forwarded_for_from_untrusted_peer_is_still_limited(fake: FakeOllama, tmp_path: Path) -> None:
+    p = await start(fake.port, tmp_path, limits=Limits(per_ip=Rate(2, 60.0)))
+    p.server.clock = FakeClock()
+    try:
+        statuses = [(await fetch(p.port, "GET", "/api/version",
+                                 headers={**PHONE, "X-Forwarded-For": f"198.51.100.{i}",
+                                          "Forwarded": f"for=198.51.100.{i}"})).status for i in range(4)]
+        assert statuses == [200, 200, 429, 429]
+        assert {e["client"] for e in p.log_lines()} == {"127.0.0.1"}
+    finally:
+        await stop(p)
+
+
+async def test_trusted_proxy_forwarded_address_is_believed(fake: FakeOllama, tmp_path: Path) -> None:
+    p = await start(fake.port, tmp_path, limits=Limits(per_ip=Rate(1, 60.0), trusted_proxies=("127.0.0.0/8",)))
+    p.server.clock = FakeClock()
+    try:
+        statuses = [(await fetch(p.port, "GET", "/api/version",
+                                 headers={**PHONE, "X-Forwarded-For": f"198.51.100.{i % 2}"})).status for i in range(3)]
+        assert statuses == [200, 200, 429]
+        assert fake.requests[0].header("x-forwarded-for") == "198.51.100.0"
+        assert [e["client"] for e in p.log_lines()] == ["198.51.100.0", "198.51.100.1", "198.51.100.0"]
+    finally:
+        await stop(p)
+
+
+async def test_ban_then_unban(fake: FakeOllama, tmp_path: Path) -> None:
+    p = await start(fake.port, tmp_path, ban=Ban(after_failures=3, window=600.0, duration=900.0))
+    clock = p.server.clock = FakeClock()
+    try:
+        for _ in range(3):
+            assert (await fetch(p.port, "GET", "/api/tags", headers={"X-API-Key": "gp_guess-" + "x" * 30})).status == 401
+        r = await fetch(p.port, "GET", "/api/tags", headers=PHONE)  # even the right key: banned before the key check
+        assert r.status == 429 and r.header("retry-after") == "900"
+        assert fake.connections_opened == 0
+        clock.now += 899
+        assert (await fetch(p.port, "GET", "/api/tags", headers=PHONE)).status == 429
+        clock.now += 1
+        assert (await fetch(p.port, "GET", "/api/tags", headers=PHONE)).status == 200
+    finally:
+        await stop(p)
+
+
+# --- concurrency -----------------------------------------------------------------------
+
+async def open_stream(port: int, headers: dict[str, str], body: bytes):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes("POST", "/api/generate", body, headers))
+    await writer.drain()
+    return reader, writer
+
+
+async def test_queue_is_fair_across_keys_and_slot_freed_on_disconnect(fake: FakeOllama, tmp_path: Path) -> None:
+    p = await start(fake.port, tmp_path, limits=Limits(max_concurrent=1, queue_timeout=10.0))
+    gate = p.server.policies.gate
+    try:
+        r1, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
+        await r1.readuntil(b"tok0")
+        waiting = []
+        for i, (who, model) in enumerate([(PHONE, "phone-2"), (PHONE, "phone-3"), (PHONE, "phone-4"), (ADMIN, "admin-1")]):
+            waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen(model, 1), who)))
+            await until(lambda: gate.queued == i + 1)
+        w1.transport.abort()  # the hang-up ends the stream and frees its slot
+        results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert all(r.status == 200 for r in results)
+        order = [rec.json()["model"] for rec in fake.requests[1:]]
+        # One busy key cannot starve the other: admin goes second, not last.
+        assert order == ["phone-2", "admin-1", "phone-3", "phone-4"]
+        assert gate.total == 0 and gate.queued == 0
+    finally:
+        await stop(p)
+
+
+async def test_queue_timeout_is_503(fake: FakeOllama, tmp_path: Path) -> None:
+    keys = (replace(KEYS[1], max_concurrent=1), KEYS[2])
+    p = await start(fake.port, tmp_path, keys=keys, limits=Limits(queue_timeout=0.2))
+    try:
+        r1, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
+        await r1.readuntil(b"tok0")
+        opened = fake.connections_opened
+        r = await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), PHONE)
+        assert r.status == 503 and r.header("retry-after") == "1"
+        assert fake.connections_opened == opened
+        # The per-key limit does not hold back another key.
+        assert (await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), ADMIN)).status == 200
+        w1.transport.abort()
+        await until(lambda: p.server.policies.gate.total == 0)
+        assert (await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), PHONE)).status == 200
+    finally:
+        await stop(p)
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+async def test_token_counts_in_log_equal_upstream_eval_count(gp: Proxy, fake: FakeOllama) -> None:
+    r = await fetch(gp.port, "POST", "/api/generate", gen("llama3.2", 17), PHONE)
+    final = json.loads(r.chunks[-1])
+    chat = await fetch(gp.port, "POST", "/api/chat",
+                       b'{"model":"qwen3:8b","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":9}}', APP)
+    sse = await fetch(gp.port, "POST", "/v1/chat/completions",
+                      b'{"model":"qwen3:8b","messages":[{"role":"user","content":"hi"}],"max_tokens":6,"stream":true,'
+                      b'"stream_options":{"include_usage":true}}', PHONE)
+    assert sse.status == 200 and chat.status == 200
+    await fetch(gp.port, "GET", "/api/version", headers=PHONE)
+    lines = gp.log_lines()
+    assert (lines[0]["model"], lines[0]["prompt_tokens"], lines[0]["completion_tokens"]) == \
+        ("llama3.2", final["prompt_eval_count"], final["eval_count"])
+    assert final["eval_count"] == 17
+    assert (lines[1]["model"], lines[1]["completion_tokens"]) == ("qwen3:8b", 9)
+    assert (lines[2]["model"], lines[2]["prompt_tokens"], lines[2]["completion_tokens"]) == ("qwen3:8b", 26, 6)
+    assert "completion_tokens" not in lines[3]
+
+
+def test_usage_command_reads_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from guardproxy.cli import main
+    log = tmp_path / "a.log"
+    log.write_text('{"time":"2099-01-01T00:00:00Z","client":"1.2.3.4","status":200,"key":"k","model":"m",'
+                   '"prompt_tokens":3,"completion_tokens":4}\n')
+    assert main(["usage", "--log", str(log), "--since", "all", "--by", "model"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["model", "requests", "prompt_tokens", "completion_tokens", "errors"]
+    assert out[1].split() == ["m", "1", "3", "4", "0"]
+    assert main(["usage", "--log", str(tmp_path / "none.log")]) == 2
+
+
+# --- live reload ---------------------------------------------------------------------------
+
+CONFIG = """\
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:{port}"
+[log]
+access = ""
+{keys}
+"""
+
+
+def key_block(name: str, key: str) -> str:
+    return f'[[keys]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"\n'
+
+
+async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: FakeOllama, tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY)))
+    server = GuardServer(load_config(path))
+    await server.start()
+    out = io.StringIO()
+    reloader = Reloader(server, path, log=out)
+    try:
+        reader, writer = await open_stream(server.port, APP, gen("llama3.2", 60, 0.01))
+        await reader.readuntil(b"tok0")
+        assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 401
+        path.write_text(CONFIG.format(port=fake.port, keys=key_block("b", OTHER_KEY)))
+        assert reloader.reload()
+        assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 200
+        assert (await fetch(server.port, "GET", "/api/version", headers=APP)).status == 401
+        # The stream that started under the old key runs to its end.
+        rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+        assert b'"done":true' in rest and b'"eval_count":60' in rest
+        writer.close()
+        # A broken edit is refused with one line; the previous config keeps running.
+        broken = CONFIG.format(port=fake.port, keys=key_block("b", OTHER_KEY)) + "[limits]\nper_ip = \"fast\"\n"
+        path.write_text(broken)
+        assert not reloader.reload("SIGHUP")
+        line = out.getvalue().splitlines()[-1]
+        assert "config not reloaded" in line and f"{path}:{broken.count(chr(10))}: limits.per_ip: expected" in line
+        assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 200
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_reload_by_file_watch_and_sighup(fake: FakeOllama, tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY)))
+    server = GuardServer(load_config(path))
+    await server.start()
+    reloader = Reloader(server, path, log=io.StringIO())
+    watch = asyncio.ensure_future(reloader.watch(interval=0.02))
+    try:
+        path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY) + key_block("b", OTHER_KEY)))
+        await until(lambda: reloader.reloads == 1)
+        assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 200
+        if sys.platform != "win32" and reloader.install_sighup(asyncio.get_running_loop()):
+            try:
+                os.kill(os.getpid(), signal.SIGHUP)
+                await until(lambda: reloader.reloads == 2)
+            finally:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+    finally:
+        watch.cancel()
+        await server.stop(grace=0)
