@@ -90,6 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._tail0: bytes | None = None
         self._tail1: bytes | None = None
         self._tail2: bytes | None = None
+        self._keep_tail = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, client: "ClientConnection", req: RequestHead, *, keep_alive: bool,
               read_timeout: float, first_byte_timeout: float | None = None,
-              extra_headers: bytes = b"") -> "asyncio.Future[bool]":
+              extra_headers: bytes = b"", keep_tail: bool = False) -> "asyncio.Future[bool]":
         """Attach to a client for one request; the future says if the connection is reusable."""
         self.client = client
         self._client_transport = client.transport
@@ -118,6 +119,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.first_byte_timeout = read_timeout if first_byte_timeout is None else first_byte_timeout
         self._extra_headers = extra_headers
         self._tail0 = self._tail1 = self._tail2 = None
+        # Only generations keep references to their last reads (for token counts),
+        # so a bulk response never holds more than the transport's own buffer.
+        self._keep_tail = keep_tail
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
@@ -223,7 +227,8 @@ class UpstreamConnection(asyncio.Protocol):
             if end < 0:
                 self._client_transport.write(data)  # type: ignore[union-attr]
                 self.bytes_out += len(data)
-                self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data
+                if self._keep_tail:
+                    self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data
                 return
             self._end_of_body(data, end)
         elif self.state == _HEAD:

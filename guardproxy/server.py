@@ -534,7 +534,8 @@ class GuardServer:
         body_task: asyncio.Task[int] | None = None
         for attempt in (0, 1):
             result = upstream.begin(conn, req, keep_alive=keep_alive, read_timeout=t.read,
-                                    first_byte_timeout=t.first_byte, extra_headers=extra)
+                                    first_byte_timeout=t.first_byte, extra_headers=extra,
+                                    keep_tail=usage)
             if conn.closed:
                 upstream.client_lost()
             else:
