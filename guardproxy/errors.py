@@ -72,6 +72,24 @@ class HeadTooLarge(GuardError):
     close = True
 
 
+class UriTooLong(GuardError):
+    status = 414
+    message = "request line too long"
+    close = True
+
+
+class NotImplementedCoding(GuardError):
+    status = 501
+    message = "unsupported transfer coding"
+    close = True
+
+
+class VersionNotSupported(GuardError):
+    status = 505
+    message = "HTTP version not supported"
+    close = True
+
+
 class TooManyRequests(GuardError):
     status = 429
     message = "too many requests"

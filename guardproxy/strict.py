@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .errors import BadRequest, GuardError, HeadTooLarge, MethodNotAllowed, PayloadTooLarge
+from .errors import (BadRequest, GuardError, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, PayloadTooLarge,
+                     UriTooLong, VersionNotSupported)
 
 MAX_REQUEST_LINE = 8192   # 414 beyond this (nginx: large_client_header_buffers 8k)
 MAX_HEAD = 16384          # 431 beyond this, however the head is split into reads
@@ -28,24 +29,6 @@ MAX_HEADERS = 100         # 431 beyond this (Apache LimitRequestFields)
 MAX_BODY = 64 * 1024 * 1024
 ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"DELETE", b"OPTIONS")
 ALLOW_HEADER = ", ".join(m.decode() for m in ALLOWED_METHODS)
-
-
-class UriTooLong(GuardError):
-    status = 414
-    message = "request line too long"
-    close = True
-
-
-class NotImplementedCoding(GuardError):
-    status = 501
-    message = "unsupported transfer coding"
-    close = True
-
-
-class VersionNotSupported(GuardError):
-    status = 505
-    message = "HTTP version not supported"
-    close = True
 
 
 def _bad(message: str) -> BadRequest:

@@ -19,6 +19,7 @@ from guardproxy.accesslog import AccessLog
 from guardproxy.config import Config, KeyEntry, Timeouts, Upstream, hash_key
 from guardproxy.fake_ollama import FakeOllama
 from guardproxy.server import GuardServer
+from upstreams import RecordingUpstream
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
 OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
@@ -95,3 +96,13 @@ async def proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
     finally:
         await p.server.stop(grace=0)
         p.server.access_log.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    """A scriptable upstream that records exactly what reaches it (tests/upstreams.py)."""
+    up = await RecordingUpstream.start()
+    try:
+        yield up
+    finally:
+        await up.close()

@@ -69,3 +69,15 @@ async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return await read_raw_until_close(reader, timeout)
     finally:
         writer.close()
+
+
+async def fetch(port: int, method: str, target: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> RawResponse:
+    """One request on a fresh connection; the parsed response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes(method, target, body, headers))
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader, head_only=method == "HEAD"), 10)
+    finally:
+        writer.close()

@@ -178,15 +178,6 @@ BODY_CASES = [
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = await RecordingUpstream.start()
-    try:
-        yield up
-    finally:
-        await up.close()
-
-
-@pytest.fixture
 async def gate(upstream: RecordingUpstream, tmp_path: Path) -> AsyncIterator[Proxy]:
     from guardproxy.config import ServerLimits
     p = await start_proxy(upstream.port, tmp_path, server=ServerLimits(max_body=MAX_BODY))

@@ -13,20 +13,9 @@ import pytest
 from conftest import KEY, OTHER_KEY, Proxy, start_proxy
 from guardproxy.config import Timeouts
 from guardproxy.fake_ollama import FakeOllama
-from wire import exchange, read_response, request_bytes
+from wire import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
-
-
-async def fetch(port: int, method: str, target: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request_bytes(method, target, body, headers))
-        await writer.drain()
-        return await asyncio.wait_for(read_response(reader, head_only=method == "HEAD"), 10)
-    finally:
-        writer.close()
 
 
 # --- health ------------------------------------------------------------------

@@ -19,15 +19,6 @@ from wire import read_response, request_bytes
 AUTH = {"X-API-Key": KEY}
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = await RecordingUpstream.start()
-    try:
-        yield up
-    finally:
-        await up.close()
-
-
 async def proxy_for(up: RecordingUpstream, tmp_path: Path, **overrides) -> Proxy:
     return await start_proxy(up.port, tmp_path, **overrides)
 

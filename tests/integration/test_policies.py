@@ -20,7 +20,7 @@ from guardproxy.config import Ban, Cors, KeyEntry, Limits, Rate, hash_key, load_
 from guardproxy.fake_ollama import FakeOllama
 from guardproxy.reload import Reloader
 from guardproxy.server import GuardServer
-from wire import exchange, read_response, request_bytes
+from wire import exchange, fetch, read_response, request_bytes
 
 ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrstu"
 APP = {"X-API-Key": KEY}          # "app": only qwen3:* and llama3.2
@@ -67,17 +67,6 @@ async def gp(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
 async def stop(p: Proxy) -> None:
     await p.server.stop(grace=0)
     p.server.access_log.close()
-
-
-async def fetch(port: int, method: str, target: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request_bytes(method, target, body, headers))
-        await writer.drain()
-        return await asyncio.wait_for(read_response(reader, head_only=method == "HEAD"), 10)
-    finally:
-        writer.close()
 
 
 async def until(cond, timeout: float = 5.0) -> None:
