@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="make a new key, add it to the config and print it once")
     kg.add_argument("--config", metavar="FILE", help="config file to add the key to")
     kg.add_argument("--name", help="a name for the key (default: key-N)")
+    kg.add_argument("--admin", action="store_true",
+                    help="the key may also pull, push, create, copy and delete models")
     for tool in (checklist, doctor, winservice):
         tool.add_parser(sub)  # each defines its own arguments and sets func
     us = sub.add_parser("usage", help="summarise the access log: requests, tokens, errors, probing addresses")
@@ -94,12 +96,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     key = generate_key()
     if not path.exists():
         name = args.name or "default"
-        create_config(path, key, name)
+        create_config(path, key, name, admin=args.admin)
         print(f"created {path} with key \"{name}\"", file=sys.stderr)
     else:
         name = args.name or _next_name(path)
-        append_key(path, name, key)
+        append_key(path, name, key, admin=args.admin)
         print(f"added key \"{name}\" to {path} (a [[keys]] block at its end; nothing else changed)", file=sys.stderr)
+    if args.admin:
+        print("this key is an admin key: it may pull, push, create, copy and delete models", file=sys.stderr)
     print(key)
     return 0
 

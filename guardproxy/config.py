@@ -521,8 +521,11 @@ max_headers = 100               # header fields per request (then 431)
 """
 
 
-def key_block(name: str, key: str) -> str:
-    return "\n" + tomli_w.dumps({"keys": [{"name": name, "key_sha256": hash_key(key)}]})
+def key_block(name: str, key: str, *, admin: bool = False) -> str:
+    entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key)}
+    if admin:
+        entry["admin"] = True
+    return "\n" + tomli_w.dumps({"keys": [entry]})
 
 
 def write_atomic(path: Path, text: str, *, private: bool) -> None:
@@ -555,16 +558,18 @@ def initial_config_text(key: str, name: str = "default", listen: str = DEFAULT_L
                             upstream=tomli_w.dumps({"x": upstream})[4:].strip()) + key_block(name, key)
 
 
-def create_config(path: Path, key: str, name: str = "default") -> None:
+def create_config(path: Path, key: str, name: str = "default", *, admin: bool = False) -> None:
     """A fresh config with one key; refuses to overwrite an existing file."""
     if path.exists():
         raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it")
     text = initial_config_text(key, name)
+    if admin:
+        text = text[:text.rindex("\n[[keys]]")] + key_block(name, key, admin=True)
     parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
     write_atomic(path, text, private=True)
 
 
-def append_key(path: Path, name: str, key: str) -> None:
+def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> None:
     """Add a [[keys]] block at the end of the file, leaving the rest byte-for-byte."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -581,6 +586,6 @@ def append_key(path: Path, name: str, key: str) -> None:
         raise ConfigError(f"{path}: keys.name: expected a new name; \"{name}\" already exists")
     if text and not text.endswith("\n"):
         text += "\n"
-    new_text = text + key_block(name, key)
+    new_text = text + key_block(name, key, admin=admin)
     parse_config(tomllib.loads(new_text), path, new_text)
     write_atomic(path, new_text, private=True)

@@ -138,6 +138,15 @@ async def test_keygen_appends_a_block_and_keeps_comments(tmp_path: Path) -> None
             await run.stop()
 
 
+def test_keygen_admin_key_is_marked_admin(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.toml"
+    r = gp("keygen", "--name", "me", "--admin", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0 and "admin key" in r.stderr
+    r = gp("keygen", "--name", "app", "--config", str(cfg), cwd=tmp_path)
+    keys = tomllib.loads(cfg.read_text())["keys"]
+    assert [(k["name"], k.get("admin", False)) for k in keys] == [("me", True), ("app", False)]
+
+
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     cfg = tmp_path / "g.toml"
     r = gp("init", "--config", str(cfg), cwd=tmp_path)
