@@ -18,6 +18,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
 venv: $(VENV)/.installed
 
 ## run: start guardproxy (first run writes ./guardproxy.toml and prints a new key)
@@ -31,6 +35,16 @@ test: $(VENV)/.installed-test
 ## demo: a fake Ollama and guardproxy in front of it, walked through the checklist
 demo: $(VENV)/.installed
 	$(PY) -m guardproxy.demo
+
+## bench-deps: nginx, Caddy and wrk from Debian's packages (root, or sudo)
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+bench-deps:
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends nginx caddy wrk
+
+## bench: guardproxy side by side with nginx and Caddy (~6 min; ARGS="--quick" for seconds)
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
