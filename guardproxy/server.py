@@ -132,6 +132,11 @@ class ClientConnection(asyncio.Protocol):
                 self.idle = False
             if not self.buf:
                 return None
+        idx = self.buf.find(b"\r\n\r\n")
+        if idx >= 0:  # the usual case: the whole head came in one read, no timer needed
+            head = bytes(self.buf[:idx + 4])
+            self.consume(idx + 4)
+            return head
         scanned = 0
         try:
             async with asyncio.timeout(header_timeout):
