@@ -274,26 +274,38 @@ async def s5_many_slow(t: Target, sz: Sizes, key: str | None, golden: Golden) ->
     base = rss_kib(t.pid) if t.pid else 0
     peak = [base]
     stop = asyncio.Event()
+    stagger = sz.s5_delay * 5
+    # Steady state: every stream open, none finished yet; no connection set-up in it.
+    window = (stagger + 0.3, sz.s5_tokens * sz.s5_delay - 0.2)
+    marks: list[tuple[float, int]] = []
+    t_start = time.monotonic()
 
     async def sample() -> None:
         while not stop.is_set():
             if t.pid:
                 peak[0] = max(peak[0], rss_kib(t.pid))
+                since = time.monotonic() - t_start
+                if len(marks) < 2 and since >= window[len(marks)]:
+                    marks.append((cpu_seconds(t.pid), Client.reads))
             try:
-                await asyncio.wait_for(stop.wait(), 0.2)
+                await asyncio.wait_for(stop.wait(), 0.1)
             except TimeoutError:
                 pass
     sampler = asyncio.create_task(sample())
     with Meter(t.pid) as m:
         # Opened over one token interval, so the whole crowd is open at once mid-run.
         streams, _, _ = await _stream_workers(t, sz.s5_streams, raw, golden, rounds=1, secs=None,
-                                              track=False, stagger=sz.s5_delay * 5)
+                                              track=False, stagger=stagger)
     stop.set()
     await sampler
     tokens = streams * sz.s5_tokens
+    steady = None
+    if len(marks) == 2 and window[1] - window[0] >= 1.0 and marks[1][1] > marks[0][1]:
+        steady = (marks[1][0] - marks[0][0]) / (marks[1][1] - marks[0][1]) * 1e6
     return Result({"streams": streams, "proxy RSS KiB/stream": (peak[0] - base) / streams if t.pid else None,
                    "proxy RSS MiB peak": peak[0] / 1024 if t.pid else None,
-                   "proxy CPU µs/token": per(m, tokens, 1e6), "wall s": m.elapsed})
+                   "proxy CPU µs/token": per(m, tokens, 1e6), "steady-state µs/token": steady,
+                   "wall s": m.elapsed})
 
 
 async def s6_slow_reader(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:

@@ -56,7 +56,10 @@ class Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    reads = 0  # reads by all clients: at a slow pace, one per token line
+
     def data_received(self, data: bytes) -> None:
+        Client.reads += 1
         buf = self.buf
         buf += data
         if self.track:
