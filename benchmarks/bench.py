@@ -410,6 +410,30 @@ def table(n: int, sz: Sizes, results: dict[str, Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SUMMARY = [  # (scenario, figure, column title)
+    (1, "req/s", "1: req/s"), (1, "proxy CPU µs/req", "1: CPU µs/req"),
+    (2, "proxy CPU µs/token", "2: CPU µs/token"), (3, "p99 ms", "3: token p99 ms"),
+    (3, "TTFT p99 ms", "3: TTFT p99 ms"), (4, "proxy CPU ms/MB", "4: CPU ms/MB"),
+    (5, "proxy RSS KiB/stream", "5: KiB/stream"), (5, "proxy CPU µs/token", "5: CPU µs/token"),
+    (5, "steady-state µs/token", "5: steady µs/token"), (6, "proxy RSS growth KiB while stalled", "6: RSS growth KiB"),
+]
+
+
+def summary(results: dict[int, dict[str, Result]]) -> str:
+    cols = [c for c in SUMMARY if results.get(c[0])]
+    names: list[str] = []
+    for per_target in results.values():
+        names += [n for n in per_target if n not in names]
+    lines = ["| target | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in names:
+        cells = []
+        for n, fig, _ in cols:
+            r = results[n].get(name)
+            cells.append(fmt(r.figures.get(fig)) if r and r.figures else ("–" if not r else "failed"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: dict[str, Result], path: Path, label: str) -> str | None:
     try:
         import matplotlib
@@ -550,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             notes: list[str] = []
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 res = runner.run(run_once(run_no, names, scen, sz, Path(tmp), notes, args.quick))
-            doc += ["", f"## Run {run_no} of {runs}", ""] + notes + [""]
+            doc += ["", f"## Run {run_no} of {runs}", ""] + notes + ["", "Summary (details below):", "",
+                                                                         summary(res)]
             for n in scen:
                 if res[n]:
                     doc.append(table(n, sz, res[n]))
