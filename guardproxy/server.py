@@ -21,7 +21,8 @@ from .auth import KeyRing
 from .config import Config
 from .errors import GuardError, HeadTooLarge, RequestTimeout, render
 from .heads import RequestHead, build_upstream_head, parse_request_head
-from .relay import ClientGone, UpstreamConnection, UpstreamGone, send_request_body, set_nodelay
+from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
+                    set_nodelay)
 from .upstream import UpstreamPool
 
 MAX_HEAD = 16384
@@ -317,8 +318,12 @@ class GuardServer:
                 if has_body:
                     if req.expect_continue and req.http_version == b"1.1":
                         conn.transport.write(_CONTINUE)
-                    body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.header))
-                    body_task.add_done_callback(lambda task, up=upstream: _body_done(task, up))
+                    sent = send_buffered_body(conn, upstream, req)
+                    if sent is not None:
+                        entry["bytes_in"] += sent
+                    else:
+                        body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.header))
+                        body_task.add_done_callback(lambda task, up=upstream: _body_done(task, up))
             try:
                 reusable = await result
                 break
