@@ -26,6 +26,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 $(VENV)/.installed-exe: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[exe]'
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -49,6 +51,15 @@ exe: $(VENV)/.installed-exe
 ## smoke-exe: build the executable and check it against a fake Ollama (health, 401/200, a stream)
 smoke-exe: exe
 	$(PY) packaging/smoke_test.py
+## bench-deps: nginx, Caddy and wrk from Debian's packages (root, or sudo)
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+bench-deps:
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends nginx caddy wrk
+
+## bench: guardproxy side by side with nginx and Caddy (~6 min; ARGS="--quick" for seconds)
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -333,6 +333,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
 
 
+def send_buffered_body(client: "ClientConnection", upstream: UpstreamConnection, req: RequestHead) -> int | None:
+    """Send a Content-Length body that is already wholly buffered (the usual small JSON
+    request), with no task; None when it is not, and send_request_body must copy it."""
+    n = req.content_length
+    if req.chunked or not n or len(client.buf) < n:
+        return None
+    upstream.transport.write(bytes(client.buf[:n]))  # type: ignore[union-attr]
+    client.consume(n)
+    return n
+
+
 async def send_request_body(client: "ClientConnection", upstream: UpstreamConnection, req: RequestHead,
                             idle_timeout: float, max_body: int) -> int:
     """Copy the request body with backpressure both ways; returns the body bytes read.

@@ -26,7 +26,8 @@ from .config import Config, KeyEntry
 from .cors import header_bytes, is_preflight
 from .errors import GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
 from .heads import RequestHead, build_upstream_head, parse_request_head
-from .relay import ClientGone, UpstreamConnection, UpstreamGone, send_request_body, set_nodelay
+from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
+                    set_nodelay)
 from .strict import HeadScanner
 from .tls import CertReloader
 from .upstream import UpstreamPool
@@ -221,6 +222,11 @@ class ClientConnection(asyncio.Protocol):
             if not self.buf:
                 return None
         scanner = HeadScanner(max_headers)
+        end = scanner.feed(self.buf)
+        if end >= 0:  # the usual case: the whole head came in one read, no timer needed
+            head = bytes(self.buf[scanner.start:end])
+            self.consume(end)
+            return head
         try:
             async with asyncio.timeout(header_timeout):
                 while True:
@@ -543,9 +549,13 @@ class GuardServer:
                 if has_body:
                     if req.expect_continue and req.http_version == b"1.1":
                         conn.transport.write(_CONTINUE)
-                    body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.body,
-                                                                             self.config.server.max_body))
-                    body_task.add_done_callback(lambda task, up=upstream: _body_done(task, up))
+                    sent = send_buffered_body(conn, upstream, req)
+                    if sent is not None:
+                        entry["bytes_in"] += sent
+                    else:
+                        body_task = self.loop.create_task(send_request_body(conn, upstream, req, t.body,
+                                                                                 self.config.server.max_body))
+                        body_task.add_done_callback(lambda task, up=upstream: _body_done(task, up))
             try:
                 reusable = await result
                 break

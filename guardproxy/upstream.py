@@ -17,7 +17,7 @@ def upstream_failure(exc: BaseException) -> GuardError:
 
 
 class UpstreamPool:
-    def __init__(self, upstream: Upstream, *, connect_timeout: float, max_idle: int = 16) -> None:
+    def __init__(self, upstream: Upstream, *, connect_timeout: float, max_idle: int = 64) -> None:
         self.upstream = upstream
         self.authority = upstream.authority.encode()
         self.connect_timeout = connect_timeout

@@ -1,0 +1,597 @@
+"""guardproxy side by side with nginx and Caddy, in front of the fake Ollama.
+
+    python benchmarks/bench.py                 # everything, twice (~6 min on 2 cores)
+    python benchmarks/bench.py --quick         # seconds: a smoke run of the harness
+    python benchmarks/bench.py --targets direct,guardproxy --scenarios 2,3 --runs 1
+
+The proxy runs on core 0 (`taskset -c 0`); this process (the clients) and the
+fake Ollama run on core 1.  Proxy CPU and RSS come from /proc/PID of the
+proxy process alone.  Every response is checked against what the fake sends
+directly (bytes hashed, clock fields masked), so a fast wrong answer fails
+the run instead of winning it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadgen import (CheckFailed, Client, body_digest, dechunk, http_request,  # noqa: E402
+                     stream_digest, token_latencies)
+from targets import CLIENT_CORE, KEY, TARGETS, Target, cpu_seconds, pinned, rss_kib  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Sizes:
+    """How big each scenario is; --quick shrinks everything to seconds."""
+    s1_conns: int = 64
+    s1_secs: float = 10.0
+    s2_streams: int = 32
+    s2_tokens: int = 500
+    s2_secs: float = 6.0
+    s3_streams: int = 256
+    s3_tokens: int = 200
+    s3_delay: float = 0.020
+    s3_spread: float = 1.0
+    s4_conns: int = 8
+    s4_bytes: int = 1 << 20
+    s4_secs: float = 5.0
+    s5_streams: int = 1000
+    s5_tokens: int = 40
+    s5_delay: float = 0.100
+    s6_bytes: int = 64 << 20
+    s6_stall: float = 3.0
+
+
+QUICK = Sizes(s1_conns=8, s1_secs=1.0, s2_streams=4, s2_tokens=100, s2_secs=1.0, s3_streams=16,
+              s3_tokens=20, s3_spread=0.1, s4_conns=2, s4_bytes=1 << 20, s4_secs=1.0, s5_streams=50, s5_tokens=5,
+              s6_bytes=8 << 20, s6_stall=0.5)
+
+
+@dataclass
+class Result:
+    figures: dict[str, float | None] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # scenario 3 only
+    note: str = ""
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class Meter:
+    """CPU seconds of the proxy process between start() and stop(); nothing for direct."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu = 0.0
+        self.elapsed = 0.0
+
+    def __enter__(self) -> "Meter":
+        self._c0 = cpu_seconds(self.pid) if self.pid else 0.0
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed = time.perf_counter() - self._t0
+        if self.pid:
+            self.cpu = cpu_seconds(self.pid) - self._c0
+
+
+def per(meter: Meter, units: float, scale: float) -> float | None:
+    if not meter.pid or not units:
+        return None
+    return meter.cpu / units * scale
+
+
+# --- golden responses: what the fake sends with no proxy in between -------------
+
+class Golden:
+    def __init__(self) -> None:
+        self.digests: dict[bytes, Any] = {}
+
+    async def learn(self, direct_port: int, raw: bytes, stream: bool, fetch: bytes | None = None) -> None:
+        """Remember the direct answer to raw (fetched as `fetch`, e.g. the same request without delay)."""
+        c = await Client.connect(direct_port)
+        try:
+            resp = await c.request(http_request_without_key(fetch or raw))
+        finally:
+            c.close()
+        if resp.status != 200:
+            raise RuntimeError(f"fake Ollama answered {resp.status} to a benchmark request")
+        self.digests[raw] = stream_digest(resp.body) if stream else body_digest(resp.body)
+
+    def check(self, raw: bytes, resp: Any, stream: bool) -> None:
+        if resp.status != 200:
+            raise CheckFailed(f"status {resp.status}")
+        got = stream_digest(resp.body) if stream else body_digest(resp.body)
+        if got != self.digests[raw]:
+            raise CheckFailed("response bytes differ from the upstream's")
+
+
+def http_request_without_key(raw: bytes) -> bytes:
+    return re.sub(rb"X-API-Key: [^\r]*\r\n", b"", raw)
+
+
+def gen_request(tokens: int, delay: float, key: str | None) -> bytes:
+    body = b'{"model":"llama3.2","prompt":"Why is the sky blue?","options":{"num_predict":%d},"fake_delay":%s}' % (
+        tokens, repr(delay).encode())
+    return http_request("POST", "/api/generate", key, body)
+
+
+# --- the scenarios ------------------------------------------------------------
+
+async def s1_small(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    raw = http_request("GET", "/api/tags", key)
+    await golden.learn(DIRECT_PORT[0], raw, stream=False)
+    # Check the bytes first (wrk does not look at bodies).
+    clients = [await Client.connect(t.port) for _ in range(4)]
+    for c in clients:
+        for _ in range(8):
+            golden.check(raw, await c.request(raw), stream=False)
+        c.close()
+    if shutil.which("wrk"):
+        argv = ["wrk", "-t1", f"-c{sz.s1_conns}", f"-d{sz.s1_secs:g}s", "--latency",
+                f"http://127.0.0.1:{t.port}/api/tags"]
+        if key:
+            argv[1:1] = ["-H", f"X-API-Key: {key}"]
+        with Meter(t.pid) as m:
+            proc = await asyncio.create_subprocess_exec(*pinned(CLIENT_CORE, argv), stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+        text = out.decode()
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        if bad:
+            raise CheckFailed(f"wrk saw {bad.group(1)} non-2xx responses")
+        reqs = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+        p50 = _wrk_ms(re.search(r"50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+        p99 = _wrk_ms(re.search(r"99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+        tool = "wrk"
+    else:
+        lat: list[float] = []
+        count = [0]
+        deadline = time.monotonic() + sz.s1_secs
+
+        async def worker() -> None:
+            c = await Client.connect(t.port)
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                resp = await c.request(raw)
+                lat.append(time.perf_counter() - t0)
+                golden.check(raw, resp, stream=False)
+                count[0] += 1
+            c.close()
+        with Meter(t.pid) as m:
+            await asyncio.gather(*(worker() for _ in range(sz.s1_conns)))
+        reqs, p50, p99 = count[0], pct(lat, 50) * 1000, pct(lat, 99) * 1000
+        tool = "asyncio client"
+    return Result({"req/s": reqs / m.elapsed, "p50 ms": p50, "p99 ms": p99,
+                   "proxy CPU µs/req": per(m, reqs, 1e6)}, note=f"load from {tool}")
+
+
+def _wrk_ms(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+
+
+async def _stream_workers(t: Target, n: int, raw: bytes, golden: Golden, *, rounds: int | None,
+                          secs: float | None, track: bool, stagger: float = 0.0,
+                          on_open: Callable[[], None] | None = None) -> tuple[int, list[float], list[float]]:
+    """n concurrent keep-alive streams; returns (streams completed, token latencies, ttfts)."""
+    done = [0]
+    lats: list[float] = []
+    ttfts: list[float] = []
+    deadline = time.monotonic() + secs if secs else None
+
+    async def worker(i: int) -> None:
+        if stagger:
+            await asyncio.sleep(stagger * i / n)
+        c = await Client.connect(t.port, track=track)
+        k = 0
+        while (rounds is None or k < rounds) and (deadline is None or time.monotonic() < deadline):
+            resp = await c.request(raw)
+            golden.check(raw, resp, stream=True)
+            if track:
+                lat, ttft = token_latencies(resp)
+                lats.extend(lat)
+                ttfts.append(ttft)
+            done[0] += 1
+            k += 1
+        c.close()
+    await asyncio.gather(*(worker(i) for i in range(n)))
+    return done[0], lats, ttfts
+
+
+async def s2_tokens(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    raw = gen_request(sz.s2_tokens, 0.0, key)
+    await golden.learn(DIRECT_PORT[0], raw, stream=True)
+    with Meter(t.pid) as m:
+        streams, _, _ = await _stream_workers(t, sz.s2_streams, raw, golden, rounds=None, secs=sz.s2_secs, track=False)
+    tokens = streams * sz.s2_tokens
+    return Result({"tokens/s": tokens / m.elapsed, "proxy CPU µs/token": per(m, tokens, 1e6)})
+
+
+async def s3_realistic(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    raw = gen_request(sz.s3_tokens, sz.s3_delay, key)
+    # The bytes do not depend on the pace, so the reference is fetched without it.
+    await golden.learn(DIRECT_PORT[0], raw, stream=True, fetch=gen_request(sz.s3_tokens, 0.0, key))
+    with Meter(t.pid) as m:
+        streams, lats, ttfts = await _stream_workers(t, sz.s3_streams, raw, golden, rounds=1, secs=None,
+                                                     track=True, stagger=sz.s3_spread)
+    tokens = streams * sz.s3_tokens
+    return Result({"token latency p50 ms": pct(lats, 50) * 1000, "p99 ms": pct(lats, 99) * 1000,
+                   "TTFT p50 ms": pct(ttfts, 50) * 1000, "TTFT p99 ms": pct(ttfts, 99) * 1000,
+                   "proxy CPU µs/token": per(m, tokens, 1e6)}, latencies=lats)
+
+
+async def s4_bulk(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    body = b'{"model":"nomic-embed-text","input":"bulk","fake_size":%d}' % sz.s4_bytes
+    raw = http_request("POST", "/api/embed", key, body)
+    await golden.learn(DIRECT_PORT[0], raw, stream=False)
+    total = [0]
+    deadline = time.monotonic() + sz.s4_secs
+
+    async def worker() -> None:
+        c = await Client.connect(t.port)
+        while time.monotonic() < deadline:
+            resp = await c.request(raw)
+            golden.check(raw, resp, stream=False)
+            total[0] += len(resp.body)
+        c.close()
+    with Meter(t.pid) as m:
+        await asyncio.gather(*(worker() for _ in range(sz.s4_conns)))
+    mb = total[0] / 1e6
+    return Result({"MB/s": mb / m.elapsed, "proxy CPU ms/MB": per(m, mb, 1e3)})
+
+
+async def s5_many_slow(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    raw = gen_request(sz.s5_tokens, sz.s5_delay, key)
+    # The bytes do not depend on the pace, so the reference is fetched without it.
+    await golden.learn(DIRECT_PORT[0], raw, stream=True, fetch=gen_request(sz.s5_tokens, 0.0, key))
+    base = rss_kib(t.pid) if t.pid else 0
+    peak = [base]
+    stop = asyncio.Event()
+    stagger = sz.s5_delay * 5
+    # Steady state: every stream open, none finished yet; no connection set-up in it.
+    window = (stagger + 0.3, sz.s5_tokens * sz.s5_delay - 0.2)
+    marks: list[tuple[float, int]] = []
+    t_start = time.monotonic()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            if t.pid:
+                peak[0] = max(peak[0], rss_kib(t.pid))
+                since = time.monotonic() - t_start
+                if len(marks) < 2 and since >= window[len(marks)]:
+                    marks.append((cpu_seconds(t.pid), Client.reads))
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except TimeoutError:
+                pass
+    sampler = asyncio.create_task(sample())
+    with Meter(t.pid) as m:
+        # Opened over one token interval, so the whole crowd is open at once mid-run.
+        streams, _, _ = await _stream_workers(t, sz.s5_streams, raw, golden, rounds=1, secs=None,
+                                              track=False, stagger=stagger)
+    stop.set()
+    await sampler
+    tokens = streams * sz.s5_tokens
+    steady = None
+    if len(marks) == 2 and window[1] - window[0] >= 1.0 and marks[1][1] > marks[0][1]:
+        steady = (marks[1][0] - marks[0][0]) / (marks[1][1] - marks[0][1]) * 1e6
+    return Result({"streams": streams, "proxy RSS KiB/stream": (peak[0] - base) / streams if t.pid else None,
+                   "proxy RSS MiB peak": peak[0] / 1024 if t.pid else None,
+                   "proxy CPU µs/token": per(m, tokens, 1e6), "steady-state µs/token": steady,
+                   "wall s": m.elapsed})
+
+
+async def s6_slow_reader(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    raw = http_request("GET", f"/fake/blob?size={sz.s6_bytes}&chunk=65536", key)
+    c = await Client.connect(t.port)
+    base = rss_kib(t.pid) if t.pid else 0
+    peak = base
+    await c.request(raw, wait_head_only=True)
+    c.transport.pause_reading()  # type: ignore[union-attr]
+    t_end = time.monotonic() + sz.s6_stall
+    while time.monotonic() < t_end:
+        if t.pid:
+            peak = max(peak, rss_kib(t.pid))
+        await asyncio.sleep(0.05)
+    held = len(c.buf)
+    t0 = time.perf_counter()
+    c.transport.resume_reading()  # type: ignore[union-attr]
+    await c.waiter  # type: ignore[misc]
+    drain = time.perf_counter() - t0
+    resp = c.response(0.0)
+    c.close()
+    pattern = b"0123456789abcdef"
+    payload = b"".join(dechunk(resp.body))
+    if resp.status != 200 or payload != (pattern * (sz.s6_bytes // len(pattern) + 1))[:sz.s6_bytes]:
+        raise CheckFailed("blob bytes differ from the upstream's")
+    return Result({"proxy RSS growth KiB while stalled": (peak - base) if t.pid else None,
+                   "client held KiB at stall": held / 1024, "drain MB/s after": sz.s6_bytes / 1e6 / drain})
+
+
+SCENARIOS: dict[int, tuple[str, Callable[..., Awaitable[Result]], str, str | None]] = {
+    # number: (title, runner, headline figure, cost figure)
+    1: ("Small requests: GET /api/tags with the key, {s1_conns} connections, {s1_secs:g} s",
+        s1_small, "req/s", "proxy CPU µs/req"),
+    2: ("Token throughput: {s2_streams} concurrent streams x {s2_tokens} tokens, no delay, {s2_secs:g} s",
+        s2_tokens, "tokens/s", "proxy CPU µs/token"),
+    3: ("Realistic generation: {s3_streams} streams x {s3_tokens} tokens at {s3_delay_ms:g} ms per token, "
+        "starts spread over {s3_spread:g} s",
+        s3_realistic, "p99 ms", "proxy CPU µs/token"),
+    4: ("Bulk: {s4_bytes_mib:g} MiB JSON responses (/api/embed), {s4_conns} connections, {s4_secs:g} s",
+        s4_bulk, "MB/s", "proxy CPU ms/MB"),
+    5: ("Many slow streams: {s5_streams} concurrent streams x {s5_tokens} tokens at {s5_delay_ms:g} ms per token",
+        s5_many_slow, "proxy RSS KiB/stream", "proxy CPU µs/token"),
+    6: ("Slow reader: one client stops reading for {s6_stall:g} s while the upstream sends {s6_mib:g} MiB",
+        s6_slow_reader, "proxy RSS growth KiB while stalled", None),
+}
+
+DIRECT_PORT = [0]
+
+
+def title(n: int, sz: Sizes) -> str:
+    d = dict(vars(sz), s3_delay_ms=sz.s3_delay * 1000, s5_delay_ms=sz.s5_delay * 1000,
+             s4_bytes_mib=sz.s4_bytes / 2**20, s6_mib=sz.s6_bytes / 2**20)
+    return SCENARIOS[n][0].format(**d)
+
+
+# --- output -------------------------------------------------------------------
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v != v:
+        return "n/a"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b or a != a or b != b:
+        return "–"
+    return f"{a / b:.2f}x"
+
+
+def table(n: int, sz: Sizes, results: dict[str, Result]) -> str:
+    _, _, head, cost = SCENARIOS[n]
+    cols: list[str] = []
+    for r in results.values():
+        for k in r.figures:
+            if k not in cols:
+                cols.append(k)
+    extra = [f"{head} vs direct", f"{head} vs nginx"] + ([f"CPU vs nginx"] if cost else [])
+    lines = [f"### {n}. {title(n, sz)}", "", "| target | " + " | ".join(cols + extra) + " |",
+             "|---" * (len(cols) + len(extra) + 1) + "|"]
+    direct = results.get("direct")
+    nginx = results.get("nginx")
+    for name, r in results.items():
+        row = [fmt(r.figures.get(c)) for c in cols]
+        h = r.figures.get(head)
+        row.append(ratio(h, direct.figures.get(head) if direct else None))
+        row.append(ratio(h, nginx.figures.get(head) if nginx else None))
+        if cost:
+            row.append(ratio(r.figures.get(cost), nginx.figures.get(cost) if nginx else None))
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    notes = [f"{name}: {r.note}" for name, r in results.items() if r.note]
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY = [  # (scenario, figure, column title)
+    (1, "req/s", "1: req/s"), (1, "proxy CPU µs/req", "1: CPU µs/req"),
+    (2, "proxy CPU µs/token", "2: CPU µs/token"), (3, "p99 ms", "3: token p99 ms"),
+    (3, "TTFT p99 ms", "3: TTFT p99 ms"), (4, "proxy CPU ms/MB", "4: CPU ms/MB"),
+    (5, "proxy RSS KiB/stream", "5: KiB/stream"), (5, "proxy CPU µs/token", "5: CPU µs/token"),
+    (5, "steady-state µs/token", "5: steady µs/token"), (6, "proxy RSS growth KiB while stalled", "6: RSS growth KiB"),
+]
+
+
+def summary(results: dict[int, dict[str, Result]]) -> str:
+    cols = [c for c in SUMMARY if results.get(c[0])]
+    names: list[str] = []
+    for per_target in results.values():
+        names += [n for n in per_target if n not in names]
+    lines = ["| target | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in names:
+        cells = []
+        for n, fig, _ in cols:
+            r = results[n].get(name)
+            cells.append(fmt(r.figures.get(fig)) if r and r.figures else ("–" if not r else "failed"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Result], path: Path, label: str) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (pip install '.[bench]'): no plot"
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, r in results.items():
+        lat = sorted(x * 1000 for x in r.latencies)
+        if not lat:
+            continue
+        ys = [(i + 1) / len(lat) for i in range(len(lat))]
+        ax.plot(lat, ys, label=f"{name} (p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-token latency, upstream send -> client receive (ms, log scale)")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title(f"Scenario 3: per-token latency distribution ({label})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop
+        uv = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        uv = "no uvloop"
+    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {uv}")
+
+
+# --- main ---------------------------------------------------------------------
+
+async def run_once(run_no: int, names: list[str], scen: list[int], sz: Sizes, workdir: Path,
+                   out: list[str], quick: bool) -> dict[int, dict[str, Result]]:
+    results: dict[int, dict[str, Result]] = {n: {} for n in scen}
+    # The golden responses come from a fake Ollama of their own.
+    golden = Golden()
+    ref = TARGETS["direct"](workdir / f"run{run_no}-ref")
+    ref.start()
+    DIRECT_PORT[0] = ref.port
+    versions = []
+    try:
+        for name in names:
+            t = TARGETS[name](workdir / f"run{run_no}")
+            try:
+                t.start()
+            except Exception as e:
+                out.append(f"- {name}: could not start ({e}), skipped")
+                print(out[-1], flush=True)
+                continue
+            versions.append(f"{name}: {t.version}")
+            try:
+                for n in scen:
+                    if n == 6 and name == "direct":
+                        continue  # no proxy, nothing to measure
+                    key = None if name == "direct" else KEY
+                    t0 = time.monotonic()
+                    try:
+                        r = await SCENARIOS[n][1](t, sz, key, golden)
+                    except CheckFailed as e:
+                        r = Result(note=f"FAILED CHECK: {e}")
+                    results[n][name] = r
+                    print(f"  run {run_no} {name:<10} scenario {n}: "
+                          + ", ".join(f"{k} {fmt(v)}" for k, v in r.figures.items())
+                          + (f" [{r.note}]" if r.note else "") + f"  ({time.monotonic() - t0:.1f} s)", flush=True)
+                    await asyncio.sleep(0.2 if quick else 0.5)  # let sockets in TIME_WAIT settle
+            finally:
+                t.stop()
+    finally:
+        ref.stop()
+    out.append("Versions: " + "; ".join(versions) + ".")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, a few streams (a smoke run)")
+    p.add_argument("--targets", default="direct,guardproxy,nginx,caddy")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6")
+    p.add_argument("--runs", type=int, default=None, help="default 2 (1 with --quick)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the tables and plots go")
+    args = p.parse_args(argv)
+    sz = QUICK if args.quick else Sizes()
+    runs = args.runs or (1 if args.quick else 2)
+    scen = [int(s) for s in args.scenarios.split(",") if s.strip()]
+    wanted = [s.strip() for s in args.targets.split(",") if s.strip()]
+    for n in scen:
+        if n not in SCENARIOS:
+            p.error(f"no scenario {n}")
+    names, skipped = [], []
+    for name in wanted:
+        if name not in TARGETS:
+            p.error(f"no target {name!r} (known: {', '.join(TARGETS)})")
+        why = TARGETS[name].available()
+        (skipped.append(why) if why else names.append(name))
+    pinning = ""
+    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
+        os.sched_setaffinity(0, {int(CLIENT_CORE)})
+        pinning = "proxy on core 0 (`taskset -c 0`); clients and fake Ollama on core 1"
+    else:
+        pinning = "NOT pinned (needs 2 CPUs and taskset): figures are noisier"
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    doc = [f"# guardproxy benchmarks, {stamp}", "", f"Machine: {machine()}.", f"Pinning: {pinning}.",
+           "Proxy CPU and RSS: /proc/PID of the proxy process only. Every response hash-checked against "
+           "the fake Ollama's own bytes.", ""]
+    doc += [f"- {s}" for s in skipped]
+    for s in skipped:
+        print(f"note: {s}", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
+        for run_no in range(1, runs + 1):
+            notes: list[str] = []
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                res = runner.run(run_once(run_no, names, scen, sz, Path(tmp), notes, args.quick))
+            doc += ["", f"## Run {run_no} of {runs}", ""] + notes + ["", "Summary (details below):", "",
+                                                                         summary(res)]
+            for n in scen:
+                if res[n]:
+                    doc.append(table(n, sz, res[n]))
+            if 3 in scen and res[3]:
+                png = args.out / f"scenario3-latency-run{run_no}{'-quick' if args.quick else ''}.png"
+                why = plot(res[3], png, f"run {run_no}")
+                doc.append(why or f"![scenario 3, run {run_no}]({png.name})\n")
+    doc.append(f"Whole run: {time.monotonic() - started:.0f} s.")
+    text = "\n".join(doc) + "\n"
+    name = "quick.md" if args.quick else "latest.md"
+    (args.out / name).write_text(text)
+    print("\n" + text)
+    print(f"written to {args.out / name}")
+    failed = "FAILED CHECK" in text
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
