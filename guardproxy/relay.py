@@ -18,6 +18,7 @@ from .errors import BadGateway, BadRequest, GatewayTimeout, GuardError, PayloadT
 from .framing import (BodyTooLarge, ChunkedDecoder, ChunkedFraming, CloseFraming, Framing,
                       FramingError, LengthFraming, NoBody)
 from .heads import BadUpstreamHead, RequestHead, parse_response_head
+from .usage import TAIL_BYTES  # the end of a generation kept for its token counts
 
 if TYPE_CHECKING:
     from .server import ClientConnection
@@ -228,7 +229,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._client_transport.write(data)  # type: ignore[union-attr]
                 self.bytes_out += len(data)
                 if self._keep_tail:
-                    self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data
+                    # A token read is kept by reference; of a large read only its end is
+                    # copied, so big buffers are freed (and their pages reused) at once.
+                    self._tail2, self._tail1, self._tail0 = (
+                        self._tail1, self._tail0, data if len(data) <= TAIL_BYTES else data[-TAIL_BYTES:])
                 return
             self._end_of_body(data, end)
         elif self.state == _HEAD:
@@ -244,7 +248,8 @@ class UpstreamConnection(asyncio.Protocol):
         return tail
 
     def _end_of_body(self, data: bytes, end: int) -> None:
-        self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data[:end]
+        if self._keep_tail:
+            self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data[max(0, end - TAIL_BYTES):end]
         if end:
             self._client_transport.write(data if end == len(data) else data[:end])  # type: ignore[union-attr]
             self.bytes_out += end
@@ -304,7 +309,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
         self.head_sent = True
-        self._tail0 = rest[:end] if end >= 0 else rest
+        if self._keep_tail:
+            self._tail0 = rest[:end][-TAIL_BYTES:] if end >= 0 else rest[-TAIL_BYTES:]
         if end < 0:
             self._client_transport.write(rh.head + rest)  # type: ignore[union-attr]
             self.bytes_out += len(rest)
