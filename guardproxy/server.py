@@ -12,7 +12,6 @@ one place (errors.render).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +25,7 @@ from .config import Config, KeyEntry
 from .cors import header_bytes, is_preflight
 from .errors import GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
 from .heads import RequestHead, build_upstream_head, parse_request_head
+from .limits import address_bucket
 from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
                     set_nodelay)
 from .strict import HeadScanner
@@ -43,24 +43,6 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def address_key(ip: str) -> str:
-    """The unit the per-address cap counts: an IPv4 address, or an IPv6 /64.
-
-    One IPv6 host usually holds a whole /64, so counting single IPv6
-    addresses would give it 2**64 allowances.  IPv4-mapped addresses (a
-    dual-stack listener) count as the IPv4 address they are.
-    """
-    if ":" not in ip:
-        return ip
-    try:
-        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(ipaddress.IPv6Network((addr, 64), strict=False))
-
-
 class ClientConnection(asyncio.Protocol):
     """One client socket: a bounded read buffer, write flow control, and hang-up detection."""
 
@@ -75,7 +57,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None
         self.counted = False  # holds a place in the per-address count
-        self.address_key = ""  # what the per-address cap counts (see address_key)
+        self.address_key = ""  # what the per-address cap counts (see limits.address_bucket)
         self.linger = False   # close after a refusal: read and discard before closing
         self._write_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -308,7 +290,7 @@ class GuardServer:
         limits = self.config.server
         if len(self.connections) >= limits.max_connections:
             return ServiceUnavailable("too many connections")
-        key = conn.address_key = address_key(conn.peer_ip)
+        key = conn.address_key = address_bucket(conn.peer_ip)
         n = self.per_ip.get(key, 0)
         if n >= limits.max_connections_per_ip:
             return ServiceUnavailable("too many connections from your address")

@@ -63,8 +63,8 @@ def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
 
 
 def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
-    from guardproxy.server import address_key
-    assert address_key("203.0.113.7") == "203.0.113.7"
-    assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
-    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
-    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    from guardproxy.limits import address_bucket
+    assert address_bucket("203.0.113.7") == "203.0.113.7"
+    assert address_bucket("::ffff:203.0.113.7") == "203.0.113.7"
+    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
