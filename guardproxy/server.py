@@ -23,7 +23,7 @@ from .auth import KeyRing
 from .checks import Policies
 from .config import Config, KeyEntry
 from .cors import header_bytes, is_preflight
-from .errors import GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
+from .errors import BadGateway, GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
 from .heads import RequestHead, build_upstream_head, parse_request_head
 from .limits import address_bucket
 from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
@@ -420,7 +420,7 @@ class GuardServer:
             policy.check_endpoint(key, path, req.method)
             body = None
             if key.models is not None and path in policy.MODEL_PATHS:
-                body = await admission.read_small_body(conn, req, policy.MAX_MODEL_BODY, self.config.timeouts.header)
+                body = await admission.read_small_body(conn, req, policy.MAX_MODEL_BODY, self.config.timeouts.body)
                 entry["bytes_in"] += len(body)
                 entry["model"] = policy.check_models(key, body)
                 req = admission.with_body(req, body)
@@ -475,10 +475,8 @@ class GuardServer:
             try:
                 body = policy.filter_listing(path, key, body)
             except (ValueError, AttributeError, TypeError):
-                body = b'{"error": "upstream sent an unreadable model list"}'
-                head = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json; charset=utf-8\r\n"
-                        + header_bytes(cors))
-                status = 502
+                return self._refuse(conn, req, BadGateway("upstream sent an unreadable model list"),
+                                    entry, started, cors)
         keep = req.keep_alive and not self.closing
         out = head + b"Content-Length: %d\r\n" % len(body) + (b"" if keep else b"Connection: close\r\n") + b"\r\n"
         if not conn.closed:
