@@ -518,6 +518,16 @@ max_headers = 100               # header fields per request (then 431)
 # [tls]                         # serve HTTPS on the listen port
 # cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
 # key = "/etc/letsencrypt/live/example.com/privkey.pem"
+
+# [cors]                        # browser apps on other origins (exact origins)
+# origins = ["https://app.example.com"]
+
+# [limits]                      # protect the GPU
+# per_ip = "30/min"
+# max_concurrent = 8
+
+# [ban]                         # repeated failed keys from one address
+# after_failures = 20
 """
 
 
