@@ -58,6 +58,14 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to the upstream; splices each response to a client."""
 
+    # Slots, not a __dict__: one of these lives per open stream, and past 30
+    # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
+    __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state", "client",
+                 "_client_transport", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
+                 "head_at", "last_read", "read_timeout", "first_byte_timeout", "_timer", "_head_request",
+                 "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
+                 "_drain_waiter", "_extra_headers", "_tail0", "_tail1", "_tail2", "_keep_tail")
+
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
         self._on_idle_close = on_idle_close

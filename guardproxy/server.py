@@ -46,6 +46,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ClientConnection(asyncio.Protocol):
     """One client socket: a bounded read buffer, write flow control, and hang-up detection."""
 
+    __slots__ = ("server", "loop", "transport", "buf", "closed", "idle", "peer_ip", "address_key", "counted",
+                 "write_paused", "upstream", "linger", "_write_timer", "_linger_timer", "_reading_paused",
+                 "_waiter", "_drain_waiter", "task")
+
     def __init__(self, server: "GuardServer") -> None:
         self.server = server
         self.loop = server.loop
