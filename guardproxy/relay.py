@@ -94,8 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._extra_headers = b""
-        # References to the last three body reads (no copy): usage.py reads
-        # the token counts from them once the response has ended.
+        # The last three body reads (of a large read only its last 8 KiB):
+        # usage.py reads the token counts from them once the response has ended.
         self._tail0: bytes | None = None
         self._tail1: bytes | None = None
         self._tail2: bytes | None = None

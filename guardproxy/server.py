@@ -209,23 +209,19 @@ class ClientConnection(asyncio.Protocol):
                 return None
         scanner = HeadScanner(max_headers)
         end = scanner.feed(self.buf)
-        if end >= 0:  # the usual case: the whole head came in one read, no timer needed
-            head = bytes(self.buf[scanner.start:end])
-            self.consume(end)
-            return head
-        try:
-            async with asyncio.timeout(header_timeout):
-                while True:
-                    end = scanner.feed(self.buf)
-                    if end >= 0:
-                        head = bytes(self.buf[scanner.start:end])
-                        self.consume(end)
-                        return head
-                    if self.closed:
-                        raise ClientGone()
-                    await self._wait_data()
-        except TimeoutError:
-            raise RequestTimeout() from None
+        if end < 0:  # the usual case, a whole head in one read, needs no timer
+            try:
+                async with asyncio.timeout(header_timeout):
+                    while end < 0:
+                        if self.closed:
+                            raise ClientGone()
+                        await self._wait_data()
+                        end = scanner.feed(self.buf)
+            except TimeoutError:
+                raise RequestTimeout() from None
+        head = bytes(self.buf[scanner.start:end])
+        self.consume(end)
+        return head
 
     async def peek(self, limit: int, timeout: float) -> bytes:
         """Up to limit buffered bytes without consuming them; waits for at least one."""
@@ -387,12 +383,7 @@ class GuardServer:
     async def handle(self, conn: ClientConnection, head: bytes) -> bool:
         """Serve one request; True if the connection stays open for the next one."""
         started = time.perf_counter()
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "client": conn.peer_ip, "method": "", "path": "", "status": 0,
-            "bytes_in": len(head), "bytes_out": 0, "duration_ms": 0.0, "ttfb_ms": None,
-            "key": None, "outcome": "ok",
-        }
+        entry = _new_entry(conn.peer_ip, len(head))
         req: RequestHead | None = None
         pol = self.policies
         cors: list[tuple[str, str]] = []
@@ -448,8 +439,7 @@ class GuardServer:
                 admission.wake(pol.gate.release(slot))
             raise
         try:
-            return await self._proxy(conn, req, upstream, entry, started, body=body,
-                                     extra=header_bytes(cors) if cors else b"",
+            return await self._proxy(conn, req, upstream, entry, started, body=body, cors=cors,
                                      usage=path in policy.GENERATION_PATHS)
         finally:
             # A generation holds its slot until its stream has ended, however it ended.
@@ -513,8 +503,9 @@ class GuardServer:
 
     async def _proxy(self, conn: ClientConnection, req: RequestHead, upstream: UpstreamConnection,
                      entry: dict[str, Any], started: float, *, body: bytes | None = None,
-                     extra: bytes = b"", usage: bool = False) -> bool:
+                     cors: list[tuple[str, str]] | None = None, usage: bool = False) -> bool:
         t = self.config.timeouts
+        extra = header_bytes(cors) if cors else b""
         has_body = body is None and (req.chunked or bool(req.content_length))
         keep_alive = req.keep_alive and not self.closing
         head = build_upstream_head(req, self.pool.authority, entry["client"].encode(),
@@ -547,11 +538,11 @@ class GuardServer:
                 # A pooled connection the upstream had just closed: retry once on
                 # a fresh one when no body was consumed, as nginx does.
                 if attempt or not upstream.reused or has_body or upstream.head_sent:
-                    return self._upstream_failed(conn, req, upstream, err, entry, started)
+                    return self._upstream_failed(conn, req, upstream, err, entry, started, cors)
                 try:
                     upstream = await self.pool.acquire(fresh=True)
                 except GuardError as err2:
-                    return self._refuse(conn, req, err2, entry, started)
+                    return self._refuse(conn, req, err2, entry, started, cors)
             except ClientGone:
                 entry.update(status=499, outcome="client_gone", bytes_out=upstream.bytes_out)
                 if usage:
@@ -559,7 +550,7 @@ class GuardServer:
                 self._log(entry, started, upstream.head_at or None)
                 return False
             except GuardError as err:
-                return self._upstream_failed(conn, req, upstream, err, entry, started)
+                return self._upstream_failed(conn, req, upstream, err, entry, started, cors)
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -578,9 +569,10 @@ class GuardServer:
         return keep_alive and body_complete and not upstream.close_client
 
     def _upstream_failed(self, conn: ClientConnection, req: RequestHead, upstream: UpstreamConnection,
-                         err: GuardError, entry: dict[str, Any], started: float) -> bool:
+                         err: GuardError, entry: dict[str, Any], started: float,
+                         cors: list[tuple[str, str]] | None) -> bool:
         if not upstream.head_sent:
-            return self._refuse(conn, req, err, entry, started)
+            return self._refuse(conn, req, err, entry, started, cors)
         # The response has started: never write an error into it.  Closing
         # without a terminating chunk shows the client a truncated body.
         entry.update(status=upstream.status, outcome="upstream_error", bytes_out=upstream.bytes_out)
@@ -591,11 +583,9 @@ class GuardServer:
     def log_refusal(self, conn: ClientConnection, err: GuardError, bytes_out: int) -> None:
         """A refusal with no parsed request behind it (incomplete head, connection cap)."""
         now = time.perf_counter()
-        self._log({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "client": conn.peer_ip, "method": "", "path": "", "status": err.status,
-                   "bytes_in": len(conn.buf), "bytes_out": bytes_out, "duration_ms": 0.0,
-                   "ttfb_ms": None, "key": None, "outcome": "refused", "error": err.message},
-                  now, now)
+        entry = _new_entry(conn.peer_ip, len(conn.buf))
+        entry.update(status=err.status, bytes_out=bytes_out, outcome="refused", error=err.message)
+        self._log(entry, now, now)
 
     def _log(self, entry: dict[str, Any], started: float, first_byte: float | None) -> None:
         if not self.access_log.enabled:
@@ -605,6 +595,13 @@ class GuardServer:
         if first_byte:
             entry["ttfb_ms"] = round((first_byte - started) * 1000, 3)
         self.access_log.record(entry)
+
+
+def _new_entry(client: str, bytes_in: int) -> dict[str, Any]:
+    """An access-log record with every field present, filled in as the request goes."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "client": client,
+            "method": "", "path": "", "status": 0, "bytes_in": bytes_in, "bytes_out": 0,
+            "duration_ms": 0.0, "ttfb_ms": None, "key": None, "outcome": "ok"}
 
 
 def _body_done(task: "asyncio.Task[int]", upstream: UpstreamConnection) -> None:

@@ -230,6 +230,24 @@ async def test_upstream_access_control_headers_are_replaced(tmp_path: Path) -> N
         await srv.wait_closed()
 
 
+async def test_cors_on_gateway_errors_after_the_upstream_was_reached(tmp_path: Path) -> None:
+    # The upstream accepts the request, then hangs up without an answer: the 502
+    # is guardproxy's own error, and browser code must be able to read it.
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+    srv = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    p = await start(srv.sockets[0].getsockname()[1], tmp_path, cors=Cors(("https://app.example",)))
+    try:
+        r = await fetch(p.port, "GET", "/api/version", headers={**PHONE, "Origin": "https://app.example"})
+        assert r.status == 502
+        assert r.header("access-control-allow-origin") == "https://app.example"
+    finally:
+        await stop(p)
+        srv.close()
+        await srv.wait_closed()
+
+
 # --- rates and bans ---------------------------------------------------------------------
 
 async def test_per_ip_rate_429_with_retry_after_under_fake_clock(fake: FakeOllama, tmp_path: Path) -> None:
