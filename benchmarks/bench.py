@@ -17,11 +17,8 @@ import argparse
 import asyncio
 import os
 import platform
-import random
 import re
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -391,7 +388,7 @@ def table(n: int, sz: Sizes, results: dict[str, Result]) -> str:
         for k in r.figures:
             if k not in cols:
                 cols.append(k)
-    extra = [f"{head} vs direct", f"{head} vs nginx"] + ([f"CPU vs nginx"] if cost else [])
+    extra = [f"{head} vs direct", f"{head} vs nginx"] + (["CPU vs nginx"] if cost else [])
     lines = [f"### {n}. {title(n, sz)}", "", "| target | " + " | ".join(cols + extra) + " |",
              "|---" * (len(cols) + len(extra) + 1) + "|"]
     direct = results.get("direct")

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .errors import (BadRequest, GuardError, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, PayloadTooLarge,
+from .errors import (BadRequest, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, PayloadTooLarge,
                      UriTooLong, VersionNotSupported)
 
 MAX_REQUEST_LINE = 8192   # 414 beyond this (nginx: large_client_header_buffers 8k)

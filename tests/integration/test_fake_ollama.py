@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from guardproxy.fake_ollama import FakeOllama
-from wire import RawResponse, read_response, request_bytes
+from wire import read_response, request_bytes
 
 
 async def open_raw(fake: FakeOllama) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

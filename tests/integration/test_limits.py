@@ -7,7 +7,6 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 

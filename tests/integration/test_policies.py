@@ -342,7 +342,7 @@ async def test_queue_is_fair_across_keys_and_slot_freed_on_disconnect(fake: Fake
         waiting = []
         for i, (who, model) in enumerate([(PHONE, "phone-2"), (PHONE, "phone-3"), (PHONE, "phone-4"), (ADMIN, "admin-1")]):
             waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen(model, 1), who)))
-            await until(lambda: gate.queued == i + 1)
+            await until(lambda n=i + 1: gate.queued == n)
         w1.transport.abort()  # the hang-up ends the stream and frees its slot
         results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
         assert all(r.status == 200 for r in results)
