@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .errors import BadRequest, GuardError, PayloadTooLarge, ServiceUnavailable
-from .framing import ChunkedFraming, FramingError
-from .heads import RequestHead, build_upstream_head, parse_response_head
+from .errors import BadGateway, BadRequest, PayloadTooLarge, ServiceUnavailable
+from .framing import BodyTooLarge, ChunkedDecoder, FramingError
+from .heads import CONTINUE, RequestHead, build_upstream_head, parse_response_head
 from .limits import ConcurrencyGate, QueueFull
 from .upstream import upstream_failure
 
 if TYPE_CHECKING:
     from .server import ClientConnection
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
 
 
@@ -59,7 +58,7 @@ def wake(waiters: list[object]) -> None:
 async def read_small_body(conn: "ClientConnection", req: RequestHead, limit: int, timeout: float) -> bytes:
     """The whole request body, de-chunked, at most `limit` bytes (413 beyond)."""
     if req.expect_continue and req.http_version == b"1.1":
-        conn.transport.write(_CONTINUE)
+        conn.transport.write(CONTINUE)
     if not req.chunked:
         n = req.content_length or 0
         if n > limit:
@@ -70,38 +69,31 @@ async def read_small_body(conn: "ClientConnection", req: RequestHead, limit: int
             conn.consume(len(data))
             out += data
         return bytes(out)
-    framing = ChunkedFraming()
-    raw = bytearray()
-    while not framing.done:
+    decoder = ChunkedDecoder(limit)
+    pieces: list[bytes] = []
+    while not decoder.done:
         data = await conn.peek(65536, timeout)
         try:
-            end = framing.feed(data)
+            got, end = decoder.feed(data)
+        except BodyTooLarge:
+            raise PayloadTooLarge() from None
         except FramingError as e:
             raise BadRequest(f"malformed chunked body: {e}") from None
-        if end >= 0:
-            data = data[:end]
-        conn.consume(len(data))
-        raw += data
-        if len(raw) > limit + 4096:
-            raise PayloadTooLarge()
-    body = dechunk(bytes(raw))
-    if len(body) > limit:
-        raise PayloadTooLarge()
-    return body
+        conn.consume(len(data) if end < 0 else end)
+        pieces += got
+    return b"".join(pieces)
 
 
-def dechunk(raw: bytes) -> bytes:
-    """The payload of a complete chunked body that ChunkedFraming has already validated."""
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = raw.index(b"\r\n", pos)
-        size = int(raw[pos:eol].split(b";", 1)[0].strip(), 16)
-        pos = eol + 2
-        if size == 0:
-            return bytes(out)
-        out += raw[pos:pos + size]
-        pos += size + 2
+def dechunk(raw: bytes, limit: int) -> bytes:
+    """The payload of a complete chunked body; ValueError if it is malformed, cut short or too big."""
+    decoder = ChunkedDecoder(limit)
+    try:
+        pieces, _ = decoder.feed(raw)
+    except FramingError as e:
+        raise ValueError(str(e)) from None
+    if not decoder.done:
+        raise ValueError("chunked body cut short")
+    return b"".join(pieces)
 
 
 def with_body(req: RequestHead, body: bytes) -> RequestHead:
@@ -136,7 +128,7 @@ async def fetch_whole(host: str, port: int, authority: bytes, req: RequestHead, 
                         break
                     data += more
                     if len(data) >= MAX_LISTING + 65536:
-                        raise GuardError("upstream model list too large")
+                        raise BadGateway("upstream model list too large")
         except TimeoutError:
             raise upstream_failure(TimeoutError()) from None
         except OSError as exc:
@@ -150,7 +142,7 @@ async def fetch_whole(host: str, port: int, authority: bytes, req: RequestHead, 
     rest = data[idx + 4:]
     if rh.chunked:
         try:
-            body = dechunk(rest)
+            body = dechunk(rest, MAX_LISTING)
         except ValueError:
             raise upstream_failure(OSError()) from None
     elif rh.content_length is not None:

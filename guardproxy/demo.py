@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .accesslog import AccessLog
+from .admission import dechunk
 from .config import generate_key, hash_key, parse_config
 from .fake_ollama import FakeOllama
 from .server import GuardServer
@@ -73,7 +74,7 @@ async def demo() -> int:
             results.append(_row(status == 200, "GET /v1/models with Bearer (OpenAI SDKs) -> 200", str(status)))
             gen = json.dumps({"model": "llama3.2", "prompt": "Why is the sky blue?", "options": {"num_predict": 12}}).encode()
             status, body, first = await _request(port, "POST", "/api/generate", {"X-API-Key": key}, gen)
-            lines = [json.loads(l) for l in _dechunk(body).splitlines() if l.strip()]
+            lines = [json.loads(l) for l in dechunk(body, 1 << 20).splitlines() if l.strip()]
             text = "".join(l.get("response", "") for l in lines)
             done = lines[-1] if lines else {}
             results.append(_row(status == 200 and done.get("done") is True,
@@ -87,20 +88,6 @@ async def demo() -> int:
     passed = sum(results)
     print(f"\n{passed}/{len(results)} checks passed")
     return 0 if passed == len(results) else 1
-
-
-def _dechunk(body: bytes) -> bytes:
-    out, pos = [], 0
-    while True:
-        nl = body.find(b"\r\n", pos)
-        if nl < 0:
-            break
-        size = int(body[pos:nl].split(b";")[0], 16)
-        if size == 0:
-            break
-        out.append(body[nl + 2:nl + 2 + size])
-        pos = nl + 2 + size + 2
-    return b"".join(out)
 
 
 def main() -> int:

@@ -30,6 +30,10 @@ _DROP = frozenset({
 })
 
 
+# guardproxy answers Expect: 100-continue itself, once the checks have passed.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 @dataclass(slots=True)
 class RequestHead:
     method: bytes

@@ -24,7 +24,7 @@ from .checks import Policies
 from .config import Config, KeyEntry
 from .cors import header_bytes, is_preflight
 from .errors import BadGateway, GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
-from .heads import RequestHead, build_upstream_head, parse_request_head
+from .heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
 from .limits import address_bucket
 from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
                     set_nodelay)
@@ -40,7 +40,6 @@ LINGER = 2.0              # seconds a refused connection is drained before it cl
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
            b"Cache-Control: no-store\r\n\r\n")
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -523,7 +522,7 @@ class GuardServer:
                 upstream.transport.write(head)  # type: ignore[union-attr]
                 if has_body:
                     if req.expect_continue and req.http_version == b"1.1":
-                        conn.transport.write(_CONTINUE)
+                        conn.transport.write(CONTINUE)
                     sent = send_buffered_body(conn, upstream, req)
                     if sent is not None:
                         entry["bytes_in"] += sent

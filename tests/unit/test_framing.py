@@ -63,3 +63,13 @@ def test_length_countdown() -> None:
     assert f.feed(b"12345") == -1
     assert f.feed(b"67890GET") == 5 and f.done
     assert LengthFraming(0).done
+
+
+def test_dechunk_whole_bodies() -> None:
+    from guardproxy.admission import dechunk
+    assert dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 100) == b"hello world"
+    for bad, limit in [(b"5\r\nhello\r\n", 100),            # cut short
+                       (b"5\r\nhello\r\n0\r\n\r\n", 4),       # over the limit
+                       (b"5\r\nhelloXX0\r\n\r\n", 100)]:      # malformed
+        with pytest.raises(ValueError):
+            dechunk(bad, limit)
