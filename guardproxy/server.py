@@ -272,6 +272,10 @@ class GuardServer:
         self.keys = KeyRing(config.keys)
         admission.wake(self.policies.apply(config))
         self.config = config
+        if self.tls is not None:
+            # A reload (certbot's deploy hook sending SIGHUP, say) takes renewed
+            # certificate files at once instead of at the next periodic look.
+            self.tls.reload_if_changed()
 
     async def start(self) -> None:
         self._server = await self.loop.create_server(

@@ -101,6 +101,23 @@ async def test_certificate_files_reload_when_they_change(fake: FakeOllama, tmp_p
         await p.server.stop(grace=0)
 
 
+async def test_config_reload_takes_renewed_certificate_at_once(fake: FakeOllama, tmp_path: Path) -> None:
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    tls = write_pair(old_ca, tmp_path)
+    p = await start_proxy(fake.port, tmp_path, tls=tls)
+    trusts_new = ssl.create_default_context()
+    new_ca.configure_trust(trusts_new)
+    try:
+        write_pair(new_ca, tmp_path)
+        st = os.stat(tls.cert)
+        os.utime(tls.cert, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        p.server.apply_config(p.server.config)  # what SIGHUP or a saved config does
+        r, _ = await fetch_tls(p.port, trusts_new, "/health")
+        assert r.status == 200
+    finally:
+        await p.server.stop(grace=0)
+
+
 def test_tls_config_errors_name_the_field(tmp_path: Path) -> None:
     base = {"keys": [{"name": "a", "key": "x" * 20}]}
     with pytest.raises(ConfigError, match=r"tls: expected both cert"):
