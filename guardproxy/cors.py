@@ -12,8 +12,9 @@ import re
 
 from .config import Cors
 from .heads import RequestHead
+# Advertise exactly what the head check lets through (anything else gets 405).
+from .strict import ALLOW_HEADER as ALLOW_METHODS
 
-ALLOW_METHODS = "GET, POST, PUT, DELETE, HEAD, OPTIONS"
 BASE_HEADERS = ("Content-Type", "X-API-Key", "Authorization")
 _TOKEN_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~\-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~\-]+)*$")
 MAX_REQUEST_HEADERS = 1024  # bytes of Access-Control-Request-Headers echoed back
