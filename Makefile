@@ -42,7 +42,7 @@ test: $(VENV)/.installed-test
 
 ## demo: a fake Ollama and guardproxy in front of it, walked through the checklist
 demo: $(VENV)/.installed
-	$(PY) -m guardproxy.demo
+	$(PY) -m guardproxy.testing.demo
 
 ## exe: one-file executable from packaging/guardproxy.spec -> dist/guardproxy (dist/guardproxy.exe on Windows)
 exe: $(VENV)/.installed-exe

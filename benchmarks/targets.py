@@ -70,7 +70,7 @@ def start_fake(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(workdir / "fake_ollama.log", "wb")
     proc = subprocess.Popen(
-        pinned(CLIENT_CORE, [sys.executable, "-m", "guardproxy.fake_ollama", "--host", "127.0.0.1",
+        pinned(CLIENT_CORE, [sys.executable, "-m", "guardproxy.testing.fake_ollama", "--host", "127.0.0.1",
                              "--port", str(port), "--loop", "auto"]),
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     _wait_ready(port, proc, "/api/version")

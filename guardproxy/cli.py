@@ -11,11 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, checklist, doctor, winservice
-from .config import (ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME, append_key, create_config,
+from . import __version__
+
+from .ops import check as checklist
+
+from .ops import doctor
+
+from .ops import winservice
+from .config.load import (ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME, append_key, create_config,
                      find_config_path, generate_key, load_config, parse_config, parse_hostport,
                      parse_upstream)
-from .loop import LOOPS, loop_name, run as run_loop
+from .engine.loop import LOOPS, loop_name, run as run_loop
 
 EXIT_CONFIG = 2
 
@@ -109,8 +115,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from .config import parse_duration
-    from .usage import read_log, summarise
+    from .config.load import parse_duration
+    from .ops.usage import read_log, summarise
     try:
         since = None if args.since == "all" else parse_duration(args.since)
     except ValueError as e:
@@ -191,15 +197,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
-    from .accesslog import AccessLog
-    from .server import GuardServer
+    from .engine.accesslog import AccessLog
+    from .engine.server import GuardServer
     try:
         access_log = AccessLog(config.access_log)
     except OSError as e:
         print(f"guardproxy: config error: {config.path}: log.access: cannot open {config.access_log!r}: "
               f"{e.strerror}", file=sys.stderr)
         return EXIT_CONFIG
-    from .fdlimit import check_open_files
+    from .engine.fdlimit import check_open_files
     warning = check_open_files(config.server.max_connections)
     if warning:
         print(warning, file=sys.stderr)
@@ -220,7 +226,7 @@ async def _serve(config: Config, stop: asyncio.Event | None = None) -> int:
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
     reloader = None
     if config.path is not None:
-        from .reload import Reloader
+        from .engine.reload import Reloader
         reloader = Reloader(server, config.path, env_key=os.environ.get(ENV_KEY) or None)
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())

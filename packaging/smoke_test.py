@@ -2,7 +2,7 @@
 
     python packaging/smoke_test.py [dist/guardproxy]
 
-Starts the fake Ollama (python -m guardproxy.fake_ollama) and the built
+Starts the fake Ollama (python -m guardproxy.testing.fake_ollama) and the built
 binary on 127.0.0.1 with ephemeral ports, then checks /health 200, no key
 401, wrong key 401, the key 200, and a streamed generation, through both this
 interpreter's checklist and the binary's own `check`, `doctor` and `service`
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from guardproxy import __version__  # noqa: E402
-from guardproxy.checklist import GENERATION_TOKENS, format_table, run_checks  # noqa: E402
+from guardproxy.ops.check import GENERATION_TOKENS, format_table, run_checks  # noqa: E402
 
 KEY = "gp_smoke-test-key-0123456789abcdefghijklmnopq"
 STARTUP_TIMEOUT = 30.0  # a one-file binary unpacks itself first; the first start can be slow
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     expect(version.returncode == 0 and version.stdout.strip() == f"guardproxy {__version__}",
            f"--version prints guardproxy {__version__} (got {version.stdout.strip()!r})")
 
-    fake = Process([sys.executable, "-m", "guardproxy.fake_ollama", "--host", "127.0.0.1", "--port", "0",
+    fake = Process([sys.executable, "-m", "guardproxy.testing.fake_ollama", "--host", "127.0.0.1", "--port", "0",
                     "--token-delay", "0.005", "--loop", "asyncio"], "stdout")
     gate: Process | None = None
     with tempfile.TemporaryDirectory(prefix="guardproxy-smoke-") as tmp:

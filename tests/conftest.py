@@ -14,10 +14,10 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from guardproxy.accesslog import AccessLog
-from guardproxy.config import Config, KeyEntry, Timeouts, Upstream, hash_key
-from guardproxy.fake_ollama import FakeOllama
-from guardproxy.server import GuardServer
+from guardproxy.engine.accesslog import AccessLog
+from guardproxy.config.load import Config, KeyEntry, Timeouts, Upstream, hash_key
+from guardproxy.testing.fake_ollama import FakeOllama
+from guardproxy.engine.server import GuardServer
 from upstreams import RecordingUpstream
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY, make_config
-from guardproxy.accesslog import AccessLog
-from guardproxy.config import Cors
-from guardproxy.fake_ollama import FakeOllama
-from guardproxy.server import GuardServer
+from guardproxy.engine.accesslog import AccessLog
+from guardproxy.config.load import Cors
+from guardproxy.testing.fake_ollama import FakeOllama
+from guardproxy.engine.server import GuardServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

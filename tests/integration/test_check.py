@@ -9,8 +9,8 @@ import pytest
 
 from conftest import KEY, Proxy
 from guardproxy import cli
-from guardproxy.checklist import run_checks
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.ops.check import run_checks
+from guardproxy.testing.fake_ollama import FakeOllama
 
 
 async def test_every_check_passes_against_a_healthy_gate(proxy: Proxy, fake: FakeOllama) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from guardproxy import __version__
-from guardproxy.config import hash_key
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.config.load import hash_key
+from guardproxy.testing.fake_ollama import FakeOllama
 from wire import read_response, request_bytes
 
 # Subprocess tests do not depend on the event loop of the test itself.

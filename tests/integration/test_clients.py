@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import KEY, Proxy
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.testing.fake_ollama import FakeOllama
 
 
 async def curl(*args: str) -> tuple[int, bytes]:

@@ -7,7 +7,7 @@ import sys
 
 
 def test_demo_checklist_passes() -> None:
-    r = subprocess.run([sys.executable, "-m", "guardproxy.demo"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "guardproxy.testing.demo"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "6/6 checks passed" in r.stdout
     assert "FAIL" not in r.stdout

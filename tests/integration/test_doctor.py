@@ -14,8 +14,8 @@ import trustme
 
 from conftest import KEY, Proxy
 from guardproxy import cli
-from guardproxy.doctor import FAIL, OK, WARN, Finding, check_open_files, run_doctor
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.ops.doctor import FAIL, OK, WARN, Finding, check_open_files, run_doctor
+from guardproxy.testing.fake_ollama import FakeOllama
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 

@@ -13,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.testing.fake_ollama import FakeOllama
 from wire import read_response, request_bytes
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import KEY, OTHER_KEY, Proxy, start_proxy
-from guardproxy.config import Timeouts
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.config.load import Timeouts
+from guardproxy.testing.fake_ollama import FakeOllama
 from wire import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}

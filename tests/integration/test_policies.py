@@ -15,11 +15,11 @@ from typing import Any, AsyncIterator
 import pytest
 
 from conftest import KEY, OTHER_KEY, Proxy, make_config
-from guardproxy.accesslog import AccessLog
-from guardproxy.config import Ban, Cors, KeyEntry, Limits, Rate, hash_key, load_config
-from guardproxy.fake_ollama import FakeOllama
-from guardproxy.reload import Reloader
-from guardproxy.server import GuardServer
+from guardproxy.engine.accesslog import AccessLog
+from guardproxy.config.load import Ban, Cors, KeyEntry, Limits, Rate, hash_key, load_config
+from guardproxy.testing.fake_ollama import FakeOllama
+from guardproxy.engine.reload import Reloader
+from guardproxy.engine.server import GuardServer
 from wire import exchange, fetch, read_response, request_bytes
 
 ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrstu"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY
-from guardproxy import winservice
-from guardproxy.fake_ollama import FakeOllama
+from guardproxy.ops import winservice
+from guardproxy.testing.fake_ollama import FakeOllama
 from wire import request_bytes
 
 

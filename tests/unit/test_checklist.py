@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from guardproxy.checklist import CheckResult, Target, format_table, judge_preflight, parse_target, read_ndjson_stream
+from guardproxy.ops.check import CheckResult, Target, format_table, judge_preflight, parse_target, read_ndjson_stream
 
 
 def test_parse_target() -> None:

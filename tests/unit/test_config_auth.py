@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from guardproxy.auth import KeyRing
-from guardproxy.config import (ConfigError, append_key, create_config, generate_key, hash_key, load_config,
+from guardproxy.decisions.auth import KeyRing
+from guardproxy.config.load import (ConfigError, append_key, create_config, generate_key, hash_key, load_config,
                                parse_config, parse_duration, parse_hostport, parse_upstream)
-from guardproxy.errors import BadRequest, Unauthorized
-from guardproxy.heads import parse_request_head
+from guardproxy.wire.errors import BadRequest, Unauthorized
+from guardproxy.wire.heads import parse_request_head
 
 
 def test_durations() -> None:

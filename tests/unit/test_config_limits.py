@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardproxy.config import ConfigError, ServerLimits, parse_config, parse_size
+from guardproxy.config.load import ConfigError, ServerLimits, parse_config, parse_size
 
 BASE = {"keys": [{"name": "a", "key": "x" * 20}]}
 
@@ -45,7 +45,7 @@ def test_mistakes_name_the_field(tmp_path: Path, table: dict, message: str) -> N
 @pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
 def test_open_file_limit_warning_when_it_cannot_be_raised() -> None:
     code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256));"
-            "from guardproxy.fdlimit import check_open_files;"
+            "from guardproxy.engine.fdlimit import check_open_files;"
             "print(check_open_files(10000)); print(check_open_files(0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     warning, fine = out.strip().splitlines()
@@ -56,14 +56,14 @@ def test_open_file_limit_warning_when_it_cannot_be_raised() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
 def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
     code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096));"
-            "from guardproxy.fdlimit import check_open_files;"
+            "from guardproxy.engine.fdlimit import check_open_files;"
             "print(check_open_files(1000)); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["None", "1256"]
 
 
 def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
-    from guardproxy.limits import address_bucket
+    from guardproxy.decisions.limits import address_bucket
     assert address_bucket("203.0.113.7") == "203.0.113.7"
     assert address_bucket("::ffff:203.0.113.7") == "203.0.113.7"
     assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guardproxy.framing import ChunkedFraming, FramingError, LengthFraming
+from guardproxy.wire.framing import ChunkedFraming, FramingError, LengthFraming
 
 BODY = (b"4a\r\n" + b"x" * 0x4a + b"\r\n"
         b"5;ext=1\r\nhello\r\n"
@@ -66,7 +66,7 @@ def test_length_countdown() -> None:
 
 
 def test_dechunk_whole_bodies() -> None:
-    from guardproxy.admission import dechunk
+    from guardproxy.engine.bodies import dechunk
     assert dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 100) == b"hello world"
     for bad, limit in [(b"5\r\nhello\r\n", 100),            # cut short
                        (b"5\r\nhello\r\n0\r\n\r\n", 4),       # over the limit

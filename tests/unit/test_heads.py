@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from guardproxy.errors import BadRequest
-from guardproxy.heads import BadUpstreamHead, build_upstream_head, parse_request_head, parse_response_head
+from guardproxy.wire.errors import BadRequest
+from guardproxy.wire.heads import BadUpstreamHead, build_upstream_head, parse_request_head, parse_response_head
 
 
 def test_upstream_head_drops_secrets_and_hop_by_hop() -> None:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from guardproxy import listening
-from guardproxy.listening import Listener, exposed, parse_netstat, parse_proc_net_tcp
+from guardproxy.ops import listening
+from guardproxy.ops.listening import Listener, exposed, parse_netstat, parse_proc_net_tcp
 
 PROC_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

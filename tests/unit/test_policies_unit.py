@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from guardproxy.auth import KeyRing
-from guardproxy.config import Ban, Cors, ConfigError, KeyEntry, Rate, parse_config, parse_rate
-from guardproxy.cors import CorsPolicy, is_preflight
-from guardproxy.errors import BadRequest, Forbidden, Unauthorized
-from guardproxy.heads import parse_request_head
-from guardproxy.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
-from guardproxy import policy
-from guardproxy.usage import join_tail, summarise, usage_from_tail
+from guardproxy.decisions.auth import KeyRing
+from guardproxy.config.load import Ban, Cors, ConfigError, KeyEntry, Rate, parse_config, parse_rate
+from guardproxy.decisions.cors import CorsPolicy, is_preflight
+from guardproxy.wire.errors import BadRequest, Forbidden, Unauthorized
+from guardproxy.wire.heads import parse_request_head
+from guardproxy.decisions.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
+from guardproxy.decisions import routes as policy
+from guardproxy.ops.usage import join_tail, summarise, usage_from_tail
 
 # --- config --------------------------------------------------------------------------
 
@@ -313,8 +313,8 @@ def test_readme_policies_example_config_is_valid() -> None:
 def test_decision_modules_never_import_asyncio() -> None:
     import subprocess
     import sys
-    code = ("import sys, guardproxy.checks, guardproxy.policy, guardproxy.usage, guardproxy.limits, "
-            "guardproxy.cors, guardproxy.auth; print('asyncio' in sys.modules)")
+    code = ("import sys, guardproxy.decisions.policy, guardproxy.decisions.routes, guardproxy.ops.usage, guardproxy.decisions.limits, "
+            "guardproxy.decisions.cors, guardproxy.decisions.auth; print('asyncio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -329,7 +329,7 @@ def test_model_limited_key_may_post_only_to_checked_endpoints() -> None:
 
 
 def test_ipv6_counts_by_slash_64() -> None:
-    from guardproxy.limits import address_bucket
+    from guardproxy.decisions.limits import address_bucket
     assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
     assert address_bucket("::ffff:192.0.2.7") == "192.0.2.7" and address_bucket("192.0.2.7") == "192.0.2.7"

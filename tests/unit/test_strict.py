@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardproxy.errors import GuardError
-from guardproxy.framing import BodyTooLarge, ChunkedDecoder, FramingError
-from guardproxy.heads import build_upstream_head, parse_request_head
-from guardproxy.strict import MAX_HEAD, HeadScanner, check_head
+from guardproxy.wire.errors import GuardError
+from guardproxy.wire.framing import BodyTooLarge, ChunkedDecoder, FramingError
+from guardproxy.wire.heads import build_upstream_head, parse_request_head
+from guardproxy.wire.strict import MAX_HEAD, HeadScanner, check_head
 
 GOOD = b"POST /api/chat?x=1 HTTP/1.1\r\nHost: gpu.example:11435\r\nX-API-Key: k\r\nContent-Length: 2\r\n\r\n"
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from guardproxy import cli, winservice as ws
+from guardproxy import cli
+
+from guardproxy.ops import winservice as ws
 
 EXE = r"C:\Program Files\guardproxy\guardproxy.exe"
 CFG = r"C:\ProgramData\guardproxy\guardproxy.toml"

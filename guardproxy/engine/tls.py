@@ -13,7 +13,7 @@ import os
 import ssl
 import sys
 
-from .config import Tls
+from ..config.load import Tls
 
 CHECK_EVERY = 60.0  # seconds between looks at the certificate files
 

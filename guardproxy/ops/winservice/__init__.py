@@ -313,7 +313,7 @@ def _is_admin() -> bool:
 
 
 def _install(args: argparse.Namespace, name: str) -> int:
-    from .config import ConfigError, create_config, generate_key, load_config
+    from ...config.load import ConfigError, create_config, generate_key, load_config
     if not _is_admin():
         print(f"guardproxy service install: {_SC_ERRORS[5]}", file=sys.stderr)
         return 1
@@ -418,8 +418,8 @@ def _service_class(config_path: str, name: str) -> type:
     import win32service
     import win32serviceutil
 
-    from . import cli
-    from .loop import run as run_loop
+    from ... import cli
+    from ...engine.loop import run as run_loop
 
     class GuardService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
         _svc_name_ = name

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import listening, winservice
-from .config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream, load_config, \
+from . import listening
+
+from . import winservice
+from ..config.load import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream, load_config, \
     parse_config, parse_hostport, parse_upstream
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"

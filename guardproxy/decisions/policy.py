@@ -7,10 +7,10 @@ that a reload replaces (CORS origins, rates, trusted proxies).
 
 from __future__ import annotations
 
-from .config import Config, KeyEntry
+from ..config.load import Config, KeyEntry
 from .cors import CorsPolicy
-from .errors import TooManyRequests
-from .heads import RequestHead
+from ..wire.errors import TooManyRequests
+from ..wire.heads import RequestHead
 from .limits import (BanTable, ConcurrencyGate, RateTable, TrustedProxies, address_bucket,
                      retry_after_header)
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .config import ConfigError, load_config
+from ..config.load import ConfigError, load_config
 
 if TYPE_CHECKING:
     from .server import GuardServer

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 
-from .config import Cors
-from .heads import RequestHead
+from ..config.load import Cors
+from ..wire.heads import RequestHead
 # Advertise exactly what the head check lets through (anything else gets 405).
-from .strict import ALLOW_HEADER as ALLOW_METHODS
+from ..wire.strict import ALLOW_HEADER as ALLOW_METHODS
 
 BASE_HEADERS = ("Content-Type", "X-API-Key", "Authorization")
 _TOKEN_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~\-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~\-]+)*$")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from .config import Upstream
-from .errors import BadGateway, GatewayTimeout, GuardError
+from ..config.load import Upstream
+from ..wire.errors import BadGateway, GatewayTimeout, GuardError
 from .relay import UpstreamConnection
 
 

@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .accesslog import AccessLog
-from .admission import dechunk
-from .config import generate_key, hash_key, parse_config
+from ..engine.accesslog import AccessLog
+from ..engine.bodies import dechunk
+from ..config.load import generate_key, hash_key, parse_config
 from .fake_ollama import FakeOllama
-from .server import GuardServer
+from ..engine.server import GuardServer
 
 
 async def _request(port: int, method: str, path: str, headers: dict[str, str] | None = None,

@@ -12,9 +12,9 @@ import hashlib
 from datetime import date, datetime, timezone
 from typing import Iterable
 
-from .config import KeyEntry
-from .errors import Unauthorized
-from .heads import RequestHead
+from ..config.load import KeyEntry
+from ..wire.errors import Unauthorized
+from ..wire.heads import RequestHead
 
 MAX_KEY_LENGTH = 512
 

@@ -14,11 +14,11 @@ import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .errors import BadGateway, BadRequest, GatewayTimeout, GuardError, PayloadTooLarge
-from .framing import (BodyTooLarge, ChunkedDecoder, ChunkedFraming, CloseFraming, Framing,
+from ..wire.errors import BadGateway, BadRequest, GatewayTimeout, GuardError, PayloadTooLarge
+from ..wire.framing import (BodyTooLarge, ChunkedDecoder, ChunkedFraming, CloseFraming, Framing,
                       FramingError, LengthFraming, NoBody)
-from .heads import BadUpstreamHead, RequestHead, parse_response_head
-from .usage import TAIL_BYTES  # the end of a generation kept for its token counts
+from ..wire.heads import BadUpstreamHead, RequestHead, parse_response_head
+from ..ops.usage import TAIL_BYTES  # the end of a generation kept for its token counts
 
 if TYPE_CHECKING:
     from .server import ClientConnection

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .errors import BadGateway, BadRequest, PayloadTooLarge, ServiceUnavailable
-from .framing import BodyTooLarge, ChunkedDecoder, FramingError
-from .heads import CONTINUE, RequestHead, build_upstream_head, parse_response_head
-from .limits import ConcurrencyGate, QueueFull
-from .upstream import upstream_failure
+from ..wire.errors import BadGateway, BadRequest, PayloadTooLarge, ServiceUnavailable
+from ..wire.framing import BodyTooLarge, ChunkedDecoder, FramingError
+from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_response_head
+from ..decisions.limits import ConcurrencyGate, QueueFull
+from .pool import upstream_failure
 
 if TYPE_CHECKING:
     from .server import ClientConnection

@@ -17,21 +17,23 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from . import admission, policy
+from . import bodies as admission
+
+from ..decisions import routes as policy
 from .accesslog import AccessLog
-from .auth import KeyRing
-from .checks import Policies
-from .config import Config, KeyEntry
-from .cors import header_bytes, is_preflight
-from .errors import BadGateway, GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
-from .heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
-from .limits import address_bucket
+from ..decisions.auth import KeyRing
+from ..decisions.policy import Policies
+from ..config.load import Config, KeyEntry
+from ..decisions.cors import header_bytes, is_preflight
+from ..wire.errors import BadGateway, GuardError, RequestTimeout, ServiceUnavailable, Unauthorized, render, response_head
+from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
+from ..decisions.limits import address_bucket
 from .relay import (ClientGone, UpstreamConnection, UpstreamGone, send_buffered_body, send_request_body,
                     set_nodelay)
-from .strict import HeadScanner
+from ..wire.strict import HeadScanner
 from .tls import CertReloader
-from .upstream import UpstreamPool
-from .usage import join_tail, usage_from_tail
+from .pool import UpstreamPool
+from ..ops.usage import join_tail, usage_from_tail
 
 READ_LIMIT = 65536        # client bytes buffered before reading pauses
 WRITE_HIGH_WATER = 65536  # client bytes queued before the upstream pauses

@@ -12,8 +12,8 @@ import json
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-from .config import KeyEntry
-from .errors import BadRequest, Forbidden
+from ..config.load import KeyEntry
+from ..wire.errors import BadRequest, Forbidden
 
 ADMIN_PATHS = frozenset({b"/api/pull", b"/api/push", b"/api/delete", b"/api/create", b"/api/copy"})
 ADMIN_PREFIX = b"/api/blobs"
