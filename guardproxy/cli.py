@@ -18,9 +18,11 @@ from .ops import check as checklist
 from .ops import doctor
 
 from .ops import winservice
-from .config.load import (ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME, append_key, create_config,
-                     find_config_path, generate_key, load_config, parse_config, parse_hostport,
-                     parse_upstream)
+from .config.load import load_config, parse_config
+from .config.model import ENV_KEY, Config, ConfigError, DEFAULT_CONFIG_NAME
+from .config.paths import find_config_path
+from .config.values import parse_hostport, parse_upstream
+from .config.write import append_key, create_config, generate_key
 from .engine.loop import LOOPS, loop_name, run as run_loop
 
 EXIT_CONFIG = 2
@@ -115,7 +117,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from .config.load import parse_duration
+    from .config.values import parse_duration
     from .ops.usage import read_log, summarise
     try:
         since = None if args.since == "all" else parse_duration(args.since)

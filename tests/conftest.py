@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from guardproxy.engine.accesslog import AccessLog
-from guardproxy.config.load import Config, KeyEntry, Timeouts, Upstream, hash_key
+from guardproxy.config.model import Config, KeyEntry, Timeouts, Upstream
+from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
 from upstreams import RecordingUpstream

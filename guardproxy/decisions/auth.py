@@ -12,7 +12,7 @@ import hashlib
 from datetime import date, datetime, timezone
 from typing import Iterable
 
-from ..config.load import KeyEntry
+from ..config.model import KeyEntry
 from ..wire.errors import Unauthorized
 from ..wire.heads import RequestHead
 

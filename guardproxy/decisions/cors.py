@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..config.load import Cors
+from ..config.model import Cors
 from ..wire.heads import RequestHead
 # Advertise exactly what the head check lets through (anything else gets 405).
 from ..wire.strict import ALLOW_HEADER as ALLOW_METHODS

@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from functools import lru_cache
 from typing import Any, Hashable, Iterable
 
-from ..config.load import Ban, Rate
+from ..config.model import Ban, Rate
 
 
 class RateTable:

@@ -7,7 +7,7 @@ that a reload replaces (CORS origins, rates, trusted proxies).
 
 from __future__ import annotations
 
-from ..config.load import Config, KeyEntry
+from ..config.model import Config, KeyEntry
 from .cors import CorsPolicy
 from ..wire.errors import TooManyRequests
 from ..wire.heads import RequestHead

@@ -12,7 +12,7 @@ import json
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-from ..config.load import KeyEntry
+from ..config.model import KeyEntry
 from ..wire.errors import BadRequest, Forbidden
 
 ADMIN_PATHS = frozenset({b"/api/pull", b"/api/push", b"/api/delete", b"/api/create", b"/api/copy"})

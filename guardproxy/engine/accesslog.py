@@ -1,5 +1,7 @@
 """Access log: one JSON line per request, written when the request ends.
 
+`LogRecord` is the one definition of a line's fields: the engine fills one
+in as a request goes, and the `usage` report reads lines back through it.
 Lines are gathered during one event-loop turn and written together, so a
 busy proxy makes one write call per turn instead of one per request.
 """
@@ -9,7 +11,66 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+from dataclasses import dataclass
 from typing import IO, Any
+
+# Optional fields appear in a line only when they have a value.
+_OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens")
+
+
+@dataclass(slots=True)
+class LogRecord:
+    time: str                # UTC, second resolution, when the request head was read
+    client: str              # the client address (after trusted proxies)
+    method: str = ""
+    path: str = ""           # without the query string
+    status: int = 0          # 499: the client hung up
+    bytes_in: int = 0        # head and body bytes read from the client
+    bytes_out: int = 0       # bytes written to the client
+    duration_ms: float = 0.0
+    ttfb_ms: float | None = None  # until the upstream's response head
+    key: str | None = None   # the key's name, never the key
+    outcome: str = "ok"      # ok | client_gone | upstream_error | refused
+    error: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @classmethod
+    def new(cls, client: str, bytes_in: int) -> "LogRecord":
+        return cls(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), client, bytes_in=bytes_in)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "time": self.time, "client": self.client, "method": self.method, "path": self.path,
+            "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "duration_ms": self.duration_ms, "ttfb_ms": self.ttfb_ms, "key": self.key, "outcome": self.outcome}
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_line(cls, line: str) -> "LogRecord | None":
+        """A record read back from a log line; None for a line that is not one (hand edits, other tools)."""
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        rec = cls("", "")
+        for name, default in (("time", ""), ("client", "-"), ("method", ""), ("path", ""), ("key", None), ("outcome", "ok"),
+                              ("error", None), ("model", None)):
+            value = data.get(name, default)
+            setattr(rec, name, value if value is None or isinstance(value, str) else str(value))
+        for name in ("status", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens"):
+            value = data.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(rec, name, value)
+        return rec
 
 
 class AccessLog:
@@ -24,17 +85,18 @@ class AccessLog:
             self._own = True
         self._pending: list[str] = []
 
-    def record(self, entry: dict[str, Any]) -> None:
+    def record(self, rec: LogRecord) -> None:
         if self._stream is None:
             return
+        line = json.dumps(rec.to_dict(), separators=(",", ":")) + "\n"
         if not self._pending:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self._pending.append(json.dumps(entry, separators=(",", ":")) + "\n")
+            except RuntimeError:  # no loop (a test, a command): write at once
+                self._pending.append(line)
                 self.flush()
                 return
-        self._pending.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._pending.append(line)
 
     def flush(self) -> None:
         if self._stream is None or not self._pending:

@@ -1,154 +1,105 @@
-"""The asynchronous edges of the policies: waiting for a generation slot,
-reading a small request body to find its model, and fetching a model list
-to filter it.  The decisions themselves live in the pure modules
-(limits.py, policy.py); this is only the waiting and the I/O.
+"""Request bodies: one iterator over what the client sends, read whole or forwarded.
+
+`RequestBody` walks a body in the client's buffer, de-chunked when it is
+chunked, with the silence timeout between reads and the size limit.  It
+reads only up to the end of the body, so a pipelined next request stays in
+the client's buffer.  Two consumers: `read_whole` (a small body whose model
+is checked) and `forward` (copy it upstream with backpressure both ways).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from typing import AsyncIterator
 
-from ..wire.errors import BadGateway, BadRequest, PayloadTooLarge, ServiceUnavailable
-from ..wire.framing import BodyTooLarge, ChunkedDecoder, FramingError
-from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_response_head
-from ..decisions.limits import ConcurrencyGate, QueueFull
-from .pool import upstream_failure
+from ..wire.errors import BadRequest, PayloadTooLarge
+from ..wire.framing import BodyTooLarge, ChunkedDecoder, FramingError, LengthFraming
+from ..wire.heads import RequestHead
+from .client import ClientConnection
+from .relay import UpstreamConnection
 
-if TYPE_CHECKING:
-    from .server import ClientConnection
-
-MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
+BODY_READ = 65536
 
 
-class QueueTimeout(ServiceUnavailable):
-    message = "all generation slots are busy; try again later"
+class RequestBody:
+    """The body of one request, as payload pieces; `wire_bytes` counts what was read off the socket."""
+
+    __slots__ = ("conn", "chunked", "length", "idle_timeout", "limit", "wire_bytes")
+
+    def __init__(self, conn: ClientConnection, req: RequestHead, *, idle_timeout: float, limit: int) -> None:
+        self.conn = conn
+        self.chunked = req.chunked
+        self.length = req.content_length or 0
+        self.idle_timeout = idle_timeout
+        self.limit = limit
+        self.wire_bytes = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self.conn
+        if not self.chunked:
+            # Its size was checked against the limit from the head already.
+            framing = LengthFraming(self.length)
+            while not framing.done:
+                data = await conn.peek(BODY_READ, self.idle_timeout)
+                end = framing.feed(data)
+                if end >= 0:
+                    data = data[:end]
+                conn.consume(len(data))
+                self.wire_bytes += len(data)
+                yield data
+            return
+        decoder = ChunkedDecoder(self.limit)
+        while not decoder.done:
+            data = await conn.peek(BODY_READ, self.idle_timeout)
+            try:
+                pieces, end = decoder.feed(data)
+            except BodyTooLarge:
+                raise PayloadTooLarge() from None
+            except FramingError as e:
+                raise BadRequest(f"malformed chunked body: {e}") from None
+            used = len(data) if end < 0 else end
+            conn.consume(used)
+            self.wire_bytes += used
+            yield b"".join(pieces)  # may be empty: only framing arrived
 
 
-async def acquire_slot(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float) -> None:
-    """Wait, in fair order across keys, for a generation slot; 503 after `timeout`."""
-    if gate.try_acquire(key, key_limit):
-        return
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    try:
-        gate.enqueue(key, key_limit, waiter)
-    except QueueFull:
-        raise QueueTimeout("too many requests are waiting for a generation slot",
-                           headers=[("Retry-After", "1")]) from None
-    try:
-        async with asyncio.timeout(timeout):
-            await waiter
-    except BaseException as exc:
-        if not gate.cancel(key, waiter):
-            # Granted in the same instant it gave up: hand the slot on.
-            wake(gate.release(key))
-        if not waiter.done():
-            waiter.cancel()
-        if isinstance(exc, TimeoutError):
-            raise QueueTimeout(headers=[("Retry-After", "1")]) from None
-        raise
+async def read_whole(body: RequestBody) -> bytes:
+    """The whole payload, at most body.limit bytes (413 beyond)."""
+    if not body.chunked and body.length > body.limit:
+        raise PayloadTooLarge()
+    out = bytearray()
+    async for piece in body:
+        out += piece
+    return bytes(out)
 
 
-def wake(waiters: list[object]) -> None:
-    for w in waiters:
-        if isinstance(w, asyncio.Future) and not w.done():
-            w.set_result(None)
+async def forward(body: RequestBody, upstream: UpstreamConnection) -> int:
+    """Copy the body upstream with backpressure both ways; returns the body bytes read.
+
+    A Content-Length body passes unchanged.  A chunked body is written again
+    in guardproxy's own chunks: extensions and trailers are dropped, so the
+    upstream never sees chunk framing guardproxy did not write.  Each write
+    restarts the upstream's first-byte clock: the upstream cannot answer
+    before it has the body.
+    """
+    transport = upstream.transport
+    assert transport is not None
+    loop = upstream.loop
+    async for piece in body:
+        if piece:  # (an empty chunk would end a chunked body)
+            transport.write(b"%x\r\n%s\r\n" % (len(piece), piece) if body.chunked else piece)
+        upstream.last_read = loop.time()
+        await upstream.drain()
+    if body.chunked:
+        transport.write(b"0\r\n\r\n")
+    return body.wire_bytes
 
 
-async def read_small_body(conn: "ClientConnection", req: RequestHead, limit: int, timeout: float) -> bytes:
-    """The whole request body, de-chunked, at most `limit` bytes (413 beyond)."""
-    if req.expect_continue and req.http_version == b"1.1":
-        conn.transport.write(CONTINUE)
-    if not req.chunked:
-        n = req.content_length or 0
-        if n > limit:
-            raise PayloadTooLarge()
-        out = bytearray()
-        while len(out) < n:
-            data = await conn.peek(n - len(out), timeout)
-            conn.consume(len(data))
-            out += data
-        return bytes(out)
-    decoder = ChunkedDecoder(limit)
-    pieces: list[bytes] = []
-    while not decoder.done:
-        data = await conn.peek(65536, timeout)
-        try:
-            got, end = decoder.feed(data)
-        except BodyTooLarge:
-            raise PayloadTooLarge() from None
-        except FramingError as e:
-            raise BadRequest(f"malformed chunked body: {e}") from None
-        conn.consume(len(data) if end < 0 else end)
-        pieces += got
-    return b"".join(pieces)
-
-
-def dechunk(raw: bytes, limit: int) -> bytes:
-    """The payload of a complete chunked body; ValueError if it is malformed, cut short or too big."""
-    decoder = ChunkedDecoder(limit)
-    try:
-        pieces, _ = decoder.feed(raw)
-    except FramingError as e:
-        raise ValueError(str(e)) from None
-    if not decoder.done:
-        raise ValueError("chunked body cut short")
-    return b"".join(pieces)
-
-
-def with_body(req: RequestHead, body: bytes) -> RequestHead:
-    """The same request, framed with a Content-Length for a body that has already been read."""
-    headers = [h for h in req.headers if h[0] not in (b"content-length", b"transfer-encoding")]
-    headers.append((b"content-length", b"Content-Length", str(len(body)).encode()))
-    return RequestHead(req.method, req.target, req.http_version, headers, req.keep_alive,
-                       len(body), False, False, req.host)
-
-
-async def fetch_whole(host: str, port: int, authority: bytes, req: RequestHead, client_ip: bytes,
-                      extra: bytes, connect_timeout: float, read_timeout: float) -> tuple[int, bytes, bytes]:
-    """One small GET on its own connection: (status, head lines without framing, body)."""
-    try:
-        async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError) as exc:
-        raise upstream_failure(exc) from None
-    try:
-        # Identity encoding: the body is read as JSON here.
-        plain = RequestHead(req.method, req.target, req.http_version,
-                            [h for h in req.headers if h[0] != b"accept-encoding"], req.keep_alive,
-                            req.content_length, req.chunked, False, req.host)
-        head = build_upstream_head(plain, authority, client_ip, b"http")
-        writer.write(head[:-2] + b"Connection: close\r\n\r\n")
-        try:
-            async with asyncio.timeout(read_timeout):
-                data = await reader.read(MAX_LISTING + 65536)
-                while True:
-                    more = await reader.read(MAX_LISTING + 65536 - len(data))
-                    if not more:
-                        break
-                    data += more
-                    if len(data) >= MAX_LISTING + 65536:
-                        raise BadGateway("upstream model list too large")
-        except TimeoutError:
-            raise upstream_failure(TimeoutError()) from None
-        except OSError as exc:
-            raise upstream_failure(exc) from None
-    finally:
-        writer.close()
-    idx = data.find(b"\r\n\r\n")
-    if idx < 0:
-        raise upstream_failure(OSError())
-    rh = parse_response_head(data[:idx + 4], head_request=False, client_keep_alive=True, extra=extra)
-    rest = data[idx + 4:]
-    if rh.chunked:
-        try:
-            body = dechunk(rest, MAX_LISTING)
-        except ValueError:
-            raise upstream_failure(OSError()) from None
-    elif rh.content_length is not None:
-        body = rest[:rh.content_length]
-    else:
-        body = rest
-    lines = [ln for ln in rh.head[:-4].split(b"\r\n")
-             if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
-    return rh.status, b"\r\n".join(lines) + b"\r\n", body
+def send_buffered(conn: ClientConnection, upstream: UpstreamConnection, req: RequestHead) -> int | None:
+    """Send a Content-Length body that is already wholly buffered (the usual small JSON
+    request) with no task; None when it is not, and `forward` must copy it."""
+    n = req.content_length
+    if req.chunked or not n or len(conn.buf) < n or upstream.transport is None:
+        return None
+    upstream.transport.write(bytes(conn.buf[:n]))
+    conn.consume(n)
+    return n

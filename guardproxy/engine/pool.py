@@ -1,19 +1,16 @@
-"""Connections to the upstream: a small keep-alive pool, and the one place
-where connection failures become HTTP errors (refused -> 502, timeout -> 504)."""
+"""Connections to the upstream: a small keep-alive pool.
+
+An idle connection the upstream closes is forgotten at once (the relay tells
+the pool from connection_lost), so it is never handed out again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from ..config.load import Upstream
-from ..wire.errors import BadGateway, GatewayTimeout, GuardError
+from ..config.model import Upstream
+from .failures import connect_failure
 from .relay import UpstreamConnection
-
-
-def upstream_failure(exc: BaseException) -> GuardError:
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return GatewayTimeout("upstream connect timeout")
-    return BadGateway("upstream unavailable")
 
 
 class UpstreamPool:
@@ -23,10 +20,9 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: list[UpstreamConnection] = []
-        self.opened = 0
 
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
-        """A connection ready for one request: an idle one, or a new one."""
+        """A connection ready for one request: an idle one, or a new one (502/504 if it cannot be opened)."""
         while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -38,8 +34,7 @@ class UpstreamPool:
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(loop, self._forget), self.upstream.host, self.upstream.port)
         except (OSError, TimeoutError) as exc:
-            raise upstream_failure(exc) from None
-        self.opened += 1
+            raise connect_failure(exc) from None
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -1,10 +1,14 @@
-"""The splice: the only place bytes are copied between the two sockets.
+"""The splice: the only place response bytes are copied between the two sockets.
 
 The upstream side is a Protocol, so a token read from Ollama goes out to the
 client inside the same data_received call: no await, no queue, no copy.  The
-client transport's pause_writing/resume_writing drive the upstream's
-pause_reading/resume_reading, so a slow client closes the upstream's TCP
-window instead of growing a buffer here.
+client's pause_writing/resume_writing drive the upstream's
+pause_reading/resume_reading (through the three `*_for_client` methods), so a
+slow client closes the upstream's TCP window instead of growing a buffer here.
+
+The relay knows no client connection: it writes to a Sink (the client's
+transport, or a Collector for a response read whole) and is told about the
+client by whoever attached it.
 """
 
 from __future__ import annotations
@@ -12,38 +16,53 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, cast
 
-from ..wire.errors import BadGateway, BadRequest, GatewayTimeout, GuardError, PayloadTooLarge
-from ..wire.framing import (BodyTooLarge, ChunkedDecoder, ChunkedFraming, CloseFraming, Framing,
-                      FramingError, LengthFraming, NoBody)
-from ..wire.heads import BadUpstreamHead, RequestHead, parse_response_head
-from ..ops.usage import TAIL_BYTES  # the end of a generation kept for its token counts
-
-if TYPE_CHECKING:
-    from .server import ClientConnection
+from ..wire.errors import GuardError
+from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, LengthFraming, NoBody
+from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
+from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
+from .tokens import TAIL_BYTES  # the end of a generation kept for its token counts
 
 MAX_RESPONSE_HEAD = 65536
-BODY_READ = 65536
 
-
-class ClientGone(Exception):
-    """The client hung up; logged as 499, nothing is sent."""
-
-
-class UpstreamGone(BadGateway):
-    message = "upstream closed the connection"
-
-
-class UpstreamTimeout(GatewayTimeout):
-    message = "upstream read timeout"
-
-
-class FirstByteTimeout(GatewayTimeout):
-    message = "upstream first byte timeout"
-
-
+# UpstreamConnection.state.  _IDLE means "no exchange attached": in the pool,
+# or between begin() calls.  (A ClientConnection's `idle` is another thing:
+# waiting for a client's next request head.)
 _IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class Sink(Protocol):
+    """Where a response goes: the client's transport, or a Collector."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Collector:
+    """A Sink that keeps a whole (small) response, for the answers guardproxy rewrites."""
+
+    __slots__ = ("data", "limit", "overflow")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.overflow: Callable[[], None] | None = None  # called once the limit is passed
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit and self.overflow is not None:
+            overflow, self.overflow = self.overflow, None
+            overflow()
+
+
+class _Nowhere:
+    """The sink of a connection with no exchange attached: bytes then are a protocol error anyway."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+_NOWHERE = _Nowhere()
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -60,8 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Slots, not a __dict__: one of these lives per open stream, and past 30
     # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
-    __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state", "client",
-                 "_client_transport", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
+    __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state",
+                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out", "response",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_timer", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail0", "_tail1", "_tail2", "_keep_tail")
@@ -73,13 +92,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.state = _IDLE
-        self.client: ClientConnection | None = None
-        self._client_transport: asyncio.Transport | None = None
+        self._sink: Sink = _NOWHERE
         self._buf = b""
         self._framing: Framing = NoBody()
         self.result: asyncio.Future[bool] | None = None
         self.head_sent = False
         self.status = 0
+        self.response: ResponseHead | None = None  # the last response head, as sent on
         self.bytes_out = 0
         self.head_at = 0.0
         self.last_read = 0.0
@@ -95,7 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._extra_headers = b""
         # The last three body reads (of a large read only its last 8 KiB):
-        # usage.py reads the token counts from them once the response has ended.
+        # tokens.py reads the token counts from them once the response has ended.
         self._tail0: bytes | None = None
         self._tail1: bytes | None = None
         self._tail2: bytes | None = None
@@ -104,23 +123,25 @@ class UpstreamConnection(asyncio.Protocol):
     # --- lifecycle -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
 
-    def begin(self, client: "ClientConnection", req: RequestHead, *, keep_alive: bool,
-              read_timeout: float, first_byte_timeout: float | None = None,
-              extra_headers: bytes = b"", keep_tail: bool = False) -> "asyncio.Future[bool]":
-        """Attach to a client for one request; the future says if the connection is reusable."""
-        self.client = client
-        self._client_transport = client.transport
-        client.upstream = self
+    def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
+              first_byte_timeout: float | None = None, extra_headers: bytes = b"", keep_tail: bool = False,
+              paused: bool = False) -> "asyncio.Future[bool]":
+        """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
+
+        `paused`: the client's writes are paused already (see pause_for_client).
+        """
+        self._sink = sink
         self.state = _HEAD
         self._buf = b""
         self.head_sent = False
         self.status = 0
+        self.response = None
         self.bytes_out = 0
         self.close_client = not keep_alive
-        self._head_request = req.method == b"HEAD"
+        self._head_request = head_request
         self._client_keep_alive = keep_alive
         self.read_timeout = read_timeout
         # Until the response head arrives the clock is the first-byte timeout
@@ -134,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
-        if client.write_paused:
+        if paused:
             self.pause_for_client()
         return self.result
 
@@ -143,10 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.client is not None:
-            self.client.upstream = None
-        self.client = None
-        self._client_transport = None
+        self._sink = _NOWHERE
         if self._paused_by_client:
             self._paused_by_client = False
             if not self.closed and self.transport is not None:
@@ -193,7 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- flow control ----------------------------------------------------------
 
     def pause_for_client(self) -> None:
-        if not self._paused_by_client and not self.closed and self.transport is not None:
+        if not self._paused_by_client and self.state != _IDLE and not self.closed and self.transport is not None:
             self._paused_by_client = True
             self.transport.pause_reading()
 
@@ -234,7 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.fail(UpstreamGone("upstream sent a malformed body"))
                 return
             if end < 0:
-                self._client_transport.write(data)  # type: ignore[union-attr]
+                self._sink.write(data)
                 self.bytes_out += len(data)
                 if self._keep_tail:
                     # A token read is kept by reference; of a large read only its end is
@@ -259,7 +277,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._keep_tail:
             self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data[max(0, end - TAIL_BYTES):end]
         if end:
-            self._client_transport.write(data if end == len(data) else data[:end])  # type: ignore[union-attr]
+            self._sink.write(data if end == len(data) else data[:end])
             self.bytes_out += end
         self._finish(reusable=end == len(data))
 
@@ -290,6 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_data(rest)  # interim response (103, a stray 100): not forwarded
             return
         self.status = rh.status
+        self.response = rh
         self.close_client = rh.close_client
         self._keep_alive = rh.upstream_keep_alive
         if rh.no_body:
@@ -320,15 +339,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self._keep_tail:
             self._tail0 = rest[:end][-TAIL_BYTES:] if end >= 0 else rest[-TAIL_BYTES:]
         if end < 0:
-            self._client_transport.write(rh.head + rest)  # type: ignore[union-attr]
+            self._sink.write(rh.head + rest)
             self.bytes_out += len(rest)
             return
         if framing.done:
-            self._client_transport.write(rh.head + rest[:end] if end else rh.head)  # type: ignore[union-attr]
+            self._sink.write(rh.head + rest[:end] if end else rh.head)
             self.bytes_out += end
             self._finish(reusable=end == len(rest))
         else:
-            self._client_transport.write(rh.head)  # type: ignore[union-attr]
+            self._sink.write(rh.head)
 
     def _check_timeout(self) -> None:
         self._timer = None
@@ -345,65 +364,3 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = self.loop.call_at(deadline, self._check_timeout)
             return
         self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
-
-
-def send_buffered_body(client: "ClientConnection", upstream: UpstreamConnection, req: RequestHead) -> int | None:
-    """Send a Content-Length body that is already wholly buffered (the usual small JSON
-    request), with no task; None when it is not, and send_request_body must copy it."""
-    n = req.content_length
-    if req.chunked or not n or len(client.buf) < n:
-        return None
-    upstream.transport.write(bytes(client.buf[:n]))  # type: ignore[union-attr]
-    client.consume(n)
-    return n
-
-
-async def send_request_body(client: "ClientConnection", upstream: UpstreamConnection, req: RequestHead,
-                            idle_timeout: float, max_body: int) -> int:
-    """Copy the request body with backpressure both ways; returns the body bytes read.
-
-    A Content-Length body passes unchanged (its size was checked against
-    max_body from the head).  A chunked body is decoded strictly and written
-    again in guardproxy's own chunks: extensions and trailers are dropped, so
-    the upstream never sees chunk framing guardproxy did not write.  Reads
-    only up to the end of the body, so a pipelined next request stays in the
-    client's buffer.  Each write restarts the upstream's first-byte clock:
-    the upstream cannot answer before it has the body.
-    """
-    transport = upstream.transport
-    assert transport is not None
-    loop = upstream.loop
-    total = 0
-    if not req.chunked:
-        framing = LengthFraming(req.content_length or 0)
-        while not framing.done:
-            data = await client.peek(BODY_READ, idle_timeout)
-            end = framing.feed(data)
-            if end >= 0:
-                data = data[:end]
-            client.consume(len(data))
-            total += len(data)
-            transport.write(data)
-            upstream.last_read = loop.time()
-            await upstream.drain()
-        return total
-    decoder = ChunkedDecoder(max_body)
-    while not decoder.done:
-        data = await client.peek(BODY_READ, idle_timeout)
-        try:
-            pieces, end = decoder.feed(data)
-        except BodyTooLarge:
-            raise PayloadTooLarge() from None
-        except FramingError as e:
-            raise BadRequest(f"malformed chunked body: {e}") from None
-        used = len(data) if end < 0 else end
-        client.consume(used)
-        total += used
-        payload = b"".join(pieces)
-        if payload:
-            transport.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-        if decoder.done:
-            transport.write(b"0\r\n\r\n")
-        upstream.last_read = loop.time()
-        await upstream.drain()
-    return total

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ..config.load import ConfigError, load_config
+from ..config.load import load_config
+from ..config.model import ConfigError
 
 if TYPE_CHECKING:
     from .server import GuardServer

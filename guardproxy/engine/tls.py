@@ -13,7 +13,7 @@ import os
 import ssl
 import sys
 
-from ..config.load import Tls
+from ..config.model import Tls
 
 CHECK_EVERY = 60.0  # seconds between looks at the certificate files
 

@@ -30,8 +30,9 @@ from typing import Any, Mapping
 from . import listening
 
 from . import winservice
-from ..config.load import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream, load_config, \
-    parse_config, parse_hostport, parse_upstream
+from ..config.load import load_config, parse_config
+from ..config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream
+from ..config.values import parse_hostport, parse_upstream
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from ..engine.accesslog import AccessLog
-from ..engine.bodies import dechunk
-from ..config.load import generate_key, hash_key, parse_config
+from ..wire.framing import dechunk
+from ..config.load import parse_config
+from ..config.write import generate_key, hash_key
 from .fake_ollama import FakeOllama
 from ..engine.server import GuardServer
 

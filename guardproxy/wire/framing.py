@@ -258,3 +258,15 @@ def _strict_size(line: bytes) -> int:
         if not _CHUNK_EXT.fullmatch(line, m.end()):
             raise FramingError("malformed chunk extension")
     return int(m.group(), 16)
+
+
+def dechunk(raw: bytes, limit: int) -> bytes:
+    """The payload of a complete chunked body; ValueError if it is malformed, cut short or too big."""
+    decoder = ChunkedDecoder(limit)
+    try:
+        pieces, _ = decoder.feed(raw)
+    except FramingError as e:
+        raise ValueError(str(e)) from None
+    if not decoder.done:
+        raise ValueError("chunked body cut short")
+    return b"".join(pieces)

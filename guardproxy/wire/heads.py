@@ -56,6 +56,19 @@ class RequestHead:
                 return value
         return None
 
+    def with_length(self, length: int) -> "RequestHead":
+        """The same request framed with a Content-Length, for a body that has been read already."""
+        headers = [h for h in self.headers if h[0] not in (b"content-length", b"transfer-encoding")]
+        headers.append((b"content-length", b"Content-Length", b"%d" % length))
+        return RequestHead(self.method, self.target, self.http_version, headers, self.keep_alive,
+                           length, False, False, self.host)
+
+    def without(self, name: bytes) -> "RequestHead":
+        """The same request without the header fields called `name` (lower case)."""
+        return RequestHead(self.method, self.target, self.http_version,
+                           [h for h in self.headers if h[0] != name], self.keep_alive,
+                           self.content_length, self.chunked, self.expect_continue, self.host)
+
 
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import KEY, make_config
 from guardproxy.engine.accesslog import AccessLog
-from guardproxy.config.load import Cors
+from guardproxy.config.model import Cors
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
 

@@ -179,7 +179,7 @@ BODY_CASES = [
 
 @pytest.fixture
 async def gate(upstream: RecordingUpstream, tmp_path: Path) -> AsyncIterator[Proxy]:
-    from guardproxy.config.load import ServerLimits
+    from guardproxy.config.model import ServerLimits
     p = await start_proxy(upstream.port, tmp_path, server=ServerLimits(max_body=MAX_BODY))
     try:
         yield p
@@ -380,7 +380,7 @@ def _mutations(seed: int, count: int) -> list[bytes]:
 
 async def test_mutated_heads_get_an_answer_and_nothing_malformed_goes_upstream(
         upstream: RecordingUpstream, tmp_path: Path) -> None:
-    from guardproxy.config.load import ServerLimits, Timeouts
+    from guardproxy.config.model import ServerLimits, Timeouts
     p = await start_proxy(upstream.port, tmp_path, server=ServerLimits(max_body=MAX_BODY),
                           timeouts=Timeouts(header=0.5, body=0.5, keepalive=0.5))
     try:

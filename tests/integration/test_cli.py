@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from guardproxy import __version__
-from guardproxy.config.load import hash_key
+from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from wire import read_response, request_bytes
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import KEY, OTHER_KEY, Proxy, start_proxy
-from guardproxy.config.load import Timeouts
+from guardproxy.config.model import Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
 from wire import exchange, fetch, read_response, request_bytes
 

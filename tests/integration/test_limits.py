@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY, Proxy, start_proxy
-from guardproxy.config.load import ServerLimits, Timeouts
+from guardproxy.config.model import ServerLimits, Timeouts
 from upstreams import OK_RESPONSE, RecordingUpstream, read_request
 from wire import read_response, request_bytes
 

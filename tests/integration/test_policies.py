@@ -16,7 +16,9 @@ import pytest
 
 from conftest import KEY, OTHER_KEY, Proxy, make_config
 from guardproxy.engine.accesslog import AccessLog
-from guardproxy.config.load import Ban, Cors, KeyEntry, Limits, Rate, hash_key, load_config
+from guardproxy.config.load import load_config
+from guardproxy.config.model import Ban, Cors, KeyEntry, Rate, TrafficLimits as Limits
+from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.reload import Reloader
 from guardproxy.engine.server import GuardServer

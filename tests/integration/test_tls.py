@@ -11,7 +11,8 @@ import pytest
 import trustme
 
 from conftest import KEY, start_proxy
-from guardproxy.config.load import ConfigError, Tls, parse_config
+from guardproxy.config.load import parse_config
+from guardproxy.config.model import ConfigError, Tls
 from guardproxy.testing.fake_ollama import FakeOllama
 from wire import read_response, request_bytes
 
@@ -131,7 +132,7 @@ def test_tls_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 async def test_silent_tls_client_is_dropped_at_the_head_deadline(fake: FakeOllama, tmp_path: Path) -> None:
-    from guardproxy.config.load import Timeouts
+    from guardproxy.config.model import Timeouts
     p = await start_proxy(fake.port, tmp_path, tls=write_pair(trustme.CA(), tmp_path), timeouts=Timeouts(header=0.3))
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)  # TCP only, no ClientHello

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from guardproxy.decisions.auth import KeyRing
-from guardproxy.config.load import (ConfigError, append_key, create_config, generate_key, hash_key, load_config,
-                               parse_config, parse_duration, parse_hostport, parse_upstream)
+from guardproxy.config.load import load_config, parse_config
+from guardproxy.config.model import ConfigError
+from guardproxy.config.values import parse_duration, parse_hostport, parse_upstream
+from guardproxy.config.write import append_key, create_config, generate_key, hash_key
 from guardproxy.wire.errors import BadRequest, Unauthorized
 from guardproxy.wire.heads import parse_request_head
 

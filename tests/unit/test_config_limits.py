@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from guardproxy.config.load import ConfigError, ServerLimits, parse_config, parse_size
+from guardproxy.config.load import parse_config
+from guardproxy.config.model import ConfigError, ServerLimits
+from guardproxy.config.values import parse_size
 
 BASE = {"keys": [{"name": "a", "key": "x" * 20}]}
 

@@ -66,7 +66,7 @@ def test_length_countdown() -> None:
 
 
 def test_dechunk_whole_bodies() -> None:
-    from guardproxy.engine.bodies import dechunk
+    from guardproxy.wire.framing import dechunk
     assert dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 100) == b"hello world"
     for bad, limit in [(b"5\r\nhello\r\n", 100),            # cut short
                        (b"5\r\nhello\r\n0\r\n\r\n", 4),       # over the limit

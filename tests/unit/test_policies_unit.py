@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from guardproxy.decisions.auth import KeyRing
-from guardproxy.config.load import Ban, Cors, ConfigError, KeyEntry, Rate, parse_config, parse_rate
+from guardproxy.config.load import parse_config
+from guardproxy.config.model import Ban, Cors, ConfigError, KeyEntry, Rate
+from guardproxy.config.values import parse_rate
 from guardproxy.decisions.cors import CorsPolicy, is_preflight
 from guardproxy.wire.errors import BadRequest, Forbidden, Unauthorized
 from guardproxy.wire.heads import parse_request_head
 from guardproxy.decisions.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
 from guardproxy.decisions import routes as policy
-from guardproxy.ops.usage import join_tail, summarise, usage_from_tail
+from guardproxy.engine.tokens import join_tail, usage_from_tail
+from guardproxy.ops.usage import summarise
 
 # --- config --------------------------------------------------------------------------
 
@@ -313,7 +316,7 @@ def test_readme_policies_example_config_is_valid() -> None:
 def test_decision_modules_never_import_asyncio() -> None:
     import subprocess
     import sys
-    code = ("import sys, guardproxy.decisions.policy, guardproxy.decisions.routes, guardproxy.ops.usage, guardproxy.decisions.limits, "
+    code = ("import sys, guardproxy.decisions.policy, guardproxy.decisions.routes, guardproxy.engine.tokens, guardproxy.decisions.limits, "
             "guardproxy.decisions.cors, guardproxy.decisions.auth; print('asyncio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr

@@ -313,7 +313,9 @@ def _is_admin() -> bool:
 
 
 def _install(args: argparse.Namespace, name: str) -> int:
-    from ...config.load import ConfigError, create_config, generate_key, load_config
+    from ...config.load import load_config
+    from ...config.model import ConfigError
+    from ...config.write import create_config, generate_key
     if not _is_admin():
         print(f"guardproxy service install: {_SC_ERRORS[5]}", file=sys.stderr)
         return 1

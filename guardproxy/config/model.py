@@ -1,0 +1,118 @@
+"""The configuration's shape: frozen dataclasses whose field defaults are the only defaults.
+
+Each dataclass is one TOML table: `Config.server` is `[server]` (ServerLimits: what one
+request and the listener may take), `Config.limits` is `[limits]` (TrafficLimits: rates,
+concurrency and the queue for generations).  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+DEFAULT_LISTEN = "0.0.0.0:11435"
+DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+ENV_KEY = "GUARDPROXY_API_KEY"
+ENV_CONFIG = "GUARDPROXY_CONFIG"
+DEFAULT_CONFIG_NAME = "guardproxy.toml"
+KEY_PREFIX = "gp_"
+
+
+class ConfigError(Exception):
+    """A config mistake, already phrased as the one line a user should see."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A request rate such as "30/min": `count` requests per `per` seconds."""
+    count: int
+    per: float
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    name: str
+    sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
+    plaintext: bool = False  # written as key = "..." in the file
+    admin: bool = False                   # may reach /api/pull, /api/delete, ...
+    models: tuple[str, ...] | None = None  # glob patterns; None: every model
+    rate: Rate | None = None
+    max_concurrent: int | None = None
+    expires: date | None = None           # valid through this day (UTC)
+
+
+@dataclass(frozen=True)
+class Cors:
+    origins: tuple[str, ...] = ()  # exact origins, or "*"
+    max_age: int = 86400
+
+
+@dataclass(frozen=True)
+class TrafficLimits:
+    per_ip: Rate | None = None
+    max_concurrent: int | None = None  # generations in flight, all keys together
+    queue_timeout: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs, validated
+    max_queue: int = 1024                  # waiting requests, all keys together
+    max_tracked: int = 65536               # addresses/keys kept in the rate and ban tables
+
+
+@dataclass(frozen=True)
+class Ban:
+    after_failures: int = 0  # 0: bans are off
+    window: float = 600.0
+    duration: float = 900.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0      # opening a connection to the upstream
+    read: float = 600.0        # between upstream bytes (a generation can think for minutes)
+    header: float = 10.0       # a client's request head, from its first byte
+    keepalive: float = 30.0    # an idle client connection between requests
+    grace: float = 30.0        # running streams at shutdown
+    body: float = 30.0         # silence inside a request body (then 408)
+    write: float = 60.0        # a client that stops reading a response (then dropped)
+    first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_body: int = 64 * 1024 * 1024     # request body bytes (then 413)
+    max_connections: int = 10000         # open client connections in all (then 503)
+    max_connections_per_ip: int = 256    # open client connections from one address (then 503)
+    max_headers: int = 100               # header fields in a request head (then 431)
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path   # PEM certificate chain (fullchain.pem)
+    key: Path    # PEM private key
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    listen_host: str
+    listen_port: int
+    upstream: Upstream
+    keys: tuple[KeyEntry, ...]
+    access_log: str = "-"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    server: ServerLimits = field(default_factory=ServerLimits)
+    tls: Tls | None = None
+    cors: Cors = field(default_factory=Cors)
+    limits: TrafficLimits = field(default_factory=TrafficLimits)
+    ban: Ban = field(default_factory=Ban)
