@@ -33,7 +33,12 @@ class Policies:
         self.apply(config)
 
     def apply(self, config: Config) -> list[object]:
-        """Take new settings; the tables keep their state.  Returns waiters a larger limit admits."""
+        """Take new settings; the tables (buckets, bans, slots in use) keep their state.
+
+        Returns the queued waiters that the new settings admit at once (a
+        larger max_concurrent frees room): the caller must wake them, since
+        this module knows nothing of how they wait.
+        """
         lim = config.limits
         self.cors = CorsPolicy(config.cors)
         self.per_ip = lim.per_ip

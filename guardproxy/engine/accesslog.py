@@ -54,22 +54,29 @@ class LogRecord:
 
     @classmethod
     def from_line(cls, line: str) -> "LogRecord | None":
-        """A record read back from a log line; None for a line that is not one (hand edits, other tools)."""
+        """A record read back from a log line; None for a line that is not one (hand edits, other tools).
+
+        Fields of the wrong type are read as absent, so one odd line cannot stop a report.
+        """
         try:
             data = json.loads(line)
         except ValueError:
             return None
         if not isinstance(data, dict):
             return None
-        rec = cls("", "")
-        for name, default in (("time", ""), ("client", "-"), ("method", ""), ("path", ""), ("key", None), ("outcome", "ok"),
-                              ("error", None), ("model", None)):
-            value = data.get(name, default)
-            setattr(rec, name, value if value is None or isinstance(value, str) else str(value))
+        rec = cls("", "-")
+        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model"):
+            value = data.get(name)
+            if value is not None:
+                setattr(rec, name, value if isinstance(value, str) else str(value))
         for name in ("status", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens"):
             value = data.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(rec, name, value)
+        for name in ("duration_ms", "ttfb_ms"):
+            value = data.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(rec, name, float(value))
         return rec
 
 

@@ -209,25 +209,8 @@ class Exchange:
             upstream, reusable, body_task = await self._relay(
                 head, self.conn.transport, keep_alive=keep_alive, extra=self.cors_bytes, keep_tail=usage,
                 stream_body=streamed)
-        except ClientGone:
-            upstream = self._upstream
-            assert upstream is not None  # only the relay raises it
-            self.record.status, self.record.outcome, self.record.bytes_out = 499, "client_gone", upstream.bytes_out
-            if usage:
-                self._count_tokens(upstream)
-            self.finish(upstream.head_at or None)
-            return False
-        except GuardError as err:
-            upstream = self._upstream
-            if upstream is None or not upstream.head_sent:
-                raise  # nothing has reached the client: an error response (502, 504)
-            # The response has started: never write an error into it.  Closing
-            # without a terminating chunk shows the client a truncated body.
-            record = self.record
-            record.status, record.outcome, record.bytes_out = upstream.status, "upstream_error", upstream.bytes_out
-            record.error = err.message
-            self.finish(upstream.head_at)
-            return False
+        except (ClientGone, GuardError) as exc:
+            return self._cut_short(exc, usage)
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -245,6 +228,24 @@ class Exchange:
         self.finish(upstream.head_at)
         return keep_alive and body_complete and not upstream.close_client
 
+    def _cut_short(self, exc: Exception, usage: bool) -> bool:
+        """The upstream call ended early: the client hung up (499), or it failed (502/504 while
+        nothing has reached the client; else the stream is cut)."""
+        upstream, record = self._upstream, self.record
+        if upstream is None or (isinstance(exc, GuardError) and not upstream.head_sent):
+            raise exc  # nothing has reached the client: an error response (502, 504)
+        record.bytes_out = upstream.bytes_out
+        if isinstance(exc, GuardError):
+            # The response has started: never write an error into it.  Closing
+            # without a terminating chunk shows the client a truncated body.
+            record.status, record.outcome, record.error = upstream.status, "upstream_error", exc.message
+        else:
+            record.status, record.outcome = 499, "client_gone"
+            if usage:
+                self._count_tokens(upstream)
+        self.finish(upstream.head_at or None)
+        return False
+
     async def filtered_listing(self, key: KeyEntry, path: bytes) -> bool:
         """A model list, fetched whole through the pool (it is small) and cut down to the key's models."""
         req = self.req
@@ -253,7 +254,7 @@ class Exchange:
         # Identity encoding: the body is read as JSON here.
         head = build_upstream_head(req.without(b"accept-encoding"), server.pool.authority,
                                    self.record.client.encode(), server.scheme)
-        collector = Collector(MAX_LISTING + MAX_RESPONSE_HEAD)
+        collector = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
         upstream, reusable, _ = await self._relay(head, collector, keep_alive=True, extra=b"", keep_tail=False,
                                                   stream_body=False)
         if reusable:
@@ -298,6 +299,8 @@ class Exchange:
                                     read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
                                     extra_headers=extra, keep_tail=keep_tail, paused=conn.write_paused)
             conn.upstream = upstream
+            if isinstance(sink, Collector):
+                sink.bind(upstream)
             try:
                 if conn.closed:
                     upstream.client_lost()

@@ -39,20 +39,28 @@ class Sink(Protocol):
 
 
 class Collector:
-    """A Sink that keeps a whole (small) response, for the answers guardproxy rewrites."""
+    """A Sink that keeps a whole (small) response, for the answers guardproxy rewrites.
 
-    __slots__ = ("data", "limit", "overflow")
+    Past `limit` bytes the exchange fails with `error`, so an upstream cannot
+    make guardproxy buffer without bound.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("data", "limit", "error", "_fail")
+
+    def __init__(self, limit: int, error: GuardError) -> None:
         self.data = bytearray()
         self.limit = limit
-        self.overflow: Callable[[], None] | None = None  # called once the limit is passed
+        self.error = error
+        self._fail: Callable[[BaseException], None] | None = None
+
+    def bind(self, upstream: "UpstreamConnection") -> None:
+        self._fail = upstream.fail
 
     def write(self, data: bytes) -> None:
         self.data += data
-        if len(self.data) > self.limit and self.overflow is not None:
-            overflow, self.overflow = self.overflow, None
-            overflow()
+        if len(self.data) > self.limit and self._fail is not None:
+            fail, self._fail = self._fail, None
+            fail(self.error)
 
 
 class _Nowhere:

@@ -110,7 +110,7 @@ class GuardServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let running requests finish within the grace period, then close."""

@@ -1,8 +1,9 @@
-"""Every refusal guardproxy makes, and the one place they become responses.
+"""guardproxy's own error responses: refusals, and upstream failures before a response started.
 
 Each GuardError carries its HTTP status (the way h11 carries
-error_status_hint), so checks just raise and the server renders.  The body
-is Ollama's own error shape, {"error": "..."}, so Ollama clients show it.
+error_status_hint), so checks just raise, and `render` is the one place
+an error becomes bytes.  The body is Ollama's own error shape,
+{"error": "..."}, so Ollama clients show the message.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ class Unauthorized(GuardError):
 class Forbidden(GuardError):
     status = 403
     message = "forbidden"
-
-
-class NotFound(GuardError):
-    status = 404
-    message = "not found"
 
 
 class MethodNotAllowed(GuardError):

@@ -20,13 +20,15 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
+from ..config.model import ServerLimits
 from .errors import (BadRequest, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, PayloadTooLarge,
                      UriTooLong, VersionNotSupported)
 
 MAX_REQUEST_LINE = 8192   # 414 beyond this (nginx: large_client_header_buffers 8k)
 MAX_HEAD = 16384          # 431 beyond this, however the head is split into reads
-MAX_HEADERS = 100         # 431 beyond this (Apache LimitRequestFields)
-MAX_BODY = 64 * 1024 * 1024
+# The configurable limits' defaults live in one place, the config's dataclasses.
+MAX_HEADERS = ServerLimits.max_headers  # 431 beyond this (Apache LimitRequestFields)
+MAX_BODY = ServerLimits.max_body
 ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"DELETE", b"OPTIONS")
 ALLOW_HEADER = ", ".join(m.decode() for m in ALLOWED_METHODS)
 

@@ -1,0 +1,255 @@
+"""The relay driven with an in-memory transport, the way h11 drives Connection: bytes in, bytes out.
+
+No sockets: `data_received` is called with the upstream's bytes cut at every
+possible place, and what reaches the sink is compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from guardproxy.engine.failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
+from guardproxy.engine.relay import Collector, UpstreamConnection
+from guardproxy.wire.heads import BadUpstreamHead
+
+
+class MemoryTransport(asyncio.Transport):
+    """What the relay calls on its upstream transport, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.reading = True
+        self.aborted = False
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes += 1
+
+
+def connection() -> tuple[UpstreamConnection, MemoryTransport, list[UpstreamConnection]]:
+    idle_closed: list[UpstreamConnection] = []
+    up = UpstreamConnection(asyncio.get_running_loop(), idle_closed.append)
+    transport = MemoryTransport()
+    up.connection_made(transport)
+    return up, transport, idle_closed
+
+
+def begin(up: UpstreamConnection, sink: Any, **kw: Any) -> "asyncio.Future[bool]":
+    args: dict[str, Any] = dict(head_request=False, keep_alive=True, read_timeout=60.0, first_byte_timeout=60.0)
+    args.update(kw)
+    return up.begin(sink, **args)
+
+
+def chunk(line: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(line), line)
+
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + chunk(b'{"response":" Hello","done":false}\n') + chunk(b'{"response":" you","done":false}\n')
+           + b"0\r\n\r\n")
+LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+@pytest.mark.parametrize("response", [CHUNKED, LENGTH], ids=["chunked", "length"])
+async def test_every_split_reaches_the_sink_byte_for_byte(response: bytes) -> None:
+    for cut in range(1, len(response)):
+        up, transport, _ = connection()
+        sink = Sink()
+        result = begin(up, sink)
+        up.data_received(response[:cut])
+        up.data_received(response[cut:])
+        assert await result is True  # reusable: the response ended where its framing said
+        assert bytes(sink.data) == response, cut
+        assert up.bytes_out == len(response)
+        assert not transport.aborted
+
+
+async def test_each_read_is_written_at_once() -> None:
+    up, _, _ = connection()
+    sink = Sink()
+    begin(up, sink)
+    head, rest = CHUNKED.split(b"\r\n\r\n", 1)
+    up.data_received(head + b"\r\n\r\n")
+    writes = sink.writes
+    up.data_received(rest[:10])
+    assert sink.writes == writes + 1 and sink.data.endswith(rest[:10])  # no coalescing, no waiting
+
+
+async def test_connection_close_in_the_response_is_not_reused() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink())
+    up.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert await result is False
+
+
+async def test_close_delimited_body_ends_with_the_connection() -> None:
+    up, _, idle = connection()
+    sink = Sink()
+    result = begin(up, sink)
+    up.data_received(b"HTTP/1.0 200 OK\r\n\r\nsome ")
+    up.data_received(b"bytes")
+    up.connection_lost(None)
+    assert await result is False
+    assert sink.data.endswith(b"some bytes")
+    assert idle == []  # it was not idle: the exchange owned it
+
+
+async def test_head_request_has_no_body() -> None:
+    up, _, _ = connection()
+    sink = Sink()
+    result = begin(up, sink, head_request=True)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert await result is True
+    assert sink.data.endswith(b"\r\n\r\n")
+
+
+async def test_interim_responses_are_not_forwarded() -> None:
+    up, _, _ = connection()
+    sink = Sink()
+    result = begin(up, sink)
+    up.data_received(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + LENGTH)
+    assert await result is True
+    assert bytes(sink.data) == LENGTH
+
+
+async def test_extra_headers_and_connection_close_for_the_client() -> None:
+    up, _, _ = connection()
+    sink = Sink()
+    result = begin(up, sink, keep_alive=False, extra_headers=b"Vary: Origin\r\n")
+    up.data_received(LENGTH)
+    await result
+    assert bytes(sink.data) == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nVary: Origin\r\nConnection: close\r\n\r\nhello"
+    assert up.close_client
+
+
+async def test_malformed_body_before_anything_was_sent_is_a_502() -> None:
+    up, transport, _ = connection()
+    sink = Sink()
+    result = begin(up, sink)
+    up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    with pytest.raises(BadUpstreamHead):
+        await result
+    assert sink.data == b"" and not up.head_sent and transport.aborted
+
+
+async def test_malformed_body_after_the_head_cuts_the_stream() -> None:
+    up, transport, _ = connection()
+    sink = Sink()
+    result = begin(up, sink)
+    up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    up.data_received(b"zz\r\n")
+    with pytest.raises(UpstreamGone):
+        await result
+    assert up.head_sent and transport.aborted
+
+
+async def test_upstream_gone_mid_stream() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink())
+    up.data_received(CHUNKED[:80])
+    up.connection_lost(ConnectionResetError())
+    with pytest.raises(UpstreamGone):
+        await result
+
+
+async def test_client_lost_aborts_the_upstream_at_once() -> None:
+    up, transport, _ = connection()
+    result = begin(up, Sink())
+    up.data_received(CHUNKED[:80])
+    up.client_lost()
+    assert transport.aborted  # Ollama stops generating when its connection closes
+    with pytest.raises(ClientGone):
+        await result
+
+
+async def test_client_backpressure_pauses_and_resumes_reading() -> None:
+    up, transport, _ = connection()
+    result = begin(up, Sink(), paused=True)  # the client was paused already
+    assert not transport.reading
+    up.resume_for_client()
+    assert transport.reading
+    up.pause_for_client()
+    assert not transport.reading
+    up.data_received(LENGTH)
+    await result
+    assert transport.reading  # detached: the pooled connection reads again
+
+
+async def test_pause_for_client_is_ignored_when_no_exchange_is_attached() -> None:
+    up, transport, _ = connection()
+    up.pause_for_client()
+    assert transport.reading
+
+
+async def test_first_byte_timeout_then_read_timeout() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink(), first_byte_timeout=0.01, read_timeout=60.0)
+    with pytest.raises(FirstByteTimeout):
+        await asyncio.wait_for(result, 5)
+    up, _, _ = connection()
+    result = begin(up, Sink(), first_byte_timeout=60.0, read_timeout=0.01)
+    up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(result, 5)
+
+
+async def test_bytes_with_no_request_outstanding_abort() -> None:
+    up, transport, idle = connection()
+    up.data_received(b"HTTP/1.1 200 OK\r\n")
+    assert transport.aborted
+    up.connection_lost(None)
+    assert idle == [up]  # the pool is told to forget it
+
+
+async def test_tail_keeps_the_end_of_a_generation() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink(), keep_tail=True)
+    for cut in range(0, len(CHUNKED), 7):
+        up.data_received(CHUNKED[cut:cut + 7])
+    await result
+    tail = b"".join(p for p in up.tail() if p)
+    assert CHUNKED.endswith(tail) and tail
+    assert up.tail() == (None, None, None)  # handed over once
+
+
+async def test_collector_stops_a_response_past_its_limit() -> None:
+    up, transport, _ = connection()
+    sink = Collector(100, UpstreamGone("too large"))
+    result = begin(up, sink)
+    sink.bind(up)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 200)
+    with pytest.raises(UpstreamGone, match="too large"):
+        await result
+    assert transport.aborted

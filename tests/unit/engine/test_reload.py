@@ -1,0 +1,71 @@
+"""Live config reloads, against a real (not started) server object."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from guardproxy.config.write import generate_key, hash_key
+from guardproxy.engine.reload import Reloader
+from guardproxy.engine.server import GuardServer
+from guardproxy.config.load import load_config
+
+BASE = """listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9"
+
+[log]
+access = ""
+
+[[keys]]
+name = "a"
+key_sha256 = "{a}"
+"""
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path) -> None:
+    path = tmp_path / "guardproxy.toml"
+    write(path, BASE.format(a=hash_key(generate_key())))
+    server = GuardServer(load_config(path))
+    out = io.StringIO()
+    reloader = Reloader(server, path, log=out)
+    assert not reloader.changed()
+    write(path, BASE.format(a=hash_key(generate_key())) + '\n[[keys]]\nname = "b"\nkey_sha256 = "%s"\n'
+          % hash_key(generate_key()))
+    assert reloader.changed()
+    assert reloader.reload("SIGHUP")
+    assert [k.name for k in server.config.keys] == ["a", "b"]
+    assert out.getvalue().count("\n") == 1 and "SIGHUP: config reloaded" in out.getvalue()
+    assert "2 keys" in out.getvalue()
+    assert not reloader.changed()
+
+
+async def test_a_broken_edit_keeps_the_running_config(tmp_path: Path) -> None:
+    path = tmp_path / "guardproxy.toml"
+    write(path, BASE.format(a=hash_key(generate_key())))
+    server = GuardServer(load_config(path))
+    before = server.config
+    out = io.StringIO()
+    reloader = Reloader(server, path, log=out)
+    write(path, BASE.format(a=hash_key(generate_key())) + '\n[limits]\nper_ip = "often"\n')
+    assert not reloader.reload()
+    assert server.config is before
+    assert reloader.refused == 1
+    line = out.getvalue()
+    assert "config not reloaded" in line and f"{path}:" in line and "limits.per_ip" in line
+
+
+async def test_settings_that_need_a_restart_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "guardproxy.toml"
+    a = hash_key(generate_key())
+    write(path, BASE.format(a=a))
+    server = GuardServer(load_config(path))
+    out = io.StringIO()
+    reloader = Reloader(server, path, log=out)
+    write(path, BASE.format(a=a).replace("127.0.0.1:9", "127.0.0.1:10").replace(":0", ":1"))
+    assert reloader.reload()
+    assert "(listen, upstream changes need a restart)" in out.getvalue()
+    assert server.config.upstream.port == 9  # unchanged until a restart
