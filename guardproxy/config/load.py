@@ -22,9 +22,12 @@ from .values import parse_duration, parse_hostport, parse_rate, parse_size, pars
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban"}
-_KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires"}
+_KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
+               "max_keep_alive"}
 _CORS_FIELDS = {"origins", "max_age"}
-_LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked"}
+_LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
+                 "client_address_header"}
+CLIENT_ADDRESS_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 _BAN_FIELDS = {"after_failures", "window", "duration"}
 _LOG_FIELDS = {"access"}
 _TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
@@ -185,7 +188,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
     sv = r.table(data.get("server", {}), ("server",), _SERVER_FIELDS)
     limits: dict[str, int] = {}
     for k, v in sv.items():
-        if k == "max_body":
+        if k in ("max_body", "max_blob"):
             try:
                 limits[k] = parse_size(v)
             except ValueError as e:
@@ -222,8 +225,15 @@ def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dic
         expires = expires.date()
     if expires is not None and not isinstance(expires, date):
         raise r.fail(where + ("expires",), "a date like 2027-01-31 (no quotes)")
+    cloud = k.get("cloud", False)
+    if not isinstance(cloud, bool):
+        raise r.fail(where + ("cloud",), "true or false")
+    keep_alive = r.duration(k, "max_keep_alive", where, 0.0) if "max_keep_alive" in k else None
+    if keep_alive == 0.0:
+        raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
-            "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires}
+            "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
+            "cloud": cloud, "max_keep_alive": keep_alive}
 
 
 def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
@@ -251,7 +261,15 @@ def _limits(r: _Reader, data: Mapping[str, Any]) -> TrafficLimits:
                   queue_timeout=r.duration(lt, "queue_timeout", where, 30.0),
                   trusted_proxies=nets,
                   max_queue=r.integer(lt, "max_queue", where, 1024, 1) or 1024,
-                  max_tracked=r.integer(lt, "max_tracked", where, 65536, 16) or 65536)
+                  max_tracked=r.integer(lt, "max_tracked", where, 65536, 16) or 65536,
+                  client_address_header=_client_address_header(r, lt, where))
+
+
+def _client_address_header(r: _Reader, lt: Mapping[str, Any], where: tuple[Any, ...]) -> str:
+    value = r.string(lt, "client_address_header", where, TrafficLimits.client_address_header).strip().lower()
+    if value not in CLIENT_ADDRESS_HEADERS:
+        raise r.fail(where + ("client_address_header",), "one of " + ", ".join(f'"{h}"' for h in CLIENT_ADDRESS_HEADERS))
+    return value
 
 
 def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:

@@ -40,6 +40,8 @@ class KeyEntry:
     rate: Rate | None = None
     max_concurrent: int | None = None
     expires: date | None = None           # valid through this day (UTC)
+    cloud: bool = False                   # may use cloud models (model:cloud, model:tag-cloud)
+    max_keep_alive: float | None = None   # longest keep_alive a body may ask for, in seconds
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TrafficLimits:
     trusted_proxies: tuple[str, ...] = ()  # CIDRs, validated
     max_queue: int = 1024                  # waiting requests, all keys together
     max_tracked: int = 65536               # addresses/keys kept in the rate and ban tables
+    # The one header a trusted proxy's client address is read from (nginx's real_ip_header).
+    client_address_header: str = "x-forwarded-for"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Timeouts:
     keepalive: float = 30.0    # an idle client connection between requests
     grace: float = 30.0        # running streams at shutdown
     body: float = 30.0         # silence inside a request body (then 408)
+    body_total: float = 60.0   # a whole request body, blob uploads aside (then 408)
     write: float = 60.0        # a client that stops reading a response (then dropped)
     first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
 
@@ -80,6 +85,7 @@ class Timeouts:
 @dataclass(frozen=True)
 class ServerLimits:
     max_body: int = 64 * 1024 * 1024     # request body bytes (then 413)
+    max_blob: int = 200 * 1024 ** 3      # a model blob upload by an admin key (then 413)
     max_connections: int = 10000         # open client connections in all (then 503)
     max_connections_per_ip: int = 256    # open client connections from one address (then 503)
     max_headers: int = 100               # header fields in a request head (then 431)

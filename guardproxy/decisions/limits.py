@@ -131,30 +131,27 @@ class TrustedProxies:
             ip = ip.ipv4_mapped
         return any(ip in n for n in self.nets)
 
-    def client_address(self, peer: str, xff: list[bytes], forwarded: list[bytes]) -> str:
+    def client_address(self, peer: str, values: list[bytes], header: str = "x-forwarded-for") -> str:
         """The socket peer, unless it is a trusted proxy: then the nearest untrusted hop it names.
 
-        Walking X-Forwarded-For from the right means a client cannot choose
-        its address by sending its own X-Forwarded-For through a trusted proxy.
+        Only the one configured header is read (`values` are its fields in
+        order), as nginx's real_ip_header does: a client's own copy of any
+        other forwarding header is ignored, so a proxy that writes only
+        `Forwarded` cannot be bypassed with a client's `X-Forwarded-For`.
+        Walking the hops from the right means a client cannot choose its
+        address by sending its own header through a trusted proxy.
         """
         if not self.trusts(peer):
             return peer
         hops: list[str] = []
-        if xff:
-            for v in xff:
-                hops.extend(h.strip() for h in v.decode("latin-1").split(","))
-        elif forwarded:
-            for v in forwarded:
-                for element in v.decode("latin-1").split(","):
-                    for pair in element.split(";"):
-                        k, _, val = pair.strip().partition("=")
-                        if k.lower() == "for":
-                            val = val.strip().strip('"')
-                            if val.startswith("["):
-                                val = val[1:].split("]", 1)[0]
-                            elif val.count(":") == 1:
-                                val = val.split(":", 1)[0]
-                            hops.append(val)
+        for v in values:
+            text = v.decode("latin-1")
+            if header == "forwarded":
+                hops.extend(_forwarded_for(text))
+            elif header == "x-real-ip":
+                hops = [text.strip()]  # one address; the last field is the nearest proxy's
+            else:
+                hops.extend(h.strip() for h in text.split(","))
         addr = peer
         for hop in reversed(hops):
             try:
@@ -165,6 +162,22 @@ class TrustedProxies:
             if not self.trusts(hop):
                 return hop
         return addr
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The for= addresses of a Forwarded field (RFC 7239), ports and brackets removed."""
+    out = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            k, _, val = pair.strip().partition("=")
+            if k.lower() == "for":
+                val = val.strip().strip('"')
+                if val.startswith("["):
+                    val = val[1:].split("]", 1)[0]
+                elif val.count(":") == 1:
+                    val = val.split(":", 1)[0]
+                out.append(val)
+    return out
 
 
 # --- the concurrency gate ------------------------------------------------------------

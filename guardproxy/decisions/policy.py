@@ -43,6 +43,8 @@ class Policies:
         self.cors = CorsPolicy(config.cors)
         self.per_ip = lim.per_ip
         self.proxies = TrustedProxies(lim.trusted_proxies)
+        self.address_header_name = lim.client_address_header
+        self.address_header = lim.client_address_header.encode()
         self.queue_timeout = lim.queue_timeout
         self.bans.ban = config.ban
         if not config.ban.after_failures:
@@ -59,9 +61,8 @@ class Policies:
     def client_address(self, peer: str, req: RequestHead) -> str:
         if not self.proxies.nets:
             return peer
-        xff = [v for n, _, v in req.headers if n == b"x-forwarded-for"]
-        fwd = [v for n, _, v in req.headers if n == b"forwarded"]
-        return self.proxies.client_address(peer, xff, fwd)
+        name = self.address_header
+        return self.proxies.client_address(peer, [v for n, _, v in req.headers if n == name], self.address_header_name)
 
     def before_auth(self, client: str, now: float) -> None:
         """Bans first (before any key is looked at), then the per-address rate."""

@@ -1,4 +1,11 @@
-"""What a key may do: path shape, admin endpoints, model allow-lists.  Pure logic: no asyncio.
+"""Ollama's API surface as one table, and who may use which route.  Pure logic: no asyncio.
+
+Every question the request path asks about a route (may this key use it,
+where is its model, does it take a generation slot, is its answer a model
+list, how are its token counts written) is answered by the row of ROUTES.
+A route that is not in the table is forwarded for admin keys only: every
+other key gets 404 and nothing reaches Ollama, so a route a newer Ollama
+adds stays closed until it is added here.
 
 Path rules are checked on the exact path that is forwarded, and a path that
 any normalisation (slash merging, dot segments, percent-decoding) would
@@ -8,25 +15,144 @@ behind it about which endpoint a request reaches.
 
 from __future__ import annotations
 
-import json
-from fnmatch import fnmatchcase
-from functools import lru_cache
+from dataclasses import dataclass
 
 from ..config.model import KeyEntry
-from ..wire.errors import BadRequest, Forbidden
+from ..wire.errors import BadRequest, Forbidden, GuardError
 
-ADMIN_PATHS = frozenset({b"/api/pull", b"/api/push", b"/api/delete", b"/api/create", b"/api/copy"})
-ADMIN_PREFIX = b"/api/blobs"
-# Endpoints whose JSON body names a model.
-MODEL_PATHS = frozenset({b"/api/generate", b"/api/chat", b"/api/embed", b"/api/embeddings", b"/api/show",
-                         b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
-# Endpoints that run the GPU: these take a concurrency slot and carry token counts.
-GENERATION_PATHS = MODEL_PATHS - {b"/api/show"}
-# Small JSON responses listing models; filtered to the key's allow-list.
-LISTING_PATHS = frozenset({b"/api/tags", b"/api/ps", b"/v1/models"})
-# A request body read whole to find its model: chat requests can carry
-# base64 images, so this is generous; it applies only to keys with a model list.
+# Where a route's model name is (Route.model).
+NO_MODEL = 0
+BODY = 1          # the JSON body's "model"
+BODY_OR_NAME = 2  # "model", else the older "name" (/api/show)
+PATH = 3          # the last path segment (/v1/models/{model})
+FORM = 4          # a multipart form field "model" (/v1/audio/transcriptions)
+
+# A body read whole to find its model, or to complete it before a slot is
+# taken: chat requests carry base64 images, so this is generous.
 MAX_MODEL_BODY = 16 * 1024 * 1024
+# Ollama parses a transcription's form with 25 MiB in memory; with the form's own overhead:
+MAX_FORM_BODY = 26 * 1024 * 1024
+
+_GET = frozenset({b"GET"})
+_GET_HEAD = frozenset({b"GET", b"HEAD"})
+_POST = frozenset({b"POST"})
+_POST_HEAD = frozenset({b"POST", b"HEAD"})
+_DELETE = frozenset({b"DELETE"})
+
+# Route.counts: where a generation's answer carries its token counts.
+OLLAMA = "ollama"          # the final line's prompt_eval_count / eval_count
+OPENAI = "openai"          # usage.prompt_tokens / completion_tokens
+RESPONSES = "responses"    # usage.input_tokens / output_tokens, in response.completed
+ANTHROPIC = "anthropic"    # input_tokens in message_start, output_tokens in the last message_delta
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str                  # stable: access log, metrics
+    methods: frozenset[bytes]
+    path: bytes                # exact, or with `param` a prefix followed by one path segment
+    admin: bool = False        # admin keys only (changes the server, or the owner's ollama.com account)
+    model: int = NO_MODEL
+    generation: bool = False   # runs the GPU: takes a slot, its token counts are read
+    listing: bool = False      # a model list, filtered to a key's models
+    zstd: bool = False         # Ollama decompresses a zstd request body here (its /v1 JSON routes)
+    keep_alive: bool = False   # the body may carry keep_alive (Ollama's own API)
+    param: bool = False        # `path` is a prefix; the rest is one segment (gin's ":param")
+    max_body: int = MAX_MODEL_BODY  # when the body is read whole
+    blob: bool = False         # a model blob upload: streamed, under [server] max_blob
+    counts: str = ""           # how a generation's token counts are written (see engine/tokens.py)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("root", _GET_HEAD, b"/"),
+    Route("version", _GET_HEAD, b"/api/version"),
+    Route("status", _GET, b"/api/status"),
+    Route("tags", _GET_HEAD, b"/api/tags", listing=True),
+    Route("ps", _GET, b"/api/ps", listing=True),
+    Route("models", _GET, b"/v1/models", listing=True),
+    Route("model", _GET, b"/v1/models/", model=PATH, param=True),
+    Route("show", _POST, b"/api/show", model=BODY_OR_NAME),
+    Route("generate", _POST, b"/api/generate", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
+    Route("chat", _POST, b"/api/chat", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
+    Route("embed", _POST, b"/api/embed", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
+    Route("embeddings", _POST, b"/api/embeddings", model=BODY, generation=True, keep_alive=True,
+          counts=OLLAMA),
+    Route("chat_completions", _POST, b"/v1/chat/completions", model=BODY, generation=True, zstd=True,
+          counts=OPENAI),
+    Route("completions", _POST, b"/v1/completions", model=BODY, generation=True, zstd=True, counts=OPENAI),
+    Route("v1_embeddings", _POST, b"/v1/embeddings", model=BODY, generation=True, zstd=True, counts=OPENAI),
+    Route("responses", _POST, b"/v1/responses", model=BODY, generation=True, zstd=True, counts=RESPONSES),
+    Route("messages", _POST, b"/v1/messages", model=BODY, generation=True, zstd=True, counts=ANTHROPIC),
+    Route("transcriptions", _POST, b"/v1/audio/transcriptions", model=FORM, generation=True,
+          max_body=MAX_FORM_BODY, counts=OPENAI),
+    # Ollama 0.14 to 0.32.5; later versions answer 404 themselves.
+    Route("image_generations", _POST, b"/v1/images/generations", model=BODY, generation=True, zstd=True,
+          counts=OPENAI),
+    Route("image_edits", _POST, b"/v1/images/edits", model=BODY, generation=True, zstd=True, counts=OPENAI),
+    # Administration: the server's models.
+    Route("pull", _POST, b"/api/pull", admin=True),
+    Route("push", _POST, b"/api/push", admin=True),
+    Route("create", _POST, b"/api/create", admin=True),
+    Route("copy", _POST, b"/api/copy", admin=True),
+    Route("delete", _DELETE, b"/api/delete", admin=True),
+    Route("blobs", _POST_HEAD, b"/api/blobs/", admin=True, param=True, blob=True),
+    # Administration: the owner's ollama.com account and quota.
+    Route("me", _POST, b"/api/me", admin=True),
+    Route("signout", _POST, b"/api/signout", admin=True),
+    Route("user_keys", _DELETE, b"/api/user/keys/", admin=True, param=True),
+    Route("web_search", _POST, b"/api/experimental/web_search", admin=True),
+    Route("web_fetch", _POST, b"/api/experimental/web_fetch", admin=True),
+)
+
+# A route not in the table; forwarded for admin keys only.
+UNKNOWN = Route("other", frozenset(), b"", admin=True)
+
+_EXACT: dict[tuple[bytes, bytes], Route] = {(m, r.path): r for r in ROUTES if not r.param for m in r.methods}
+_PARAM: tuple[Route, ...] = tuple(r for r in ROUTES if r.param)
+# Paths whose every method is administrative: /api/pull with GET is still the admin family.
+_ADMIN_PATHS = frozenset(r.path for r in ROUTES if r.admin and not r.param)
+_ADMIN_PREFIXES = tuple(r.path for r in ROUTES if r.admin and r.param)
+
+
+def route_for(method: bytes, path: bytes) -> Route:
+    """The table's row for a request (UNKNOWN when there is none); `path` is already checked."""
+    r = _EXACT.get((method, path))
+    if r is not None:
+        return r
+    for r in _PARAM:
+        if path.startswith(r.path) and method in r.methods:
+            rest = path[len(r.path):]
+            if rest and b"/" not in rest:
+                return r
+    if len(path) > 1 and path.endswith(b"/"):
+        # Ollama's router redirects /api/tags/ to /api/tags: the same route.
+        return route_for(method, path.rstrip(b"/") or b"/")
+    return UNKNOWN
+
+
+def is_admin_path(path: bytes) -> bool:
+    """A path of the administrative family, whatever the method (/api/pull, /api/blobs/...)."""
+    p = path.rstrip(b"/") or b"/"
+    return p in _ADMIN_PATHS or any(p == prefix.rstrip(b"/") or p.startswith(prefix) for prefix in _ADMIN_PREFIXES)
+
+
+class NotFound(GuardError):
+    status = 404
+    message = "not found"
+
+
+def authorize(key: KeyEntry, route: Route, path: bytes) -> None:
+    """May this key use this route at all (its model is checked later, see models.py)?"""
+    if key.admin:
+        return
+    if (route.admin and route is not UNKNOWN) or is_admin_path(path):
+        raise Forbidden("this key may not use administrative endpoints")
+    if route is UNKNOWN:
+        raise NotFound()
+
+
+# --- paths ------------------------------------------------------------------------------
+
 _PATH_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/:@!$&'()*+,;=")
 
 
@@ -45,95 +171,3 @@ def check_path(target: bytes) -> bytes:
         if seg in (b".", b".."):
             raise NotNormalPath()
     return path
-
-
-def is_admin_path(path: bytes) -> bool:
-    p = path.rstrip(b"/") or b"/"
-    return p in ADMIN_PATHS or p == ADMIN_PREFIX or p.startswith(ADMIN_PREFIX + b"/")
-
-
-_READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-
-def check_endpoint(key: KeyEntry, path: bytes, method: bytes = b"GET") -> None:
-    admin_path = is_admin_path(path)
-    if not key.admin and admin_path:
-        raise Forbidden("this key may not use administrative endpoints")
-    # A key limited to some models may only send work to the endpoints whose
-    # model is checked, so an endpoint added to Ollama later cannot bypass its list.
-    if key.models is not None and method not in _READ_METHODS and path not in MODEL_PATHS and not admin_path:
-        raise Forbidden("this key may not use this endpoint")
-    if key.models is not None and path.startswith(b"/v1/models/"):
-        name = path[len(b"/v1/models/"):].decode("utf-8", "replace")
-        if not model_allowed(key.models, name):
-            raise Forbidden(f"this key may not use model {name[:200]!r}")
-
-
-# --- models -------------------------------------------------------------------------
-
-def _canonical(name: str) -> str:
-    """Model names as Ollama resolves them: case-insensitive, default registry and tag."""
-    n = name.strip().lower()
-    for prefix in ("registry.ollama.ai/", "library/"):
-        if n.startswith(prefix):
-            n = n[len(prefix):]
-    return n
-
-
-def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
-    if patterns is None:
-        return True
-    return _matches(patterns, name[:512])
-
-
-@lru_cache(maxsize=4096)  # bounded: names come from clients
-def _matches(patterns: tuple[str, ...], name: str) -> bool:
-    n = _canonical(name)
-    names = {n, n + ":latest"} if ":" not in n.rsplit("/", 1)[-1] else {n}
-    for pat in patterns:
-        p = _canonical(pat)
-        pats = (p, p + ":latest") if ":" not in p.rsplit("/", 1)[-1] and "*" not in p else (p,)
-        if any(fnmatchcase(x, q) for x in names for q in pats):
-            return True
-    return False
-
-
-def body_models(body: bytes) -> list[str]:
-    """Every model a request body names: top-level "model"/"name" in any letter case.
-
-    Go's encoding/json (Ollama's) matches field names case-insensitively and
-    the last match in the document wins; that value is always the last value
-    of one spelling, which is what a dict keeps, so checking every spelling
-    present covers it: {"model":"ok","MODEL":"other"} is checked as a whole.
-    """
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest("request body must be JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    names = [v for k, v in data.items() if k.lower() in ("model", "name")]
-    if not names or not all(isinstance(n, str) for n in names):
-        raise BadRequest("request body must name a model")
-    return names
-
-
-def check_models(key: KeyEntry, body: bytes) -> str:
-    """The model a request uses, or Forbidden when the key may not use it."""
-    names = body_models(body)
-    for n in names:
-        if not model_allowed(key.models, n):
-            raise Forbidden(f"this key may not use model {n[:200]!r}")
-    return names[-1]
-
-
-def filter_listing(path: bytes, key: KeyEntry, body: bytes) -> bytes:
-    """A /api/tags, /api/ps or /v1/models response body with only the key's models."""
-    data = json.loads(body)
-    if path == b"/v1/models":
-        data["data"] = [m for m in data.get("data") or [] if isinstance(m, dict)
-                        and model_allowed(key.models, str(m.get("id", "")))]
-    else:
-        data["models"] = [m for m in data.get("models") or [] if isinstance(m, dict)
-                          and model_allowed(key.models, str(m.get("name") or m.get("model") or ""))]
-    return json.dumps(data, separators=(",", ":")).encode()

@@ -17,6 +17,12 @@ from typing import IO, Any
 
 # Optional fields appear in a line only when they have a value.
 _OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens")
+MAX_FIELD = 256  # characters of a client-supplied string (method, path, model) kept in a line
+
+
+def cut(text: str, limit: int = MAX_FIELD) -> str:
+    """A client-supplied string as logged: at most `limit` characters, and marked when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} chars, cut]"
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from ..wire.errors import BadRequest, PayloadTooLarge
+from ..wire.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from ..wire.framing import BodyTooLarge, ChunkedDecoder, FramingError, LengthFraming
 from ..wire.heads import RequestHead
 from .client import ClientConnection
@@ -23,15 +23,33 @@ BODY_READ = 65536
 class RequestBody:
     """The body of one request, as payload pieces; `wire_bytes` counts what was read off the socket."""
 
-    __slots__ = ("conn", "chunked", "length", "idle_timeout", "limit", "wire_bytes")
+    __slots__ = ("conn", "chunked", "length", "idle_timeout", "limit", "wire_bytes", "deadline")
 
-    def __init__(self, conn: ClientConnection, req: RequestHead, *, idle_timeout: float, limit: int) -> None:
+    def __init__(self, conn: ClientConnection, req: RequestHead, *, idle_timeout: float, limit: int,
+                 total_timeout: float | None = None) -> None:
         self.conn = conn
         self.chunked = req.chunked
         self.length = req.content_length or 0
         self.idle_timeout = idle_timeout
         self.limit = limit
         self.wire_bytes = 0
+        # A client that trickles a byte now and then stays under the silence
+        # timeout forever; the whole body has this long, from its first read.
+        self.deadline = None if total_timeout is None else conn.loop.time() + total_timeout
+
+    async def _next(self) -> bytes:
+        """The client's next buffered bytes, within both the silence and the whole-body deadline."""
+        timeout = self.idle_timeout
+        if self.deadline is not None:
+            left = self.deadline - self.conn.loop.time()
+            if left <= 0:
+                raise RequestTimeout("request body took too long")
+            if left < timeout:
+                try:
+                    return await self.conn.peek(BODY_READ, left)
+                except RequestTimeout:
+                    raise RequestTimeout("request body took too long") from None
+        return await self.conn.peek(BODY_READ, timeout)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self.conn
@@ -39,7 +57,7 @@ class RequestBody:
             # Its size was checked against the limit from the head already.
             framing = LengthFraming(self.length)
             while not framing.done:
-                data = await conn.peek(BODY_READ, self.idle_timeout)
+                data = await self._next()
                 end = framing.feed(data)
                 if end >= 0:
                     data = data[:end]
@@ -49,7 +67,7 @@ class RequestBody:
             return
         decoder = ChunkedDecoder(self.limit)
         while not decoder.done:
-            data = await conn.peek(BODY_READ, self.idle_timeout)
+            data = await self._next()
             try:
                 pieces, end = decoder.feed(data)
             except BodyTooLarge:

@@ -46,7 +46,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "loop", "transport", "buf", "closed", "idle", "peer_ip", "address_key", "counted",
                  "write_paused", "upstream", "linger", "_write_timer", "_linger_timer", "_reading_paused",
-                 "_waiter", "_drain_waiter", "task")
+                 "_waiter", "_drain_waiter", "task", "_lost")
 
     def __init__(self, server: Owner) -> None:
         self.server = server
@@ -71,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -79,7 +80,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0]
-        refusal = self.server.admit(self)
+        # A TLS connection was counted at accept, before its handshake (see server.py).
+        refusal = None if self.counted else self.server.admit(self)
         if refusal is not None:
             # Over a connection cap: one short answer, no task, no buffers.
             self.closed = True
@@ -107,6 +109,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.release(self)
+        lost = self._lost
+        if lost is not None and not lost.done():
+            lost.set_result(None)
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
@@ -246,7 +251,21 @@ class ClientConnection(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
+    def take(self, n: int) -> bytes:
+        """The first n buffered bytes, consumed (they must be buffered already)."""
+        data = bytes(self.buf[:n])
+        self.consume(n)
+        return data
+
     def send(self, data: bytes) -> None:
         """Write guardproxy's own bytes (an answer, a refusal); nothing once the client is gone."""
         if not self.closed:
             self.transport.write(data)
+
+    def lost(self) -> "asyncio.Future[None]":
+        """A future that is done once the client has gone (to stop waiting on its behalf)."""
+        if self._lost is None:
+            self._lost = self.loop.create_future()
+            if self.closed:
+                self._lost.set_result(None)
+        return self._lost

@@ -21,22 +21,24 @@ import time
 from typing import Callable, Protocol
 
 from ..config.model import Config, KeyEntry
-from ..decisions import routes
+from ..decisions import models, routes
 from ..decisions.auth import KeyRing
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.policy import Policies
-from ..wire.errors import BadGateway, GuardError, Unauthorized, render, response_head
+from ..wire.coding import decoded_body
+from ..wire.errors import BadGateway, BadRequest, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.framing import dechunk
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
-from . import bodies, slots
-from .accesslog import AccessLog, LogRecord
+from . import bodies, forwarding, slots
+from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
-from .failures import ClientGone, UpstreamGone
+from .failures import ClientGone
 from .pool import UpstreamPool
-from .relay import MAX_RESPONSE_HEAD, Collector, Sink, UpstreamConnection
-from .tokens import join_tail, usage_from_tail
+from .relay import MAX_RESPONSE_HEAD, Collector, UpstreamConnection
+from .tokens import usage_from_tail
 
 MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
+RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for one retry
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
            b"Cache-Control: no-store\r\n\r\n")
@@ -58,17 +60,18 @@ class Gate(Protocol):
 
 
 class Exchange:
-    __slots__ = ("server", "conn", "head", "req", "record", "started", "cors", "_upstream")
+    __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
         self.conn = conn
         self.head = head
         self.req: RequestHead | None = None
+        self.route = routes.UNKNOWN
         self.record = LogRecord.new(conn.peer_ip, len(head))
         self.started = time.perf_counter()
         self.cors: list[tuple[str, str]] = []  # CORS headers for every answer to this request
-        self._upstream: UpstreamConnection | None = None  # the connection of the last upstream call
+        self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
 
     # --- derived facts ---------------------------------------------------------
 
@@ -82,6 +85,14 @@ class Exchange:
         return self.req is not None and (self.req.chunked or bool(self.req.content_length))
 
     @property
+    def config(self) -> Config:
+        return self.server.config
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.server.pool
+
+    @property
     def wants_continue(self) -> bool:
         return self.req is not None and self.req.expect_continue and self.req.http_version == b"1.1"
 
@@ -93,13 +104,23 @@ class Exchange:
             return await self._checked()
         except GuardError as err:
             return self.refuse(err)
+        except ClientGone:
+            # Gone before anything was forwarded (while its body was read, or in the queue).
+            self.record.status, self.record.outcome = 499, "client_gone"
+            self.finish(None)
+            return False
 
     async def _checked(self) -> bool:
         server, conn, record = self.server, self.conn, self.record
         limits = server.config.server
-        self.req = req = parse_request_head(self.head, max_headers=limits.max_headers, max_body=limits.max_body)
-        record.method = req.method.decode("latin-1")
-        record.path = req.path.decode("latin-1")[:1024]
+        # The head check allows the larger blob limit; the route's own limit is applied below.
+        self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
+                                            max_body=max(limits.max_body, limits.max_blob))
+        record.method = cut(req.method.decode("latin-1"))
+        record.path = cut(req.path.decode("latin-1"))
+        self.route = route = routes.route_for(req.method, req.path)
+        if (req.content_length or 0) > (limits.max_blob if route.blob else limits.max_body):
+            raise PayloadTooLarge()
         if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
             return self.health()
         pol = server.policies
@@ -120,24 +141,62 @@ class Exchange:
             raise
         record.key = key.name
         pol.after_auth(key, now)
-        routes.check_endpoint(key, path, req.method)
-        body = None
-        if key.models is not None and path in routes.MODEL_PATHS:
-            if self.wants_continue:
-                conn.send(CONTINUE)
-            reader = bodies.RequestBody(conn, req, idle_timeout=server.config.timeouts.body,
-                                        limit=routes.MAX_MODEL_BODY)
-            body = await bodies.read_whole(reader)
-            record.bytes_in += len(body)
-            record.model = routes.check_models(key, body)
-            self.req = req = req.with_length(len(body))
-        generation = path in routes.GENERATION_PATHS
-        if pol.slots_on and generation:
-            async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout):
-                return await self.proxy(body, usage=True)
-        if key.models is not None and path in routes.LISTING_PATHS and req.method == b"GET":
+        routes.authorize(key, route, path)
+        slot = pol.slots_on and route.generation
+        body = await self._checked_body(key, route, path, whole=slot)
+        if slot:
+            async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, conn.lost()):
+                return await self.proxy(body)
+        if route.listing and key.models is not None and req.method == b"GET":
             return await self.filtered_listing(key, path)
-        return await self.proxy(body, usage=generation)
+        return await self.proxy(body)
+
+    async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool) -> bytes | None:
+        """Check what the key's policy needs from the request: its model, its keep_alive.
+
+        The body is read whole (bounded, timed) when a check needs it, or when
+        `whole` (a generation must not take a slot before its body is complete);
+        then it is forwarded exactly as it came, with a Content-Length.
+        """
+        req, record = self.req, self.record
+        assert req is not None
+        needs_model = models.needs_model(key, route)
+        if needs_model and route.model == routes.PATH:
+            in_path = path[len(route.path):].decode("utf-8", "replace")
+            models.check_model(key, in_path)
+            record.model = cut(in_path)
+            return None
+        checks_keep_alive = route.keep_alive and key.max_keep_alive is not None
+        if not (whole or needs_model or checks_keep_alive):
+            return None
+        if not self.has_body:
+            if needs_model:
+                raise BadRequest("request body must name a model")
+            return None
+        if self.wants_continue:
+            self.conn.send(CONTINUE)
+        timeouts = self.server.config.timeouts
+        body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
+                                                          limit=min(route.max_body, self.config.server.max_body),
+                                                          total_timeout=timeouts.body_total))
+        record.bytes_in += len(body)
+        self.req = req.with_length(len(body))
+        if needs_model or checks_keep_alive:
+            plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
+            if needs_model:
+                name: str | None
+                if route.model == routes.FORM:
+                    name = models.form_model(plain, req.get(b"content-type"), req.target)
+                elif key.models is None and not models.could_name_cloud(plain):
+                    name = None  # only the cloud scope applies, and no string here can name a cloud model
+                else:
+                    name = models.body_model(route, plain)
+                if name is not None:
+                    models.check_model(key, name)
+                    record.model = cut(name)
+            if checks_keep_alive:
+                models.check_keep_alive(key, plain)
+        return body
 
     # --- answers guardproxy gives itself --------------------------------------------
 
@@ -191,24 +250,28 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None, *, usage: bool) -> bool:
-        """Forward the request (its body already read, or streamed now) and splice the response.
-
-        `usage`: a generation, whose token counts are read from the end of its response.
-        """
-        req = self.req
+    async def proxy(self, body: bytes | None) -> bool:
+        """Forward the request (its body already read, or streamed now) and splice the response."""
+        req, route = self.req, self.route
         assert req is not None
-        server = self.server
+        server, conn = self.server, self.conn
         head = build_upstream_head(req, server.pool.authority, self.record.client.encode(), server.scheme)
-        if body:
-            head += body  # read already (to check its model): forwarded exactly, with its length
-        keep_alive = self.keep_alive
         streamed = body is None and self.has_body
+        if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
+                and len(conn.buf) >= (req.content_length or 0):
+            # Wholly here already and small: kept, so a stale pooled connection can be retried.
+            body = conn.take(req.content_length or 0)
+            self.record.bytes_in += len(body)
+            streamed = False
+        if body:
+            head += body  # read already: forwarded exactly, with its length
+        keep_alive = self.keep_alive
+        usage = route.generation
         body_task: asyncio.Task[int] | None = None
         try:
-            upstream, reusable, body_task = await self._relay(
-                head, self.conn.transport, keep_alive=keep_alive, extra=self.cors_bytes, keep_tail=usage,
-                stream_body=streamed)
+            upstream, reusable, body_task = await forwarding.relay(self, 
+                head, conn.transport, keep_alive=keep_alive, extra=self.cors_bytes, stream_body=streamed,
+                counts=usage)
         except (ClientGone, GuardError) as exc:
             return self._cut_short(exc, usage)
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
@@ -231,7 +294,7 @@ class Exchange:
     def _cut_short(self, exc: Exception, usage: bool) -> bool:
         """The upstream call ended early: the client hung up (499), or it failed (502/504 while
         nothing has reached the client; else the stream is cut)."""
-        upstream, record = self._upstream, self.record
+        upstream, record = self.upstream, self.record
         if upstream is None or (isinstance(exc, GuardError) and not upstream.head_sent):
             raise exc  # nothing has reached the client: an error response (502, 504)
         record.bytes_out = upstream.bytes_out
@@ -255,8 +318,7 @@ class Exchange:
         head = build_upstream_head(req.without(b"accept-encoding"), server.pool.authority,
                                    self.record.client.encode(), server.scheme)
         collector = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
-        upstream, reusable, _ = await self._relay(head, collector, keep_alive=True, extra=b"", keep_tail=False,
-                                                  stream_body=False)
+        upstream, reusable, _ = await forwarding.relay(self, head, collector, keep_alive=True, extra=b"", stream_body=False)
         if reusable:
             server.pool.release(upstream)
         else:
@@ -272,70 +334,16 @@ class Exchange:
         status = rh.status
         if status == 200:
             try:
-                raw = routes.filter_listing(path, key, raw)
+                raw = models.filter_listing(path, key, raw)
             except (ValueError, AttributeError, TypeError):
                 raise BadGateway("upstream sent an unreadable model list") from None
         lines = [ln for ln in rh.head[:-4].split(b"\r\n")
                  if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
         return self.respond(status, b"\r\n".join(lines) + b"\r\n" + self.cors_bytes, raw)
 
-    async def _relay(self, head: bytes, sink: Sink, *, keep_alive: bool, extra: bytes, keep_tail: bool,
-                     stream_body: bool) -> tuple[UpstreamConnection, bool, "asyncio.Task[int] | None"]:
-        """Send `head` (and stream the body) upstream; the response goes to `sink` until it ends.
-
-        Returns the connection, whether it may be pooled again, and the task
-        still sending the body, if one had to.  A pooled connection the upstream
-        had just closed is retried once on a fresh one when nothing of the body
-        was consumed, as nginx does.  Raises ClientGone or a GuardError, with
-        the connection in `self._upstream`.
-        """
-        server, conn, req = self.server, self.conn, self.req
-        assert req is not None
-        timeouts = server.config.timeouts
-        upstream = self._upstream = await server.pool.acquire()
-        body_task: asyncio.Task[int] | None = None
-        for attempt in (0, 1):
-            result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
-                                    read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
-                                    extra_headers=extra, keep_tail=keep_tail, paused=conn.write_paused)
-            conn.upstream = upstream
-            if isinstance(sink, Collector):
-                sink.bind(upstream)
-            try:
-                if conn.closed:
-                    upstream.client_lost()
-                else:
-                    assert upstream.transport is not None
-                    upstream.transport.write(head)
-                    if stream_body:
-                        body_task = self._send_body(upstream)
-                return upstream, await result, body_task
-            except UpstreamGone:
-                if attempt or not upstream.reused or stream_body or upstream.head_sent:
-                    raise
-            finally:
-                conn.upstream = None
-            upstream = self._upstream = await server.pool.acquire(fresh=True)
-        raise AssertionError("unreachable")
-
-    def _send_body(self, upstream: UpstreamConnection) -> "asyncio.Task[int] | None":
-        """Start the request body upstream: at once when it is all buffered, else in a task."""
-        req, conn = self.req, self.conn
-        assert req is not None
-        if self.wants_continue:
-            conn.send(CONTINUE)
-        sent = bodies.send_buffered(conn, upstream, req)
-        if sent is not None:
-            self.record.bytes_in += sent
-            return None
-        reader = bodies.RequestBody(conn, req, idle_timeout=self.server.config.timeouts.body,
-                                    limit=self.server.config.server.max_body)
-        task = asyncio.get_running_loop().create_task(bodies.forward(reader, upstream))
-        task.add_done_callback(lambda t: _body_done(t, upstream))
-        return task
-
     def _count_tokens(self, upstream: UpstreamConnection) -> None:
-        counts = usage_from_tail(join_tail(upstream.tail()))
+        head, tail = upstream.tail()
+        counts = usage_from_tail(tail, head)
         record = self.record
         record.model = counts.get("model", record.model)
         record.prompt_tokens = counts.get("prompt_tokens")
@@ -357,13 +365,3 @@ class Exchange:
     @property
     def cors_bytes(self) -> bytes:
         return header_bytes(self.cors) if self.cors else b""
-
-
-def _body_done(task: "asyncio.Task[int]", upstream: UpstreamConnection) -> None:
-    """A body that could not be sent ends the exchange with the upstream too."""
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is None or isinstance(exc, ClientGone):
-        return  # a client hang-up reaches the upstream through connection_lost
-    upstream.fail(exc if isinstance(exc, GuardError) else UpstreamGone())

@@ -22,7 +22,7 @@ from ..wire.errors import GuardError
 from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, LengthFraming, NoBody
 from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
 from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
-from .tokens import TAIL_BYTES  # the end of a generation kept for its token counts
+_TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
 
 MAX_RESPONSE_HEAD = 65536
 
@@ -91,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out", "response",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_timer", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
-                 "_drain_waiter", "_extra_headers", "_tail0", "_tail1", "_tail2", "_keep_tail")
+                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -121,12 +121,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._extra_headers = b""
-        # The last three body reads (of a large read only its last 8 KiB):
+        # The fewest last body reads that cover `_tail_budget` bytes (of a large
+        # read only its end), and for some shapes the first bytes of the body:
         # tokens.py reads the token counts from them once the response has ended.
-        self._tail0: bytes | None = None
-        self._tail1: bytes | None = None
-        self._tail2: bytes | None = None
-        self._keep_tail = False
+        self._tail: list[bytes] = []
+        self._tail_size = 0
+        self._tail_budget = 0   # 0: not a generation, nothing is kept
+        self._head = bytearray()
+        self._head_room = 0
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -135,10 +137,11 @@ class UpstreamConnection(asyncio.Protocol):
         set_nodelay(transport)
 
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
-              first_byte_timeout: float | None = None, extra_headers: bytes = b"", keep_tail: bool = False,
-              paused: bool = False) -> "asyncio.Future[bool]":
+              first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
+              head: int = 0, paused: bool = False) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
+        `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
         `paused`: the client's writes are paused already (see pause_for_client).
         """
         self._sink = sink
@@ -156,10 +159,13 @@ class UpstreamConnection(asyncio.Protocol):
         # (a cold model load can take minutes); after it, the gap between reads.
         self.first_byte_timeout = read_timeout if first_byte_timeout is None else first_byte_timeout
         self._extra_headers = extra_headers
-        self._tail0 = self._tail1 = self._tail2 = None
         # Only generations keep references to their last reads (for token counts),
         # so a bulk response never holds more than the transport's own buffer.
-        self._keep_tail = keep_tail
+        self._tail = []
+        self._tail_size = 0
+        self._tail_budget = tail
+        self._head = bytearray()
+        self._head_room = head
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
@@ -262,11 +268,8 @@ class UpstreamConnection(asyncio.Protocol):
             if end < 0:
                 self._sink.write(data)
                 self.bytes_out += len(data)
-                if self._keep_tail:
-                    # A token read is kept by reference; of a large read only its end is
-                    # copied, so big buffers are freed (and their pages reused) at once.
-                    self._tail2, self._tail1, self._tail0 = (
-                        self._tail1, self._tail0, data if len(data) <= TAIL_BYTES else data[-TAIL_BYTES:])
+                if self._tail_budget:
+                    self._keep(data)
                 return
             self._end_of_body(data, end)
         elif self.state == _HEAD:
@@ -275,15 +278,38 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.transport is not None:
             self.transport.abort()  # bytes with no request outstanding: out of sync
 
-    def tail(self) -> tuple[bytes | None, ...]:
-        """The last body reads, oldest first (for token counts at the end of a response); then forgets them."""
-        tail = (self._tail2, self._tail1, self._tail0)
-        self._tail0 = self._tail1 = self._tail2 = None
-        return tail
+    def _keep(self, data: bytes) -> None:
+        """Keep the end of the body for token counts, whatever the size of the reads."""
+        if self._head_room:
+            piece = data[:self._head_room]
+            self._head += piece
+            self._head_room -= len(piece)
+        budget = self._tail_budget
+        # A token read is kept by reference; of a large read only its end is
+        # copied, so big buffers are freed (and their pages reused) at once.
+        kept = self._tail
+        kept.append(data if len(data) <= budget else data[-budget:])
+        size = self._tail_size + len(kept[-1])
+        while size - len(kept[0]) >= budget:
+            size -= len(kept.pop(0))
+        if len(kept) > _TAIL_READS:
+            joined = b"".join(kept)[-budget:]
+            kept[:] = [joined]
+            size = len(joined)
+        self._tail_size = size
+
+    def tail(self) -> tuple[bytes, bytes]:
+        """(the body's start, its end) kept for token counts; then forgets them."""
+        tail = b"".join(self._tail)[-self._tail_budget:] if self._tail else b""
+        head = bytes(self._head)
+        self._tail = []
+        self._tail_size = 0
+        self._head = bytearray()
+        return head, tail
 
     def _end_of_body(self, data: bytes, end: int) -> None:
-        if self._keep_tail:
-            self._tail2, self._tail1, self._tail0 = self._tail1, self._tail0, data[max(0, end - TAIL_BYTES):end]
+        if self._tail_budget and end:
+            self._keep(data[:end])
         if end:
             self._sink.write(data if end == len(data) else data[:end])
             self.bytes_out += end
@@ -344,8 +370,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
         self.head_sent = True
-        if self._keep_tail:
-            self._tail0 = rest[:end][-TAIL_BYTES:] if end >= 0 else rest[-TAIL_BYTES:]
+        if self._tail_budget and rest:
+            self._keep(rest[:end] if end >= 0 else rest)
         if end < 0:
             self._sink.write(rh.head + rest)
             self.bytes_out += len(rest)

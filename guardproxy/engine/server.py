@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 from dataclasses import replace
+from typing import Any
 
 from ..config.model import Config
 from ..decisions.auth import KeyRing
@@ -22,7 +25,7 @@ from .exchange import Exchange
 from .failures import ClientGone
 from .pool import UpstreamPool
 from .slots import wake
-from .tls import CertReloader
+from .tls import CertReloader, PlainAcceptor
 
 log = logging.getLogger("guardproxy")
 
@@ -41,6 +44,8 @@ class GuardServer:
         self.tls = CertReloader(config.tls) if config.tls is not None else None
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
+        self._acceptor: PlainAcceptor | None = None      # the listener with [tls]
+        self._handshakes: set[asyncio.Task[None]] = set()
         # Requests in progress; `_idle_event` is set while there are none, which
         # is what a graceful stop waits for.  (A connection's own `idle` means it
         # waits for a next request head, and such connections are closed at once.)
@@ -73,13 +78,13 @@ class GuardServer:
             self.tls.reload_if_changed()
 
     async def start(self) -> None:
-        self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
-            backlog=1024, reuse_address=True,
-            ssl=self.tls.context if self.tls is not None else None,
-            # A client that opens a connection and never finishes the handshake
-            # gets the same deadline as one that never finishes its head.
-            ssl_handshake_timeout=self.config.timeouts.header if self.tls is not None else None)
+        if self.tls is None:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
+                backlog=1024, reuse_address=True)
+        else:
+            self._acceptor = await PlainAcceptor.listen(self.loop, self.config.listen_host,
+                                                        self.config.listen_port, self._accept_tls)
         if self.tls is not None:
             self.tls.start(self.loop)
 
@@ -97,6 +102,30 @@ class GuardServer:
         self.connections.add(conn)
         return None
 
+    def _accept_tls(self, sock: socket.socket, addr: Any) -> None:
+        """A TLS connection is counted before its handshake, then handed to the handshake."""
+        conn = ClientConnection(self)
+        conn.peer_ip = addr[0] if isinstance(addr, tuple) else "unknown"
+        refusal = self.admit(conn)
+        if refusal is not None:
+            sock.close()  # no plain-text answer can reach a TLS client
+            self.log_refusal(conn, refusal, 0)
+            return
+        task = self.loop.create_task(self._handshake(conn, sock))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: ClientConnection, sock: socket.socket) -> None:
+        assert self.tls is not None
+        try:
+            # A client that never finishes the handshake gets the same deadline
+            # as one that never finishes its head.
+            await self.loop.connect_accepted_socket(lambda: conn, sock, ssl=self.tls.context,
+                                                    ssl_handshake_timeout=self.config.timeouts.header)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            self.release(conn)
+            sock.close()
+
     def release(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         if conn.counted:
@@ -109,6 +138,8 @@ class GuardServer:
 
     @property
     def port(self) -> int:
+        if self._acceptor is not None:
+            return int(self._acceptor.socks[0].getsockname()[1])
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -120,8 +151,12 @@ class GuardServer:
             self.tls.stop()
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for task in list(self._handshakes):
+            task.cancel()
         for conn in list(self.connections):
-            if conn.idle:
+            if conn.idle and conn.transport is not None:
                 conn.transport.close()
         try:
             async with asyncio.timeout(grace):
@@ -129,7 +164,8 @@ class GuardServer:
         except TimeoutError:
             pass
         for conn in list(self.connections):
-            conn.transport.abort()
+            if conn.transport is not None:
+                conn.transport.abort()
         tasks = [c.task for c in list(self.connections) if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)

@@ -15,14 +15,20 @@ from typing import AsyncIterator, Iterable
 
 from ..decisions.limits import ConcurrencyGate, QueueFull
 from ..wire.errors import ServiceUnavailable
+from .failures import ClientGone
 
 
 class QueueTimeout(ServiceUnavailable):
     message = "all generation slots are busy; try again later"
 
 
-async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float) -> None:
-    """Wait, in fair order across keys, for a generation slot; 503 after `timeout`."""
+async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
+                  gone: "asyncio.Future[None] | None" = None) -> None:
+    """Wait, in fair order across keys, for a generation slot; 503 after `timeout`.
+
+    `gone` is done when the client hangs up: its place in the queue is given
+    up at once (ClientGone), so hung-up clients never crowd out live ones.
+    """
     if gate.try_acquire(key, key_limit):
         return
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -33,7 +39,12 @@ async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeou
                            headers=[("Retry-After", "1")]) from None
     try:
         async with asyncio.timeout(timeout):
-            await waiter
+            if gone is None:
+                await waiter
+            else:
+                await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    raise ClientGone()
     except BaseException as exc:
         # A timeout, or the task cancelled (shutdown, the connection's task
         # ending): leave the queue.  Cancellation is a BaseException, and a
@@ -49,9 +60,10 @@ async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeou
 
 
 @asynccontextmanager
-async def hold(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float) -> AsyncIterator[None]:
+async def hold(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
+               gone: "asyncio.Future[None] | None" = None) -> AsyncIterator[None]:
     """A generation slot for the duration of the block, released however it ends (cancellation too)."""
-    await acquire(gate, key, key_limit, timeout)
+    await acquire(gate, key, key_limit, timeout, gone)
     try:
         yield
     finally:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import sys
+from typing import Any, Callable
 
 from ..config.model import Tls
 
@@ -71,3 +73,58 @@ class CertReloader:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+class PlainAcceptor:
+    """Accepts plain TCP connections for the TLS listener.
+
+    asyncio's `create_server(ssl=...)` hands a connection to guardproxy only
+    once its handshake is done, so connections still in the handshake would
+    escape the connection caps (a few thousand idle handshakes cost as many
+    descriptors).  Accepting plain sockets here lets the server count each
+    one first and only then start its handshake (loop.connect_accepted_socket).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, socks: list[socket.socket],
+                 on_accept: Callable[[socket.socket, Any], None]) -> None:
+        self.socks = socks
+        self._tasks = [loop.create_task(self._accept(loop, s, on_accept)) for s in socks]
+
+    @classmethod
+    async def listen(cls, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                     on_accept: Callable[[socket.socket, Any], None], backlog: int = 1024) -> "PlainAcceptor":
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        socks: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                if os.name == "posix":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as create_server does
+                sock.bind(addr)
+                sock.listen(backlog)
+                sock.setblocking(False)
+        except OSError:
+            for s in socks:
+                s.close()
+            raise
+        return cls(loop, socks, on_accept)
+
+    @staticmethod
+    async def _accept(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                      on_accept: Callable[[socket.socket, Any], None]) -> None:
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError:  # out of descriptors, a reset before accept: keep serving the others
+                await asyncio.sleep(0.05)
+                continue
+            on_accept(conn, addr)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in self.socks:
+            sock.close()

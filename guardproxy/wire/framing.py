@@ -13,6 +13,10 @@ import re
 # whole line far below this, and a line longer than this is an attack.
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16384
+# A request body may be framed wastefully up to these allowances, then its
+# framing must stay in proportion to its payload (see ChunkedDecoder).
+FRAGMENT_ALLOWANCE = 1024     # chunks
+FRAMING_ALLOWANCE = 64 * 1024  # bytes of size lines, CRLFs and extensions
 
 
 class FramingError(Exception):
@@ -163,77 +167,126 @@ class ChunkedDecoder:
     final CRLF, or -1 when more is needed.  Chunk extensions and trailers are
     checked and then dropped; they never reach the upstream.  The running
     payload total is checked against max_body before a chunk's data is read.
+
+    The cost per wire byte stays small whatever the chunking: one feed()
+    decodes every chunk in its data with find() and slices, and a body framed
+    to burn CPU (more chunk-size lines than 400 per KiB of payload, or more
+    framing bytes than payload) is refused once it passes a small allowance.
     """
 
-    __slots__ = ("state", "remaining", "line", "done", "total", "max_body")
+    __slots__ = ("state", "remaining", "line", "done", "total", "max_body", "chunks", "overhead")
 
     def __init__(self, max_body: int) -> None:
         self.state = _SIZE
         self.remaining = 0
         self.line = b""
         self.done = False
-        self.total = 0
+        self.total = 0      # payload bytes
         self.max_body = max_body
+        self.chunks = 0
+        self.overhead = 0   # framing bytes: size lines, CRLFs, trailers
 
     def feed(self, data: bytes) -> tuple[list[bytes], int]:
-        pieces: list[bytes] = []
+        out = bytearray()
         pos = 0
         n = len(data)
-        while pos < n:
-            state = self.state
-            if state == _DATA:
-                take = min(self.remaining, n - pos)
-                pieces.append(data[pos:pos + take])
-                pos += take
-                self.remaining -= take
-                if not self.remaining:
-                    self.remaining = 2
-                    self.state = _DATA_CRLF
-            elif state == _DATA_CRLF:
-                while self.remaining and pos < n:
-                    if data[pos] != (13 if self.remaining == 2 else 10):
-                        raise FramingError("missing CRLF after chunk data")
-                    pos += 1
-                    self.remaining -= 1
-                if not self.remaining:
-                    self.state = _SIZE
-            else:
-                nl = data.find(b"\n", pos)
-                limit = MAX_CHUNK_LINE if state == _SIZE else MAX_TRAILER_BYTES
-                if nl < 0:
-                    self.line += data[pos:]
-                    if len(self.line) > limit:
-                        raise FramingError("chunk size line too long" if state == _SIZE
-                                           else "trailer section too long")
-                    return pieces, -1
-                line = self.line + data[pos:nl]
-                self.line = b""
-                pos = nl + 1
-                if not line.endswith(b"\r") or b"\r" in line[:-1]:
-                    raise FramingError("bare CR or LF in chunked framing")
-                if state == _SIZE:
-                    size = _strict_size(line[:-1])
-                    self.total += size
-                    if self.total > self.max_body:
-                        raise BodyTooLarge()
-                    if size:
-                        self.remaining = size
-                        self.state = _DATA
+        view = memoryview(data)
+        state = self.state
+        remaining = self.remaining
+        try:
+            while pos < n:
+                if state == _DATA:
+                    take = remaining if remaining < n - pos else n - pos
+                    out += view[pos:pos + take]
+                    pos += take
+                    remaining -= take
+                    if not remaining:
+                        remaining = 2
+                        state = _DATA_CRLF
+                elif state == _DATA_CRLF:
+                    # Exactly CRLF must follow chunk data; the fast case has both here.
+                    if remaining == 2 and n - pos >= 2:
+                        if data[pos] != 13 or data[pos + 1] != 10:
+                            raise FramingError("missing CRLF after chunk data")
+                        pos += 2
+                        remaining = 0
                     else:
-                        self.remaining = 0  # now counts trailer bytes
-                        self.state = _TRAILER
-                elif line == b"\r":
-                    self.done = True
-                    return pieces, pos
+                        if data[pos] != (13 if remaining == 2 else 10):
+                            raise FramingError("missing CRLF after chunk data")
+                        pos += 1
+                        remaining -= 1
+                    if not remaining:
+                        state = _SIZE
                 else:
-                    # Trailer fields are dropped, but they must be sane and
-                    # the whole section stays within its limit.
-                    if _EXT_BAD.intersection(line[:-1]) or b":" not in line or line[:1] in (b" ", b"\t"):
-                        raise FramingError("malformed trailer field")
-                    self.remaining += len(line) + 1
-                    if self.remaining > MAX_TRAILER_BYTES:
-                        raise FramingError("trailer section too long")
-        return pieces, -1
+                    if state == _SIZE and not self.line:
+                        # Fast path: a bare size line, its data and CRLF all in this read.
+                        m = _BARE_SIZE.match(data, pos)
+                        if m is not None:
+                            size = int(m.group(1), 16)
+                            start = m.end()
+                            if size and start + size + 2 <= n and data[start + size] == 13 \
+                                    and data[start + size + 1] == 10:
+                                self.total += size
+                                self.chunks += 1
+                                self.overhead += start - pos + 2
+                                if self.total > self.max_body or self.chunks > FRAGMENT_ALLOWANCE \
+                                        or self.overhead > FRAMING_ALLOWANCE:
+                                    self._check_proportions()
+                                out += view[start:start + size]
+                                pos = start + size + 2
+                                continue
+                    nl = data.find(b"\n", pos)
+                    limit = MAX_CHUNK_LINE if state == _SIZE else MAX_TRAILER_BYTES
+                    if nl < 0:
+                        self.line += data[pos:]
+                        if len(self.line) > limit:
+                            raise FramingError("chunk size line too long" if state == _SIZE
+                                               else "trailer section too long")
+                        break
+                    line = self.line + data[pos:nl] if self.line else data[pos:nl]
+                    self.line = b""
+                    pos = nl + 1
+                    if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                        raise FramingError("bare CR or LF in chunked framing")
+                    if state == _SIZE:
+                        size = _strict_size(line[:-1])
+                        self._count_chunk(size, len(line) + 3)  # the size line and the CRLF after the data
+                        if size:
+                            remaining = size
+                            state = _DATA
+                        else:
+                            remaining = 0  # now counts trailer bytes
+                            state = _TRAILER
+                    elif line == b"\r":
+                        self.done = True
+                        self.state, self.remaining = state, remaining
+                        return ([bytes(out)] if out else []), pos
+                    else:
+                        # Trailer fields are dropped, but they must be sane and
+                        # the whole section stays within its limit.
+                        if _EXT_BAD.intersection(line[:-1]) or b":" not in line or line[:1] in (b" ", b"\t"):
+                            raise FramingError("malformed trailer field")
+                        remaining += len(line) + 1
+                        if remaining > MAX_TRAILER_BYTES:
+                            raise FramingError("trailer section too long")
+        finally:
+            view.release()
+        self.state, self.remaining = state, remaining
+        return ([bytes(out)] if out else []), -1
+
+    def _count_chunk(self, size: int, framing: int) -> None:
+        self.total += size
+        self.chunks += 1
+        self.overhead += framing
+        self._check_proportions()
+
+    def _check_proportions(self) -> None:
+        if self.total > self.max_body:
+            raise BodyTooLarge()
+        if self.chunks > FRAGMENT_ALLOWANCE and self.chunks * 1024 > 400 * self.total:
+            raise FramingError("chunked body split into too many tiny chunks")
+        if self.overhead > FRAMING_ALLOWANCE + self.total:
+            raise FramingError("chunked body framing larger than its payload")
 
 
 class BodyTooLarge(FramingError):
@@ -246,6 +299,7 @@ _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])
 _CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|" + _QUOTED
                         + rb"))?)*")
 _SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_BARE_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 
 
 def _strict_size(line: bytes) -> int:

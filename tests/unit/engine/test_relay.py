@@ -233,15 +233,43 @@ async def test_bytes_with_no_request_outstanding_abort() -> None:
     assert idle == [up]  # the pool is told to forget it
 
 
-async def test_tail_keeps_the_end_of_a_generation() -> None:
+@pytest.mark.parametrize("piece", [1, 7, 64, 10_000])
+async def test_tail_keeps_the_end_of_a_generation_whatever_the_reads(piece: int) -> None:
+    final = b'{"model":"llama3.2","done":true,"prompt_eval_count":26,"eval_count":290}\n'
+    response = CHUNKED[:-5] + chunk(final) + b"0\r\n\r\n"
     up, _, _ = connection()
-    result = begin(up, Sink(), keep_tail=True)
-    for cut in range(0, len(CHUNKED), 7):
-        up.data_received(CHUNKED[cut:cut + 7])
+    result = begin(up, Sink(), tail=256)
+    for cut in range(0, len(response), piece):
+        up.data_received(response[cut:cut + piece])
     await result
-    tail = b"".join(p for p in up.tail() if p)
-    assert CHUNKED.endswith(tail) and tail
-    assert up.tail() == (None, None, None)  # handed over once
+    head, tail = up.tail()
+    assert head == b"" and len(tail) <= 256 and response.endswith(tail)
+    assert chunk(final) in tail  # the whole final line, however it was split
+    assert up.tail() == (b"", b"")  # handed over once
+    assert len(up._tail) == 0
+
+
+async def test_kept_reads_stay_few_for_token_streams() -> None:
+    up, _, _ = connection()
+    begin(up, Sink(), tail=256)
+    up.data_received(CHUNKED.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    line = chunk(b'{"model":"llama3.2","response":" token","done":false}\n')
+    for _ in range(1000):
+        up.data_received(line)
+    assert sum(map(len, up._tail)) < 256 + len(line)  # as few reads as cover the budget
+    for _ in range(1000):
+        up.data_received(b"x")  # an upstream writing byte by byte: joined, still bounded
+    assert len(up._tail) <= 17 and sum(map(len, up._tail)) <= 256 + 17
+
+
+async def test_head_keeps_the_start_for_anthropic_counts() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink(), tail=256, head=64)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 40)
+    up.data_received(b"b" * 60)
+    await result
+    head, tail = up.tail()
+    assert head == b"a" * 40 + b"b" * 24
 
 
 async def test_collector_stops_a_response_past_its_limit() -> None:
