@@ -1,0 +1,260 @@
+"""Cheap attacks against a running guardproxy: what they cost it, measured from /proc.
+
+    python benchmarks/attacks.py                    # every measurement, this checkout
+    python benchmarks/attacks.py --root ../old      # the same against another checkout
+
+1. A request body sent in 1-byte chunks (16 MiB to a model-checked key, 2 MiB
+   to an ordinary one): the proxy's peak RSS and CPU, and /health latency
+   (p50/p99 of requests sent every 5 ms meanwhile).
+2. 3,000 connections to the TLS listener that never send a ClientHello, with
+   caps of 5 per address and 20 in all: the proxy's open descriptors and RSS.
+
+The proxy runs alone on core 0 with its access log off; traffic only goes to
+127.0.0.1, is bounded in count and time, and every measurement stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "gp_attack-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_stat(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS KiB, peak RSS KiB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / tick
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(status.split("VmRSS:")[1].split()[0])
+    hwm = int(status.split("VmHWM:")[1].split()[0])
+    return cpu, rss, hwm
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def start_proxy(root: Path, workdir: Path, extra: str = "", upstream: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = workdir / "guardproxy.toml"
+    config.write_text(f"""listen = "127.0.0.1:{port}"
+upstream = "http://127.0.0.1:{upstream or free_port()}"
+
+[log]
+access = ""
+
+[[keys]]
+name = "app"
+key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"
+{extra}
+""")
+    argv = [sys.executable, "-m", "guardproxy", "run", "--config", str(config)]
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        argv = ["taskset", "-c", "0"] + argv
+    proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "proxy exited")
+            time.sleep(0.05)
+    raise RuntimeError("proxy did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def health_probe(port: int, stop_at: threading.Event, samples: list[float]) -> None:
+    """GET /health every 5 ms from its own thread, so the attacker's busy loop cannot delay it."""
+    while not stop_at.is_set():
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while s.recv(4096):
+                    pass
+            samples.append((time.perf_counter() - t0) * 1000)
+        except OSError:
+            samples.append(10_000.0)
+        stop_at.wait(0.005)
+
+
+def sink_upstream() -> tuple[int, threading.Event]:
+    """An upstream that reads whatever it is sent and answers each request with a small 200."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not done.is_set():
+                got = conn.recv(1 << 16)
+                if not got:
+                    return
+                data = (data + got)[-16:]
+                if data.endswith(b"0\r\n\r\n") or data.endswith(b"}"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    data = b""
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        listener.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(listener.getsockname()[1]), done
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * p))] if s else float("nan")
+
+
+async def tiny_chunks(port: int, pid: int, payload: int, timeout: float = 120.0) -> dict[str, float | str]:
+    """Send `payload` bytes of a JSON body in 1-byte chunks; what it cost the proxy."""
+    body = (b'{"model":"llama3.2","prompt":"' + b"x" * max(0, payload - 34) + b'"}')[:payload]
+    cpu0, rss0, _ = proc_stat(pid)
+    samples: list[float] = []
+    done = threading.Event()
+    probe = threading.Thread(target=health_probe, args=(port, done, samples))
+    probe.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode()
+                 + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    answer = b""
+    started = time.monotonic()
+    try:
+        step = 4096  # 1-byte chunks, written a page of them at a time
+        for i in range(0, len(body), step):
+            writer.write(b"".join(b"1\r\n" + body[j:j + 1] + b"\r\n" for j in range(i, min(i + step, len(body)))))
+            await writer.drain()
+            if time.monotonic() - started > timeout:
+                break
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), timeout)
+    except (OSError, asyncio.TimeoutError):
+        answer = answer or await _maybe(reader)
+    finally:
+        writer.close()
+    wall = time.monotonic() - started
+    done.set()
+    probe.join()
+    cpu1, _, hwm = proc_stat(pid)
+    status = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace") or "(connection closed)"
+    return {"answer": status, "cpu_s": cpu1 - cpu0, "rss_start_mib": rss0 / 1024, "rss_peak_mib": hwm / 1024,
+            "wall_s": wall, "health_p50_ms": pct(samples, 0.5), "health_p99_ms": pct(samples, 0.99)}
+
+
+async def _maybe(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.read(200), 1)
+    except (OSError, asyncio.TimeoutError):
+        return b""
+
+
+async def idle_handshakes(port: int, pid: int, n: int) -> dict[str, float | str]:
+    fd0, (_, rss0, _) = fds(pid), proc_stat(pid)
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            socks.append(s)
+        deadline = time.monotonic() + 5
+        peak = fds(pid)
+        while time.monotonic() < deadline:  # let the proxy accept what it will
+            await asyncio.sleep(0.1)
+            peak = max(peak, fds(pid))
+        _, rss1, _ = proc_stat(pid)
+    finally:
+        for s in socks:
+            s.close()
+    return {"connections": n, "fds_before": fd0, "fds_peak": peak, "rss_growth_mib": (rss1 - rss0) / 1024}
+
+
+def tls_files(workdir: Path) -> str:
+    try:
+        import trustme
+    except ImportError:
+        raise SystemExit("the TLS measurement needs trustme (pip install trustme)")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    return f'\n[tls]\ncert = "{workdir / "cert.pem"}"\nkey = "{workdir / "key.pem"}"\n'
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=ROOT, help="the checkout whose guardproxy is measured")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = p.parse_args()
+    rows: list[tuple[str, dict[str, float | str]]] = []
+    small = args.quick
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models_key = '\nmodels = ["llama3.2"]\n'
+        for label, extra, size in (("16 MiB in 1-byte chunks, key with models", models_key, 16 << 20),
+                                   ("2 MiB in 1-byte chunks, ordinary key", "", 2 << 20)):
+            if small:
+                size //= 64
+            upstream, upstream_done = sink_upstream()
+            proc, port = start_proxy(args.root, work, extra, upstream)
+            try:
+                rows.append((label, asyncio.run(tiny_chunks(port, proc.pid, size))))
+            finally:
+                stop(proc)
+                upstream_done.set()
+        caps = "\n[server]\nmax_connections = 20\nmax_connections_per_ip = 5\n"
+        proc, port = start_proxy(args.root, work, caps.replace("[server]", tls_files(work) + "\n[server]"))
+        try:
+            rows.append(("idle TLS handshakes, caps 5/address and 20", asyncio.run(
+                idle_handshakes(port, proc.pid, 300 if small else 3000))))
+        finally:
+            stop(proc)
+    for label, row in rows:
+        print(f"{label}:")
+        for k, v in row.items():
+            print(f"    {k:16} {v:.2f}" if isinstance(v, float) else f"    {k:16} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
