@@ -19,7 +19,7 @@ from guardproxy.config.model import Config, KeyEntry, Timeouts, Upstream
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
-from upstreams import RecordingUpstream
+from support.upstreams import RecordingUpstream
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
 OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
@@ -100,7 +100,7 @@ async def proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[RecordingUpstream]:
-    """A scriptable upstream that records exactly what reaches it (tests/upstreams.py)."""
+    """A scriptable upstream that records exactly what reaches it (tests/support/upstreams.py)."""
     up = await RecordingUpstream.start()
     try:
         yield up

@@ -13,7 +13,7 @@ import pytest
 from conftest import KEY, OTHER_KEY, Proxy, start_proxy
 from guardproxy.config.model import Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import exchange, fetch, read_response, request_bytes
+from support.raw_http import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
 

@@ -22,7 +22,7 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.reload import Reloader
 from guardproxy.engine.server import GuardServer
-from wire import exchange, fetch, read_response, request_bytes
+from support.raw_http import exchange, fetch, read_response, request_bytes
 
 ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrstu"
 APP = {"X-API-Key": KEY}          # "app": only qwen3:* and llama3.2

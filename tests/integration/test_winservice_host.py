@@ -20,7 +20,7 @@ import pytest
 from conftest import KEY
 from guardproxy.ops import winservice
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import request_bytes
+from support.raw_http import request_bytes
 
 
 class FakeSCM:

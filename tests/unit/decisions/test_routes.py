@@ -307,7 +307,7 @@ def test_v1_model_retrieval_checked() -> None:
 
 def test_readme_policies_example_config_is_valid() -> None:
     import re
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
     block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
     c = load(block)
     assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import KEY, Proxy, start_proxy
 from guardproxy.config.model import ServerLimits, Timeouts
-from upstreams import OK_RESPONSE, RecordingUpstream, read_request
-from wire import read_response, request_bytes
+from support.upstreams import OK_RESPONSE, RecordingUpstream, read_request
+from support.raw_http import read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
 
