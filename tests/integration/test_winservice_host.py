@@ -20,6 +20,7 @@ import pytest
 from conftest import KEY
 from guardproxy.ops import winservice
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.polling import until
 from support.raw_http import request_bytes
 
 
@@ -69,13 +70,9 @@ def write_config(directory: Path, upstream_port: int, extra: str = "") -> Path:
     return path
 
 
-async def wait_for_text(path: Path, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-    async with asyncio.timeout(timeout):
-        while True:
-            m = re.search(pattern, path.read_text() if path.exists() else "")
-            if m:
-                return m
-            await asyncio.sleep(0.01)  # bounded polling of a file another thread writes
+async def wait_for_text(path: Path, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+    """A file the service's thread writes: polled, since no event says it changed."""
+    return await until(lambda: re.search(pattern, path.read_text() if path.exists() else ""), timeout)
 
 
 async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM, fake: FakeOllama,

@@ -1,16 +1,17 @@
-"""The [server], [timeouts] and [tls] fields, and the open-file check."""
+"""Reading a config: every table, defaults, and mistakes named by file, line and field."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from guardproxy.config.load import parse_config
-from guardproxy.config.model import ConfigError, ServerLimits
+from guardproxy.config.model import Ban, ConfigError, Cors, Rate, ServerLimits
 from guardproxy.config.values import parse_size
+from support.samples import FULL, load
+
 
 BASE = {"keys": [{"name": "a", "key": "x" * 20}]}
 
@@ -44,29 +45,42 @@ def test_mistakes_name_the_field(tmp_path: Path, table: dict, message: str) -> N
     assert str(e.value).startswith(f"{tmp_path / 'g.toml'}:2: ")
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
-def test_open_file_limit_warning_when_it_cannot_be_raised() -> None:
-    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256));"
-            "from guardproxy.engine.fdlimit import check_open_files;"
-            "print(check_open_files(10000)); print(check_open_files(0))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    warning, fine = out.strip().splitlines()
-    assert "open-file limit is 256" in warning and "max_connections = 10000" in warning
-    assert fine == "None"
+def test_env_key_adds_a_key_named_env() -> None:
+    cfg = parse_config({}, None, env_key="gp_abcdefghijklmnop")
+    assert [k.name for k in cfg.keys] == ["env"]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
-def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
-    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096));"
-            "from guardproxy.engine.fdlimit import check_open_files;"
-            "print(check_open_files(1000)); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["None", "1256"]
+# --- the policy tables ----------------------------------------------------------------
+
+def test_full_policy_config_reads() -> None:
+    c = load(FULL)
+    (k,) = c.keys
+    assert (k.admin, k.models, k.rate, k.max_concurrent, k.expires) == \
+        (False, ("qwen3:*", "llama3.2"), Rate(30, 60.0), 2, date(2027, 1, 31))
+    assert c.cors == Cors(("https://sysofti.com",), 600)
+    assert c.limits.per_ip == Rate(5, 1.0) and c.limits.max_concurrent == 8
+    assert c.ban == Ban(20, 600.0, 900.0)
 
 
-def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
-    from guardproxy.decisions.limits import address_bucket
-    assert address_bucket("203.0.113.7") == "203.0.113.7"
-    assert address_bucket("::ffff:203.0.113.7") == "203.0.113.7"
-    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
-    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+@pytest.mark.parametrize("old,new,where", [
+    ('rate = "30/min"', 'rate = "lots"', 'g.toml:6: keys[0].rate: expected a rate like "30/min"'),
+    ("admin = false", 'admin = "no"', "g.toml:4: keys[0].admin: expected true or false"),
+    ("max_concurrent = 2", "max_concurrent = 0", "g.toml:7: keys[0].max_concurrent: expected a whole number >= 1"),
+    ("expires = 2027-01-31", 'expires = "soon"', "g.toml:8: keys[0].expires: expected a date"),
+    ('origins = ["https://sysofti.com"]', 'origins = ["https://sysofti.com/app"]', "g.toml:11: cors.origins: expected exact origins"),
+    ('"10.0.0.0/8"', '"10.0.0.0/33"', "g.toml:18: limits.trusted_proxies: expected CIDRs"),
+    ('window = "10min"', 'window = "a while"', "g.toml:22: ban.window: expected a duration"),
+    ("[ban]", "[bans]", "g.toml:20: bans: expected one of the known fields"),
+])
+def test_config_mistakes_are_one_line_with_file_line_field(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(FULL.replace(old, new))
+    assert str(e.value).startswith(where) and "\n" not in str(e.value)
+
+
+def test_readme_policies_example_config_is_valid() -> None:
+    import re
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
+    c = load(block)
+    assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20
