@@ -72,27 +72,6 @@ def test_service_names_that_would_need_quoting_are_refused(name: str) -> None:
         ws.validate_service_name(name)
 
 
-def test_programdata_dir_follows_the_environment() -> None:
-    assert ws.programdata_dir({"ProgramData": r"D:\Data"}) == r"D:\Data\guardproxy"
-    assert ws.programdata_dir({"PROGRAMDATA": r"E:\PD"}) == r"E:\PD\guardproxy"
-    assert ws.programdata_dir({}) == r"C:\ProgramData\guardproxy"
-
-
-def test_service_config_is_explicit_then_env_then_programdata_never_cwd() -> None:
-    env = {"ProgramData": r"C:\ProgramData"}
-    assert ws.service_config_path(r"C:\gp\my.toml", env) == r"C:\gp\my.toml"
-    assert ws.service_config_path(None, {**env, "GUARDPROXY_CONFIG": r"C:\x.toml"}) == r"C:\x.toml"
-    assert ws.service_config_path(None, env) == CFG
-
-
-def test_config_candidates_look_in_programdata_on_windows_only() -> None:
-    env = {"ProgramData": r"C:\ProgramData"}
-    assert ws.config_candidates(None, env, windows=True) == ["guardproxy.toml", CFG]
-    assert ws.config_candidates(None, env, windows=False) == ["guardproxy.toml"]
-    assert ws.config_candidates("a.toml", env, windows=True) == ["a.toml"]
-    assert ws.config_candidates(None, {**env, "GUARDPROXY_CONFIG": "b.toml"}, windows=True) == ["b.toml"]
-
-
 def test_logs_live_next_to_the_config() -> None:
     assert ws.service_log_paths(CFG, ntpath) == (r"C:\ProgramData\guardproxy\guardproxy.log",
                                                  r"C:\ProgramData\guardproxy\access.log")

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import ntpath
 import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
+
+from ...config.paths import service_config_path
 
 DEFAULT_NAME = "guardproxy"
 DISPLAY_NAME = "guardproxy (API-key gate for Ollama)"
@@ -56,34 +57,6 @@ def validate_service_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
         raise ValueError(f"--name: expected letters, digits, '_', '.' or '-' (at most 64), got {name!r}")
     return name
-
-
-def programdata_dir(environ: Mapping[str, str]) -> str:
-    """%ProgramData%\\guardproxy: machine-wide, writable by administrators and services."""
-    base = environ.get("ProgramData") or environ.get("PROGRAMDATA") or r"C:\ProgramData"
-    return ntpath.join(base, "guardproxy")
-
-
-def config_candidates(explicit: str | None, environ: Mapping[str, str], windows: bool) -> list[str]:
-    """Config files to try, in order.  An explicit choice (--config, $GUARDPROXY_CONFIG) is the only one."""
-    if explicit:
-        return [explicit]
-    if environ.get("GUARDPROXY_CONFIG"):
-        return [environ["GUARDPROXY_CONFIG"]]
-    out = ["guardproxy.toml"]
-    if windows:
-        out.append(ntpath.join(programdata_dir(environ), "guardproxy.toml"))
-    return out
-
-
-def service_config_path(explicit: str | None, environ: Mapping[str, str]) -> str:
-    """The config a service uses: --config, else $GUARDPROXY_CONFIG, else %ProgramData%\\guardproxy\\guardproxy.toml.
-
-    Never the current directory: a service runs in C:\\Windows\\System32.
-    """
-    if explicit:
-        return explicit
-    return environ.get("GUARDPROXY_CONFIG") or ntpath.join(programdata_dir(environ), "guardproxy.toml")
 
 
 def service_log_paths(config_path: str, pathmod: Any = os.path) -> tuple[str, str]:
@@ -420,7 +393,8 @@ def _service_class(config_path: str, name: str) -> type:
     import win32service
     import win32serviceutil
 
-    from ... import cli
+    from ... import app
+    from ...config.model import Config, ConfigError
     from ...engine.loop import run as run_loop
 
     class GuardService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
@@ -443,13 +417,13 @@ def _service_class(config_path: str, name: str) -> type:
             sys.stderr = RotatingWriter(log_path, stamp=True)
             sys.stdout = RotatingWriter(access_path)  # log.access = "-" lands here
             try:
-                config = cli.resolve_run_config(argparse.Namespace(config=config_path, listen=None, upstream=None))
+                config = app.resolve_config(config_path)
                 self._grace = config.timeouts.grace
                 rc = run_loop(self._main(config), "asyncio")
-            except cli.ConfigError as e:
+            except ConfigError as e:
                 print(f"guardproxy: config error: {e}", file=sys.stderr)
                 servicemanager.LogErrorMsg(f"guardproxy: config error: {e}")
-                rc = cli.EXIT_CONFIG
+                rc = app.EXIT_CONFIG
             except Exception as e:  # the log is the only place anyone will see it
                 import traceback
                 traceback.print_exc(file=sys.stderr)
@@ -461,13 +435,13 @@ def _service_class(config_path: str, name: str) -> type:
                 # code, so `sc query` and services.msc show that it failed.
                 raise RuntimeError(f"guardproxy exited with code {rc}; see {log_path}")
 
-        async def _main(self, config: Any) -> int:
+        async def _main(self, config: Config) -> int:
             with self._lock:
                 self._loop = asyncio.get_running_loop()
                 self._stop = asyncio.Event()
                 if self._stop_requested:
                     self._stop.set()
-            return await cli._serve(config, stop=self._stop)
+            return await app.serve(config, stop=self._stop)
 
         def SvcStop(self) -> None:
             # Tell the SCM how long the grace period may take, then wake the loop.
