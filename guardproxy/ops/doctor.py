@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from . import listening
 
-from . import winservice
+from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
 from ..config.paths import CONFIG_HELP, find_config
 from ..config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY
-from guardproxy.ops import winservice
+from guardproxy.ops.winservice import sc as winservice
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
 from support.raw_http import request_bytes

@@ -11,7 +11,7 @@ import pytest
 
 from guardproxy import cli
 
-from guardproxy.ops import winservice as ws
+from guardproxy.ops.winservice import sc as ws
 
 EXE = r"C:\Program Files\guardproxy\guardproxy.exe"
 CFG = r"C:\ProgramData\guardproxy\guardproxy.toml"
