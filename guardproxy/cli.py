@@ -15,7 +15,7 @@ from .config.model import ConfigError
 from .config.paths import CONFIG_HELP
 from .engine.loop import LOOPS
 from .ops import check, doctor, keys, usage
-from .ops.winservice import sc as winservice
+from .ops.winservice import commands as winservice
 
 
 def _parser() -> argparse.ArgumentParser:

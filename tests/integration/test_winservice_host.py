@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY
-from guardproxy.ops.winservice import sc as winservice
+from guardproxy.ops.winservice.host import service_class
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
 from support.raw_http import request_bytes
@@ -80,7 +80,7 @@ async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM
     conf_dir = tmp_path / "ProgramData" / "guardproxy"
     conf_dir.mkdir(parents=True)
     config = write_config(conf_dir, fake.port)
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     host = asyncio.create_task(asyncio.to_thread(service.SvcDoRun))
 
     log = conf_dir / "guardproxy.log"
@@ -108,7 +108,7 @@ async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM
 
 async def test_a_stop_before_the_loop_runs_is_not_lost(scm: FakeSCM, fake: FakeOllama, tmp_path: Path) -> None:
     config = write_config(tmp_path, fake.port)
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     service.SvcStop()
     await asyncio.wait_for(asyncio.to_thread(service.SvcDoRun), 10)
     assert "service stopped (exit 0)" in (tmp_path / "guardproxy.log").read_text()
@@ -116,7 +116,7 @@ async def test_a_stop_before_the_loop_runs_is_not_lost(scm: FakeSCM, fake: FakeO
 
 async def test_a_config_error_is_logged_and_reported_as_a_failure(scm: FakeSCM, tmp_path: Path) -> None:
     config = write_config(tmp_path, 11434, extra='bogus = "x"\n')
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     with pytest.raises(RuntimeError, match="exited with code 2"):
         await asyncio.wait_for(asyncio.to_thread(service.SvcDoRun), 10)
     text = (tmp_path / "guardproxy.log").read_text()
