@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from . import __version__, app
-from .config.model import ConfigError
+from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ConfigError
 from .config.paths import CONFIG_HELP
 from .engine.loop import LOOPS
 from .ops import check, doctor, keys, usage
@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 0.0.0.0:11435)")
-    p.add_argument("--upstream", metavar="URL", help="the Ollama server (default http://127.0.0.1:11434)")
+    p.add_argument("--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})")
+    p.add_argument("--upstream", metavar="URL", help=f"the Ollama server (default {DEFAULT_UPSTREAM})")
     p.add_argument("--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop where available)")
 
 

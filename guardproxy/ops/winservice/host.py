@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from ... import app
-from ...config.model import Config, ConfigError
+from ...config.model import Config, ConfigError, Timeouts
 from ...engine.loop import run as run_loop
 from .logfile import RotatingWriter, service_log_paths
 from .sc import DISPLAY_NAME
@@ -62,7 +62,7 @@ def service_class(config_path: str, name: str) -> type:
             self._loop: asyncio.AbstractEventLoop | None = None
             self._stop: asyncio.Event | None = None
             self._stop_requested = False
-            self._grace = 30.0
+            self._grace = Timeouts.grace  # until the config is read
 
         def SvcDoRun(self) -> None:
             log_path, access_path = service_log_paths(config_path)
