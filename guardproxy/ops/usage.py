@@ -7,7 +7,7 @@ import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from ..config.load import load_config
 from ..config.model import ConfigError
@@ -23,11 +23,15 @@ def _parse_time(s: str) -> float | None:
         return None
 
 
+_GROUPS: dict[str, Callable[[LogRecord], str | None]] = {
+    "key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}
+
+
 def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float | None = None,
               probe_threshold: int = 5) -> str:
     """The usage table over access-log lines (JSON), newer than `since` seconds ago."""
     now = time.time() if now is None else now
-    group = {"key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}[by]
+    group = _GROUPS[by]
     rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # requests, prompt, completion, errors
     unauthorized: dict[str, int] = defaultdict(int)
     skipped = 0
