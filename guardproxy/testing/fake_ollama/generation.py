@@ -16,20 +16,20 @@ from .shapes import PROMPT_TOKENS, dumps, rfc3339_now
 _YIELD_EVERY = 16
 
 
+async def _pace(i: int, delay: float) -> None:
+    """Before token `i`: the delay a request asked for, else a yield every few tokens."""
+    if delay > 0:
+        await asyncio.sleep(delay)
+    elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
+        await asyncio.sleep(0)
+
+
 def gen_params(
     state: ServerState, data: dict[str, Any], count: Any, count_name: str
 ) -> tuple[int, float]:
     n = opt_count(count, count_name, state.default_tokens)
     delay = opt_number(data, "fake_delay", state.token_delay)
     return n, delay
-
-
-async def generate(ex: Exchange) -> None:
-    await ollama_generation(ex, chat=False)
-
-
-async def chat(ex: Exchange) -> None:
-    await ollama_generation(ex, chat=True)
 
 
 async def ollama_generation(ex: Exchange, *, chat: bool) -> None:
@@ -85,21 +85,10 @@ async def ollama_generation(ex: Exchange, *, chat: bool) -> None:
         tail = b'","done":false}\n'
     ex.begin_stream(b"application/x-ndjson")
     for i in range(n):
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
-            await asyncio.sleep(0)
+        await _pace(i, delay)
         await ex.stream_chunk(b"%b%b%b%d%b" % (head, rfc3339_now(), mid, i, tail))
     await ex.stream_chunk(dumps(final_fields("")) + b"\n")
     await ex.end_stream()
-
-
-async def v1_chat(ex: Exchange) -> None:
-    await openai_generation(ex, chat=True)
-
-
-async def v1_completions(ex: Exchange) -> None:
-    await openai_generation(ex, chat=False)
 
 
 async def openai_generation(ex: Exchange, *, chat: bool) -> None:
@@ -180,10 +169,7 @@ async def openai_generation(ex: Exchange, *, chat: bool) -> None:
 
     ex.begin_stream(b"text/event-stream")
     for i in range(n):
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
-            await asyncio.sleep(0)
+        await _pace(i, delay)
         await ex.stream_chunk(b"%b%d%b" % (head, i, tail))
     await ex.stream_chunk(
         b"data: " + dumps({**envelope, "choices": [last_choice]}) + b"\n\n"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
 from .checks import opt_bool, opt_count, opt_number, parse_json_body, require_model
 from .exchange import BadRequest, Exchange, Handler
-from .generation import chat, generate, v1_chat, v1_completions
+from .generation import ollama_generation, openai_generation
 from .shapes import (PROMPT_TOKENS, BLOB_PATTERN, EMBED_DEFAULT_DIMS, EMBED_ITEM_BYTES, PS_BODY, TAGS_BODY,
                      V1_MODELS_BODY, VERSION_BODY, dumps, embedding_json, model_digest)
 
@@ -148,11 +149,11 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/tags": {"GET": tags, "HEAD": tags},
     "/api/ps": {"GET": ps, "HEAD": ps},
     "/v1/models": {"GET": v1_models, "HEAD": v1_models},
-    "/api/generate": {"POST": generate},
-    "/api/chat": {"POST": chat},
+    "/api/generate": {"POST": partial(ollama_generation, chat=False)},
+    "/api/chat": {"POST": partial(ollama_generation, chat=True)},
     "/api/embed": {"POST": embed},
     "/api/pull": {"POST": pull},
-    "/v1/chat/completions": {"POST": v1_chat},
-    "/v1/completions": {"POST": v1_completions},
+    "/v1/chat/completions": {"POST": partial(openai_generation, chat=True)},
+    "/v1/completions": {"POST": partial(openai_generation, chat=False)},
     "/fake/blob": {"GET": blob},
 }
