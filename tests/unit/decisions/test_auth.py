@@ -24,9 +24,9 @@ def raw_head(*lines: str) -> bytes:
 
 def test_auth_accepts_either_header() -> None:
     ring = ring_for("gp_k" * 8)
-    assert ring.authenticate(parse_request_head(raw_head("X-API-Key: " + "gp_k" * 8))) == "a"
-    assert ring.authenticate(parse_request_head(raw_head("Authorization: Bearer " + "gp_k" * 8))) == "a"
-    assert ring.authenticate(parse_request_head(raw_head("authorization: BEARER " + "gp_k" * 8))) == "a"
+    assert ring.identify(parse_request_head(raw_head("X-API-Key: " + "gp_k" * 8))).name == "a"
+    assert ring.identify(parse_request_head(raw_head("Authorization: Bearer " + "gp_k" * 8))).name == "a"
+    assert ring.identify(parse_request_head(raw_head("authorization: BEARER " + "gp_k" * 8))).name == "a"
 
 
 @pytest.mark.parametrize("lines", [
@@ -35,7 +35,7 @@ def test_auth_accepts_either_header() -> None:
 ])
 def test_auth_refusals(lines: tuple[str, ...]) -> None:
     with pytest.raises(Unauthorized):
-        ring_for("gp_k" * 8).authenticate(parse_request_head(raw_head(*lines)))
+        ring_for("gp_k" * 8).identify(parse_request_head(raw_head(*lines)))
 
 
 def test_duplicate_key_headers_are_refused_before_auth() -> None:
