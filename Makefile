@@ -12,7 +12,7 @@ endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test demo bench bench-deps clean venv exe smoke-exe
+.PHONY: run test typecheck demo bench bench-deps clean venv exe smoke-exe
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 $(VENV)/.installed-exe: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[exe]'
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
@@ -36,9 +38,13 @@ venv: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) -m guardproxy run $(ARGS)
 
-## test: install the test dependencies and run the whole suite (both event loops)
+## test: install the test dependencies and run the whole suite (both event loops; perf-marked tests last)
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(ARGS)
+
+## typecheck: mypy --strict over the package (its settings are in setup.cfg)
+typecheck: $(VENV)/.installed-test
+	$(PY) -m mypy --strict guardproxy
 
 ## demo: a fake Ollama and guardproxy in front of it, walked through the checklist
 demo: $(VENV)/.installed

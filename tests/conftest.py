@@ -1,7 +1,8 @@
 """Shared fixtures: a real guardproxy in front of the fake Ollama, on loopback.
 
 Integration tests run under both event loops (plain asyncio and uvloop);
-`pytest --loop asyncio` restricts the run to one of them.
+`pytest --loop asyncio` restricts the run to one of them.  Tests marked `perf`
+(assertions on wall-clock time) run last.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from guardproxy.config.model import Config, KeyEntry, Timeouts, Upstream
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
-from upstreams import RecordingUpstream
+from support.upstreams import RecordingUpstream
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
 OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
@@ -28,6 +29,13 @@ OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--loop", choices=("all", "asyncio", "uvloop"), default="all",
                      help="event loop(s) for the integration tests")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `perf` assert on wall-clock time: they run last, after the rest of the suite
+    has stopped competing for the CPU (a stable sort keeps every other order as collected)."""
+    items.sort(key=lambda item: item.get_closest_marker("perf") is not None)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -100,7 +108,7 @@ async def proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[RecordingUpstream]:
-    """A scriptable upstream that records exactly what reaches it (tests/upstreams.py)."""
+    """A scriptable upstream that records exactly what reaches it (tests/support/upstreams.py)."""
     up = await RecordingUpstream.start()
     try:
         yield up

@@ -13,9 +13,9 @@ import re
 import tomllib
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
-from .model import (ENV_KEY, DEFAULT_LISTEN, DEFAULT_UPSTREAM, Ban, Config, ConfigError, Cors, KeyEntry, Rate,
+from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, Ban, Config, ConfigError, Cors, KeyEntry, Rate,
                     TrafficLimits, ServerLimits, Timeouts, Tls)
 from .values import parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
@@ -87,8 +87,17 @@ class _Reader:
             raise self.fail(where + (key,), "a string")
         return v
 
+    @overload
+    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: int,
+                minimum: int = 0) -> int: ...
+
+    @overload
+    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: None,
+                minimum: int = 0) -> int | None: ...
+
     def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: int | None,
                 minimum: int = 0) -> int | None:
+        """A whole number >= minimum; None only when absent with no default (TOML has no null)."""
         v = obj.get(key, default)
         if v is None:
             return None
@@ -175,7 +184,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                                 f"or the {ENV_KEY} environment variable")
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
-    access = r.string(log, "access", ("log",), "-")
+    access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
 
     t = r.table(data.get("timeouts", {}), ("timeouts",), _TIMEOUT_FIELDS)
     tv: dict[str, float] = {}
@@ -243,8 +252,8 @@ def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
         if o != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?", o):
             raise r.fail(("cors", "origins"), f"exact origins like \"https://example.com\" (scheme://host[:port], "
                                               f"no path) or \"*\"; got {o!r}")
-    max_age = r.integer(c, "max_age", ("cors",), 86400)
-    return Cors(tuple(o.lower() if o != "*" else o for o in origins), max_age or 0)
+    max_age = r.integer(c, "max_age", ("cors",), Cors.max_age)
+    return Cors(tuple(o.lower() if o != "*" else o for o in origins), max_age)
 
 
 def _limits(r: _Reader, data: Mapping[str, Any]) -> TrafficLimits:
@@ -257,12 +266,12 @@ def _limits(r: _Reader, data: Mapping[str, Any]) -> TrafficLimits:
         except ValueError:
             raise r.fail(where + ("trusted_proxies",), f"CIDRs like \"10.0.0.0/8\" or addresses; got {n!r}") from None
     return TrafficLimits(per_ip=r.rate(lt, "per_ip", where),
-                  max_concurrent=r.integer(lt, "max_concurrent", where, None, 1),
-                  queue_timeout=r.duration(lt, "queue_timeout", where, 30.0),
-                  trusted_proxies=nets,
-                  max_queue=r.integer(lt, "max_queue", where, 1024, 1) or 1024,
-                  max_tracked=r.integer(lt, "max_tracked", where, 65536, 16) or 65536,
-                  client_address_header=_client_address_header(r, lt, where))
+                         max_concurrent=r.integer(lt, "max_concurrent", where, None, 1),
+                         queue_timeout=r.duration(lt, "queue_timeout", where, TrafficLimits.queue_timeout),
+                         trusted_proxies=nets,
+                         max_queue=r.integer(lt, "max_queue", where, TrafficLimits.max_queue, 1),
+                         max_tracked=r.integer(lt, "max_tracked", where, TrafficLimits.max_tracked, 16),
+                         client_address_header=_client_address_header(r, lt, where))
 
 
 def _client_address_header(r: _Reader, lt: Mapping[str, Any], where: tuple[Any, ...]) -> str:
@@ -277,9 +286,9 @@ def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
     if "ban" not in data:
         return Ban()
     b = r.table(data["ban"], where, _BAN_FIELDS)
-    return Ban(after_failures=r.integer(b, "after_failures", where, 20, 1) or 20,
-               window=r.duration(b, "window", where, 600.0),
-               duration=r.duration(b, "duration", where, 900.0))
+    return Ban(after_failures=r.integer(b, "after_failures", where, Ban.ENABLED_AFTER_FAILURES, 1),
+               window=r.duration(b, "window", where, Ban.window),
+               duration=r.duration(b, "duration", where, Ban.duration))
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:

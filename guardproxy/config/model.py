@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import ClassVar
 
 DEFAULT_LISTEN = "0.0.0.0:11435"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+DEFAULT_ACCESS_LOG = "-"  # stdout
 ENV_KEY = "GUARDPROXY_API_KEY"
 ENV_CONFIG = "GUARDPROXY_CONFIG"
 DEFAULT_CONFIG_NAME = "guardproxy.toml"
@@ -67,6 +69,8 @@ class Ban:
     after_failures: int = 0  # 0: bans are off
     window: float = 600.0
     duration: float = 900.0
+    # A [ban] table turns bans on: without after_failures, it means this many.
+    ENABLED_AFTER_FAILURES: ClassVar[int] = 20
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class Config:
     listen_port: int
     upstream: Upstream
     keys: tuple[KeyEntry, ...]
-    access_log: str = "-"
+    access_log: str = DEFAULT_ACCESS_LOG
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None

@@ -1,17 +1,66 @@
-"""Where the config file is: the one resolver every command uses."""
+"""Where the config file is: the one resolver that run, init, keygen, usage, doctor and the Windows service use.
+
+The rules, in order: --config; else $GUARDPROXY_CONFIG; else the first of
+./guardproxy.toml and (on Windows) %ProgramData%\\guardproxy\\guardproxy.toml
+that exists; else ./guardproxy.toml, where `run` and `init` create one.  A
+service never looks in the current directory: it runs in C:\\Windows\\System32.
+
+Pure given `environ` and `windows`, so the Windows rules are tested anywhere.
+"""
 
 from __future__ import annotations
 
+import ntpath
 import os
+import sys
 from pathlib import Path
+from typing import Mapping, NamedTuple
 
 from .model import DEFAULT_CONFIG_NAME, ENV_CONFIG
 
-def find_config_path(explicit: str | None) -> tuple[Path, bool]:
-    """The config file to use, and whether the user named it explicitly."""
+# For argparse, which expands %-formats in help texts.
+CONFIG_HELP = (f"config file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME}; "
+               f"on Windows also %%ProgramData%%\\guardproxy\\{DEFAULT_CONFIG_NAME})")
+
+
+class ConfigLocation(NamedTuple):
+    path: Path
+    named: bool  # by --config or $GUARDPROXY_CONFIG: it must exist, nothing else is tried
+
+
+def programdata_dir(environ: Mapping[str, str]) -> str:
+    """%ProgramData%\\guardproxy: machine-wide, writable by administrators and services."""
+    base = environ.get("ProgramData") or environ.get("PROGRAMDATA") or r"C:\ProgramData"
+    return ntpath.join(base, "guardproxy")
+
+
+def config_candidates(explicit: str | None, environ: Mapping[str, str], windows: bool,
+                      *, service: bool = False) -> list[str]:
+    """Config files to try, in order.  An explicit choice (--config, $GUARDPROXY_CONFIG) is the only one."""
     if explicit:
-        return Path(explicit), True
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        return Path(env), True
-    return Path(DEFAULT_CONFIG_NAME), False
+        return [explicit]
+    if environ.get(ENV_CONFIG):
+        return [environ[ENV_CONFIG]]
+    out = [] if service else [DEFAULT_CONFIG_NAME]
+    if windows or service:
+        out.append(ntpath.join(programdata_dir(environ), DEFAULT_CONFIG_NAME))
+    return out
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                windows: bool | None = None) -> ConfigLocation:
+    """The config file to use (or to create, when none exists yet), and whether the user named it."""
+    environ = os.environ if environ is None else environ
+    windows = sys.platform == "win32" if windows is None else windows
+    candidates = config_candidates(explicit, environ, windows)
+    named = bool(explicit or environ.get(ENV_CONFIG))
+    if not named:
+        for candidate in candidates:
+            if Path(candidate).exists():
+                return ConfigLocation(Path(candidate), False)
+    return ConfigLocation(Path(candidates[0]), named)
+
+
+def service_config_path(explicit: str | None, environ: Mapping[str, str]) -> str:
+    """The config a service uses: --config, else $GUARDPROXY_CONFIG, else %ProgramData%\\guardproxy\\guardproxy.toml."""
+    return config_candidates(explicit, environ, windows=True, service=True)[0]

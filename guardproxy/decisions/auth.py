@@ -23,10 +23,6 @@ class KeyRing:
     def __init__(self, entries: Iterable[KeyEntry]) -> None:
         self._by_hash = {e.sha256: e for e in entries}
 
-    def authenticate(self, req: RequestHead) -> str:
-        """The key's name, or raise Unauthorized."""
-        return self.identify(req).name
-
     def identify(self, req: RequestHead, today: date | None = None) -> KeyEntry:
         """The key's entry, or raise Unauthorized (an expired key is the same as an unknown one)."""
         api_keys = []

@@ -29,8 +29,9 @@ from typing import Any, Mapping
 
 from . import listening
 
-from . import winservice
+from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
+from ..config.paths import CONFIG_HELP, find_config
 from ..config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream
 from ..config.values import parse_hostport, parse_upstream
 
@@ -49,17 +50,6 @@ class Finding:
 
 
 # --- config and keys -----------------------------------------------------------------
-
-def find_config(explicit: str | None, environ: Mapping[str, str], windows: bool) -> Path | None:
-    """The first config file that exists, or the explicitly named one even if it does not."""
-    candidates = winservice.config_candidates(explicit, environ, windows)
-    if explicit or environ.get("GUARDPROXY_CONFIG"):
-        return Path(candidates[0])
-    for c in candidates:
-        if Path(c).exists():
-            return Path(c)
-    return None
-
 
 def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, dict[str, Any], list[Finding]]:
     env_key = environ.get(ENV_KEY) or None
@@ -315,7 +305,8 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     """Every check; `table=True` reads the system's socket table (tests may pass their own)."""
     environ = os.environ if environ is None else environ
     windows = sys.platform == "win32"
-    path = find_config(config_arg, environ, windows)
+    found, named = find_config(config_arg, environ, windows)
+    path = found if named or found.exists() else None
     config, raw, findings = check_config(path, environ)
     if config is not None:
         findings += check_keys(config, raw)
@@ -348,8 +339,7 @@ def add_parser(sub: Any) -> None:
                        description="Inspect the local set-up: config, keys, upstream, Ollama's exposure, "
                                    "listen port, TLS files, open-file limit, Windows service. "
                                    "Exit code 1 if a problem (FAIL) was found.")
-    p.add_argument("--config", metavar="FILE", help="config file (default: $GUARDPROXY_CONFIG or ./guardproxy.toml"
-                                                    "; on Windows also %%ProgramData%%\\guardproxy\\guardproxy.toml)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--name", default=winservice.DEFAULT_NAME, help="Windows service name (default: guardproxy)")
     p.set_defaults(func=cmd_doctor)
 

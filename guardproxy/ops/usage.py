@@ -1,12 +1,18 @@
-"""The `usage` report: requests, tokens, errors and probing addresses, over the access log."""
+"""`guardproxy usage`: requests, tokens, errors and probing addresses, over the access log."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
+from ..config.load import load_config
+from ..config.model import ConfigError
+from ..config.paths import find_config
+from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 
 
@@ -17,11 +23,15 @@ def _parse_time(s: str) -> float | None:
         return None
 
 
+_GROUPS: dict[str, Callable[[LogRecord], str | None]] = {
+    "key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}
+
+
 def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float | None = None,
               probe_threshold: int = 5) -> str:
     """The usage table over access-log lines (JSON), newer than `since` seconds ago."""
     now = time.time() if now is None else now
-    group = {"key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}[by]
+    group = _GROUPS[by]
     rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # requests, prompt, completion, errors
     unauthorized: dict[str, int] = defaultdict(int)
     skipped = 0
@@ -59,3 +69,32 @@ def read_log(stream: TextIO) -> Iterable[str]:
     for line in stream:
         if line.strip():
             yield line
+
+
+def add_parser(sub: Any) -> None:
+    us = sub.add_parser("usage", help="summarise the access log: requests, tokens, errors, probing addresses")
+    us.add_argument("--config", metavar="FILE", help="config whose log.access file to read")
+    us.add_argument("--log", metavar="FILE", help="access log file to read (default: log.access of the config)")
+    us.add_argument("--since", default="24h", help="only the last DURATION, e.g. 1h, 7d, or \"all\" (default 24h)")
+    us.add_argument("--by", choices=("key", "model", "ip"), default="key", help="group rows by (default key)")
+    us.set_defaults(func=cmd_usage)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    try:
+        since = None if args.since == "all" else parse_duration(args.since)
+    except ValueError as e:
+        raise ConfigError(f"--since: expected {e}") from None
+    log = args.log
+    if not log:
+        path, _ = find_config(args.config)
+        log = load_config(path).access_log if path.exists() else ""
+        if log in ("", "-"):
+            raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
+                              f"(or pass --log FILE)")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
+    except OSError as e:
+        raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
+    return 0

@@ -29,7 +29,7 @@ import pytest
 
 from conftest import KEY, Proxy, start_proxy
 from guardproxy.wire.strict import check_head
-from upstreams import RecordingUpstream
+from support.upstreams import RecordingUpstream
 
 K = b"X-API-Key: " + KEY.encode() + b"\r\n"
 H = b"Host: a\r\n"

@@ -16,7 +16,7 @@ import pytest
 from guardproxy import __version__
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import read_response, request_bytes
+from support.raw_http import read_response, request_bytes
 
 # Subprocess tests do not depend on the event loop of the test itself.
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import read_response, request_bytes
+from support.raw_http import read_response, request_bytes
 
 
 async def open_raw(fake: FakeOllama) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

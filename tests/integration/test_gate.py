@@ -13,7 +13,8 @@ import pytest
 from conftest import KEY, OTHER_KEY, Proxy, start_proxy
 from guardproxy.config.model import Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import exchange, fetch, read_response, request_bytes
+from support.polling import until
+from support.raw_http import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
 
@@ -170,6 +171,7 @@ async def test_first_token_arrives_before_upstream_finishes(proxy: Proxy, fake: 
     writer.close()
 
 
+@pytest.mark.perf
 async def test_client_disconnect_closes_upstream_within_a_second(proxy: Proxy, fake: FakeOllama) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(request_bytes("POST", "/api/generate",
@@ -180,10 +182,7 @@ async def test_client_disconnect_closes_upstream_within_a_second(proxy: Proxy, f
     writer.transport.abort()
     await asyncio.wait_for(fake.stream_aborted.wait(), 1.0)
     assert fake.aborted_at is not None and fake.aborted_at - hung_up < 1.0
-    for _ in range(100):
-        if proxy.log_lines():
-            break
-        await asyncio.sleep(0.01)
+    await until(proxy.log_lines, 1.0)
     (entry,) = proxy.log_lines()
     assert entry["outcome"] == "client_gone" and entry["status"] == 499
 
@@ -244,6 +243,7 @@ async def test_upstream_dying_mid_stream_truncates_visibly(tmp_path) -> None:
 
 # --- upstream failures ------------------------------------------------------------------
 
+@pytest.mark.perf
 async def test_upstream_refused_is_fast_502(tmp_path) -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

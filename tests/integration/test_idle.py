@@ -12,6 +12,7 @@ import pytest
 SCRIPT = Path(__file__).parent.parent / "load" / "idle_connections.py"
 
 
+@pytest.mark.perf
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"] if sys.platform != "win32" else ["asyncio"])
 def test_two_thousand_idle_connections(loop: str) -> None:
     if not Path("/proc/self/status").exists():

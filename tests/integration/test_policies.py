@@ -22,7 +22,8 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.reload import Reloader
 from guardproxy.engine.server import GuardServer
-from wire import exchange, fetch, read_response, request_bytes
+from support.polling import until
+from support.raw_http import exchange, fetch, read_response, request_bytes
 
 ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrstu"
 APP = {"X-API-Key": KEY}          # "app": only qwen3:* and llama3.2
@@ -69,14 +70,6 @@ async def gp(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
 async def stop(p: Proxy) -> None:
     await p.server.stop(grace=0)
     p.server.access_log.close()
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def gen(model: str = "llama3.2", n: int = 3, delay: float = 0.0) -> bytes:

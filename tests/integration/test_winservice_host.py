@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY
-from guardproxy.ops import winservice
+from guardproxy.ops.winservice.host import service_class
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import request_bytes
+from support.polling import until
+from support.raw_http import request_bytes
 
 
 class FakeSCM:
@@ -69,13 +70,9 @@ def write_config(directory: Path, upstream_port: int, extra: str = "") -> Path:
     return path
 
 
-async def wait_for_text(path: Path, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-    async with asyncio.timeout(timeout):
-        while True:
-            m = re.search(pattern, path.read_text() if path.exists() else "")
-            if m:
-                return m
-            await asyncio.sleep(0.01)  # bounded polling of a file another thread writes
+async def wait_for_text(path: Path, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+    """A file the service's thread writes: polled, since no event says it changed."""
+    return await until(lambda: re.search(pattern, path.read_text() if path.exists() else ""), timeout)
 
 
 async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM, fake: FakeOllama,
@@ -83,7 +80,7 @@ async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM
     conf_dir = tmp_path / "ProgramData" / "guardproxy"
     conf_dir.mkdir(parents=True)
     config = write_config(conf_dir, fake.port)
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     host = asyncio.create_task(asyncio.to_thread(service.SvcDoRun))
 
     log = conf_dir / "guardproxy.log"
@@ -111,7 +108,7 @@ async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM
 
 async def test_a_stop_before_the_loop_runs_is_not_lost(scm: FakeSCM, fake: FakeOllama, tmp_path: Path) -> None:
     config = write_config(tmp_path, fake.port)
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     service.SvcStop()
     await asyncio.wait_for(asyncio.to_thread(service.SvcDoRun), 10)
     assert "service stopped (exit 0)" in (tmp_path / "guardproxy.log").read_text()
@@ -119,7 +116,7 @@ async def test_a_stop_before_the_loop_runs_is_not_lost(scm: FakeSCM, fake: FakeO
 
 async def test_a_config_error_is_logged_and_reported_as_a_failure(scm: FakeSCM, tmp_path: Path) -> None:
     config = write_config(tmp_path, 11434, extra='bogus = "x"\n')
-    service = winservice._service_class(str(config), "guardproxy")(["guardproxy"])
+    service = service_class(str(config), "guardproxy")(["guardproxy"])
     with pytest.raises(RuntimeError, match="exited with code 2"):
         await asyncio.wait_for(asyncio.to_thread(service.SvcDoRun), 10)
     text = (tmp_path / "guardproxy.log").read_text()

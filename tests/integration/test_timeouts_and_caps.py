@@ -12,8 +12,9 @@ import pytest
 
 from conftest import KEY, Proxy, start_proxy
 from guardproxy.config.model import ServerLimits, Timeouts
-from upstreams import OK_RESPONSE, RecordingUpstream, read_request
-from wire import read_response, request_bytes
+from support.polling import until
+from support.upstreams import OK_RESPONSE, RecordingUpstream, read_request
+from support.raw_http import read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
 
@@ -33,15 +34,9 @@ async def read_all(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
     return out
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 # --- slow heads, idle connections, slow bodies ------------------------------------------------
 
+@pytest.mark.perf
 async def test_head_deadline_runs_from_first_byte(upstream: RecordingUpstream, tmp_path: Path) -> None:
     p = await proxy_for(upstream, tmp_path, timeouts=Timeouts(header=0.3))
     try:
@@ -58,6 +53,7 @@ async def test_head_deadline_runs_from_first_byte(upstream: RecordingUpstream, t
         await p.server.stop(grace=0)
 
 
+@pytest.mark.perf
 async def test_slowloris_dripping_bytes_still_hits_the_deadline(upstream: RecordingUpstream, tmp_path: Path) -> None:
     p = await proxy_for(upstream, tmp_path, timeouts=Timeouts(header=0.5))
     try:
@@ -95,6 +91,7 @@ async def test_deadline_applies_to_every_request_on_a_connection(upstream: Recor
         await p.server.stop(grace=0)
 
 
+@pytest.mark.perf
 async def test_idle_keepalive_connection_is_closed(upstream: RecordingUpstream, tmp_path: Path) -> None:
     p = await proxy_for(upstream, tmp_path, timeouts=Timeouts(keepalive=0.3))
     try:
@@ -117,7 +114,7 @@ async def test_body_idle_timeout(upstream: RecordingUpstream, tmp_path: Path) ->
         raw = await read_all(reader)
         assert raw.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in raw
         assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"error": "request body timeout"}
-        await wait_for(lambda: upstream.connections == 1)
+        await until(lambda: upstream.connections == 1)
         assert not upstream.got_request.is_set()  # the upstream never got a whole request
         writer.close()
     finally:
@@ -126,6 +123,7 @@ async def test_body_idle_timeout(upstream: RecordingUpstream, tmp_path: Path) ->
 
 # --- a client that stops reading --------------------------------------------------------------
 
+@pytest.mark.perf
 async def test_client_that_stops_reading_is_dropped_and_upstream_closed(tmp_path: Path) -> None:
     upstream_closed = asyncio.Event()
     pushed = 0
@@ -157,7 +155,7 @@ async def test_client_that_stops_reading_is_dropped_and_upstream_closed(tmp_path
         stopped = time.monotonic()  # from here on, never read again
         await asyncio.wait_for(upstream_closed.wait(), 5)
         assert 0.4 < time.monotonic() - stopped < 3.0
-        await wait_for(lambda: not p.server.connections)
+        await until(lambda: not p.server.connections)
         assert pushed < 64 * 1024 * 1024  # backpressure held the upstream long before that
         entry = p.log_lines()[-1]
         assert entry["status"] == 499 and entry["outcome"] == "client_gone"
@@ -186,7 +184,7 @@ async def test_per_address_cap_refuses_with_503(upstream: RecordingUpstream, tmp
     socks: list[socket.socket] = []
     try:
         socks = await open_idle(p.port, 3)
-        await wait_for(lambda: len(p.server.connections) == 3)
+        await until(lambda: len(p.server.connections) == 3)
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
         raw = await read_all(reader)
         assert raw.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in raw
@@ -195,10 +193,10 @@ async def test_per_address_cap_refuses_with_503(upstream: RecordingUpstream, tmp
         # Another address is not affected by this one's count.
         other = await open_idle(p.port, 1, source="127.0.0.2")
         socks += other
-        await wait_for(lambda: len(p.server.connections) == 4)
+        await until(lambda: len(p.server.connections) == 4)
         # A closed connection frees its place.
         socks.pop(0).close()
-        await wait_for(lambda: len(p.server.connections) == 3)
+        await until(lambda: len(p.server.connections) == 3)
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
         writer.write(request_bytes("GET", "/health"))
         assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
@@ -214,7 +212,7 @@ async def test_global_cap_refuses_with_503(upstream: RecordingUpstream, tmp_path
     socks: list[socket.socket] = []
     try:
         socks = await open_idle(p.port, 1) + await open_idle(p.port, 1, source="127.0.0.2")
-        await wait_for(lambda: len(p.server.connections) == 2)
+        await until(lambda: len(p.server.connections) == 2)
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
         raw = await read_all(reader)
         assert raw.startswith(b"HTTP/1.1 503 ")
@@ -227,6 +225,7 @@ async def test_global_cap_refuses_with_503(upstream: RecordingUpstream, tmp_path
         await p.server.stop(grace=0)
 
 
+@pytest.mark.perf
 async def test_slowloris_from_one_address_does_not_delay_others(upstream: RecordingUpstream, tmp_path: Path) -> None:
     p = await proxy_for(upstream, tmp_path, server=ServerLimits(max_connections_per_ip=50),
                         timeouts=Timeouts(header=30))
@@ -255,7 +254,7 @@ async def test_slowloris_from_one_address_does_not_delay_others(upstream: Record
                 pass  # refused at once: over the address's cap
             attackers.append((reader, writer))
         drippers = [asyncio.create_task(drip(w)) for _, w in attackers]
-        await wait_for(lambda: p.server.per_ip.get("127.0.0.2") == 50)
+        await until(lambda: p.server.per_ip.get("127.0.0.2") == 50)
         refused = 0
         for reader, _ in attackers:
             try:
@@ -383,7 +382,7 @@ async def test_bad_body_after_head_aborts_the_client(tmp_path: Path, tail: bytes
         rest = await read_all(reader)
         assert first.startswith(b"HTTP/1.1 200 OK")
         assert not rest.endswith(b"0\r\n\r\n") and b"HTTP/1.1" not in rest  # truncated, never completed
-        await wait_for(lambda: bool(p.log_lines()))
+        await until(lambda: bool(p.log_lines()))
         assert p.log_lines()[-1]["outcome"] == "upstream_error"
         writer.close()
     finally:

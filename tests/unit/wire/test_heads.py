@@ -69,3 +69,10 @@ def test_no_body_responses() -> None:
 def test_contradictory_or_garbage_response_heads(head: bytes) -> None:
     with pytest.raises(BadUpstreamHead):
         parse_response_head(head, head_request=False, client_keep_alive=True)
+
+
+def test_upstream_head_has_guardproxys_framing_only() -> None:
+    req = parse_request_head(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n")
+    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.1", b"https")
+    assert head.count(b"Transfer-Encoding") == 1 and b"Content-Length" not in head
+    assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Kept: 1\r\n" in head

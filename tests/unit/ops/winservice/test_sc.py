@@ -1,17 +1,12 @@
-"""The Windows service's pure parts: names, paths, sc.exe/netsh command lines, sc.exe answers, log rotation."""
+"""The Windows service's names, sc.exe/netsh command lines and the reading of sc.exe's answers."""
 
 from __future__ import annotations
 
-import ntpath
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from guardproxy import cli
-
-from guardproxy.ops import winservice as ws
+from guardproxy.ops.winservice import sc as ws
 
 EXE = r"C:\Program Files\guardproxy\guardproxy.exe"
 CFG = r"C:\ProgramData\guardproxy\guardproxy.toml"
@@ -70,33 +65,6 @@ def test_service_names_that_need_no_quoting_are_accepted(name: str) -> None:
 def test_service_names_that_would_need_quoting_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="--name"):
         ws.validate_service_name(name)
-
-
-def test_programdata_dir_follows_the_environment() -> None:
-    assert ws.programdata_dir({"ProgramData": r"D:\Data"}) == r"D:\Data\guardproxy"
-    assert ws.programdata_dir({"PROGRAMDATA": r"E:\PD"}) == r"E:\PD\guardproxy"
-    assert ws.programdata_dir({}) == r"C:\ProgramData\guardproxy"
-
-
-def test_service_config_is_explicit_then_env_then_programdata_never_cwd() -> None:
-    env = {"ProgramData": r"C:\ProgramData"}
-    assert ws.service_config_path(r"C:\gp\my.toml", env) == r"C:\gp\my.toml"
-    assert ws.service_config_path(None, {**env, "GUARDPROXY_CONFIG": r"C:\x.toml"}) == r"C:\x.toml"
-    assert ws.service_config_path(None, env) == CFG
-
-
-def test_config_candidates_look_in_programdata_on_windows_only() -> None:
-    env = {"ProgramData": r"C:\ProgramData"}
-    assert ws.config_candidates(None, env, windows=True) == ["guardproxy.toml", CFG]
-    assert ws.config_candidates(None, env, windows=False) == ["guardproxy.toml"]
-    assert ws.config_candidates("a.toml", env, windows=True) == ["a.toml"]
-    assert ws.config_candidates(None, {**env, "GUARDPROXY_CONFIG": "b.toml"}, windows=True) == ["b.toml"]
-
-
-def test_logs_live_next_to_the_config() -> None:
-    assert ws.service_log_paths(CFG, ntpath) == (r"C:\ProgramData\guardproxy\guardproxy.log",
-                                                 r"C:\ProgramData\guardproxy\access.log")
-    assert ws.service_log_paths("/etc/gp/guardproxy.toml") == ("/etc/gp/guardproxy.log", "/etc/gp/access.log")
 
 
 # --- command lines --------------------------------------------------------------------------
@@ -199,60 +167,3 @@ def test_service_state_and_firewall_lookup_use_the_right_commands() -> None:
     run, seen = _fake_sc(1, "No rules match the specified criteria.")
     assert ws.firewall_rule_exists("guardproxy", run) is False
     assert seen == [ws.firewall_show_args("guardproxy")]
-
-
-# --- the log file ----------------------------------------------------------------------------
-
-def test_rotating_writer_rotates_by_size_and_keeps_n_backups(tmp_path: Path) -> None:
-    path = str(tmp_path / "guardproxy.log")
-    w = ws.RotatingWriter(path, max_bytes=100, backups=2)
-    for i in range(10):
-        w.write(f"line {i:02d} " + "x" * 30 + "\n")  # 39 bytes: two lines fit in 100
-    w.close()
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["guardproxy.log", "guardproxy.log.1", "guardproxy.log.2"]
-    assert Path(path).read_text().startswith("line 08") and "line 09" in Path(path).read_text()
-    assert Path(path + ".1").read_text().startswith("line 06")
-    assert Path(path + ".2").read_text().startswith("line 04")
-    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
-
-
-def test_rotating_writer_stamps_each_line_once(tmp_path: Path) -> None:
-    path = tmp_path / "guardproxy.log"
-    w = ws.RotatingWriter(str(path), stamp=True, clock=lambda: 1_800_000_000.0)
-    w.write("guardproxy listening")
-    w.write(" on 127.0.0.1\nsecond\n")
-    w.write("third\n")
-    w.close()
-    assert path.read_text() == ("2027-01-15T08:00:00Z guardproxy listening on 127.0.0.1\n"
-                                "2027-01-15T08:00:00Z second\n2027-01-15T08:00:00Z third\n")
-    with pytest.raises(ValueError):
-        w.write("after close")
-
-
-def test_rotating_writer_appends_to_an_existing_log(tmp_path: Path) -> None:
-    path = tmp_path / "access.log"
-    path.write_text("old\n")
-    w = ws.RotatingWriter(str(path), max_bytes=10, backups=1)
-    w.write("new line\n")  # 4 + 9 > 10: the old file moves aside first
-    w.close()
-    assert path.read_text() == "new line\n" and (tmp_path / "access.log.1").read_text() == "old\n"
-
-
-# --- the command line -------------------------------------------------------------------------
-
-@pytest.mark.skipif(sys.platform == "win32", reason="the message is for other systems")
-@pytest.mark.parametrize("action", ["install", "uninstall", "start", "stop", "status"])
-def test_service_commands_say_they_are_windows_only(action: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["service", action]) == ws.EXIT_NOT_WINDOWS
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "only on Windows" in err
-
-
-def test_service_install_takes_config_name_and_firewall(capsys: pytest.CaptureFixture[str]) -> None:
-    args = cli._parser().parse_args(["service", "install", "--config", CFG, "--name", "gp2", "--open-firewall"])
-    assert (args.service_command, args.config, args.name, args.open_firewall) == ("install", CFG, "gp2", True)
-    assert cli._parser().parse_args(["service", "status"]).name == "guardproxy"
-    with pytest.raises(SystemExit):
-        cli._parser().parse_args(["service"])
-    capsys.readouterr()

@@ -14,7 +14,7 @@ from conftest import KEY, start_proxy
 from guardproxy.config.load import parse_config
 from guardproxy.config.model import ConfigError, Tls
 from guardproxy.testing.fake_ollama import FakeOllama
-from wire import read_response, request_bytes
+from support.raw_http import read_response, request_bytes
 
 
 def write_pair(ca: trustme.CA, directory: Path, name: str = "127.0.0.1") -> Tls:

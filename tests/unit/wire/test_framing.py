@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from guardproxy.wire.framing import ChunkedFraming, FramingError, LengthFraming
+from guardproxy.wire.framing import BodyTooLarge, ChunkedDecoder, ChunkedFraming, FramingError, LengthFraming
 
 BODY = (b"4a\r\n" + b"x" * 0x4a + b"\r\n"
         b"5;ext=1\r\nhello\r\n"
@@ -73,3 +75,43 @@ def test_dechunk_whole_bodies() -> None:
                        (b"5\r\nhelloXX0\r\n\r\n", 100)]:      # malformed
         with pytest.raises(ValueError):
             dechunk(bad, limit)
+
+
+# --- chunked re-framing -----------------------------------------------------------------------
+
+CHUNKED = b"5;ext=\"q;x\"\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\nContent-Length: 99\r\n\r\nNEXT"
+
+
+def decode_split(data: bytes, cuts: list[int], max_body: int = 1 << 20) -> tuple[bytes, int]:
+    dec = ChunkedDecoder(max_body)
+    out, consumed, prev = b"", 0, 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        piece = data[prev:cut]
+        prev = cut
+        if not piece:
+            continue
+        pieces, end = dec.feed(piece)
+        out += b"".join(pieces)
+        if end >= 0:
+            return out, consumed + end
+        consumed += len(piece)
+    return out, -1
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(CHUNKED)), max_size=12))
+def test_chunked_decoder_any_split(cuts: list[int]) -> None:
+    assert decode_split(CHUNKED, cuts) == (b"hello world", len(CHUNKED) - 4)
+
+
+def test_chunked_decoder_limit_from_size_line() -> None:
+    dec = ChunkedDecoder(10)
+    dec.feed(b"5\r\nhello\r\n")
+    with pytest.raises(BodyTooLarge):
+        dec.feed(b"6\r\n")
+
+
+@pytest.mark.parametrize("bad", [b"5;a=\rb\r\nhello\r\n0\r\n\r\n", b"2;\r\naa\r\n0\r\n\r\n", b"0\r\nX:\x01\r\n\r\n",
+                                 b"5\r\nhello\n0\r\n\r\n", b"g\r\n"])
+def test_chunked_decoder_refuses(bad: bytes) -> None:
+    with pytest.raises(FramingError):
+        ChunkedDecoder(100).feed(bad)

@@ -1,4 +1,4 @@
-"""Strict head rules and chunked re-framing, as pure functions over byte literals."""
+"""Strict head rules, as pure functions over byte literals and random heads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardproxy.wire.errors import GuardError
-from guardproxy.wire.framing import BodyTooLarge, ChunkedDecoder, FramingError
 from guardproxy.wire.heads import build_upstream_head, parse_request_head
 from guardproxy.wire.strict import MAX_HEAD, HeadScanner, check_head
 
@@ -66,53 +65,6 @@ def test_facts() -> None:
     assert (facts.content_length, facts.chunked) == (2, False)
     facts = check_head(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked \r\n\r\n")
     assert (facts.content_length, facts.chunked) == (None, True)
-
-
-def test_upstream_head_has_guardproxys_framing_only() -> None:
-    req = parse_request_head(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n")
-    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.1", b"https")
-    assert head.count(b"Transfer-Encoding") == 1 and b"Content-Length" not in head
-    assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Kept: 1\r\n" in head
-
-
-# --- chunked re-framing -----------------------------------------------------------------------
-
-CHUNKED = b"5;ext=\"q;x\"\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\nContent-Length: 99\r\n\r\nNEXT"
-
-
-def decode_split(data: bytes, cuts: list[int], max_body: int = 1 << 20) -> tuple[bytes, int]:
-    dec = ChunkedDecoder(max_body)
-    out, consumed, prev = b"", 0, 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        piece = data[prev:cut]
-        prev = cut
-        if not piece:
-            continue
-        pieces, end = dec.feed(piece)
-        out += b"".join(pieces)
-        if end >= 0:
-            return out, consumed + end
-        consumed += len(piece)
-    return out, -1
-
-
-@given(st.lists(st.integers(min_value=0, max_value=len(CHUNKED)), max_size=12))
-def test_chunked_decoder_any_split(cuts: list[int]) -> None:
-    assert decode_split(CHUNKED, cuts) == (b"hello world", len(CHUNKED) - 4)
-
-
-def test_chunked_decoder_limit_from_size_line() -> None:
-    dec = ChunkedDecoder(10)
-    dec.feed(b"5\r\nhello\r\n")
-    with pytest.raises(BodyTooLarge):
-        dec.feed(b"6\r\n")
-
-
-@pytest.mark.parametrize("bad", [b"5;a=\rb\r\nhello\r\n0\r\n\r\n", b"2;\r\naa\r\n0\r\n\r\n", b"0\r\nX:\x01\r\n\r\n",
-                                 b"5\r\nhello\n0\r\n\r\n", b"g\r\n"])
-def test_chunked_decoder_refuses(bad: bytes) -> None:
-    with pytest.raises(FramingError):
-        ChunkedDecoder(100).feed(bad)
 
 
 # --- property: random and mutated heads -----------------------------------------------------

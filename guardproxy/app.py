@@ -1,0 +1,129 @@
+"""Running the proxy: the config `run` uses, and serving it until told to stop.
+
+`guardproxy run` (cli.py) and the Windows service host (ops/winservice/host.py)
+both come here, so a config is found, completed and served the same way
+whichever of them started the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import replace
+from typing import Mapping
+
+from . import __version__
+from .config.load import load_config, parse_config
+from .config.model import ENV_KEY, Config, ConfigError
+from .config.paths import find_config
+from .config.values import parse_hostport, parse_upstream
+from .config.write import create_config, generate_key
+from .engine.loop import loop_name, run as run_loop
+from .ops.keys import new_key_banner
+
+EXIT_CONFIG = 2
+
+
+def resolve_config(config: str | None = None, *, listen: str | None = None, upstream: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> Config:
+    """The config `run` uses, creating ./guardproxy.toml (and printing its new key) on the very first run.
+
+    `config` is --config; `listen` and `upstream` override the file's values.
+    """
+    environ = os.environ if environ is None else environ
+    env_key = environ.get(ENV_KEY) or None
+    path, named = find_config(config, environ)
+    if path.exists() or named:
+        if not path.exists():
+            raise ConfigError(f"{path}: cannot read: no such file (create it with `python -m guardproxy init --config {path}`)")
+        resolved = load_config(path, env_key=env_key)
+    elif env_key:
+        resolved = parse_config({}, None, env_key=env_key)
+    else:
+        key = generate_key()
+        create_config(path, key)
+        print(new_key_banner(key, path, "default"), file=sys.stderr)
+        resolved = load_config(path)
+    if listen:
+        try:
+            host, port = parse_hostport(listen)
+        except ValueError as e:
+            raise ConfigError(f"--listen: expected {e}") from None
+        resolved = replace(resolved, listen_host=host, listen_port=port)
+    if upstream:
+        try:
+            resolved = replace(resolved, upstream=parse_upstream(upstream))
+        except ValueError as e:
+            raise ConfigError(f"--upstream: expected {e}") from None
+    return resolved
+
+
+def run(config: Config, loop: str = "auto") -> int:
+    """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM."""
+    for k in config.keys:
+        if k.plaintext:
+            print(f"guardproxy: warning: key \"{k.name}\" is stored in plaintext in {config.path}; "
+                  f"replace it with key_sha256", file=sys.stderr)
+    if "*" in config.cors.origins:
+        print("guardproxy: warning: cors.origins allows \"*\": any web page can call this server "
+              "with a key it holds; list your app's exact origins instead", file=sys.stderr)
+    try:
+        return run_loop(serve(config), loop)
+    except RuntimeError as e:
+        print(f"guardproxy: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
+    from .engine.accesslog import AccessLog
+    from .engine.server import GuardServer
+    try:
+        access_log = AccessLog(config.access_log)
+    except OSError as e:
+        print(f"guardproxy: config error: {config.path}: log.access: cannot open {config.access_log!r}: "
+              f"{e.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .engine.fdlimit import check_open_files
+    warning = check_open_files(config.server.max_connections)
+    if warning:
+        print(warning, file=sys.stderr)
+    server = GuardServer(config, access_log=access_log)
+    try:
+        await server.start()
+    except OSError as e:
+        print(f"guardproxy: cannot listen on {config.listen_host}:{config.listen_port}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = asyncio.Event() if stop is None else stop
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, AttributeError, RuntimeError):
+            pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    watch: asyncio.Task[None] | None = None
+    if config.path is not None:
+        from .engine.reload import Reloader
+        reloader = Reloader(server, config.path, env_key=os.environ.get(ENV_KEY) or None)
+        reloader.install_sighup(loop)
+        watch = loop.create_task(reloader.watch())
+    scheme = "https" if config.tls is not None else "http"
+    print(f"guardproxy {__version__} listening on {scheme}://{config.listen_host}:{server.port} -> "
+          f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
+          f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    except asyncio.CancelledError:
+        pass
+    if watch is not None:
+        watch.cancel()
+    print(f"guardproxy: shutting down (grace {config.timeouts.grace:g}s)", file=sys.stderr, flush=True)
+    await server.stop()
+    access_log.close()
+    return 0

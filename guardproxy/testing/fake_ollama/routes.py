@@ -1,0 +1,159 @@
+"""The route table and the handlers that are not generations."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs
+
+from .checks import opt_bool, opt_count, opt_number, parse_json_body, require_model
+from .exchange import BadRequest, Exchange, Handler
+from .generation import ollama_generation, openai_generation
+from .shapes import (PROMPT_TOKENS, BLOB_PATTERN, EMBED_DEFAULT_DIMS, EMBED_ITEM_BYTES, PS_BODY, TAGS_BODY,
+                     V1_MODELS_BODY, VERSION_BODY, dumps, embedding_json, model_digest)
+
+
+# -- simple endpoints --------------------------------------------------
+
+async def root(ex: Exchange) -> None:
+    await ex.send_full(200, b"Ollama is running", b"text/plain; charset=utf-8")
+
+
+async def version(ex: Exchange) -> None:
+    await ex.send_full(200, VERSION_BODY)
+
+
+async def tags(ex: Exchange) -> None:
+    await ex.send_full(200, TAGS_BODY)
+
+
+async def ps(ex: Exchange) -> None:
+    await ex.send_full(200, PS_BODY)
+
+
+async def v1_models(ex: Exchange) -> None:
+    await ex.send_full(200, V1_MODELS_BODY)
+
+
+async def embed(ex: Exchange) -> None:
+    data = parse_json_body(ex.request.body)
+    model = require_model(data)
+    raw_input = data.get("input", "")
+    if isinstance(raw_input, str):
+        inputs = 1
+    elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
+        inputs = max(1, len(raw_input))
+    else:
+        raise BadRequest("invalid input type")
+    fake_size = data.get("fake_size")
+    if fake_size is None:
+        dims = EMBED_DEFAULT_DIMS
+    else:
+        size = opt_count(fake_size, "fake_size", 0)
+        dims = max(1, size // (EMBED_ITEM_BYTES * inputs))
+    vector = embedding_json(dims)
+    body = b"".join(
+        [
+            b'{"model":',
+            dumps(model),
+            b',"embeddings":[',
+            b",".join([vector] * inputs),
+            b'],"total_duration":1000,"load_duration":1,"prompt_eval_count":%d}'
+            % (PROMPT_TOKENS * inputs),
+        ]
+    )
+    await ex.send_full(200, body)
+
+
+# -- pull --------------------------------------------------------------
+
+async def pull(ex: Exchange) -> None:
+    data = parse_json_body(ex.request.body)
+    name = data.get("model") or data.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required")
+    stream = opt_bool(data, "stream", True)
+    delay = opt_number(data, "fake_delay", ex.fake.token_delay)
+    if not stream:
+        if delay > 0:
+            await asyncio.sleep(delay * 4)
+        await ex.send_json(200, {"status": "success"})
+        return
+    digest = "sha256:" + model_digest(name)
+    total = 2_019_393_189
+    lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+    for part in range(5):
+        lines.append(
+            {
+                "status": f"pulling {digest[7:19]}",
+                "digest": digest,
+                "total": total,
+                "completed": total * part // 4,
+            }
+        )
+    lines += [
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
+    ex.begin_stream(b"application/x-ndjson")
+    for line in lines:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await ex.stream_chunk(dumps(line) + b"\n")
+    await ex.end_stream()
+
+
+# -- bulk data ---------------------------------------------------------
+
+async def blob(ex: Exchange) -> None:
+    params = parse_qs(ex.query)
+
+    def int_param(name: str, default: int, minimum: int) -> int:
+        values = params.get(name)
+        if not values:
+            return default
+        try:
+            value = int(values[-1])
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer") from None
+        if value < minimum:
+            raise BadRequest(f"{name} must be >= {minimum}")
+        return value
+
+    size = int_param("size", 1 << 20, 0)
+    chunk = int_param("chunk", 65536, 1)
+    framing = (params.get("framing") or ["chunked"])[-1]
+    if framing not in ("chunked", "length"):
+        raise BadRequest("framing must be 'chunked' or 'length'")
+    pattern_len = len(BLOB_PATTERN)
+    buf = BLOB_PATTERN * (chunk // pattern_len + 2)
+    view = memoryview(buf)
+    ex.begin_stream(
+        b"application/octet-stream",
+        content_length=size if framing == "length" else None,
+    )
+    sent = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        start = sent % pattern_len
+        await ex.stream_chunk(bytes(view[start : start + n]))
+        sent += n
+    await ex.end_stream()
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/": {"GET": root, "HEAD": root},
+    "/api/version": {"GET": version, "HEAD": version},
+    "/api/tags": {"GET": tags, "HEAD": tags},
+    "/api/ps": {"GET": ps, "HEAD": ps},
+    "/v1/models": {"GET": v1_models, "HEAD": v1_models},
+    "/api/generate": {"POST": partial(ollama_generation, chat=False)},
+    "/api/chat": {"POST": partial(ollama_generation, chat=True)},
+    "/api/embed": {"POST": embed},
+    "/api/pull": {"POST": pull},
+    "/v1/chat/completions": {"POST": partial(openai_generation, chat=True)},
+    "/v1/completions": {"POST": partial(openai_generation, chat=False)},
+    "/fake/blob": {"GET": blob},
+}

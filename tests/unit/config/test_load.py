@@ -1,0 +1,86 @@
+"""Reading a config: every table, defaults, and mistakes named by file, line and field."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from guardproxy.config.load import parse_config
+from guardproxy.config.model import Ban, ConfigError, Cors, Rate, ServerLimits
+from guardproxy.config.values import parse_size
+from support.samples import FULL, load
+
+
+BASE = {"keys": [{"name": "a", "key": "x" * 20}]}
+
+
+def test_defaults() -> None:
+    cfg = parse_config(BASE, None)
+    assert cfg.server == ServerLimits(max_body=64 * 1024 * 1024, max_connections=10000,
+                                      max_connections_per_ip=256, max_headers=100)
+    assert (cfg.timeouts.body, cfg.timeouts.write, cfg.timeouts.first_byte) == (30.0, 60.0, 300.0)
+    assert cfg.tls is None
+
+
+def test_values() -> None:
+    cfg = parse_config({**BASE, "server": {"max_body": "1MiB", "max_headers": 50},
+                        "timeouts": {"first_byte": "10min", "write": 5}}, None)
+    assert cfg.server.max_body == 1024 * 1024 and cfg.server.max_headers == 50
+    assert cfg.timeouts.first_byte == 600.0 and cfg.timeouts.write == 5.0
+    assert parse_size(7) == 7 and parse_size("2 KB") == 2000
+
+
+@pytest.mark.parametrize("table,message", [
+    ({"max_body": "lots"}, r"server.max_body: expected a size like"),
+    ({"max_connections": 0}, r"server.max_connections: expected a whole number of at least 1"),
+    ({"max_headers": True}, r"server.max_headers: expected a whole number"),
+    ({"max_conns": 5}, r"server.max_conns: expected one of the known fields"),
+])
+def test_mistakes_name_the_field(tmp_path: Path, table: dict, message: str) -> None:
+    text = "[server]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"').replace("True", "true") for k, v in table.items())
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config({**BASE, "server": table}, tmp_path / "g.toml", text)
+    assert str(e.value).startswith(f"{tmp_path / 'g.toml'}:2: ")
+
+
+def test_env_key_adds_a_key_named_env() -> None:
+    cfg = parse_config({}, None, env_key="gp_abcdefghijklmnop")
+    assert [k.name for k in cfg.keys] == ["env"]
+
+
+# --- the policy tables ----------------------------------------------------------------
+
+def test_full_policy_config_reads() -> None:
+    c = load(FULL)
+    (k,) = c.keys
+    assert (k.admin, k.models, k.rate, k.max_concurrent, k.expires) == \
+        (False, ("qwen3:*", "llama3.2"), Rate(30, 60.0), 2, date(2027, 1, 31))
+    assert c.cors == Cors(("https://sysofti.com",), 600)
+    assert c.limits.per_ip == Rate(5, 1.0) and c.limits.max_concurrent == 8
+    assert c.ban == Ban(20, 600.0, 900.0)
+
+
+@pytest.mark.parametrize("old,new,where", [
+    ('rate = "30/min"', 'rate = "lots"', 'g.toml:6: keys[0].rate: expected a rate like "30/min"'),
+    ("admin = false", 'admin = "no"', "g.toml:4: keys[0].admin: expected true or false"),
+    ("max_concurrent = 2", "max_concurrent = 0", "g.toml:7: keys[0].max_concurrent: expected a whole number >= 1"),
+    ("expires = 2027-01-31", 'expires = "soon"', "g.toml:8: keys[0].expires: expected a date"),
+    ('origins = ["https://sysofti.com"]', 'origins = ["https://sysofti.com/app"]', "g.toml:11: cors.origins: expected exact origins"),
+    ('"10.0.0.0/8"', '"10.0.0.0/33"', "g.toml:18: limits.trusted_proxies: expected CIDRs"),
+    ('window = "10min"', 'window = "a while"', "g.toml:22: ban.window: expected a duration"),
+    ("[ban]", "[bans]", "g.toml:20: bans: expected one of the known fields"),
+])
+def test_config_mistakes_are_one_line_with_file_line_field(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(FULL.replace(old, new))
+    assert str(e.value).startswith(where) and "\n" not in str(e.value)
+
+
+def test_readme_policies_example_config_is_valid() -> None:
+    import re
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
+    c = load(block)
+    assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20

@@ -1,0 +1,79 @@
+"""Writing configs: new keys, the fresh-config template, appending without touching the rest."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardproxy.config.load import load_config, parse_config
+from guardproxy.config.model import Ban, ConfigError, Cors, ServerLimits, Timeouts, TrafficLimits
+from guardproxy.config.write import append_key, create_config, generate_key, hash_key, initial_config_text
+
+
+def test_generated_keys_are_long_and_unique() -> None:
+    keys = {generate_key() for _ in range(100)}
+    assert len(keys) == 100 and all(len(k) >= 46 for k in keys)
+
+
+def test_create_then_append_roundtrip(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    k1, k2 = generate_key(), generate_key()
+    create_config(path, k1)
+    with pytest.raises(ConfigError):
+        create_config(path, k1)
+    append_key(path, "second", k2)
+    cfg = load_config(path)
+    assert [k.name for k in cfg.keys] == ["default", "second"]
+    assert tomllib.loads(path.read_text())["keys"][1]["key_sha256"] == hash_key(k2)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+
+
+def test_append_to_broken_file_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text("listen = \n")
+    with pytest.raises(ConfigError):
+        append_key(path, "x", generate_key())
+    assert path.read_text() == "listen = \n"
+
+
+# --- the fresh-config template states the defaults ----------------------------------------
+
+KEYS = {"keys": [{"name": "a", "key_sha256": "0" * 64}]}
+# Commented-out tables show how to turn a feature on; these values are examples, not defaults.
+EXAMPLES = {("tls", "cert"), ("tls", "key"), ("cors", "origins"), ("limits", "per_ip"), ("limits", "max_concurrent")}
+
+
+def template_as_if_uncommented() -> dict[str, Any]:
+    text = initial_config_text(generate_key())
+    return tomllib.loads(re.sub(r"(?m)^# (?=\[\w+\]|\w+ = )", "", text))
+
+
+def test_every_value_the_template_states_is_the_dataclass_default() -> None:
+    data = template_as_if_uncommented()
+    assert {"log", "timeouts", "server", "tls", "cors", "limits", "ban"} <= data.keys()
+    stated = [(table, key, value) for table, values in data.items() if isinstance(values, dict)
+              for key, value in values.items()]
+    assert len(stated) >= 19
+    defaults = parse_config(KEYS, None)
+    assert parse_config({**KEYS, "listen": data["listen"], "upstream": data["upstream"]}, None) == defaults
+    for table, key, value in stated:
+        if (table, key) in EXAMPLES:
+            continue
+        # The value written out must be what leaving it out gives: the table's dataclass defaults.
+        assert parse_config({**KEYS, table: {key: value}}, None) == parse_config({**KEYS, table: {}}, None), \
+            f"[{table}] {key} = {value!r}"
+    assert defaults.timeouts == Timeouts() and defaults.server == ServerLimits() and defaults.cors == Cors()
+    assert defaults.limits == TrafficLimits() and defaults.ban == Ban() and defaults.access_log == data["log"]["access"]
+    # Writing [ban] turns bans on; its after_failures line states the count that then applies.
+    assert parse_config({**KEYS, "ban": {}}, None).ban == Ban(data["ban"]["after_failures"])
+
+
+def test_the_template_examples_are_of_features_that_are_off_by_default() -> None:
+    data = template_as_if_uncommented()
+    off = parse_config(KEYS, None)
+    assert off.tls is None and off.cors.origins == () and off.limits.per_ip is None and off.limits.max_concurrent is None
+    assert EXAMPLES <= {(t, k) for t, v in data.items() if isinstance(v, dict) for k in v}

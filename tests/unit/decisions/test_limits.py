@@ -1,0 +1,93 @@
+"""Rates, bans, trusted proxies and the concurrency gate, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardproxy.config.model import Ban, Rate
+from guardproxy.decisions.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
+
+
+def test_token_bucket_with_fake_clock() -> None:
+    t = RateTable()
+    r = Rate(3, 60.0)
+    assert [t.hit("a", r, 0.0) for _ in range(3)] == [0, 0, 0]
+    assert t.hit("a", r, 0.0) == pytest.approx(20.0)
+    assert t.hit("b", r, 0.0) == 0  # another address has its own bucket
+    assert t.hit("a", r, 19.0) == pytest.approx(1.0)
+    assert t.hit("a", r, 20.0) == 0
+
+
+def test_tables_are_bounded() -> None:
+    t = RateTable(max_tracked=100)
+    bans = BanTable(Ban(2, 60, 60), max_tracked=100)
+    for i in range(10000):
+        t.hit(f"10.0.{i // 256}.{i % 256}", Rate(1, 1), 0.0)
+        bans.failure(f"ip{i}", 0.0)
+        bans.failure(f"ip{i}", 0.0)
+    assert len(t) == 100 and bans.sizes()[0] <= 100 and bans.sizes()[1] <= 100
+
+
+def test_ban_and_unban_with_fake_clock() -> None:
+    b = BanTable(Ban(3, 60.0, 900.0))
+    assert not b.failure("1.2.3.4", 0) and not b.failure("1.2.3.4", 1)
+    assert b.retry_after("1.2.3.4", 2) == 0
+    assert b.failure("1.2.3.4", 2)
+    assert b.retry_after("1.2.3.4", 3) == pytest.approx(899)
+    assert b.retry_after("5.6.7.8", 3) == 0
+    assert b.retry_after("1.2.3.4", 902) == 0
+    # Failures spread wider than the window never ban.
+    for t in range(0, 1000, 61):
+        assert not b.failure("9.9.9.9", t)
+
+
+def test_client_address_trusts_only_trusted_peers() -> None:
+    tp = TrustedProxies(["10.0.0.0/8"])
+    assert tp.client_address("203.0.113.9", [b"1.1.1.1"], []) == "203.0.113.9"
+    assert tp.client_address("10.0.0.2", [b"6.6.6.6, 198.51.100.7"], []) == "198.51.100.7"
+    assert tp.client_address("10.0.0.2", [b"198.51.100.7, 10.0.0.5"], []) == "198.51.100.7"
+    assert tp.client_address("10.0.0.2", [], [b'for="[2001:db8::1]:4711", for=10.1.1.1']) == "2001:db8::1"
+    assert tp.client_address("10.0.0.2", [b"garbage"], []) == "10.0.0.2"
+
+
+def test_gate_is_fair_across_keys() -> None:
+    g = ConcurrencyGate(1)
+    assert g.try_acquire("busy", None)
+    for i in range(5):
+        g.enqueue("busy", None, f"busy{i}")
+    g.enqueue("quiet", None, "quiet0")
+    order = []
+    holder = "busy"
+    for _ in range(6):
+        (w,) = g.release(holder)
+        order.append(w)
+        holder = w.rstrip("0123456789")
+    assert order[:2] == ["busy0", "quiet0"]
+    assert g.total == 1 and g.queued == 0
+
+
+def test_gate_per_key_limit_and_queue_bound() -> None:
+    g = ConcurrencyGate(None, max_queue=2)
+    assert g.try_acquire("a", 1) and not g.try_acquire("a", 1) and g.try_acquire("b", 1)
+    g.enqueue("a", 1, "a1")
+    g.enqueue("a", 1, "a2")
+    with pytest.raises(QueueFull):
+        g.enqueue("b", 1, "b1")
+    assert g.cancel("a", "a2") and not g.cancel("a", "zz")
+    assert g.release("b") == []
+    assert g.release("a") == ["a1"]
+
+
+def test_ipv6_counts_by_slash_64() -> None:
+    from guardproxy.decisions.limits import address_bucket
+    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+    assert address_bucket("::ffff:192.0.2.7") == "192.0.2.7" and address_bucket("192.0.2.7") == "192.0.2.7"
+
+
+def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
+    from guardproxy.decisions.limits import address_bucket
+    assert address_bucket("203.0.113.7") == "203.0.113.7"
+    assert address_bucket("::ffff:203.0.113.7") == "203.0.113.7"
+    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
