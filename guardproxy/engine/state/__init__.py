@@ -1,0 +1,1 @@
+"""State shared between guardproxy instances (rates, bans, slots, budgets) and its Redis client."""
