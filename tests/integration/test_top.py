@@ -1,0 +1,185 @@
+"""`python -m guardproxy.ops.top` against a literal /metrics served on loopback: piped, and under a pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from topmetrics import metrics_text
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "gp_top-test-key-0123456789abcdefghijklmnopq"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class MetricsServer:
+    """Serves scrape n of `metrics_text` to the n-th GET /metrics (or a fixed failure), and records each request head."""
+
+    def __init__(self, status: int = 200, body: str | None = None) -> None:
+        self.status, self.body = status, body
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> MetricsServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            self.heads.append(head)
+            body = (self.body if self.body is not None else metrics_text(len(self.heads) - 1, upstream_b_up=False)).encode()
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (self.status, len(body), body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("GUARDPROXY_API_KEY", "COLUMNS", "LINES")}
+    e.update(extra)
+    return e
+
+
+async def run_piped(*args: str, **environ: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy.ops.top", *args, cwd=ROOT,
+                                                env=env(**environ), stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_piped_it_prints_one_snapshot_with_rates_and_exits() -> None:
+    async with MetricsServer() as server:
+        code, out, err = await run_piped(server.url, "--interval", "0.5", COLUMNS="100", GUARDPROXY_API_KEY=KEY)
+    assert (code, err) == (0, "")
+    assert len(server.heads) == 2  # two scrapes, so that the one snapshot has rates
+    assert all(h.startswith(b"GET /metrics HTTP/1.1\r\n") for h in server.heads)
+    assert all(f"\r\nAuthorization: Bearer {KEY}\r\n".encode() in h for h in server.heads)
+    assert "\x1b" not in out  # no screen control when the output is not a terminal
+    assert out.startswith(f"guardproxy 0.1.0 {server.url}/metrics\nconnections 17  streams 5  queue 4  requests/s ")
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("TOKENS/S\n")[1].split("\n\n")[0].splitlines()}
+    # 800 completion tokens were added between scrapes that began at least 0.5 s apart
+    assert 800 / 5 < float(rows["laptop"][2]) <= 800 / 0.5
+    assert "\ngpu-a.lan:11434     up          3\ngpu-b.lan:11434   DOWN          2\n" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+@pytest.mark.parametrize("status, body, words", [
+    (401, "unauthorized", "answered 401 X: GUARDPROXY_API_KEY is not set and --key not given"),
+    (403, "forbidden", "answered 403 X: the key is neither an admin key nor has metrics = true"),
+    (200, "<html><body>It works!</body></html>\n", "not Prometheus text"),
+    (200, "# TYPE up gauge\nup 1\n", "no guardproxy_ series"),
+    (502, "bad gateway", "answered 502 X"),
+])
+async def test_piped_a_failed_scrape_is_one_clear_line_and_exit_1(status: int, body: str, words: str) -> None:
+    async with MetricsServer(status, body) as server:
+        code, out, err = await run_piped(server.url, *(["--key", KEY] if status == 403 else []))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and err.startswith("guardproxy top: ") and words in err, err
+
+
+async def test_piped_nothing_listening_is_connection_refused() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = await run_piped(f"127.0.0.1:{port}", "--key", KEY)
+    assert (code, out) == (1, "")
+    assert err == f"guardproxy top: cannot connect to 127.0.0.1 port {port}: connection refused (is guardproxy running there?)\n"
+
+
+async def read_until(fd: int, done: Callable[[bytes], bool], deadline: float) -> bytes:
+    """Read a pty master until `done(bytes so far)` is true, the child closes it, or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    ready = asyncio.Event()
+    loop.add_reader(fd, ready.set)
+    try:
+        while not done(bytes(buf)) and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(ready.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+            ready.clear()
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: every copy of the slave side is closed
+                break
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        loop.remove_reader(fd)
+    return bytes(buf)
+
+
+def screen_text(raw: bytes) -> str:
+    return ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+@pytest.mark.parametrize("columns, rows", [(100, 40), (30, 12)])
+async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    os.set_blocking(master, False)
+    loop = asyncio.get_running_loop()
+    async with MetricsServer() as server:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy.ops.top", server.url,
+                                                    "--interval", "0.2", cwd=ROOT, env=env(GUARDPROXY_API_KEY=KEY, TERM="xterm"),
+                                                    stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        try:
+            # The third frame is drawn once two frames with rates have been (the first has none).
+            raw = await read_until(master, lambda b: b.count(b"\x1b[H") >= 3, loop.time() + 20)
+            assert raw.startswith(b"\x1b[?1049h\x1b[?25l\x1b[H")  # alternate screen, cursor hidden, home
+            assert proc.returncode is None  # still running: a live view does not exit by itself
+            proc.send_signal(signal.SIGINT)
+            raw += await read_until(master, lambda b: False, loop.time() + 10)
+            code = await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            os.close(master)
+    assert code == 0
+    assert raw.endswith(b"\x1b[?25h\x1b[?1049l")  # the terminal is given back as it was
+    frames = [screen_text(f) for f in raw.split(b"\x1b[H")[1:]]
+    assert len(frames) >= 3
+    for frame in frames:
+        lines = frame.rstrip("\n").split("\n")
+        assert len(lines) <= rows - 1 and all(len(line) <= columns - 1 for line in lines), frame
+    last = frames[2]
+    if columns >= 100:
+        assert last.startswith(f"guardproxy 0.1.0 {server.url}/metrics\nconnections 17  streams 5  queue 4  requests/s ")
+        assert re.search(r"\nlaptop +llama3\.2 +[0-9.]+k? +[0-9.]+k?\n", last), last
+        assert "\nACTIVE STREAMS\nKEY        STREAMS\nci-runner        3\nlaptop           2\n" in last
+        assert "tokens/s: after the next scrape" in frames[0]
+    else:
+        assert last.startswith("guardproxy 0.1.0 http://127.~\nconnections 17  streams 5\nqueue 4  requests/s ")
