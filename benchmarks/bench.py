@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadgen import (CheckFailed, Client, body_digest, dechunk, http_request,  # noqa: E402
+from loadgen import (CheckFailed, Client, body_digest, http_request,  # noqa: E402
                      stream_digest, token_latencies)
 from targets import CLIENT_CORE, KEY, TARGETS, Target, cpu_seconds, pinned, rss_kib  # noqa: E402
 
@@ -306,7 +306,10 @@ async def s5_many_slow(t: Target, sz: Sizes, key: str | None, golden: Golden) ->
 
 
 async def s6_slow_reader(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
-    raw = http_request("GET", f"/fake/blob?size={sz.s6_bytes}&chunk=65536", key)
+    # An embedding answer of the size wanted: a route of Ollama's, which every key may use.
+    body = b'{"model":"nomic-embed-text","input":"bulk","fake_size":%d}' % sz.s6_bytes
+    raw = http_request("POST", "/api/embed", key, body)
+    await golden.learn(DIRECT_PORT[0], raw, stream=False)
     c = await Client.connect(t.port)
     base = rss_kib(t.pid) if t.pid else 0
     peak = base
@@ -324,12 +327,9 @@ async def s6_slow_reader(t: Target, sz: Sizes, key: str | None, golden: Golden) 
     drain = time.perf_counter() - t0
     resp = c.response(0.0)
     c.close()
-    pattern = b"0123456789abcdef"
-    payload = b"".join(dechunk(resp.body))
-    if resp.status != 200 or payload != (pattern * (sz.s6_bytes // len(pattern) + 1))[:sz.s6_bytes]:
-        raise CheckFailed("blob bytes differ from the upstream's")
+    golden.check(raw, resp, stream=False)
     return Result({"proxy RSS growth KiB while stalled": (peak - base) if t.pid else None,
-                   "client held KiB at stall": held / 1024, "drain MB/s after": sz.s6_bytes / 1e6 / drain})
+                   "client held KiB at stall": held / 1024, "drain MB/s after": len(resp.body) / 1e6 / drain})
 
 
 SCENARIOS: dict[int, tuple[str, Callable[..., Awaitable[Result]], str, str | None]] = {

@@ -24,6 +24,7 @@ from support.upstreams import RecordingUpstream
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
 OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
+ADMIN_KEY = "gp_admin-key-0123456789abcdefghijklmnopqrst"  # may use every route, the fake's own /fake/* too
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,10 +58,11 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 def make_config(upstream_port: int, **overrides: Any) -> Config:
     timeouts = overrides.pop("timeouts", Timeouts())
+    keys = overrides.pop("keys", (KeyEntry("laptop", bytes.fromhex(hash_key(KEY))),
+                                  KeyEntry("phone", bytes.fromhex(hash_key(OTHER_KEY))),
+                                  KeyEntry("owner", bytes.fromhex(hash_key(ADMIN_KEY)), admin=True)))
     return Config(path=None, listen_host="127.0.0.1", listen_port=0,
-                  upstream=Upstream("127.0.0.1", upstream_port),
-                  keys=(KeyEntry("laptop", bytes.fromhex(hash_key(KEY))),
-                        KeyEntry("phone", bytes.fromhex(hash_key(OTHER_KEY)))),
+                  upstream=Upstream("127.0.0.1", upstream_port), keys=keys,
                   access_log=overrides.pop("access_log", ""), timeouts=timeouts, **overrides)
 
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .routes import _canonical, _matches
+from .models import _matches, canonical as _canonical
 
 DOWN_AFTER = 3        # failed health checks in a row
 UP_AFTER = 2          # good health checks in a row

@@ -27,11 +27,12 @@ from typing import AsyncIterator, NamedTuple
 
 import pytest
 
-from conftest import KEY, Proxy, start_proxy
+from conftest import ADMIN_KEY, KEY, Proxy, start_proxy
 from guardproxy.wire.strict import check_head
 from support.upstreams import RecordingUpstream
 
 K = b"X-API-Key: " + KEY.encode() + b"\r\n"
+ADMIN_K = b"X-API-Key: " + ADMIN_KEY.encode() + b"\r\n"  # no model to check: bodies stream
 H = b"Host: a\r\n"
 MAX_BODY = 4096  # the suite's proxy has a small body limit so 413s are cheap to provoke
 
@@ -46,8 +47,8 @@ def get(line: bytes = b"GET /api/tags HTTP/1.1", fields: bytes = H + K) -> bytes
     return line + b"\r\n" + fields + b"\r\n"
 
 
-def post(fields: bytes, body: bytes = b"") -> bytes:
-    return b"POST /api/generate HTTP/1.1\r\n" + H + K + fields + b"\r\n" + body
+def post(fields: bytes, body: bytes = b"", key: bytes = K) -> bytes:
+    return b"POST /api/generate HTTP/1.1\r\n" + H + key + fields + b"\r\n" + body
 
 
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -250,14 +251,18 @@ async def test_head_attack_refused_and_upstream_untouched(gate: Proxy, upstream:
         assert (entry["method"], entry["path"]) == (case.raw.split(b" ")[0].decode(), case.raw.split(b" ")[1].decode())
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["checked", "streamed"])
 @pytest.mark.parametrize("bytewise", [False, True], ids=["one-write", "bytewise"])
 @pytest.mark.parametrize("case", BODY_CASES, ids=[c.id for c in BODY_CASES])
 async def test_body_attack_refused_and_upstream_never_completes(gate: Proxy, upstream: RecordingUpstream,
-                                                                case: Case, bytewise: bool) -> None:
-    raw = await send(gate.port, case.raw, bytewise)
+                                                                case: Case, bytewise: bool, streamed: bool) -> None:
+    raw = await send(gate.port, case.raw.replace(K, ADMIN_K) if streamed else case.raw, bytewise)
     check_refusal(raw, case.status)
-    # The head went upstream before the body turned out bad; the upstream
-    # connection was then closed before a complete request existed.
+    if not streamed:
+        # A body whose model is checked is read whole first: nothing went upstream.
+        assert upstream.saw_nothing
+    # Streamed, the head went upstream before the body turned out bad; the
+    # upstream connection was then closed before a complete request existed.
     assert not upstream.got_request.is_set()
     assert upstream.bodies == []
     for data in upstream.received:
@@ -286,7 +291,7 @@ async def test_chunked_body_is_reframed_extensions_and_trailers_dropped(
     # accepts a Content-Length trailer, which must never reach the upstream.
     body = (b"5;ilovew3;somuchlove=aretheseparametersfor;another=withvalue\r\nhello\r\n"
             b"6;blahblah;blah\r\n world\r\n000\r\nVary: *\r\nContent-Length: 0\r\n\r\n")
-    raw = post(CHUNKED + b"Connection: close\r\n", body)
+    raw = post(CHUNKED + b"Connection: close\r\n", body, ADMIN_K)  # streamed: nothing needs its model
     answer = await send(gate.port, raw, bytewise)
     assert answer.startswith(b"HTTP/1.1 200 ")
     (head,) = upstream.heads
@@ -333,8 +338,11 @@ async def test_content_length_rewritten_as_guardproxy_writes_it(gate: Proxy, ups
     assert upstream.bodies == [b"hello"]
 
 
-async def test_options_asterisk_is_allowed(gate: Proxy, upstream: RecordingUpstream) -> None:
+async def test_options_asterisk_is_allowed_to_admin_keys_only(gate: Proxy, upstream: RecordingUpstream) -> None:
+    # Not a route Ollama has: an ordinary key gets 404 and nothing is forwarded.
     answer = await send(gate.port, get(b"OPTIONS * HTTP/1.1", H + K + b"Connection: close\r\n"), False)
+    assert answer.startswith(b"HTTP/1.1 404 ") and upstream.saw_nothing
+    answer = await send(gate.port, get(b"OPTIONS * HTTP/1.1", H + ADMIN_K + b"Connection: close\r\n"), False)
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert upstream.heads == [rebuilt(upstream.port, b"OPTIONS * HTTP/1.1", b"")]
 
@@ -389,7 +397,7 @@ async def test_mutated_heads_get_an_answer_and_nothing_malformed_goes_upstream(
         for raw, answer in zip(cases, answers):
             assert answer.startswith(b"HTTP/1.1 "), (raw, answer)
             status = int(answer[9:12])
-            assert status in (200, 400, 401, 405, 408, 413, 414, 431, 501, 505), (raw, answer)
+            assert status in (200, 400, 401, 404, 405, 408, 413, 414, 431, 501, 505), (raw, answer)
         assert upstream.heads, "some mutations are harmless and must still be served"
         for head in upstream.heads:
             # Every head that went upstream is one guardproxy wrote: it passes the strict check.

@@ -10,13 +10,14 @@ import time
 
 import pytest
 
-from conftest import KEY, OTHER_KEY, Proxy, start_proxy
+from conftest import ADMIN_KEY, KEY, OTHER_KEY, Proxy, start_proxy
 from guardproxy.config.model import Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
 from support.raw_http import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
+ADMIN = {"X-API-Key": ADMIN_KEY}  # the fake's /fake/blob is not an Ollama route: admin keys only
 
 
 # --- health ------------------------------------------------------------------
@@ -129,7 +130,7 @@ async def test_streamed_bytes_identical_to_direct(proxy: Proxy, fake: FakeOllama
     async def raw(port: int, headers: dict[str, str]) -> bytes:
         return await exchange(port, request_bytes("GET", f"/fake/blob?{query}", headers={**headers, "Connection": "close"}))
 
-    via = await raw(proxy.port, AUTH)
+    via = await raw(proxy.port, ADMIN)
     direct = await raw(fake.port, {})
     # Everything after the head, chunk-size lines included, is the upstream's own bytes.
     assert via.split(b"\r\n\r\n", 1)[1] == direct.split(b"\r\n\r\n", 1)[1]
@@ -194,7 +195,7 @@ async def test_slow_reader_keeps_memory_bounded(proxy: Proxy, fake: FakeOllama) 
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.port))
     reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(request_bytes("GET", f"/fake/blob?size={total}", headers=AUTH))
+    writer.write(request_bytes("GET", f"/fake/blob?size={total}", headers=ADMIN))
     await reader.readuntil(b"\r\n\r\n")
     # Stop reading.  The upstream must stall: wait until its progress stops.
     last, still = -1, 0
@@ -336,8 +337,14 @@ async def test_request_bodies_forwarded_as_framed(proxy: Proxy, fake: FakeOllama
     r = await fetch(proxy.port, "POST", "/api/generate", body, AUTH)
     assert r.status == 200 and fake.requests[-1].body == body
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7000]), body[i:i + 7000]) for i in range(0, len(body), 7000))
+    # A key whose model is checked (every key without the cloud scope): read whole, sent with its length.
     r = await fetch(proxy.port, "POST", "/api/generate", chunked + b"0\r\n\r\n",
                     {**AUTH, "Transfer-Encoding": "chunked"})
+    assert r.status == 200 and fake.requests[-1].body == body
+    assert fake.requests[-1].header("content-length") == str(len(body))
+    # A key nothing needs the model of: streamed, re-chunked by guardproxy.
+    r = await fetch(proxy.port, "POST", "/api/generate", chunked + b"0\r\n\r\n",
+                    {**ADMIN, "Transfer-Encoding": "chunked"})
     assert r.status == 200 and fake.requests[-1].body == body
     assert fake.requests[-1].header("transfer-encoding") == "chunked"
 

@@ -57,6 +57,7 @@ class ServerState(Protocol):
     token_delay: float
     default_tokens: int
     bytes_sent_last_stream: int
+    cloud_disabled: bool
 
     def next_id(self) -> int: ...
 

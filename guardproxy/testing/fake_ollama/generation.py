@@ -16,7 +16,7 @@ from .shapes import PROMPT_TOKENS, dumps, rfc3339_now
 _YIELD_EVERY = 16
 
 
-async def _pace(i: int, delay: float) -> None:
+async def pace(i: int, delay: float) -> None:
     """Before token `i`: the delay a request asked for, else a yield every few tokens."""
     if delay > 0:
         await asyncio.sleep(delay)
@@ -85,7 +85,7 @@ async def ollama_generation(ex: Exchange, *, chat: bool) -> None:
         tail = b'","done":false}\n'
     ex.begin_stream(b"application/x-ndjson")
     for i in range(n):
-        await _pace(i, delay)
+        await pace(i, delay)
         await ex.stream_chunk(b"%b%b%b%d%b" % (head, rfc3339_now(), mid, i, tail))
     await ex.stream_chunk(dumps(final_fields("")) + b"\n")
     await ex.end_stream()
@@ -169,7 +169,7 @@ async def openai_generation(ex: Exchange, *, chat: bool) -> None:
 
     ex.begin_stream(b"text/event-stream")
     for i in range(n):
-        await _pace(i, delay)
+        await pace(i, delay)
         await ex.stream_chunk(b"%b%d%b" % (head, i, tail))
     await ex.stream_chunk(
         b"data: " + dumps({**envelope, "choices": [last_choice]}) + b"\n\n"

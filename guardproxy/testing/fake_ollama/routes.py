@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 from .checks import opt_bool, opt_count, opt_number, parse_json_body, require_model
 from .exchange import BadRequest, Exchange, Handler
 from .generation import ollama_generation, openai_generation
+from . import newer
 from .shapes import (PROMPT_TOKENS, BLOB_PATTERN, EMBED_DEFAULT_DIMS, EMBED_ITEM_BYTES, PS_BODY, TAGS_BODY,
                      V1_MODELS_BODY, VERSION_BODY, dumps, embedding_json, model_digest)
 
@@ -34,6 +35,11 @@ async def ps(ex: Exchange) -> None:
 
 async def v1_models(ex: Exchange) -> None:
     await ex.send_full(200, V1_MODELS_BODY)
+
+
+async def v1_model(ex: Exchange) -> None:
+    name = ex.path.rsplit("/", 1)[-1]
+    await ex.send_json(200, {"id": name, "object": "model", "created": 1700000000, "owned_by": "library"})
 
 
 async def embed(ex: Exchange) -> None:
@@ -156,4 +162,38 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/chat/completions": {"POST": partial(openai_generation, chat=True)},
     "/v1/completions": {"POST": partial(openai_generation, chat=False)},
     "/fake/blob": {"GET": blob},
+    "/api/status": {"GET": newer.status},
+    "/api/show": {"POST": newer.show},
+    "/api/embeddings": {"POST": newer.embeddings},
+    "/v1/embeddings": {"POST": newer.embeddings},
+    "/v1/responses": {"POST": newer.responses},
+    "/v1/messages": {"POST": newer.messages},
+    "/v1/audio/transcriptions": {"POST": newer.transcriptions},
+    "/v1/images/generations": {"POST": newer.images},
+    "/v1/images/edits": {"POST": newer.images},
+    "/api/me": {"POST": newer.account},
+    "/api/signout": {"POST": newer.account},
+    "/api/experimental/web_search": {"POST": newer.account},
+    "/api/experimental/web_fetch": {"POST": newer.account},
+    "/api/create": {"POST": newer.admin},
+    "/api/copy": {"POST": newer.admin},
+    "/api/push": {"POST": newer.admin},
+    "/api/delete": {"DELETE": newer.admin},
 }
+
+# Routes with a parameter as their last segment (gin's "/api/blobs/:digest").
+PREFIX_ROUTES: dict[str, dict[str, Handler]] = {
+    "/api/blobs/": {"POST": newer.blob_upload, "HEAD": newer.blob_upload},
+    "/api/user/keys/": {"DELETE": newer.account},
+    "/v1/models/": {"GET": v1_model},
+}
+
+
+def route(path: str) -> dict[str, Handler] | None:
+    methods = ROUTES.get(path)
+    if methods is None:
+        for prefix, found in PREFIX_ROUTES.items():
+            rest = path[len(prefix):]
+            if path.startswith(prefix) and rest and "/" not in rest:
+                return found
+    return methods

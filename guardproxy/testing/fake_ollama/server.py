@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import signal
 import socket
 import sys
 import time
 from http import HTTPStatus
+from dataclasses import replace
 from typing import Callable
 
 import h11
+import zstandard
 
 from .checks import host_is_local, origin_is_local
 from .exchange import BadRequest, Exchange, PeerGone, RecordedRequest
-from .routes import ROUTES
+from .routes import route
 from .shapes import dumps
 
 __all__ = ["FakeOllama", "RecordedRequest", "main"]
@@ -39,6 +42,7 @@ class FakeOllama:
         self.stream_aborted = asyncio.Event()
         self.aborted_at: float | None = None
         self.bytes_sent_last_stream = 0
+        self.cloud_disabled = False  # what GET /api/status says
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -233,7 +237,11 @@ class FakeOllama:
             ):
                 await ex.send_full(403, b"")
                 return True
-            methods = ROUTES.get(ex.path)
+            if ex.request.header("content-encoding") == "zstd" and ex.path.startswith("/v1/"):
+                # As Ollama's /v1 middleware: decompressed before the handler reads the JSON.
+                body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(ex.request.body)).read()
+                ex.request = replace(ex.request, body=body)
+            methods = route(ex.path)
             if methods is None:
                 await ex.send_full(404, dumps({"error": "404 page not found"}))
                 return True
