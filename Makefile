@@ -63,9 +63,11 @@ bench-deps:
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends nginx caddy wrk
 
-## bench: guardproxy side by side with nginx and Caddy (~6 min; ARGS="--quick" for seconds)
+## bench: guardproxy side by side with nginx and Caddy, with their access logs on (the seed recipe) and off
+##        (~12 min; ARGS="--quick" for seconds; benchmarks/bench.py --help for one variant or scenario)
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) benchmarks/bench.py --no-logs $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -91,19 +91,33 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def health_probe(port: int, stop_at: threading.Event, samples: list[float]) -> None:
-    """GET /health every 5 ms from its own thread, so the attacker's busy loop cannot delay it."""
-    while not stop_at.is_set():
-        t0 = time.perf_counter()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                while s.recv(4096):
-                    pass
-            samples.append((time.perf_counter() - t0) * 1000)
-        except OSError:
-            samples.append(10_000.0)
-        stop_at.wait(0.005)
+_PROBE = """
+import socket, sys, time
+port = int(sys.argv[1])
+while True:
+    t0 = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+            while s.recv(4096):
+                pass
+        print((time.perf_counter() - t0) * 1000, flush=True)
+    except OSError:
+        print(10000.0, flush=True)
+    time.sleep(0.005)
+"""
+
+
+class HealthProbe:
+    """GET /health every 5 ms from a process of its own, so the attacker's busy loop cannot delay it."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(port)], stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> list[float]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        return [float(x) for x in out.split()]
 
 
 def sink_upstream() -> tuple[int, threading.Event]:
@@ -146,10 +160,7 @@ async def tiny_chunks(port: int, pid: int, payload: int, timeout: float = 120.0)
     """Send `payload` bytes of a JSON body in 1-byte chunks; what it cost the proxy."""
     body = (b'{"model":"llama3.2","prompt":"' + b"x" * max(0, payload - 34) + b'"}')[:payload]
     cpu0, rss0, _ = proc_stat(pid)
-    samples: list[float] = []
-    done = threading.Event()
-    probe = threading.Thread(target=health_probe, args=(port, done, samples))
-    probe.start()
+    probe = HealthProbe(port)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode()
                  + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -170,8 +181,7 @@ async def tiny_chunks(port: int, pid: int, payload: int, timeout: float = 120.0)
     finally:
         writer.close()
     wall = time.monotonic() - started
-    done.set()
-    probe.join()
+    samples = probe.stop()
     cpu1, _, hwm = proc_stat(pid)
     status = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace") or "(connection closed)"
     return {"answer": status, "cpu_s": cpu1 - cpu0, "rss_start_mib": rss0 / 1024, "rss_peak_mib": hwm / 1024,

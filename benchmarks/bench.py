@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadgen import (CheckFailed, Client, body_digest, http_request,  # noqa: E402
                      stream_digest, token_latencies)
-from targets import CLIENT_CORE, KEY, TARGETS, Target, cpu_seconds, pinned, rss_kib  # noqa: E402
+from targets import ACCESS_LOGS, CLIENT_CORE, KEY, TARGETS, Target, cpu_seconds, pinned, rss_kib  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -431,6 +431,33 @@ def summary(results: dict[int, dict[str, Result]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The goals of the bare proxy path: (scenario, figure, the target it is held against, factor, wording).
+GOALS = [
+    (1, "proxy CPU µs/req", "caddy", 1.0, "CPU per small request <= Caddy's"),
+    (2, "proxy CPU µs/token", "nginx", 1.0, "CPU per token, unpaced streams <= nginx's"),
+    (5, "steady-state µs/token", "nginx", 1.0, "CPU per token, 1,000 paced streams <= nginx's"),
+    (4, "proxy CPU ms/MB", "caddy", 1.0, "CPU per MB of bulk <= Caddy's"),
+    (5, "proxy RSS KiB/stream", "nginx", 0.5, "KiB per open stream <= half of nginx's"),
+    (3, "p99 ms", "nginx", 1.0, "added per-token latency p99 <= nginx's"),
+    (3, "p99 ms", "caddy", 1.0, "added per-token latency p99 <= Caddy's"),
+]
+
+
+def goals(results: dict[int, dict[str, Result]]) -> str:
+    """Each goal met or missed in this run, with guardproxy's ratio to the target it is held against."""
+    lines = ["| goal | guardproxy | against | ratio | |", "|---|---|---|---|---|"]
+    for n, fig, other, factor, text in GOALS:
+        gp = results.get(n, {}).get("guardproxy")
+        them = results.get(n, {}).get(other)
+        a = gp.figures.get(fig) if gp else None
+        b = them.figures.get(fig) if them else None
+        if a is None or b is None or not b or a != a or b != b:
+            continue
+        met = a <= b * factor
+        lines.append(f"| {text} | {fmt(a)} | {fmt(b)} ({other}) | {a / b:.2f}x | {'met' if met else 'MISSED'} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def plot(results: dict[str, Result], path: Path, label: str) -> str | None:
     try:
         import matplotlib
@@ -526,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="1,2,3,4,5,6")
     p.add_argument("--runs", type=int, default=None, help="default 2 (1 with --quick)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the tables and plots go")
+    p.add_argument("--no-logs", action="store_true",
+                   help="every proxy without its access log: each proxy's own path (written to latest-nologs.md)")
     args = p.parse_args(argv)
+    ACCESS_LOGS[0] = not args.no_logs
     sz = QUICK if args.quick else Sizes()
     runs = args.runs or (1 if args.quick else 2)
     scen = [int(s) for s in args.scenarios.split(",") if s.strip()]
@@ -559,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = None
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    variant = "every access log off" if args.no_logs else "each proxy writes its access log to a file (the seed recipe)"
     doc = [f"# guardproxy benchmarks, {stamp}", "", f"Machine: {machine()}.", f"Pinning: {pinning}.",
+           f"Access logs: {variant}.",
            "Proxy CPU and RSS: /proc/PID of the proxy process only. Every response hash-checked against "
            "the fake Ollama's own bytes.", ""]
     doc += [f"- {s}" for s in skipped]
@@ -573,16 +605,20 @@ def main(argv: list[str] | None = None) -> int:
                 res = runner.run(run_once(run_no, names, scen, sz, Path(tmp), notes, args.quick))
             doc += ["", f"## Run {run_no} of {runs}", ""] + notes + ["", "Summary (details below):", "",
                                                                          summary(res)]
+            met = goals(res)
+            if met:
+                doc += ["Goals of the bare proxy path, this run:", "", met]
             for n in scen:
                 if res[n]:
                     doc.append(table(n, sz, res[n]))
             if 3 in scen and res[3]:
-                png = args.out / f"scenario3-latency-run{run_no}{'-quick' if args.quick else ''}.png"
+                suffix = ("-quick" if args.quick else "") + ("-nologs" if args.no_logs else "")
+                png = args.out / f"scenario3-latency-run{run_no}{suffix}.png"
                 why = plot(res[3], png, f"run {run_no}")
                 doc.append(why or f"![scenario 3, run {run_no}]({png.name})\n")
     doc.append(f"Whole run: {time.monotonic() - started:.0f} s.")
     text = "\n".join(doc) + "\n"
-    name = "quick.md" if args.quick else "latest.md"
+    name = ("quick" if args.quick else "latest") + ("-nologs" if args.no_logs else "") + ".md"
     (args.out / name).write_text(text)
     print("\n" + text)
     print(f"written to {args.out / name}")

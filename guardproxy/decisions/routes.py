@@ -145,10 +145,13 @@ def authorize(key: KeyEntry, route: Route, path: bytes) -> None:
     """May this key use this route at all (its model is checked later, see models.py)?"""
     if key.admin:
         return
-    if (route.admin and route is not UNKNOWN) or is_admin_path(path):
-        raise Forbidden("this key may not use administrative endpoints")
     if route is UNKNOWN:
+        # A known administrative path with another method is still administrative: 403, as before.
+        if is_admin_path(path):
+            raise Forbidden("this key may not use administrative endpoints")
         raise NotFound()
+    if route.admin:
+        raise Forbidden("this key may not use administrative endpoints")
 
 
 # --- paths ------------------------------------------------------------------------------

@@ -143,6 +143,34 @@ def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     return [Finding(OK, f"upstream {url} is Ollama {version}")]
 
 
+def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    """Whether a local Ollama runs cloud models (GET /api/status, Ollama 0.12 and newer); loopback only."""
+    if not _is_loopback_host(upstream.host):
+        return []
+    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/status", headers={"Host": upstream.authority})
+        resp = conn.getresponse()
+        body = resp.read(65536)
+    except (OSError, http.client.HTTPException):
+        return []  # check_upstream has said what is wrong with the connection
+    finally:
+        conn.close()
+    try:
+        cloud = json.loads(body)["cloud"] if resp.status == 200 else None
+        disabled = cloud["disabled"] if isinstance(cloud, dict) else None
+    except (ValueError, KeyError, TypeError):
+        disabled = None
+    if not isinstance(disabled, bool):
+        return [Finding(INFO, "Ollama does not say whether its cloud models are on (no /api/status: older "
+                              "than 0.12?); guardproxy refuses cloud models to keys without `cloud = true`")]
+    if disabled:
+        return [Finding(OK, f"Ollama's cloud models are turned off (source: {cloud.get('source', '?')})")]
+    return [Finding(INFO, "Ollama's cloud models are on: they run on the owner's ollama.com account; only admin keys "
+                          "and keys with `cloud = true` may use them",
+                    "to turn them off in Ollama itself, set OLLAMA_NO_CLOUD=1 for the Ollama server and restart it")]
+
+
 def ollama_host_fix() -> str:
     if sys.platform == "win32":
         return ("bind Ollama to loopback: `setx OLLAMA_HOST 127.0.0.1 /M` in an Administrator prompt "
@@ -324,6 +352,7 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
         except ValueError:
             listen = parse_hostport(DEFAULT_LISTEN)
     findings += check_upstream(upstream)
+    findings += check_cloud(upstream)
     findings += check_exposure(upstream, listening.listeners() if table is True else table or None)
     findings += check_listen_port(*listen)
     if path is not None:

@@ -46,7 +46,19 @@ async def test_a_good_setup_has_no_problems(fake: FakeOllama, tmp_path: Path) ->
     assert any("config valid" in t for t in oks)
     assert f"ok    upstream http://127.0.0.1:{fake.port} is Ollama 0.12.0" in oks
     assert f"ok    port {fake.port} is not open to other machines (it listens on loopback only)" in oks
-    assert [r.target for r in fake.requests] == ["/api/version"]
+    assert [r.target for r in fake.requests] == ["/api/version", "/api/status"]
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+async def test_doctor_says_whether_the_local_ollama_runs_cloud_models(fake: FakeOllama, tmp_path: Path,
+                                                                       disabled: bool) -> None:
+    fake.cloud_disabled = disabled
+    findings = await doctor(write_config(tmp_path, fake.port))
+    (line,) = [f.line() for f in findings if "cloud models" in f.text]
+    if disabled:
+        assert line.startswith("ok") and "turned off" in line
+    else:
+        assert line.startswith("info") and "cloud = true" in line and "OLLAMA_NO_CLOUD=1" in line
 
 
 @linux_only
