@@ -17,6 +17,18 @@ from typing import IO, Any
 
 # Optional fields appear in a line only when they have a value.
 _OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens")
+_utc_second = -1   # the last second formatted: one strftime per second, not per line
+_utc_text = ""
+
+
+def _utc(at: float) -> str:
+    global _utc_second, _utc_text
+    sec = int(at)
+    if sec != _utc_second:
+        _utc_second, _utc_text = sec, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+    return _utc_text
+
+
 MAX_FIELD = 256  # characters of a client-supplied string (method, path, model) kept in a line
 
 
@@ -27,7 +39,7 @@ def cut(text: str, limit: int = MAX_FIELD) -> str:
 
 @dataclass(slots=True)
 class LogRecord:
-    time: str                # UTC, second resolution, when the request head was read
+    time: str                # UTC, second resolution, when the request head was read ("" until written)
     client: str              # the client address (after trusted proxies)
     method: str = ""
     path: str = ""           # without the query string
@@ -42,14 +54,15 @@ class LogRecord:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    at: float = 0.0          # the wall clock at `time`: formatted only if the line is written
 
     @classmethod
     def new(cls, client: str, bytes_in: int) -> "LogRecord":
-        return cls(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), client, bytes_in=bytes_in)
+        return cls("", client, bytes_in=bytes_in, at=time.time())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "time": self.time, "client": self.client, "method": self.method, "path": self.path,
+            "time": self.time or _utc(self.at), "client": self.client, "method": self.method, "path": self.path,
             "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "duration_ms": self.duration_ms, "ttfb_ms": self.ttfb_ms, "key": self.key, "outcome": self.outcome}
         for name in _OPTIONAL:

@@ -46,7 +46,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "loop", "transport", "buf", "closed", "idle", "peer_ip", "address_key", "counted",
                  "write_paused", "upstream", "linger", "_write_timer", "_linger_timer", "_reading_paused",
-                 "_waiter", "_drain_waiter", "task", "_lost")
+                 "_waiter", "_drain_waiter", "task", "_lost", "_expired")
 
     def __init__(self, server: Owner) -> None:
         self.server = server
@@ -72,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
+        self._expired = False  # the wait for a next request head ran out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -175,6 +176,10 @@ class ClientConnection(asyncio.Protocol):
 
     # --- reading -----------------------------------------------------------------
 
+    def _idle_expired(self) -> None:
+        self._expired = True
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -203,14 +208,16 @@ class ClientConnection(asyncio.Protocol):
         bytes as soon as they arrive, so no head is held until the deadline.
         """
         if not self.buf:
+            # Between requests: a plain timer that wakes the waiter, not asyncio.timeout,
+            # whose task cancellation costs more than the wait itself on a busy keep-alive.
             self.idle = True
+            self._expired = False
+            timer = self.loop.call_later(first_byte_timeout, self._idle_expired)
             try:
-                async with asyncio.timeout(first_byte_timeout):
-                    while not self.buf and not self.closed:
-                        await self._wait_data()
-            except TimeoutError:
-                return None
+                while not self.buf and not self.closed and not self._expired:
+                    await self._wait_data()
             finally:
+                timer.cancel()
                 self.idle = False
             if not self.buf:
                 return None

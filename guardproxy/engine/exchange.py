@@ -115,7 +115,7 @@ class Exchange:
         limits = server.config.server
         # The head check allows the larger blob limit; the route's own limit is applied below.
         self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
-                                            max_body=max(limits.max_body, limits.max_blob))
+                                            max_body=max(limits.max_body, limits.max_blob), scanned=True)
         record.method = cut(req.method.decode("latin-1"))
         record.path = cut(req.path.decode("latin-1"))
         self.route = route = routes.route_for(req.method, req.path)

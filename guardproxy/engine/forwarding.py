@@ -59,7 +59,7 @@ async def relay(trip: Trip, head: bytes, sink: Sink, *, keep_alive: bool, extra:
     counts_at = trip.route.counts if counts else ""
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
-    upstream = trip.upstream = await pool.acquire()
+    upstream = trip.upstream = pool.idle() or await pool.connect()
     body_task: asyncio.Task[int] | None = None
     for attempt in (0, 1):
         result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
@@ -82,7 +82,7 @@ async def relay(trip: Trip, head: bytes, sink: Sink, *, keep_alive: bool, extra:
                 raise
         finally:
             conn.upstream = None
-        upstream = trip.upstream = await pool.acquire(fresh=True)
+        upstream = trip.upstream = await pool.connect()
     raise AssertionError("unreachable")
 
 def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int] | None":

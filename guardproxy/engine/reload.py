@@ -21,7 +21,7 @@ from ..config.model import ConfigError
 if TYPE_CHECKING:
     from .server import GuardServer
 
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 0.5  # a revoked key is refused within a second of the save
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

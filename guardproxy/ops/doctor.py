@@ -165,7 +165,8 @@ def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
         return [Finding(INFO, "Ollama does not say whether its cloud models are on (no /api/status: older "
                               "than 0.12?); guardproxy refuses cloud models to keys without `cloud = true`")]
     if disabled:
-        return [Finding(OK, f"Ollama's cloud models are turned off (source: {cloud.get('source', '?')})")]
+        source = cloud.get("source", "?") if isinstance(cloud, dict) else "?"
+        return [Finding(OK, f"Ollama's cloud models are turned off (source: {source})")]
     return [Finding(INFO, "Ollama's cloud models are on: they run on the owner's ollama.com account; only admin keys "
                           "and keys with `cloud = true` may use them",
                     "to turn them off in Ollama itself, set OLLAMA_NO_CLOUD=1 for the Ollama server and restart it")]

@@ -120,25 +120,28 @@ class HeadFacts:
     chunked: bool
 
 
-def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY) -> HeadFacts:
+def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY,
+               scanned: bool = False) -> HeadFacts:
     """Validate one complete request head (ending in CRLF CRLF) or raise a GuardError.
 
     The order decides which status a head with several faults gets: size and
     syntax first (400/414/431), then the version (505), then framing
     (400/501/413), then target form (400) and method (405).
     """
-    if len(data) > MAX_HEAD:
-        raise HeadTooLarge()
-    if not data.endswith(b"\r\n\r\n"):
-        raise _bad("request head must end with CRLF CRLF")
+    if not scanned:  # (HeadScanner checks these as the bytes arrive)
+        if len(data) > MAX_HEAD:
+            raise HeadTooLarge()
+        if not data.endswith(b"\r\n\r\n"):
+            raise _bad("request head must end with CRLF CRLF")
+        if b"\n" in data[:-4].replace(b"\r\n", b""):
+            raise _bad("bare LF in request head")
     lines = data[:-4].split(b"\r\n")
-    if b"\n" in data[:-4].replace(b"\r\n", b""):
-        raise _bad("bare LF in request head")
     request_line = lines[0]
-    if len(request_line) > MAX_REQUEST_LINE:
-        raise UriTooLong()
-    if len(lines) - 1 > max_headers:
-        raise HeadTooLarge("too many header fields")
+    if not scanned:
+        if len(request_line) > MAX_REQUEST_LINE:
+            raise UriTooLong()
+        if len(lines) - 1 > max_headers:
+            raise HeadTooLarge("too many header fields")
     if b"\r" in request_line:
         raise _bad("bare CR in request line")
     parts = request_line.split(b" ")

@@ -95,15 +95,15 @@ async def messages(ex: Exchange) -> None:
 def _form_fields(content_type: str | None, body: bytes) -> dict[str, bytes]:
     """The value fields of a multipart form (the first of each name), file parts left out."""
     boundary = ""
-    for part in (content_type or "").split(";")[1:]:
-        k, _, v = part.strip().partition("=")
+    for param in (content_type or "").split(";")[1:]:
+        k, _, v = param.strip().partition("=")
         if k.lower() == "boundary":
             boundary = v.strip('"')
     if not (content_type or "").lower().startswith("multipart/form-data") or not boundary:
         raise BadRequest("failed to parse multipart form: request Content-Type isn't multipart/form-data")
     fields: dict[str, bytes] = {}
-    for part in (b"\r\n" + body).split(b"\r\n--" + boundary.encode())[1:-1]:
-        head, _, content = part.partition(b"\r\n\r\n")
+    for piece in (b"\r\n" + body).split(b"\r\n--" + boundary.encode())[1:-1]:
+        head, _, content = piece.partition(b"\r\n\r\n")
         disposition = next((ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-disposition")), b"")
         if b"filename=" in disposition:
             fields.setdefault("__file__", content)

@@ -76,3 +76,14 @@ def test_upstream_head_has_guardproxys_framing_only() -> None:
     head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.1", b"https")
     assert head.count(b"Transfer-Encoding") == 1 and b"Content-Length" not in head
     assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Kept: 1\r\n" in head
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /api/tags HTTP/1.1\r\nHost: a\r\nX-API-Key: k\r\nUser-Agent: wrk\r\n\r\n",
+    b"POST /api/chat?x=1 HTTP/1.0\r\nHost: a:1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: [::1]:8\r\nX-Empty:\r\nX-Tab:\tv \r\n\r\n",
+])
+def test_h11s_reader_and_its_connection_parse_alike(head: bytes) -> None:
+    # The request path uses h11's reader without its Connection; both must give the same head.
+    from guardproxy.wire import heads
+    assert heads._h11_parse(head) == heads._h11_public(head)
