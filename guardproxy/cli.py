@@ -1,4 +1,4 @@
-"""Command line: run (the default), init, keygen, check, doctor, service, usage, --version.
+"""Command line: run (the default), init, keygen, keys, check, doctor, service, usage, --version.
 
 Argument parsing and dispatch only: `run` is app.py, every other command lives
 in ops/ and declares its own arguments.

@@ -10,20 +10,20 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import tomllib
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Mapping, overload
 
 from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, Ban, Config, ConfigError, Cors, KeyEntry, Rate,
-                    TrafficLimits, ServerLimits, Timeouts, Tls)
+                    TrafficLimits, ServerLimits, Timeouts, Tls, key_text_problem)
+from .source import parse_toml, read_config_text
 from .values import parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -167,17 +167,18 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         if ("key" in k) == ("key_sha256" in k):
             raise r.fail(where, "exactly one of key_sha256 = \"<64 hex>\" or key = \"<plaintext>\"")
         if "key_sha256" in k:
-            h = r.string(k, "key_sha256", where)
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
-                raise r.fail(where + ("key_sha256",), "64 hexadecimal characters (a SHA-256)")
-            digest, plaintext = bytes.fromhex(h), False
+            digest, plaintext = _sha256(r, k, "key_sha256", where), False
         else:
             plain = r.string(k, "key", where)
-            if len(plain) < 16:
-                raise r.fail(where + ("key",), "a key of at least 16 characters")
+            problem = key_text_problem(plain)
+            if problem:
+                raise r.fail(where + ("key",), problem)
             digest, plaintext = hashlib.sha256(plain.encode()).digest(), True
-        keys.append(KeyEntry(name, digest, plaintext, **_key_scopes(r, k, where)))
+        keys.append(KeyEntry(name, digest, plaintext, **_key_scopes(r, k, where), **_key_lifecycle(r, k, where)))
     if env_key:
+        problem = key_text_problem(env_key)
+        if problem:
+            raise ConfigError(f"{ENV_KEY} (environment variable): expected {problem}")
         keys.append(KeyEntry("env", hashlib.sha256(env_key.encode()).digest()))
     if not keys:
         raise r.fail(("keys",), f"at least one [[keys]] entry (run `python -m guardproxy keygen`) "
@@ -245,6 +246,31 @@ def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dic
             "cloud": cloud, "max_keep_alive": keep_alive}
 
 
+def _sha256(r: _Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
+    h = r.string(k, field, where)
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
+        raise r.fail(where + (field,), "64 hexadecimal characters (a SHA-256)")
+    return bytes.fromhex(h)
+
+
+def _key_lifecycle(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
+    """revoked, and the previous key a rotation keeps valid for a while (written by `keys revoke/rotate`)."""
+    revoked = k.get("revoked")
+    if isinstance(revoked, datetime):
+        revoked = revoked.date()
+    if revoked is not None and not isinstance(revoked, date):
+        raise r.fail(where + ("revoked",), "a date like 2026-11-29 (no quotes)")
+    if ("previous_key_sha256" in k) != ("previous_valid_until" in k):
+        raise r.fail(where, "previous_key_sha256 and previous_valid_until together (or neither)")
+    if "previous_key_sha256" not in k:
+        return {"revoked": revoked}
+    until = k["previous_valid_until"]
+    if not isinstance(until, datetime) or until.tzinfo is None:
+        raise r.fail(where + ("previous_valid_until",), "a UTC time like 2026-11-30T12:00:00Z (no quotes)")
+    return {"revoked": revoked, "previous_sha256": _sha256(r, k, "previous_key_sha256", where),
+            "previous_valid_until": until}
+
+
 def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
     c = r.table(data.get("cors", {}), ("cors",), _CORS_FIELDS)
     origins = r.strings(c, "origins", ("cors",)) or ()
@@ -292,15 +318,5 @@ def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: cannot read: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message already ends with "(at line N, column M)".
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(data, path, text, env_key=env_key)
+    source = read_config_text(path)
+    return parse_config(parse_toml(source), path, source.text, env_key=env_key)

@@ -8,7 +8,7 @@ concurrency and the queue for generations).  Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +19,8 @@ ENV_KEY = "GUARDPROXY_API_KEY"
 ENV_CONFIG = "GUARDPROXY_CONFIG"
 DEFAULT_CONFIG_NAME = "guardproxy.toml"
 KEY_PREFIX = "gp_"
+MIN_KEY_LENGTH = 16   # for keys a person picks (key = "...", $GUARDPROXY_API_KEY); generated ones are 46
+MAX_KEY_LENGTH = 512  # longer X-API-Key / Bearer values are refused unread
 
 
 class ConfigError(Exception):
@@ -44,6 +46,25 @@ class KeyEntry:
     expires: date | None = None           # valid through this day (UTC)
     cloud: bool = False                   # may use cloud models (model:cloud, model:tag-cloud)
     max_keep_alive: float | None = None   # longest keep_alive a body may ask for, in seconds
+    revoked: date | None = None           # refused from the moment this is set; the date is a record
+    previous_sha256: bytes | None = None  # the key before a rotation, still valid ...
+    previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
+
+
+def key_text_problem(key: str) -> str | None:
+    """Why a key a person wrote can never work as one, or None.
+
+    One rule for every place a plaintext key comes from.  A client cannot send
+    surrounding spaces or control characters in a header value, so such a key
+    could never be presented; the length bounds match what the gate reads.
+    """
+    if len(key) < MIN_KEY_LENGTH:
+        return f"a key of at least {MIN_KEY_LENGTH} characters (this one has {len(key)})"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"a key of at most {MAX_KEY_LENGTH} characters (this one has {len(key)})"
+    if key != key.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "a key without surrounding spaces or control characters (a stray line ending?)"
+    return None
 
 
 @dataclass(frozen=True)

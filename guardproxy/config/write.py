@@ -1,4 +1,9 @@
-"""Writing config files: the fresh-config template, new keys, atomic writes that keep the user's bytes."""
+"""Writing config files: the fresh-config template, new keys, and saving an edit safely.
+
+A save is atomic (a temporary file next to the real one, then a rename), goes
+through a symlink to the file it points at, keeps the file's permissions, and
+happens only when the new text reads back as the intended data and a valid config.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import tomli_w
 
 from .load import parse_config
 from .model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, KEY_PREFIX, ConfigError
+from .source import ConfigText
 
 # --- keys -----------------------------------------------------------------
 
@@ -24,6 +30,11 @@ def generate_key() -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML writes it (strings quoted and escaped), for lines written by hand."""
+    return tomli_w.dumps({"x": value})[4:].strip()
 
 
 # --- writing --------------------------------------------------------------------
@@ -45,11 +56,13 @@ header = "10s"          # a client's request head, from its first byte
 keepalive = "30s"       # idle client connection between requests
 grace = "30s"           # running streams get this long at shutdown
 body = "30s"            # silence inside a request body (then 408)
+body_total = "60s"      # a whole request body, admin blob uploads aside (then 408)
 write = "60s"           # a client that stops reading a response is dropped
 first_byte = "300s"     # the upstream's first response byte (a cold model load is slow)
 
 [server]
 max_body = "64MiB"              # request bodies (then 413)
+max_blob = "200GiB"             # a model blob upload by an admin key (then 413)
 max_connections = 10000         # client connections in all (then 503)
 max_connections_per_ip = 256    # client connections from one address (then 503)
 max_headers = 100               # header fields per request (then 431)
@@ -65,76 +78,93 @@ max_headers = 100               # header fields per request (then 431)
 # per_ip = "30/min"
 # max_concurrent = 8
 
-# [ban]                         # repeated failed keys from one address
-# after_failures = 20
+[ban]                           # an address that sends 20 wrong keys within 10 minutes
+after_failures = 20             # gets 429 for 15 minutes; delete this table to turn bans off
+window = "10min"
+duration = "15min"
 """
 
 
-def key_block(name: str, key: str, *, admin: bool = False) -> str:
-    entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key)}
+def key_block(name: str, key: str, *, admin: bool = False, newline: str = "\n") -> str:
+    """A [[keys]] block, preceded by a blank line.
+
+    Written line by line: a serialiser may choose an inline `keys = [...]`
+    array, which lands inside whatever table ends the file.
+    """
+    lines = ["", "[[keys]]", f"name = {toml_value(name)}", f"key_sha256 = {toml_value(hash_key(key))}"]
     if admin:
-        entry["admin"] = True
-    return "\n" + tomli_w.dumps({"keys": [entry]})
+        lines.append("admin = true")
+    return newline.join(lines) + newline
 
 
-def write_atomic(path: Path, text: str, *, private: bool) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    mode = 0o600 if private else 0o644
+def write_atomic(path: Path, text: str, *, private: bool) -> Path:
+    """Write via a temporary file and rename, so a crash never leaves half a file.
+
+    A symlink is written through: the file it points at gets the new text and the
+    link stays.  Returns the file actually written.
+    """
+    target = Path(os.path.realpath(path))
+    mode, owner = (0o600 if private else 0o644), None
     try:
-        mode = path.stat().st_mode & 0o777
+        st = target.stat()
+        mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
     except FileNotFoundError:
         pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write: {e.strerror or e} (an edit is written next to the file, "
+                          f"then renamed over it)") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if owner is not None and hasattr(os, "chown"):
+            try:
+                os.chown(tmp, *owner)  # root editing a service's file must not take it over
+            except OSError:
+                pass
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+    return target
+
+
+def save_checked(source: ConfigText, new_text: str, expected: dict[str, Any], what: str, by_hand: str = "") -> Path:
+    """Save `new_text` over the file only if it reads back as `expected` and as a valid config.
+
+    `expected` is the data the edit means to produce; anything else (a layout the
+    line edits misjudged) leaves the file as it was.  `what` names the change for
+    the error, `by_hand` what the user can write instead.
+    """
+    try:
+        data = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError:
+        data = None
+    if data != expected:
+        raise ConfigError(f"{source.path}: could not {what} in place (the file's layout is unusual); "
+                          f"the file was not changed{': ' + by_hand if by_hand else ''}")
+    parse_config(data, source.path, new_text)
+    return write_atomic(source.path, source.with_text(new_text).encoded(), private=True)
 
 
 def initial_config_text(key: str, name: str = "default", listen: str = DEFAULT_LISTEN,
-                        upstream: str = DEFAULT_UPSTREAM) -> str:
-    return _TEMPLATE.format(listen=tomli_w.dumps({"x": listen})[4:].strip(),
-                            upstream=tomli_w.dumps({"x": upstream})[4:].strip()) + key_block(name, key)
+                        upstream: str = DEFAULT_UPSTREAM, *, admin: bool = False) -> str:
+    return _TEMPLATE.format(listen=toml_value(listen), upstream=toml_value(upstream)) + key_block(name, key, admin=admin)
 
 
 def create_config(path: Path, key: str, name: str = "default", *, admin: bool = False) -> None:
     """A fresh config with one key; refuses to overwrite an existing file."""
     if path.exists():
         raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it")
-    text = initial_config_text(key, name)
-    if admin:
-        text = text[:text.rindex("\n[[keys]]")] + key_block(name, key, admin=True)
+    text = initial_config_text(key, name, admin=admin)
     parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
     write_atomic(path, text, private=True)
-
-
-def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> None:
-    """Add a [[keys]] block at the end of the file, leaving the rest byte-for-byte."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: cannot read: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    existing = [k.get("name") for k in data.get("keys", []) if isinstance(k, dict)]
-    if name in existing:
-        raise ConfigError(f"{path}: keys.name: expected a new name; \"{name}\" already exists")
-    if text and not text.endswith("\n"):
-        text += "\n"
-    new_text = text + key_block(name, key, admin=admin)
-    parse_config(tomllib.loads(new_text), path, new_text)
-    write_atomic(path, new_text, private=True)

@@ -2,8 +2,8 @@
 
 Keys are looked up by their SHA-256, so the table never holds a key and the
 comparison never runs over secret bytes.  Every failure is the same
-Unauthorized, so a client cannot tell a wrong key from a malformed header.
-Pure logic: no asyncio.
+Unauthorized, so a client cannot tell a wrong key from a malformed header, an
+expired key or a revoked one.  Pure logic: no asyncio.
 """
 
 from __future__ import annotations
@@ -12,19 +12,42 @@ import hashlib
 from datetime import date, datetime, timezone
 from typing import Iterable
 
-from ..config.model import KeyEntry
+from ..config.model import MAX_KEY_LENGTH, KeyEntry
 from ..wire.errors import Unauthorized
 from ..wire.heads import RequestHead
 
-MAX_KEY_LENGTH = 512
+__all__ = ["MAX_KEY_LENGTH", "KeyRing", "key_state"]
+
+
+def key_state(entry: KeyEntry, now: datetime) -> str:
+    """"revoked", "expired", "rotating" (its previous key still works) or "active"."""
+    if entry.revoked is not None:
+        return "revoked"
+    if entry.expires is not None and now.astimezone(timezone.utc).date() > entry.expires:
+        return "expired"
+    if _previous_valid(entry, now):
+        return "rotating"
+    return "active"
+
+
+def _previous_valid(entry: KeyEntry, now: datetime) -> bool:
+    return entry.previous_valid_until is not None and now < entry.previous_valid_until
 
 
 class KeyRing:
     def __init__(self, entries: Iterable[KeyEntry]) -> None:
+        entries = tuple(entries)
         self._by_hash = {e.sha256: e for e in entries}
+        # A current key always wins over another key's previous one.
+        self._previous = {e.previous_sha256: e for e in entries
+                          if e.previous_sha256 is not None and e.previous_sha256 not in self._by_hash}
 
-    def identify(self, req: RequestHead, today: date | None = None) -> KeyEntry:
-        """The key's entry, or raise Unauthorized (an expired key is the same as an unknown one)."""
+    def identify(self, req: RequestHead, today: date | None = None, *, now: datetime | None = None) -> KeyEntry:
+        """The key's entry, or raise Unauthorized.
+
+        `now` (timezone-aware) decides whether a rotated key's previous value still
+        works; `today` (UTC), taken from `now` when not given, decides expiry.
+        """
         api_keys = []
         bearer = []
         for name, _, value in req.headers:
@@ -39,12 +62,20 @@ class KeyRing:
         presented = candidates[0] if len(candidates) == 1 else None
         if presented is None or not presented or len(presented) > MAX_KEY_LENGTH:
             raise Unauthorized()
-        entry = self._by_hash.get(hashlib.sha256(presented).digest())
+        digest = hashlib.sha256(presented).digest()
+        entry = self._by_hash.get(digest)
         if entry is None:
+            entry = self._previous.get(digest)
+            if entry is None:
+                raise Unauthorized()
+            now = datetime.now(timezone.utc) if now is None else now
+            if not _previous_valid(entry, now):
+                raise Unauthorized()
+        if entry.revoked is not None:
             raise Unauthorized()
         if entry.expires is not None:
             if today is None:
-                today = datetime.now(timezone.utc).date()
+                today = (datetime.now(timezone.utc) if now is None else now).astimezone(timezone.utc).date()
             if today > entry.expires:
                 raise Unauthorized()
         return entry

@@ -71,7 +71,7 @@ def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config 
 def _raw_toml(path: Path) -> dict[str, Any]:
     """The file as plain TOML, for tables this version may not know yet (e.g. [tls])."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad saves "UTF-8 with BOM"
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
 

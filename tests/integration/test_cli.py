@@ -81,6 +81,9 @@ async def test_first_run_writes_private_config_and_prints_key_once(tmp_path: Pat
             key = next(w for w in run.banner.split() if w.startswith("gp_") and len(w) > 40)
             assert key not in cfg.read_text()
             assert tomllib.loads(cfg.read_text())["keys"][0]["key_sha256"] == hash_key(key)
+            # A fresh config turns bans on.
+            assert tomllib.loads(cfg.read_text())["ban"] == {"after_failures": 20, "window": "10min",
+                                                             "duration": "15min"}
             assert "curl" in run.banner and str(cfg.resolve()) in run.banner
             assert (await get(run.port, "/api/tags", {"X-API-Key": key})).status == 200
             assert (await get(run.port, "/api/tags")).status == 401
@@ -198,6 +201,15 @@ def test_missing_and_unreadable_config(tmp_path: Path) -> None:
     d.mkdir()
     r = gp("run", "--config", str(d), cwd=tmp_path)
     assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("env_key", ["abc", "k" * 20 + "\r"])
+def test_an_env_key_that_could_never_work_is_one_line_and_exit_2(tmp_path: Path, env_key: str) -> None:
+    r = gp("run", cwd=tmp_path, env={"GUARDPROXY_API_KEY": env_key})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("guardproxy: config error: GUARDPROXY_API_KEY (environment variable): expected a key ")
+    assert not (tmp_path / "guardproxy.toml").exists()
 
 
 def test_bad_command_line_values(tmp_path: Path) -> None:

@@ -84,3 +84,33 @@ def test_readme_policies_example_config_is_valid() -> None:
     block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
     c = load(block)
     assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20
+
+
+# --- key lifecycle fields -------------------------------------------------------------------
+
+LIFECYCLE = FULL.replace('expires = 2027-01-31\n', 'expires = 2027-01-31\nrevoked = 2026-11-29\n'
+                         'previous_key_sha256 = "' + "ab" * 32 + '"\nprevious_valid_until = 2026-11-30T12:00:00Z\n')
+
+
+def test_lifecycle_fields_read() -> None:
+    from datetime import datetime, timezone
+    (k,) = load(LIFECYCLE).keys
+    assert k.revoked == date(2026, 11, 29) and k.previous_sha256 == bytes.fromhex("ab" * 32)
+    assert k.previous_valid_until == datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+    (plain,) = load(FULL).keys
+    assert (plain.revoked, plain.previous_sha256, plain.previous_valid_until) == (None, None, None)
+
+
+@pytest.mark.parametrize("old,new,where", [
+    ("revoked = 2026-11-29", 'revoked = "yes"', 'g.toml:9: keys[0].revoked: expected a date like 2026-11-29'),
+    ('previous_key_sha256 = "' + "ab" * 32 + '"', 'previous_key_sha256 = "abc"',
+     "g.toml:10: keys[0].previous_key_sha256: expected 64 hexadecimal"),
+    ("previous_valid_until = 2026-11-30T12:00:00Z", "previous_valid_until = 2026-11-30T12:00:00",
+     "g.toml:11: keys[0].previous_valid_until: expected a UTC time like 2026-11-30T12:00:00Z"),
+    ("previous_valid_until = 2026-11-30T12:00:00Z\n", "",
+     "g.toml:1: keys[0]: expected previous_key_sha256 and previous_valid_until together"),
+])
+def test_lifecycle_mistakes_name_file_line_field(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(LIFECYCLE.replace(old, new))
+    assert str(e.value).startswith(where), str(e.value)

@@ -11,7 +11,8 @@ import pytest
 
 from guardproxy.config.load import load_config, parse_config
 from guardproxy.config.model import Ban, ConfigError, Cors, ServerLimits, Timeouts, TrafficLimits
-from guardproxy.config.write import append_key, create_config, generate_key, hash_key, initial_config_text
+from guardproxy.config.edit import append_key
+from guardproxy.config.write import create_config, generate_key, hash_key, initial_config_text
 
 
 def test_generated_keys_are_long_and_unique() -> None:
@@ -77,3 +78,13 @@ def test_the_template_examples_are_of_features_that_are_off_by_default() -> None
     off = parse_config(KEYS, None)
     assert off.tls is None and off.cors.origins == () and off.limits.per_ip is None and off.limits.max_concurrent is None
     assert EXAMPLES <= {(t, k) for t, v in data.items() if isinstance(v, dict) for k in v}
+
+
+def test_fresh_configs_turn_bans_on() -> None:
+    text = initial_config_text(generate_key())
+    cfg = parse_config(tomllib.loads(text), None, text)
+    assert cfg.ban == Ban(Ban.ENABLED_AFTER_FAILURES, Ban.window, Ban.duration) == Ban(20, 600.0, 900.0)
+    assert re.search(r"(?m)^\[ban\] .*\n.*delete this table to turn bans off", text)
+    data = tomllib.loads(text)
+    assert data["ban"] == {"after_failures": 20, "window": "10min", "duration": "15min"}
+    assert data["timeouts"]["body_total"] == "60s" and data["server"]["max_blob"] == "200GiB"
