@@ -14,7 +14,7 @@ from . import __version__, app
 from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ConfigError
 from .config.paths import CONFIG_HELP
 from .engine.loop import LOOPS
-from .ops import check, doctor, keys, usage
+from .ops import check, doctor, keys, top, usage
 from .ops.winservice import commands as winservice
 
 
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the proxy (the default command)")
     _run_args(run)
     run.set_defaults(func=cmd_run)
-    for tool in (keys, check, doctor, winservice, usage):
+    for tool in (keys, check, doctor, winservice, usage, top):
         tool.add_parser(sub)  # each defines its own arguments and sets func
     return p
 

@@ -91,6 +91,14 @@ class ChunkedFraming(Framing):
         n = len(data)
         while pos < n:
             state = self.state
+            if state == _SIZE and not self.line:
+                # The token path: a whole chunk (size line, data, CRLF) in this read.
+                m = _BARE_SIZE.match(data, pos)
+                if m is not None:
+                    end = m.end() + int(m.group(1), 16)
+                    if end > m.end() and end + 2 <= n and data[end] == 13 and data[end + 1] == 10:
+                        pos = end + 2
+                        continue
             if state == _DATA:
                 take = n - pos
                 if take < self.remaining:
