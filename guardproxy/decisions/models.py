@@ -95,6 +95,15 @@ def could_name_cloud(body: bytes) -> bool:
     return b"\\u" in body or b"cloud" in body.lower()
 
 
+_LOGGED_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+def model_for_log(body: bytes) -> str | None:
+    """The body's "model", found without parsing it: for the access log only, never for a decision."""
+    m = _LOGGED_MODEL.search(body)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
 def _fold(name: str) -> str:
     """Go's case folding as far as ASCII field names can see it (bytes.EqualFold)."""
     if not name.isascii():

@@ -99,9 +99,58 @@ class Exchange:
     # --- the pipeline ------------------------------------------------------------
 
     async def run(self) -> bool:
-        """Serve the request; True if the connection stays open for the next one."""
+        """Serve the request; True if the connection stays open for the next one.
+
+        One coroutine for the whole pipeline: each level of awaiting costs a
+        frame for as long as a stream runs.
+        """
         try:
-            return await self._checked()
+            server, conn, record = self.server, self.conn, self.record
+            limits = server.config.server
+            # The head check allows the larger blob limit; the route's own limit is applied below.
+            self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
+                                                max_body=max(limits.max_body, limits.max_blob), scanned=True)
+            self.head = b""  # only a head that fails to parse is looked at again (refuse)
+            record.method = cut(req.method.decode("latin-1"))
+            record.path = cut(req.path.decode("latin-1"))
+            self.route = route = routes.route_for(req.method, req.path)
+            if (req.content_length or 0) > (limits.max_blob if route.blob else limits.max_body):
+                raise PayloadTooLarge()
+            if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
+                return self.health()
+            pol = server.policies
+            origin = req.get(b"origin")
+            if origin is not None:
+                if is_preflight(req):
+                    return self.preflight()
+                self.cors = pol.cors.response_headers(origin)
+            # "*" reaches here only as OPTIONS * (the head check refuses it otherwise).
+            path = req.target if req.target == b"*" else routes.check_path(req.target)
+            now = server.clock()
+            client = record.client = pol.client_address(conn.peer_ip, req)
+            pol.before_auth(client, now)
+            try:
+                key = server.keys.identify(req)
+            except Unauthorized:
+                pol.auth_failed(client, now)
+                raise
+            record.key = key.name
+            pol.after_auth(key, now)
+            routes.authorize(key, route, path)
+            slot = pol.slots_on and route.generation
+            body = await self._checked_body(key, route, path, whole=slot)
+            if route.listing and key.models is not None and req.method == b"GET":
+                return await self.filtered_listing(key, path)
+            # The body goes to proxy() alone: a stream holds no second reference to it.
+            forwarded = self.proxy(body)
+            del body
+            if slot:
+                try:
+                    async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, conn.lost()):
+                        return await forwarded
+                finally:
+                    forwarded.close()  # not started if no slot was granted
+            return await forwarded
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:
@@ -109,47 +158,6 @@ class Exchange:
             self.record.status, self.record.outcome = 499, "client_gone"
             self.finish(None)
             return False
-
-    async def _checked(self) -> bool:
-        server, conn, record = self.server, self.conn, self.record
-        limits = server.config.server
-        # The head check allows the larger blob limit; the route's own limit is applied below.
-        self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
-                                            max_body=max(limits.max_body, limits.max_blob), scanned=True)
-        record.method = cut(req.method.decode("latin-1"))
-        record.path = cut(req.path.decode("latin-1"))
-        self.route = route = routes.route_for(req.method, req.path)
-        if (req.content_length or 0) > (limits.max_blob if route.blob else limits.max_body):
-            raise PayloadTooLarge()
-        if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
-            return self.health()
-        pol = server.policies
-        origin = req.get(b"origin")
-        if origin is not None:
-            if is_preflight(req):
-                return self.preflight()
-            self.cors = pol.cors.response_headers(origin)
-        # "*" reaches here only as OPTIONS * (the head check refuses it otherwise).
-        path = req.target if req.target == b"*" else routes.check_path(req.target)
-        now = server.clock()
-        client = record.client = pol.client_address(conn.peer_ip, req)
-        pol.before_auth(client, now)
-        try:
-            key = server.keys.identify(req)
-        except Unauthorized:
-            pol.auth_failed(client, now)
-            raise
-        record.key = key.name
-        pol.after_auth(key, now)
-        routes.authorize(key, route, path)
-        slot = pol.slots_on and route.generation
-        body = await self._checked_body(key, route, path, whole=slot)
-        if slot:
-            async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, conn.lost()):
-                return await self.proxy(body)
-        if route.listing and key.models is not None and req.method == b"GET":
-            return await self.filtered_listing(key, path)
-        return await self.proxy(body)
 
     async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool) -> bytes | None:
         """Check what the key's policy needs from the request: its model, its keep_alive.
@@ -189,6 +197,7 @@ class Exchange:
                     name = models.form_model(plain, req.get(b"content-type"), req.target)
                 elif key.models is None and not models.could_name_cloud(plain):
                     name = None  # only the cloud scope applies, and no string here can name a cloud model
+                    record.model = models.model_for_log(plain)
                 else:
                     name = models.body_model(route, plain)
                 if name is not None:
@@ -265,6 +274,7 @@ class Exchange:
             streamed = False
         if body:
             head += body  # read already: forwarded exactly, with its length
+            body = None
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None

@@ -23,6 +23,7 @@ from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, 
 from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
 from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
 _TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
+_NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
 
@@ -124,10 +125,10 @@ class UpstreamConnection(asyncio.Protocol):
         # The fewest last body reads that cover `_tail_budget` bytes (of a large
         # read only its end), and for some shapes the first bytes of the body:
         # tokens.py reads the token counts from them once the response has ended.
-        self._tail: list[bytes] = []
+        self._tail: list[bytes] = _NONE_KEPT  # (a list only while a generation keeps its end)
         self._tail_size = 0
         self._tail_budget = 0   # 0: not a generation, nothing is kept
-        self._head = bytearray()
+        self._head = b""
         self._head_room = 0
 
     # --- lifecycle -------------------------------------------------------------
@@ -161,10 +162,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._extra_headers = extra_headers
         # Only generations keep references to their last reads (for token counts),
         # so a bulk response never holds more than the transport's own buffer.
-        self._tail = []
+        self._tail = [] if tail else _NONE_KEPT
         self._tail_size = 0
         self._tail_budget = tail
-        self._head = bytearray()
+        self._head = b""
         self._head_room = head
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
@@ -280,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _keep(self, data: bytes) -> None:
         """Keep the end of the body for token counts, whatever the size of the reads."""
-        if self._head_room:
+        if self._head_room:  # (the first few KiB of a body: a copy, once)
             piece = data[:self._head_room]
             self._head += piece
             self._head_room -= len(piece)
@@ -301,10 +302,10 @@ class UpstreamConnection(asyncio.Protocol):
     def tail(self) -> tuple[bytes, bytes]:
         """(the body's start, its end) kept for token counts; then forgets them."""
         tail = b"".join(self._tail)[-self._tail_budget:] if self._tail else b""
-        head = bytes(self._head)
-        self._tail = []
+        head = self._head
+        self._tail = _NONE_KEPT
         self._tail_size = 0
-        self._head = bytearray()
+        self._head = b""
         return head, tail
 
     def _end_of_body(self, data: bytes, end: int) -> None:

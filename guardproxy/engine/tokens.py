@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-TAIL_BYTES = 1024      # enough for every shape's counts, which sit at the very end
+TAIL_BYTES = 256       # every shape's counts sit in the last 150 bytes or so of a body
 LONG_TAIL_BYTES = 16384  # Responses: fields the client chose (metadata) may follow the usage
 HEAD_BYTES = 2048      # Anthropic: message_start, the first event
 
