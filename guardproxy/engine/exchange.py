@@ -139,7 +139,8 @@ class Exchange:
             routes.authorize(key, route, path)
             slot = pol.slots_on and route.generation
             body = await self._checked_body(key, route, path, whole=slot)
-            if route.listing and key.models is not None and req.method == b"GET":
+            del req  # (it may have been replaced by one framed with the body's length: keep one)
+            if route.listing and key.models is not None and self.req.method == b"GET":
                 return await self.filtered_listing(key, path)
             # The body goes to proxy() alone: a stream holds no second reference to it.
             forwarded = self.proxy(body)
@@ -333,7 +334,7 @@ class Exchange:
             server.pool.release(upstream)
         else:
             upstream.close()
-        rh = upstream.response
+        rh = collector.response
         assert rh is not None
         raw = bytes(collector.data[len(rh.head):])
         if rh.chunked:

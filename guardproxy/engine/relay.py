@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import weakref
 from typing import Callable, Protocol, cast
 
 from ..wire.errors import GuardError
@@ -46,10 +47,11 @@ class Collector:
     make guardproxy buffer without bound.
     """
 
-    __slots__ = ("data", "limit", "error", "_fail")
+    __slots__ = ("data", "limit", "error", "_fail", "response")
 
     def __init__(self, limit: int, error: GuardError) -> None:
         self.data = bytearray()
+        self.response: ResponseHead | None = None
         self.limit = limit
         self.error = error
         self._fail: Callable[[BaseException], None] | None = None
@@ -89,8 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
     # Slots, not a __dict__: one of these lives per open stream, and past 30
     # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
     __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state",
-                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out", "response",
-                 "head_at", "last_read", "read_timeout", "first_byte_timeout", "_timer", "_head_request",
+                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
+                 "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room")
 
@@ -107,13 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.result: asyncio.Future[bool] | None = None
         self.head_sent = False
         self.status = 0
-        self.response: ResponseHead | None = None  # the last response head, as sent on
         self.bytes_out = 0
         self.head_at = 0.0
         self.last_read = 0.0
         self.read_timeout = 600.0
         self.first_byte_timeout = 300.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._watch = Watch.of(loop)
         self._head_request = False
         self._client_keep_alive = True
         self.close_client = False
@@ -150,7 +151,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._buf = b""
         self.head_sent = False
         self.status = 0
-        self.response = None
         self.bytes_out = 0
         self.close_client = not keep_alive
         self._head_request = head_request
@@ -169,16 +169,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_room = head
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
-        self._timer = self.loop.call_at(self.last_read + self.first_byte_timeout, self._check_timeout)
+        self._watch.add(self)
         if paused:
             self.pause_for_client()
         return self.result
 
     def _detach(self) -> None:
         self.state = _IDLE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._watch.discard(self)
         self._sink = _NOWHERE
         if self._paused_by_client:
             self._paused_by_client = False
@@ -343,7 +341,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_data(rest)  # interim response (103, a stray 100): not forwarded
             return
         self.status = rh.status
-        self.response = rh
+        if type(self._sink) is Collector:
+            self._sink.response = rh  # it rewrites the answer, so it needs the parsed head
         self.close_client = rh.close_client
         self._keep_alive = rh.upstream_keep_alive
         if rh.no_body:
@@ -358,10 +357,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
         self.state = _BODY
-        if self.read_timeout < self.first_byte_timeout and self._timer is not None:
-            # The first-byte clock is done; from now on the gap between reads counts.
-            self._timer.cancel()
-            self._timer = self.loop.call_at(self.loop.time() + self.read_timeout, self._check_timeout)
         end = 0
         if rest and not framing.done:
             try:
@@ -384,18 +379,76 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._sink.write(rh.head)
 
-    def _check_timeout(self) -> None:
-        self._timer = None
+    def check_timeout(self, now: float) -> None:
+        """Called by Watch: end the exchange if the upstream has been silent too long.
+
+        Until the response head arrives the clock is the first-byte timeout,
+        after it the gap between reads.  A stalled client is not the
+        upstream's fault: while the client holds the stream paused, the clock
+        restarts.
+        """
         if self.state == _IDLE:
             return
-        now = self.loop.time()
-        limit = self.first_byte_timeout if self.state == _HEAD else self.read_timeout
         if self._paused_by_client:
-            # A stalled client is not the upstream's fault: the clock restarts.
-            self._timer = self.loop.call_at(now + limit, self._check_timeout)
+            self.last_read = now
             return
-        deadline = self.last_read + limit
-        if now < deadline:
-            self._timer = self.loop.call_at(deadline, self._check_timeout)
+        limit = self.first_byte_timeout if self.state == _HEAD else self.read_timeout
+        if now - self.last_read >= limit:
+            self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
+
+
+class Watch:
+    """The upstream connections with an exchange attached, looked at together every tick.
+
+    One timer for all of them instead of one per exchange: a timer handle
+    costs about half a KiB for as long as a stream runs, and the deadlines
+    here are seconds to minutes.  A tick is an eighth of the shortest limit
+    being watched (at least 10 ms, at most 1 s), so a deadline is kept to
+    within an eighth of itself.
+    """
+
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watch]" = weakref.WeakKeyDictionary()
+
+    __slots__ = ("loop", "active", "_handle", "_tick", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.active: set[UpstreamConnection] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._tick = 1.0
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "Watch":
+        watch = cls._by_loop.get(loop)
+        if watch is None:
+            watch = cls._by_loop[loop] = cls(loop)
+        return watch
+
+    def add(self, conn: UpstreamConnection) -> None:
+        self.active.add(conn)
+        tick = _tick_for(conn)
+        if self._handle is None or tick < self._tick:
+            self._schedule(tick)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        self.active.discard(conn)
+
+    def _schedule(self, tick: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._tick = tick
+        self._handle = self.loop.call_later(tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        if not self.active:
             return
-        self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
+        now = self.loop.time()
+        for conn in list(self.active):
+            conn.check_timeout(now)
+        if self.active:
+            self._schedule(min(_tick_for(c) for c in self.active))
+
+
+def _tick_for(conn: UpstreamConnection) -> float:
+    return min(1.0, max(0.01, min(conn.first_byte_timeout, conn.read_timeout) / 8))
