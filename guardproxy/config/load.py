@@ -14,22 +14,23 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Mapping, overload
 
-from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, Ban, Config, ConfigError, Cors, KeyEntry, Rate,
-                    TrafficLimits, ServerLimits, Timeouts, Tls, key_text_problem)
+from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, Ban, Config, ConfigError,
+                    Cors, KeyEntry, MetricsSettings, Rate, TrafficLimits, ServerLimits, Timeouts, Tls, key_text_problem)
 from .source import parse_toml, read_config_text
 from .values import parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
 
-_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban"}
+_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
 CLIENT_ADDRESS_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 _BAN_FIELDS = {"after_failures", "window", "duration"}
-_LOG_FIELDS = {"access"}
+_LOG_FIELDS = {"access", "level"}
+_METRICS_FIELDS = {"listen"}
 _TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
 _SERVER_FIELDS = {f for f in ServerLimits.__dataclass_fields__}
 _TLS_FIELDS = {"cert", "key"}
@@ -103,6 +104,12 @@ class _Reader:
             return None
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise self.fail(where + (key,), f"a whole number >= {minimum}")
+        return v
+
+    def flag(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> bool:
+        v = obj.get(key, False)
+        if not isinstance(v, bool):
+            raise self.fail(where + (key,), "true or false")
         return v
 
     def duration(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: float) -> float:
@@ -186,6 +193,9 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
     access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
+    level = r.string(log, "level", ("log",), "info").strip().lower()
+    if level not in LOG_LEVELS:
+        raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
 
     t = r.table(data.get("timeouts", {}), ("timeouts",), _TIMEOUT_FIELDS)
     tv: dict[str, float] = {}
@@ -223,27 +233,24 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         tls = Tls(files["cert"], files["key"])
     return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv),
                   server=ServerLimits(**limits), tls=tls,
-                  cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data))
+                  cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
+                  metrics=_metrics(r, data))
 
 
 def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
-    admin = k.get("admin", False)
-    if not isinstance(admin, bool):
-        raise r.fail(where + ("admin",), "true or false")
+    admin = r.flag(k, "admin", where)
     expires = k.get("expires")
     if isinstance(expires, datetime):
         expires = expires.date()
     if expires is not None and not isinstance(expires, date):
         raise r.fail(where + ("expires",), "a date like 2027-01-31 (no quotes)")
-    cloud = k.get("cloud", False)
-    if not isinstance(cloud, bool):
-        raise r.fail(where + ("cloud",), "true or false")
+    cloud, metrics = r.flag(k, "cloud", where), r.flag(k, "metrics", where)
     keep_alive = r.duration(k, "max_keep_alive", where, 0.0) if "max_keep_alive" in k else None
     if keep_alive == 0.0:
         raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
-            "cloud": cloud, "max_keep_alive": keep_alive}
+            "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics}
 
 
 def _sha256(r: _Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
@@ -315,6 +322,17 @@ def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
     return Ban(after_failures=r.integer(b, "after_failures", where, Ban.ENABLED_AFTER_FAILURES, 1),
                window=r.duration(b, "window", where, Ban.window),
                duration=r.duration(b, "duration", where, Ban.duration))
+
+
+def _metrics(r: _Reader, data: Mapping[str, Any]) -> MetricsSettings:
+    where = ("metrics",)
+    m = r.table(data.get("metrics", {}), where, _METRICS_FIELDS)
+    if "listen" not in m:
+        return MetricsSettings()
+    try:
+        return MetricsSettings(listen=parse_hostport(r.string(m, "listen", where)))
+    except ValueError as e:
+        raise r.fail(where + ("listen",), str(e)) from None
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:

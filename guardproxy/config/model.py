@@ -49,6 +49,7 @@ class KeyEntry:
     revoked: date | None = None           # refused from the moment this is set; the date is a record
     previous_sha256: bytes | None = None  # the key before a rotation, still valid ...
     previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
+    metrics: bool = False                 # may read GET /metrics (admin keys may too)
 
 
 def key_text_problem(key: str) -> str | None:
@@ -133,6 +134,15 @@ class Upstream:
         return f"{host}:{self.port}"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: where Prometheus reads them besides GET /metrics on the main listener (with a key)."""
+    listen: tuple[str, int] | None = None  # (host, port) of a separate listener that needs no key
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None
@@ -147,3 +157,5 @@ class Config:
     cors: Cors = field(default_factory=Cors)
     limits: TrafficLimits = field(default_factory=TrafficLimits)
     ban: Ban = field(default_factory=Ban)
+    log_level: str = "info"  # [log] level: one of LOG_LEVELS, for the operational messages
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)

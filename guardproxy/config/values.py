@@ -73,6 +73,16 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback_host(host: str) -> bool:
+    """A host name or address only this machine can reach (an unresolved name is not)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_upstream(value: str) -> Upstream:
     m = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d+))?/?", value.strip())
     if not m:

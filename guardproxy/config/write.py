@@ -48,6 +48,7 @@ upstream = {upstream}
 
 [log]
 access = "-"            # JSON lines: a file path, "-" for stdout, "" to turn off
+level = "info"          # start-up, reloads, warnings, errors (on stderr): debug, info, warning, error
 
 [timeouts]
 connect = "10s"         # opening a connection to the upstream (then 504)
@@ -77,6 +78,9 @@ max_headers = 100               # header fields per request (then 431)
 # [limits]                      # protect the GPU
 # per_ip = "30/min"
 # max_concurrent = 8
+
+# [metrics]                     # Prometheus: GET /metrics needs an admin key or one with metrics = true;
+# listen = "127.0.0.1:9464"     # or a separate listener without keys (keep it on loopback)
 
 [ban]                           # an address that sends 20 wrong keys within 10 minutes
 after_failures = 20             # gets 429 for 15 minutes; delete this table to turn bans off

@@ -17,6 +17,7 @@ from .limits import (BanTable, ConcurrencyGate, RateTable, TrustedProxies, addre
 
 class Banned(TooManyRequests):
     message = "too many failed authentications; try again later"
+    reason = "ban"
 
 
 class RateLimited(TooManyRequests):

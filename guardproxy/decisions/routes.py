@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.model import KeyEntry
-from ..wire.errors import BadRequest, Forbidden, GuardError
+from ..wire.errors import BadRequest, Forbidden, GuardError, MethodNotAllowed
 
 # Where a route's model name is (Route.model).
 NO_MODEL = 0
@@ -106,6 +106,9 @@ ROUTES: tuple[Route, ...] = (
 
 # A route not in the table; forwarded for admin keys only.
 UNKNOWN = Route("other", frozenset(), b"", admin=True)
+# Answered by guardproxy itself, never forwarded.
+HEALTH = Route("health", _GET_HEAD, b"/health")
+METRICS = Route("metrics", _GET, b"/metrics")
 
 _EXACT: dict[tuple[bytes, bytes], Route] = {(m, r.path): r for r in ROUTES if not r.param for m in r.methods}
 _PARAM: tuple[Route, ...] = tuple(r for r in ROUTES if r.param)
@@ -127,7 +130,7 @@ def route_for(method: bytes, path: bytes) -> Route:
     if len(path) > 1 and path.endswith(b"/"):
         # Ollama's router redirects /api/tags/ to /api/tags: the same route.
         return route_for(method, path.rstrip(b"/") or b"/")
-    return UNKNOWN
+    return METRICS if path == b"/metrics" else UNKNOWN  # (whatever the method: never forwarded)
 
 
 def is_admin_path(path: bytes) -> bool:
@@ -152,6 +155,16 @@ def authorize(key: KeyEntry, route: Route, path: bytes) -> None:
         raise NotFound()
     if route.admin:
         raise Forbidden("this key may not use administrative endpoints")
+
+
+def authorize_metrics(key: KeyEntry, method: bytes, has_body: bool) -> None:
+    """May this request read GET /metrics on the main listener?"""
+    if not (key.admin or key.metrics):
+        raise Forbidden("this key may not read metrics (that needs admin = true or metrics = true)")
+    if method != b"GET":
+        raise MethodNotAllowed(headers=[("Allow", "GET")])
+    if has_body:
+        raise BadRequest("GET /metrics takes no body")
 
 
 # --- paths ------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class LogRecord:
     duration_ms: float = 0.0
     ttfb_ms: float | None = None  # until the upstream's response head
     key: str | None = None   # the key's name, never the key
+    request_id: str = ""     # the client's X-Request-Id if safe, else guardproxy's; sent upstream and back
     outcome: str = "ok"      # ok | client_gone | upstream_error | refused
     error: str | None = None
     model: str | None = None
@@ -64,7 +65,8 @@ class LogRecord:
         out: dict[str, Any] = {
             "time": self.time or _utc(self.at), "client": self.client, "method": self.method, "path": self.path,
             "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            "duration_ms": self.duration_ms, "ttfb_ms": self.ttfb_ms, "key": self.key, "outcome": self.outcome}
+            "duration_ms": self.duration_ms, "ttfb_ms": self.ttfb_ms, "key": self.key, "outcome": self.outcome,
+            "request_id": self.request_id}
         for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
@@ -84,7 +86,7 @@ class LogRecord:
         if not isinstance(data, dict):
             return None
         rec = cls("", "-")
-        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model"):
+        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id"):
             value = data.get(name)
             if value is not None:
                 setattr(rec, name, value if isinstance(value, str) else str(value))

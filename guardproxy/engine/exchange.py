@@ -33,15 +33,18 @@ from . import bodies, forwarding, slots
 from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
+from .metrics import CONTENT_TYPE, Metrics
 from .pool import UpstreamPool
 from .relay import MAX_RESPONSE_HEAD, Collector, UpstreamConnection
+from .requestid import new_request_id
 from .tokens import usage_from_tail
 
 MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for one retry
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
-           b"Cache-Control: no-store\r\n\r\n")
+           b"Cache-Control: no-store\r\n")
+_METRICS = b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\nCache-Control: no-store\r\n"
 
 
 class Gate(Protocol):
@@ -52,15 +55,17 @@ class Gate(Protocol):
     policies: Policies
     pool: UpstreamPool
     access_log: AccessLog
+    metrics: Metrics
     clock: Callable[[], float]
     closing: bool
 
     @property
     def scheme(self) -> bytes: ...
+    async def scrape(self) -> bytes: ...
 
 
 class Exchange:
-    __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream")
+    __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "rid")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -72,6 +77,7 @@ class Exchange:
         self.started = time.perf_counter()
         self.cors: list[tuple[str, str]] = []  # CORS headers for every answer to this request
         self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
+        self.rid = b""  # the request ID, once the head is parsed (X-Request-Id)
 
     # --- derived facts ---------------------------------------------------------
 
@@ -111,6 +117,7 @@ class Exchange:
             self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
                                                 max_body=max(limits.max_body, limits.max_blob), scanned=True)
             self.head = b""  # only a head that fails to parse is looked at again (refuse)
+            self.rid = req.request_id or new_request_id()
             record.method = cut(req.method.decode("latin-1"))
             record.path = cut(req.path.decode("latin-1"))
             self.route = route = routes.route_for(req.method, req.path)
@@ -136,6 +143,9 @@ class Exchange:
                 raise
             record.key = key.name
             pol.after_auth(key, now)
+            if route is routes.METRICS:  # answered here, never forwarded, whatever the key or method
+                routes.authorize_metrics(key, req.method, self.has_body)
+                return self.respond(200, _METRICS + self.extra_headers, await server.scrape())
             routes.authorize(key, route, path)
             slot = pol.slots_on and route.generation
             body = await self._checked_body(key, route, path, whole=slot)
@@ -212,7 +222,8 @@ class Exchange:
 
     def health(self) -> bool:
         keep = self.keep_alive
-        head = _HEALTH if keep else _HEALTH[:-2] + b"Connection: close\r\n\r\n"
+        self.route = routes.HEALTH
+        head = _HEALTH + b"X-Request-Id: " + self.rid + (b"\r\n\r\n" if keep else b"\r\nConnection: close\r\n\r\n")
         body = b"" if self.req is not None and self.req.method == b"HEAD" else _HEALTH_BODY
         self.conn.send(head + body)
         self.record.status, self.record.bytes_out = 200, len(head) + len(body)
@@ -223,7 +234,8 @@ class Exchange:
         """A CORS preflight: answered here, no key needed, never forwarded."""
         assert self.req is not None
         keep = self.keep_alive and not self.has_body
-        head = response_head(204, self.server.policies.cors.preflight_headers(self.req), close=not keep)
+        head = response_head(204, [*self.server.policies.cors.preflight_headers(self.req),
+                                   ("X-Request-Id", self.rid.decode())], close=not keep)
         self.conn.send(head)
         self.record.status, self.record.bytes_out = 204, len(head)
         self.finish(self.started)
@@ -241,6 +253,7 @@ class Exchange:
     def refuse(self, err: GuardError) -> bool:
         """A GuardError as a response (nothing of a response has been sent yet)."""
         req, record = self.req, self.record
+        self.rid = self.rid or new_request_id()  # (none yet if the head did not parse)
         if req is None:  # refused while parsing: log what the request line claimed
             parts = self.head.split(b"\r\n", 1)[0].split(b" ")
             record.method = parts[0][:16].decode("latin-1")
@@ -249,12 +262,13 @@ class Exchange:
         # Unread body bytes must never be parsed as a next request: close.
         close = err.close or req is None or self.has_body or not self.keep_alive
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD",
-                          extra_headers=self.cors)
+                          extra_headers=[("X-Request-Id", self.rid.decode()), *self.cors])
         self.conn.linger = close
         self.conn.send(response)
         record.status, record.bytes_out = err.status, len(response)
         record.outcome = "upstream_error" if err.status in (502, 504) else "refused"
         record.error = err.message
+        self.server.metrics.refused(err)
         self.finish(self.started)
         return not close
 
@@ -265,7 +279,7 @@ class Exchange:
         req, route = self.req, self.route
         assert req is not None
         server, conn = self.server, self.conn
-        head = build_upstream_head(req, server.pool.authority, self.record.client.encode(), server.scheme)
+        head = build_upstream_head(req, server.pool.authority, self.record.client.encode(), server.scheme, self.rid)
         streamed = body is None and self.has_body
         if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
                 and len(conn.buf) >= (req.content_length or 0):
@@ -279,12 +293,16 @@ class Exchange:
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None
+        streams, key = server.metrics.streams, self.record.key or "-"
+        streams[key] = streams.get(key, 0) + 1
         try:
             upstream, reusable, body_task = await forwarding.relay(self, 
-                head, conn.transport, keep_alive=keep_alive, extra=self.cors_bytes, stream_body=streamed,
+                head, conn.transport, keep_alive=keep_alive, extra=self.extra_headers, stream_body=streamed,
                 counts=usage)
         except (ClientGone, GuardError) as exc:
             return self._cut_short(exc, usage)
+        finally:
+            streams[key] -= 1
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -327,7 +345,7 @@ class Exchange:
         server = self.server
         # Identity encoding: the body is read as JSON here.
         head = build_upstream_head(req.without(b"accept-encoding"), server.pool.authority,
-                                   self.record.client.encode(), server.scheme)
+                                   self.record.client.encode(), server.scheme, self.rid)
         collector = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
         upstream, reusable, _ = await forwarding.relay(self, head, collector, keep_alive=True, extra=b"", stream_body=False)
         if reusable:
@@ -350,7 +368,7 @@ class Exchange:
                 raise BadGateway("upstream sent an unreadable model list") from None
         lines = [ln for ln in rh.head[:-4].split(b"\r\n")
                  if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
-        return self.respond(status, b"\r\n".join(lines) + b"\r\n" + self.cors_bytes, raw)
+        return self.respond(status, b"\r\n".join(lines) + b"\r\n" + self.extra_headers, raw)
 
     def _count_tokens(self, upstream: UpstreamConnection) -> None:
         head, tail = upstream.tail()
@@ -363,16 +381,20 @@ class Exchange:
     # --- the end ---------------------------------------------------------------------
 
     def finish(self, first_byte: float | None) -> None:
-        """Write the access-log record (the request is over, whatever its outcome)."""
-        log = self.server.access_log
+        """Count the request, write its access-log record: it is over, whatever its outcome."""
+        server, record = self.server, self.record
+        duration = time.perf_counter() - self.started
+        server.metrics.ended(record, self.route, duration, first_byte - self.started if first_byte else 0.0)
+        log = server.access_log
         if not log.enabled:
             return
-        record = self.record
-        record.duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        record.duration_ms = round(duration * 1000, 3)
         if first_byte:
             record.ttfb_ms = round((first_byte - self.started) * 1000, 3)
+        record.request_id = self.rid.decode()
         log.record(record)
 
     @property
-    def cors_bytes(self) -> bytes:
-        return header_bytes(self.cors) if self.cors else b""
+    def extra_headers(self) -> bytes:  # in every answer to this request: its ID, and CORS for a browser
+        rid = b"X-Request-Id: " + self.rid + b"\r\n"
+        return rid + header_bytes(self.cors) if self.cors else rid

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..config.model import Config
+from ..decisions import routes
 from ..decisions.auth import KeyRing
 from ..decisions.limits import address_bucket
 from ..decisions.policy import Policies
@@ -23,11 +24,23 @@ from .accesslog import AccessLog, LogRecord
 from .client import ClientConnection
 from .exchange import Exchange
 from .failures import ClientGone
+from .listed_models import ListedModels
+from .metrics import Gauges, Metrics, UpstreamState
+from .metrics_listener import MetricsListener
 from .pool import UpstreamPool
+from .requestid import new_request_id
 from .slots import wake
 from .tls import CertReloader, PlainAcceptor
 
 log = logging.getLogger("guardproxy")
+
+
+class ListenError(OSError):
+    """The metrics listener's address could not be taken (the main one raises the OSError itself)."""
+
+    def __init__(self, address: str, err: OSError) -> None:
+        super().__init__(err.errno, f"cannot listen on {address}: {err.strerror or err}")
+        self.address = address
 
 
 class GuardServer:
@@ -39,6 +52,9 @@ class GuardServer:
         self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
         self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
+        self.listed = ListedModels(self.pool)
+        self.metrics = Metrics(self.known_models)
+        self.metrics_listener: MetricsListener | None = None
         self.connections: set[ClientConnection] = set()
         self.per_ip: dict[str, int] = {}
         self.tls = CertReloader(config.tls) if config.tls is not None else None
@@ -62,13 +78,26 @@ class GuardServer:
         """X-Forwarded-Proto for the upstream."""
         return b"https" if self.tls is not None else b"http"
 
+    def known_models(self) -> frozenset[str] | None:
+        """The canonical names of the models some upstream lists (the metrics' `model` label);
+        None until they are known."""
+        return self.listed.known()
+
+    async def scrape(self) -> bytes:
+        """The metrics as Prometheus reads them."""
+        await self.listed.ready()
+        in_flight = sum(1 for c in self.connections if c.upstream is not None)
+        upstream = UpstreamState(f"http://{self.config.upstream.authority}", bool(self.listed.up), in_flight)
+        return self.metrics.exposition(Gauges(len(self.connections), self.policies.gate.queued, (upstream,)))
+
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: keys, CORS, limits, timeouts.  Running streams keep going.
 
         The listen address and the upstream stay as they are (they need a restart).
         """
         config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         upstream=self.config.upstream, access_log=self.config.access_log)
+                         upstream=self.config.upstream, access_log=self.config.access_log,
+                         metrics=self.config.metrics)
         self.keys = KeyRing(config.keys)
         wake(self.policies.apply(config))
         self.config = config
@@ -78,6 +107,7 @@ class GuardServer:
             self.tls.reload_if_changed()
 
     async def start(self) -> None:
+        """Listen (an OSError if the listen address cannot be taken, ListenError for metrics.listen)."""
         if self.tls is None:
             self._server = await self.loop.create_server(
                 lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
@@ -87,6 +117,14 @@ class GuardServer:
                                                         self.config.listen_port, self._accept_tls)
         if self.tls is not None:
             self.tls.start(self.loop)
+        if self.config.metrics.listen is not None:
+            listener = MetricsListener(self.scrape)
+            try:
+                await listener.start(*self.config.metrics.listen)
+            except OSError as e:
+                await self.stop(0)
+                raise ListenError("{}:{} (metrics.listen)".format(*self.config.metrics.listen), e) from None
+            self.metrics_listener = listener
 
     def admit(self, conn: ClientConnection) -> GuardError | None:
         """Count a new connection, or say which cap it is over."""
@@ -153,6 +191,9 @@ class GuardServer:
             self._server.close()
         if self._acceptor is not None:
             self._acceptor.close()
+        if self.metrics_listener is not None:
+            self.metrics_listener.close()
+        self.listed.stop()
         for task in list(self._handshakes):
             task.cancel()
         for conn in list(self.connections):
@@ -205,8 +246,9 @@ class GuardServer:
             self.log_refusal(conn, err, len(response))
         except ClientGone:
             pass
-        except Exception:  # a bug must cost one connection, never the server
-            log.exception("guardproxy: internal error")
+        except Exception as exc:  # a bug must cost one connection, never the server
+            # One line; its traceback too at --log-level debug.
+            log.error("internal error, one connection closed: %r", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         finally:
             if conn.linger:
                 conn.close_lingering()
@@ -215,9 +257,12 @@ class GuardServer:
 
     def log_refusal(self, conn: ClientConnection, err: GuardError, bytes_out: int) -> None:
         """A refusal with no parsed request behind it (incomplete head, connection cap)."""
-        if not self.access_log.enabled:
-            return
         record = LogRecord.new(conn.peer_ip, len(conn.buf))
         record.status, record.bytes_out, record.outcome, record.error = err.status, bytes_out, "refused", err.message
+        self.metrics.refused(err)
+        self.metrics.ended(record, routes.UNKNOWN, 0.0, 0.0)
+        if not self.access_log.enabled:
+            return
         record.ttfb_ms = 0.0  # answered at once, as every refusal (see Exchange.finish)
+        record.request_id = new_request_id().decode()
         self.access_log.record(record)

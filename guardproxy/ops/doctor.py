@@ -33,7 +33,7 @@ from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
 from ..config.paths import CONFIG_HELP, find_config
 from ..config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream
-from ..config.values import parse_hostport, parse_upstream
+from ..config.values import is_loopback_host, parse_hostport, parse_upstream
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)
@@ -104,15 +104,6 @@ def check_file_mode(path: Path) -> list[Finding]:
 
 # --- the upstream ---------------------------------------------------------------------
 
-def _is_loopback_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     url = f"http://{upstream.authority}"
     conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
@@ -145,7 +136,7 @@ def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
 
 def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     """Whether a local Ollama runs cloud models (GET /api/status, Ollama 0.12 and newer); loopback only."""
-    if not _is_loopback_host(upstream.host):
+    if not is_loopback_host(upstream.host):
         return []
     conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
     try:
@@ -185,7 +176,7 @@ def ollama_host_fix() -> str:
 
 def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -> list[Finding]:
     """Is the upstream's port open to other machines, bypassing the gate?"""
-    if not _is_loopback_host(upstream.host):
+    if not is_loopback_host(upstream.host):
         return [Finding(INFO, f"upstream {upstream.authority} is another machine: make sure its port "
                               f"{upstream.port} accepts connections only from this one")]
     if table is None:
@@ -315,7 +306,7 @@ def check_windows_service(name: str, listen_host: str, port: int) -> list[Findin
                         "to start guardproxy on boot")]
     out = [Finding(OK if state == "RUNNING" else WARN, f"Windows service \"{name}\" is {state.lower()}",
                    "" if state == "RUNNING" else f"`guardproxy service start --name {name}`")]
-    if not _is_loopback_host(listen_host):
+    if not is_loopback_host(listen_host):
         rule = winservice.firewall_rule_name(name)
         if winservice.firewall_rule_exists(rule):
             out.append(Finding(OK, f"firewall rule \"{rule}\" exists"))

@@ -18,6 +18,9 @@ class GuardError(Exception):
     # Refusals that leave unread request bytes on the wire must close the
     # connection, so leftover body bytes are never parsed as a next request.
     close = False
+    # The refusal's reason in the metrics when its status alone does not say it
+    # (a ban and a rate limit are both 429); "" for the reason its status gives.
+    reason = ""
 
     def __init__(self, message: str | None = None, *, headers: Iterable[tuple[str, str]] = (),
                  close: bool | None = None) -> None:

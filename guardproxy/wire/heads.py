@@ -27,7 +27,14 @@ _DROP = frozenset({
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
     # guardproxy answers CORS itself; Ollama answers 403 to origins outside OLLAMA_ORIGINS.
     b"origin",
+    # Sent as the request's ID: the client's own when it is safe, else a new one.
+    b"x-request-id",
 })
+
+# A client's X-Request-Id is kept when it is 1 to 64 of these (it goes into
+# log lines and heads as it came); anything else gets a new ID.
+MAX_REQUEST_ID = 64
+_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
 # guardproxy answers Expect: 100-continue itself, once the checks have passed.
@@ -45,6 +52,7 @@ class RequestHead:
     chunked: bool
     expect_continue: bool
     host: bytes
+    request_id: bytes | None = None  # the client's X-Request-Id, if it is a safe one
 
     @property
     def path(self) -> bytes:
@@ -61,13 +69,13 @@ class RequestHead:
         headers = [h for h in self.headers if h[0] not in (b"content-length", b"transfer-encoding")]
         headers.append((b"content-length", b"Content-Length", b"%d" % length))
         return RequestHead(self.method, self.target, self.http_version, headers, self.keep_alive,
-                           length, False, False, self.host)
+                           length, False, False, self.host, self.request_id)
 
     def without(self, name: bytes) -> "RequestHead":
         """The same request without the header fields called `name` (lower case)."""
         return RequestHead(self.method, self.target, self.http_version,
                            [h for h in self.headers if h[0] != name], self.keep_alive,
-                           self.content_length, self.chunked, self.expect_continue, self.host)
+                           self.content_length, self.chunked, self.expect_continue, self.host, self.request_id)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -123,6 +131,8 @@ def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body:
     keep_alive = version == b"1.1"
     expect = False
     host = b""
+    request_id: bytes | None = None
+    seen_id = False
     connection_tokens: list[bytes] = []
     for name, _, value in headers:
         if name == b"connection":
@@ -131,16 +141,21 @@ def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body:
             expect = value.lower() == b"100-continue"
         elif name == b"host":
             host = value
+        elif name == b"x-request-id" and not seen_id:  # the first one counts, as Go's Header.Get reads it
+            seen_id = True
+            if 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, _ID_CHARS):
+                request_id = value
     if b"close" in connection_tokens:
         keep_alive = False
     elif version == b"1.0" and b"keep-alive" in connection_tokens:
         keep_alive = True
     return RequestHead(method, target, version, headers, keep_alive, facts.content_length, facts.chunked,
-                       expect, host)
+                       expect, host, request_id)
 
 
-def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes) -> bytes:
-    """The head sent to the upstream: our Host and forwarding headers, no secrets.
+def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes,
+                        request_id: bytes) -> bytes:
+    """The head sent to the upstream: our Host, forwarding headers and request ID, no secrets.
 
     Never a copy of the client's bytes: every line is written here with CRLF,
     and the body framing is guardproxy's own (one Content-Length, or chunked
@@ -166,7 +181,7 @@ def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, pr
     if req.host:
         parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
     parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: ", proto,
-              b"\r\nX-Real-IP: ", client_ip, b"\r\n\r\n")
+              b"\r\nX-Real-IP: ", client_ip, b"\r\nX-Request-Id: ", request_id, b"\r\n\r\n")
     return b"".join(parts)
 
 
@@ -228,8 +243,8 @@ def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: b
                 elif b"keep-alive" in toks and version == b"HTTP/1.0":
                     keep_alive = True
             continue
-        if lname.startswith(b"access-control-"):
-            continue  # guardproxy's own CORS headers (in `extra`) replace the upstream's
+        if lname.startswith(b"access-control-") or lname == b"x-request-id":
+            continue  # guardproxy's own CORS headers and request ID (in `extra`) replace the upstream's
         if lname == b"content-length":
             if not value.isdigit() or len(value) > 18 or (content_length is not None and content_length != int(value)):
                 raise BadUpstreamHead()

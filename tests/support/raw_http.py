@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 
 class RawResponse:
@@ -17,6 +18,16 @@ class RawResponse:
             if k == name.lower():
                 return v
         return None
+
+
+_NEW_ID = re.compile(rb"\r\nX-Request-Id: [0-9a-f]{24}\r\n")
+
+
+def without_request_id(head: bytes) -> bytes:
+    """A head with guardproxy's own new request ID (exactly one) taken out, to compare it byte for byte."""
+    out, n = _NEW_ID.subn(b"\r\n", head)
+    assert n == 1, head
+    return out
 
 
 async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False) -> RawResponse:

@@ -45,7 +45,8 @@ def test_append_to_broken_file_changes_nothing(tmp_path: Path) -> None:
 
 KEYS = {"keys": [{"name": "a", "key_sha256": "0" * 64}]}
 # Commented-out tables show how to turn a feature on; these values are examples, not defaults.
-EXAMPLES = {("tls", "cert"), ("tls", "key"), ("cors", "origins"), ("limits", "per_ip"), ("limits", "max_concurrent")}
+EXAMPLES = {("tls", "cert"), ("tls", "key"), ("cors", "origins"), ("limits", "per_ip"), ("limits", "max_concurrent"),
+            ("metrics", "listen")}
 
 
 def template_as_if_uncommented() -> dict[str, Any]:

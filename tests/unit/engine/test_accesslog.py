@@ -13,7 +13,7 @@ def test_a_record_has_every_base_field_and_only_the_optional_ones_set() -> None:
     rec = LogRecord.new("203.0.113.7", 120)
     d = rec.to_dict()
     assert list(d) == ["time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration_ms",
-                       "ttfb_ms", "key", "outcome"]
+                       "ttfb_ms", "key", "outcome", "request_id"]
     assert d["bytes_in"] == 120 and d["outcome"] == "ok" and d["ttfb_ms"] is None
     rec.model, rec.prompt_tokens, rec.completion_tokens = "llama3.2", 26, 0
     d = rec.to_dict()
@@ -23,7 +23,7 @@ def test_a_record_has_every_base_field_and_only_the_optional_ones_set() -> None:
 
 def test_lines_read_back_through_the_record() -> None:
     rec = LogRecord("2026-11-29T10:00:00Z", "::1", "POST", "/api/chat", 200, 300, 5000, 12.5, 3.25, "laptop",
-                    model="qwen3:8b", prompt_tokens=12, completion_tokens=40)
+                    model="qwen3:8b", prompt_tokens=12, completion_tokens=40, request_id="req-7.a_b")
     back = LogRecord.from_line(json.dumps(rec.to_dict()))
     assert back == rec
 

@@ -12,18 +12,46 @@ def test_upstream_head_drops_secrets_and_hop_by_hop() -> None:
     req = parse_request_head(
         b"POST /api/chat?x=1 HTTP/1.1\r\nHost: public.example\r\nX-API-Key: secret\r\n"
         b"Authorization: Bearer secret\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTE: trailers\r\n"
-        b"X-Forwarded-For: 1.2.3.4\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
-    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.9", b"http")
+        b"X-Forwarded-For: 1.2.3.4\r\nX-Request-Id: client-1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n")
+    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.9", b"http", b"5f1d0c")
     assert head == (b"POST /api/chat?x=1 HTTP/1.1\r\nHost: 127.0.0.1:11434\r\n"
                     b"Content-Type: application/json\r\nContent-Length: 2\r\n"
                     b"X-Forwarded-Host: public.example\r\nX-Forwarded-For: 10.0.0.9\r\n"
-                    b"X-Forwarded-Proto: http\r\nX-Real-IP: 10.0.0.9\r\n\r\n")
+                    b"X-Forwarded-Proto: http\r\nX-Real-IP: 10.0.0.9\r\nX-Request-Id: 5f1d0c\r\n\r\n")
 
 
 def test_http10_request_keeps_its_version_upstream() -> None:
     req = parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
     assert not req.keep_alive
-    assert build_upstream_head(req, b"u:1", b"c", b"http").startswith(b"GET / HTTP/1.0\r\n")
+    assert build_upstream_head(req, b"u:1", b"c", b"http", b"r").startswith(b"GET / HTTP/1.0\r\n")
+
+
+@pytest.mark.parametrize("value,kept", [
+    (b"abc", True), (b"A-Z_a.z-09", True), (b"x" * 64, True),
+    (b"x" * 65, False), (b"", False), (b"a b", False), (b"a/b", False), (b"a\"b", False), (b"caf\xc3\xa9", False),
+    (b"{{7*7}}", False), (b"a,b", False),
+])
+def test_a_clients_request_id_is_kept_only_when_safe(value: bytes, kept: bool) -> None:
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: " + value + b"\r\n\r\n")
+    assert req.request_id == (value if kept else None)
+    # Framed again for a body read whole, or with a header left out, it keeps its ID.
+    assert req.with_length(0).request_id == req.without(b"host").request_id == req.request_id
+
+
+def test_the_first_request_id_counts_and_the_clients_never_reach_the_upstream() -> None:
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nx-request-id: bad id\r\nX-Request-Id: good\r\n\r\n")
+    assert req.request_id is None
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: one\r\nX-Request-Id: two\r\n\r\n")
+    assert req.request_id == b"one"
+    head = build_upstream_head(req, b"u:1", b"c", b"http", b"one")
+    assert head.lower().count(b"x-request-id") == 1 and head.endswith(b"X-Request-Id: one\r\n\r\n")
+
+
+def test_the_upstreams_request_id_gives_way_to_guardproxys() -> None:
+    rh = parse_response_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: from-ollama\r\nContent-Length: 0\r\n\r\n",
+                             head_request=False, client_keep_alive=True, extra=b"X-Request-Id: ours\r\n")
+    assert rh.head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: ours\r\n\r\n"
 
 
 def test_keep_alive_rules() -> None:
@@ -73,7 +101,7 @@ def test_contradictory_or_garbage_response_heads(head: bytes) -> None:
 
 def test_upstream_head_has_guardproxys_framing_only() -> None:
     req = parse_request_head(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n")
-    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.1", b"https")
+    head = build_upstream_head(req, b"127.0.0.1:11434", b"10.0.0.1", b"https", b"r")
     assert head.count(b"Transfer-Encoding") == 1 and b"Content-Length" not in head
     assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Kept: 1\r\n" in head
 

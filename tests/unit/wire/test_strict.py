@@ -125,4 +125,4 @@ def test_random_heads_are_refused_with_4xx_5xx_or_rebuilt_well_formed(data: byte
     except GuardError as err:
         assert err.status in _REFUSALS and err.close
         return
-    _well_formed(build_upstream_head(req, b"127.0.0.1:11434", b"203.0.113.7", b"http"))
+    _well_formed(build_upstream_head(req, b"127.0.0.1:11434", b"203.0.113.7", b"http", req.request_id or b"r1"))
