@@ -18,12 +18,14 @@ from . import __version__
 from .config.load import load_config, parse_config
 from .config.model import ENV_KEY, Config, ConfigError
 from .config.paths import find_config
-from .config.values import parse_hostport, parse_upstream
+from .config.values import is_loopback_host, parse_hostport, parse_upstream
 from .config.write import create_config, generate_key
+from .engine import logs
 from .engine.loop import loop_name, run as run_loop
 from .ops.keys import new_key_banner
 
 EXIT_CONFIG = 2
+log = logs.log
 
 
 def resolve_config(config: str | None = None, *, listen: str | None = None, upstream: str | None = None,
@@ -60,19 +62,25 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
     return resolved
 
 
+def warnings(config: Config) -> list[str]:
+    """Risky settings, said once at start-up."""
+    out = [f"key \"{k.name}\" is stored in plaintext in {config.path}; replace it with key_sha256"
+           for k in config.keys if k.plaintext]
+    if "*" in config.cors.origins:
+        out.append("cors.origins allows \"*\": any web page can call this server with a key it holds; "
+                   "list your app's exact origins instead")
+    if config.metrics.listen is not None and not is_loopback_host(config.metrics.listen[0]):
+        out.append("metrics.listen = \"{}:{}\" is not a loopback address: whoever reaches it reads the "
+                   "metrics (key names, models, traffic) without a key".format(*config.metrics.listen))
+    return out
+
+
 def run(config: Config, loop: str = "auto") -> int:
     """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM."""
-    for k in config.keys:
-        if k.plaintext:
-            print(f"guardproxy: warning: key \"{k.name}\" is stored in plaintext in {config.path}; "
-                  f"replace it with key_sha256", file=sys.stderr)
-    if "*" in config.cors.origins:
-        print("guardproxy: warning: cors.origins allows \"*\": any web page can call this server "
-              "with a key it holds; list your app's exact origins instead", file=sys.stderr)
     try:
         return run_loop(serve(config), loop)
     except RuntimeError as e:
-        print(f"guardproxy: {e}", file=sys.stderr)
+        log.error("%s", e)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -81,23 +89,27 @@ def run(config: Config, loop: str = "auto") -> int:
 async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
     from .engine.accesslog import AccessLog
-    from .engine.server import GuardServer
+    from .engine.server import GuardServer, ListenError
+    logs.apply_level(config.log_level)
+    for warning in warnings(config):
+        log.warning("%s", warning)
     try:
         access_log = AccessLog(config.access_log)
     except OSError as e:
-        print(f"guardproxy: config error: {config.path}: log.access: cannot open {config.access_log!r}: "
-              f"{e.strerror}", file=sys.stderr)
+        log.error("config error: %s: log.access: cannot open %r: %s", config.path, config.access_log, e.strerror)
         return EXIT_CONFIG
     from .engine.fdlimit import check_open_files
-    warning = check_open_files(config.server.max_connections)
-    if warning:
-        print(warning, file=sys.stderr)
+    too_few = check_open_files(config.server.max_connections)
+    if too_few:
+        log.warning("%s", too_few)
     server = GuardServer(config, access_log=access_log)
     try:
         await server.start()
+    except ListenError as e:
+        log.error("%s", e.strerror)
+        return 1
     except OSError as e:
-        print(f"guardproxy: cannot listen on {config.listen_host}:{config.listen_port}: "
-              f"{e.strerror or e}", file=sys.stderr)
+        log.error("cannot listen on %s:%s: %s", config.listen_host, config.listen_port, e.strerror or e)
         return 1
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
@@ -114,16 +126,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
     scheme = "https" if config.tls is not None else "http"
-    print(f"guardproxy {__version__} listening on {scheme}://{config.listen_host}:{server.port} -> "
-          f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
-          f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
+    log.info("version %s listening on %s://%s:%s -> http://%s (%s, %d key%s)", __version__, scheme,
+             config.listen_host, server.port, config.upstream.authority, loop_name(loop), len(config.keys),
+             "s" if len(config.keys) != 1 else "")
+    if config.metrics.listen is not None and server.metrics_listener is not None:
+        log.info("metrics without a key on http://%s:%d/metrics", config.metrics.listen[0],
+                 server.metrics_listener.port)
     try:
         await stop.wait()
     except asyncio.CancelledError:
         pass
     if watch is not None:
         watch.cancel()
-    print(f"guardproxy: shutting down (grace {config.timeouts.grace:g}s)", file=sys.stderr, flush=True)
+    log.info("shutting down (grace %gs)", config.timeouts.grace)
     await server.stop()
     access_log.close()
     return 0

@@ -11,8 +11,9 @@ import sys
 from typing import Sequence
 
 from . import __version__, app
-from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ConfigError
+from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ConfigError
 from .config.paths import CONFIG_HELP
+from .engine import logs
 from .engine.loop import LOOPS
 from .ops import check, doctor, keys, top, usage
 from .ops.winservice import commands as winservice
@@ -35,6 +36,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})")
     p.add_argument("--upstream", metavar="URL", help=f"the Ollama server (default {DEFAULT_UPSTREAM})")
     p.add_argument("--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop where available)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL",
+                   help="messages on stderr from this level up: debug, info, warning, error "
+                        "(default: [log] level in the config, else info)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,4 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return app.run(app.resolve_config(args.config, listen=args.listen, upstream=args.upstream), args.loop)
+    logs.setup(args.log_level or "info", pinned=args.log_level is not None)
+    try:
+        config = app.resolve_config(args.config, listen=args.listen, upstream=args.upstream)
+    except ConfigError as e:
+        logs.log.error("config error: %s", e)
+        return app.EXIT_CONFIG
+    return app.run(config, args.loop)

@@ -15,7 +15,7 @@ HEADROOM = 256
 
 
 def check_open_files(max_connections: int) -> str | None:
-    """Raise the soft limit if it is lower than the cap needs; a warning line if it stays lower."""
+    """Raise the soft limit if it is lower than the cap needs; a warning (for the log) if it stays lower."""
     try:
         import resource
     except ImportError:  # Windows: no per-process descriptor limit of this kind
@@ -33,6 +33,6 @@ def check_open_files(max_connections: int) -> str | None:
             pass
     if soft >= needed:
         return None
-    return (f"guardproxy: warning: the open-file limit is {soft} but server.max_connections = "
+    return (f"the open-file limit is {soft} but server.max_connections = "
             f"{max_connections} needs about {needed}; raise it (ulimit -n, or LimitNOFILE= in a "
             f"systemd unit) or lower max_connections")

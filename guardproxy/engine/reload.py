@@ -1,7 +1,7 @@
 """Live config changes: on SIGHUP (where it exists) and when the file changes on disk.
 
-A reload parses the whole file first; a broken edit is refused with one log
-line and the running config stays.  Only the settings a running server can
+A reload parses the whole file first; a broken edit is refused with one
+warning and the running config stays.  Only the settings a running server can
 take are applied (keys, CORS, limits, bans, timeouts for new requests);
 running streams are never touched.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from ..config.load import load_config
 from ..config.model import ConfigError
+from . import logs
 
 if TYPE_CHECKING:
     from .server import GuardServer
@@ -33,18 +33,13 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class Reloader:
-    def __init__(self, server: "GuardServer", path: Path, *, env_key: str | None = None,
-                 log: TextIO | None = None) -> None:
+    def __init__(self, server: "GuardServer", path: Path, *, env_key: str | None = None) -> None:
         self.server = server
         self.path = path
         self.env_key = env_key
-        self.log = log if log is not None else sys.stderr
         self._seen = _signature(path)
         self.reloads = 0
         self.refused = 0
-
-    def _say(self, text: str) -> None:
-        print(f"guardproxy: {text}", file=self.log, flush=True)
 
     def reload(self, why: str = "reload") -> bool:
         """Load and apply the file now; False (and one log line) if it is broken."""
@@ -53,7 +48,7 @@ class Reloader:
             config = load_config(self.path, env_key=self.env_key)
         except ConfigError as e:
             self.refused += 1
-            self._say(f"{why}: config not reloaded, the previous one keeps running: {e}")
+            logs.log.warning("%s: config not reloaded, the previous one keeps running: %s", why, e)
             return False
         old = self.server.config
         notes = []
@@ -63,11 +58,14 @@ class Reloader:
             notes.append("upstream")
         if config.access_log != old.access_log:
             notes.append("log.access")
+        if config.metrics != old.metrics:
+            notes.append("metrics.listen")
         self.server.apply_config(config)
+        logs.apply_level(config.log_level)
         self.reloads += 1
         extra = f" ({', '.join(notes)} changes need a restart)" if notes else ""
-        self._say(f"{why}: config reloaded from {self.path}: {len(config.keys)} key"
-                  f"{'s' if len(config.keys) != 1 else ''}{extra}")
+        logs.log.info("%s: config reloaded from %s: %d key%s%s", why, self.path, len(config.keys),
+                      "s" if len(config.keys) != 1 else "", extra)
         return True
 
     def changed(self) -> bool:

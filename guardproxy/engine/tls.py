@@ -12,10 +12,10 @@ import asyncio
 import os
 import socket
 import ssl
-import sys
 from typing import Any, Callable
 
 from ..config.model import Tls
+from .logs import log
 
 CHECK_EVERY = 60.0  # seconds between looks at the certificate files
 
@@ -55,10 +55,9 @@ class CertReloader:
         try:
             self.context.load_cert_chain(self.tls.cert, self.tls.key)
         except (OSError, ssl.SSLError) as e:
-            print(f"guardproxy: tls: cannot reload {self.tls.cert}: {e}; keeping the old certificate",
-                  file=sys.stderr)
+            log.warning("tls: cannot reload %s: %s; keeping the old certificate", self.tls.cert, e)
             return False
-        print(f"guardproxy: tls: reloaded {self.tls.cert}", file=sys.stderr)
+        log.info("tls: reloaded %s", self.tls.cert)
         return True
 
     def start(self, loop: asyncio.AbstractEventLoop, every: float = CHECK_EVERY) -> None:

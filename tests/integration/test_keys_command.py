@@ -7,7 +7,6 @@ its default interval); the commands run as separate processes, as from a shell.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import pty
 import subprocess
@@ -73,7 +72,7 @@ async def gate(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Gate]:
     path.write_bytes(CONFIG.format(port=fake.port, app=hash_key(KEY), phone=hash_key(OTHER_KEY)).encode())
     server = GuardServer(load_config(path))
     await server.start()
-    reloader = Reloader(server, path, log=io.StringIO())
+    reloader = Reloader(server, path)
     watch = asyncio.ensure_future(reloader.watch())  # the interval `run` uses
     try:
         yield Gate(server, reloader, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import signal
@@ -416,13 +415,13 @@ def key_block(name: str, key: str) -> str:
     return f'[[keys]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"\n'
 
 
-async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: FakeOllama, tmp_path: Path) -> None:
+async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: FakeOllama, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "g.toml"
     path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY)))
     server = GuardServer(load_config(path))
     await server.start()
-    out = io.StringIO()
-    reloader = Reloader(server, path, log=out)
+    reloader = Reloader(server, path)
     try:
         reader, writer = await open_stream(server.port, APP, gen("llama3.2", 60, 0.01))
         await reader.readuntil(b"tok0")
@@ -439,7 +438,7 @@ async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: 
         broken = CONFIG.format(port=fake.port, keys=key_block("b", OTHER_KEY)) + "[limits]\nper_ip = \"fast\"\n"
         path.write_text(broken)
         assert not reloader.reload("SIGHUP")
-        line = out.getvalue().splitlines()[-1]
+        line = caplog.records[-1].getMessage()
         assert "config not reloaded" in line and f"{path}:{broken.count(chr(10))}: limits.per_ip: expected" in line
         assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 200
     finally:
@@ -451,7 +450,7 @@ async def test_reload_by_file_watch_and_sighup(fake: FakeOllama, tmp_path: Path)
     path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY)))
     server = GuardServer(load_config(path))
     await server.start()
-    reloader = Reloader(server, path, log=io.StringIO())
+    reloader = Reloader(server, path)
     watch = asyncio.ensure_future(reloader.watch(interval=0.02))
     try:
         path.write_text(CONFIG.format(port=fake.port, keys=key_block("a", KEY) + key_block("b", OTHER_KEY)))

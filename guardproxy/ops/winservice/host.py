@@ -14,13 +14,13 @@ import asyncio
 import os
 import sys
 import threading
-import traceback
 from typing import Any
 
 from ... import app
 from ...config.model import Config, ConfigError, Timeouts
+from ...engine import logs
 from ...engine.loop import run as run_loop
-from .logfile import RotatingWriter, service_log_paths
+from .logfile import HandlerStream, rotating, service_log_paths
 from .sc import DISPLAY_NAME
 
 STOP_EXTRA_S = 10.0                  # on top of the grace period, for closing and flushing
@@ -69,21 +69,29 @@ def service_class(config_path: str, name: str) -> type:
             # A service starts in C:\Windows\System32: relative paths in the config
             # (log files, TLS files) mean "next to the config" instead.
             os.chdir(os.path.dirname(config_path) or ".")
-            sys.stderr = RotatingWriter(log_path, stamp=True)
-            sys.stdout = RotatingWriter(access_path)  # log.access = "-" lands here
+            messages = rotating(log_path, stamp=True)
+            logs.setup("info", messages)  # the config's [log] level once it is read
+            streams = sys.stdout, sys.stderr
+            sys.stderr = HandlerStream(messages)  # anything printed by hand, Python's own warnings
+            sys.stdout = HandlerStream(rotating(access_path, stamp=False))  # log.access = "-" lands here
             try:
                 config = app.resolve_config(config_path)
                 self._grace = config.timeouts.grace
                 rc = run_loop(self._main(config), "asyncio")
             except ConfigError as e:
-                print(f"guardproxy: config error: {e}", file=sys.stderr)
+                logs.log.error("config error: %s", e)
                 servicemanager.LogErrorMsg(f"guardproxy: config error: {e}")
                 rc = app.EXIT_CONFIG
-            except Exception as e:  # the log is the only place anyone will see it
-                traceback.print_exc(file=sys.stderr)
+            except Exception as e:
+                # It stops the service, and the log is the only place anyone will look: with its traceback.
+                logs.log.error("stopped by an unexpected error: %r", e, exc_info=True)
                 servicemanager.LogErrorMsg(f"guardproxy stopped: {e!r}; see {log_path}")
                 rc = 1
-            print(f"guardproxy: service stopped (exit {rc})", file=sys.stderr)
+            logs.log.info("service stopped (exit %d)", rc)
+            sys.stdout.close()
+            sys.stderr.close()
+            sys.stdout, sys.stderr = streams
+            logs.reset()
             if rc:
                 # Raising makes the framework report SERVICE_STOPPED with an error
                 # code, so `sc query` and services.msc show that it failed.

@@ -1,15 +1,21 @@
-"""The service's log files: messages and the access log, next to the config, rotated by size.
+"""The service's log files, next to the config and rotated by size: its messages and the access log.
 
-A service has no console: what `guardproxy run` prints to stderr and stdout
-goes to these files instead.
+A service has no console.  Its messages go through logging's
+RotatingFileHandler into guardproxy.log, a UTC time on each line; whatever
+the process writes to stdout (the access log, when the config says "-")
+or stderr goes into files through the same kind of handler, so those
+rotate too.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
-import time
-from typing import Any, Callable
+from logging.handlers import RotatingFileHandler
+from typing import Any
+
+from ...engine.logs import NAME, LineFormatter
 
 LOG_NAME = "guardproxy.log"          # the service's own messages, next to the config
 ACCESS_LOG_NAME = "access.log"       # the access log when the config says "-" (stdout)
@@ -23,27 +29,27 @@ def service_log_paths(config_path: str, pathmod: Any = os.path) -> tuple[str, st
     return pathmod.join(directory, LOG_NAME), pathmod.join(directory, ACCESS_LOG_NAME)
 
 
-# --- rotation ------------------------------------------------------------------------
+def rotating(path: str, *, stamp: bool, max_bytes: int = LOG_MAX_BYTES,
+             backups: int = LOG_BACKUPS) -> RotatingFileHandler:
+    """guardproxy.log -> guardproxy.log.1 -> ... -> .N, the oldest dropped.  `stamp`: the messages'
+    format with a UTC time; else lines as they come (access-log lines carry their own time)."""
+    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(LineFormatter(stamp=True) if stamp else logging.Formatter("%(message)s"))
+    return handler
 
-class RotatingWriter(io.TextIOBase):
-    """A text stream for sys.stdout/sys.stderr of a service: a file rotated by size.
 
-    guardproxy.log -> guardproxy.log.1 -> ... -> guardproxy.log.N, oldest dropped.
-    With stamp=True each line starts with a UTC timestamp (the messages log;
-    access-log lines carry their own time).
+class HandlerStream(io.TextIOBase):
+    """A text stream for sys.stdout/sys.stderr that writes whole lines through a handler.
+
+    Lines written together (the access log writes a batch per event-loop
+    turn) are one record, so one size check and one write; a partial line
+    waits for its end.
     """
 
-    def __init__(self, path: str, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS,
-                 *, stamp: bool = False, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, handler: logging.Handler) -> None:
         super().__init__()
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self.stamp = stamp
-        self.clock = clock
-        self._at_line_start = True
-        self._file = open(path, "ab")
-        self._size = self._file.tell()
+        self.handler = handler
+        self._partial = ""
 
     def writable(self) -> bool:
         return True
@@ -51,43 +57,21 @@ class RotatingWriter(io.TextIOBase):
     def write(self, s: str) -> int:
         if self.closed:
             raise ValueError("write to closed log")
-        text = self._stamped(s) if self.stamp else s
-        data = text.encode("utf-8", "replace")
-        if self._size and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        self._file.write(data)
-        self._file.flush()  # a service can be killed at any moment; lose nothing written
-        self._size += len(data)
+        text = self._partial + s
+        lines, sep, self._partial = text.rpartition("\n")
+        if sep:
+            self._emit(lines)
         return len(s)
 
-    def _stamped(self, s: str) -> str:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime(self.clock()))
-        out = []
-        for piece in s.splitlines(keepends=True):
-            if self._at_line_start:
-                out.append(prefix)
-            out.append(piece)
-            self._at_line_start = piece.endswith("\n")
-        return "".join(out)
-
-    def _rotate(self) -> None:
-        self._file.close()
-        for i in range(self.backups - 1, 0, -1):
-            src = f"{self.path}.{i}"
-            if os.path.exists(src):
-                os.replace(src, f"{self.path}.{i + 1}")
-        if self.backups > 0:
-            os.replace(self.path, f"{self.path}.1")
-        else:
-            os.unlink(self.path)
-        self._file = open(self.path, "ab")
-        self._size = 0
+    def _emit(self, text: str) -> None:
+        self.handler.handle(logging.LogRecord(NAME, logging.INFO, __file__, 0, text, None, None))
 
     def flush(self) -> None:
-        if not self.closed:
-            self._file.flush()
+        if self._partial and not self.closed:
+            text, self._partial = self._partial, ""
+            self._emit(text)
 
     def close(self) -> None:
         if not self.closed:
             super().close()  # flushes, then marks this stream closed
-            self._file.close()
+            self.handler.close()

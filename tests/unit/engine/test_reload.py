@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import io
+import logging
 from pathlib import Path
+
+import pytest
 
 from guardproxy.config.write import generate_key, hash_key
 from guardproxy.engine.reload import Reloader
@@ -26,46 +28,48 @@ def write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path) -> None:
+async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "guardproxy.toml"
     write(path, BASE.format(a=hash_key(generate_key())))
     server = GuardServer(load_config(path))
-    out = io.StringIO()
-    reloader = Reloader(server, path, log=out)
+    caplog.set_level(logging.INFO, logger="guardproxy")
+    reloader = Reloader(server, path)
     assert not reloader.changed()
     write(path, BASE.format(a=hash_key(generate_key())) + '\n[[keys]]\nname = "b"\nkey_sha256 = "%s"\n'
           % hash_key(generate_key()))
     assert reloader.changed()
     assert reloader.reload("SIGHUP")
     assert [k.name for k in server.config.keys] == ["a", "b"]
-    assert out.getvalue().count("\n") == 1 and "SIGHUP: config reloaded" in out.getvalue()
-    assert "2 keys" in out.getvalue()
+    (said,) = caplog.records  # one line, at INFO
+    assert said.levelno == logging.INFO and "SIGHUP: config reloaded" in said.getMessage()
+    assert "2 keys" in said.getMessage()
     assert not reloader.changed()
 
 
-async def test_a_broken_edit_keeps_the_running_config(tmp_path: Path) -> None:
+async def test_a_broken_edit_keeps_the_running_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "guardproxy.toml"
     write(path, BASE.format(a=hash_key(generate_key())))
     server = GuardServer(load_config(path))
     before = server.config
-    out = io.StringIO()
-    reloader = Reloader(server, path, log=out)
+    caplog.set_level(logging.INFO, logger="guardproxy")
+    reloader = Reloader(server, path)
     write(path, BASE.format(a=hash_key(generate_key())) + '\n[limits]\nper_ip = "often"\n')
     assert not reloader.reload()
     assert server.config is before
     assert reloader.refused == 1
-    line = out.getvalue()
-    assert "config not reloaded" in line and f"{path}:" in line and "limits.per_ip" in line
+    (said,) = caplog.records
+    line = said.getMessage()
+    assert said.levelno == logging.WARNING and "config not reloaded" in line and f"{path}:" in line and "limits.per_ip" in line
 
 
-async def test_settings_that_need_a_restart_are_named(tmp_path: Path) -> None:
+async def test_settings_that_need_a_restart_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "guardproxy.toml"
     a = hash_key(generate_key())
     write(path, BASE.format(a=a))
     server = GuardServer(load_config(path))
-    out = io.StringIO()
-    reloader = Reloader(server, path, log=out)
+    caplog.set_level(logging.INFO, logger="guardproxy")
+    reloader = Reloader(server, path)
     write(path, BASE.format(a=a).replace("127.0.0.1:9", "127.0.0.1:10").replace(":0", ":1"))
     assert reloader.reload()
-    assert "(listen, upstream changes need a restart)" in out.getvalue()
+    assert "(listen, upstream changes need a restart)" in caplog.text
     assert server.config.upstream.port == 9  # unchanged until a restart
