@@ -13,6 +13,12 @@ from typing import Callable
 
 import pytest
 
+from conftest import start_proxy
+from guardproxy import __version__
+from guardproxy.config.model import KeyEntry
+from guardproxy.config.write import hash_key
+from guardproxy.testing.fake_ollama import FakeOllama
+from support.raw_http import fetch, read_response, request_bytes
 from topmetrics import metrics_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +189,48 @@ async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, row
         assert "tokens/s: after the next scrape" in frames[0]
     else:
         assert last.startswith("guardproxy 0.1.0 http://127.~\nconnections 17  streams 5\nqueue 4  requests/s ")
+
+
+# --- against a real gate --------------------------------------------------------------------------
+
+async def test_piped_against_a_running_gate_with_traffic(fake: FakeOllama, tmp_path: Path) -> None:
+    """The names `top` reads are the names the gate writes: a real gate, real traffic, a piped `top`."""
+    metrics_key = "gp_metrics-key-0123456789abcdefghijklmnop"
+    keys = (KeyEntry("laptop", bytes.fromhex(hash_key(KEY))),
+            KeyEntry("prometheus", bytes.fromhex(hash_key(metrics_key)), metrics=True))
+    gate = await start_proxy(fake.port, tmp_path, keys=keys)
+    stop = asyncio.Event()
+
+    async def traffic() -> None:  # short generations one after another while `top` scrapes
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+        body = b'{"model":"llama3.2","prompt":"hi","stream":false,"options":{"num_predict":10}}'
+        while not stop.is_set():
+            writer.write(request_bytes("POST", "/api/generate", body, {"X-API-Key": KEY}))
+            assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)  # one stream that outlasts both scrapes
+    writer.write(request_bytes("POST", "/api/generate", b'{"model":"qwen3:8b","prompt":"hi","fake_delay":0.05,'
+                               b'"options":{"num_predict":400}}', {"X-API-Key": KEY, "Connection": "close"}))
+    await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
+    for _ in range(2):
+        assert (await fetch(gate.port, "GET", "/api/tags", headers={"X-API-Key": "gp_wrong"})).status == 401
+    busy = asyncio.create_task(traffic())
+    try:
+        code, out, err = await run_piped(gate.url, "--interval", "0.5", COLUMNS="100", GUARDPROXY_API_KEY=metrics_key)
+    finally:
+        stop.set()
+        writer.close()
+        await asyncio.wait_for(busy, 10)
+        await gate.server.stop(grace=0)
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"guardproxy {__version__} {gate.url}/metrics\nconnections ")
+    sections = dict(s.split("\n", 1) for s in out.split("\n\n")[1:] if "\n" in s)
+    (name, streams), = (line.split() for line in sections["ACTIVE STREAMS"].splitlines()[1:])
+    assert name == "laptop" and streams in ("1", "2")  # the long one, and a short one if the scrape met it
+    tokens = {tuple(line.split()[:2]): line.split()[2:] for line in sections["TOKENS/S"].splitlines()[1:]}
+    assert float(tokens["laptop", "llama3.2:latest"][1].rstrip("k")) > 0  # completion tokens per second
+    codes = {line.split()[0]: line.split()[1:] for line in sections["REQUESTS"].splitlines()[1:]}
+    assert float(codes["200"][0].rstrip("k")) > 0 and codes["401"] == ["0", "2"]
+    assert sections["UPSTREAMS"].splitlines()[1].split()[:2] == [f"127.0.0.1:{fake.port}", "up"]
+    assert sections["REFUSALS"].splitlines()[1].split() == ["unauthorized", "0", "2"]
