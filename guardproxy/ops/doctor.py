@@ -5,7 +5,8 @@ plaintext; the config file is private; the upstream answers /api/version;
 Ollama is not listening on an address other machines can reach (read from the
 operating system's socket table, never by sending traffic to a LAN or public
 address); the listen port is free; TLS files are readable; the open-file
-limit; on Windows, the service and its firewall rule.
+limit; on Windows, the service and its firewall rule; on Linux, the systemd
+unit's state when one is installed.
 
 Blocking and standard library only: it runs before anything else is up.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import listening
+from . import listening, systemd
 
 from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
@@ -317,6 +318,19 @@ def check_windows_service(name: str, listen_host: str, port: int) -> list[Findin
     return out
 
 
+def check_systemd_unit(name: str, state: str | None) -> list[Finding]:
+    """The unit's state as `systemctl show` gave it (ops/systemd.py); None: no unit installed."""
+    if state is None:
+        return [Finding(INFO, f"no systemd unit \"{name}\" installed",
+                        "to start guardproxy on boot, see \"Linux service\" in the README "
+                        "(packaging/systemd/guardproxy.service)")]
+    if state == "active (running)":
+        return [Finding(OK, f"systemd unit \"{name}\" is {state}")]
+    fix = (f"`sudo systemctl start {name}`; if it stops again, `journalctl -u {name} -e` says why"
+           if state.startswith(("inactive", "failed")) else f"`systemctl status {name}` and `journalctl -u {name} -e`")
+    return [Finding(WARN, f"systemd unit \"{name}\" is {state}", fix)]
+
+
 # --- all of it ------------------------------------------------------------------------------
 
 def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None, *,
@@ -352,16 +366,21 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     findings += check_open_files()
     if windows:
         findings += check_windows_service(service_name, listen[0], listen[1])
+    elif sys.platform.startswith("linux"):
+        state = systemd.unit_state(service_name)
+        if state is not None or systemd.has_systemd():
+            findings += check_systemd_unit(service_name, state)
     return findings
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("doctor", help="inspect the local set-up and say how to fix each problem",
                        description="Inspect the local set-up: config, keys, upstream, Ollama's exposure, "
-                                   "listen port, TLS files, open-file limit, Windows service. "
+                                   "listen port, TLS files, open-file limit, Windows service or systemd unit. "
                                    "Exit code 1 if a problem (FAIL) was found.")
     p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    p.add_argument("--name", default=winservice.DEFAULT_NAME, help="Windows service name (default: guardproxy)")
+    p.add_argument("--name", default=winservice.DEFAULT_NAME,
+                   help="the Windows service's or systemd unit's name (default: guardproxy)")
     p.set_defaults(func=cmd_doctor)
 
 

@@ -8,6 +8,7 @@ read as "no unit": None.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,11 @@ def parse_unit_state(text: str) -> str | None:
     active, sub = props.get("ActiveState", "") or "unknown", props.get("SubState", "")
     state = active if sub in ("", active) else f"{active} ({sub})"
     return state if load == "loaded" else f"{load}; {state}"
+
+
+def has_systemd() -> bool:
+    """Whether systemd runs this machine (sd_booted(3): the directory it creates at boot exists)."""
+    return sys.platform.startswith("linux") and os.path.isdir("/run/systemd/system")
 
 
 def unit_state(name: str = "guardproxy", timeout: float = 5.0) -> str | None:

@@ -173,3 +173,13 @@ def test_open_file_limit() -> None:
     assert low[0].level == WARN and "ulimit -n 4096" in low[0].fix and "about 128 simultaneous" in low[0].text
     assert check_open_files((65536, 65536))[0].level == OK
     assert check_open_files((-1, -1))[0].text == "open-file limit unlimited"
+
+
+def test_doctor_on_this_machine_says_nothing_of_systemd_where_it_does_not_run(tmp_path: Path) -> None:
+    from guardproxy.ops.systemd import has_systemd
+    findings = run_doctor(str(tmp_path / "none.toml"), {}, service_name="guardproxy-no-such-unit-3f9c", table=False)
+    said = [f for f in findings if "systemd unit" in f.text]
+    if sys.platform.startswith("linux") and has_systemd():
+        assert [f.level for f in said] == ["info"]
+    else:
+        assert said == []

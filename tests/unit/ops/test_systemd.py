@@ -36,3 +36,18 @@ def test_no_unit_reads_as_none(output: str) -> None:
 def test_a_unit_that_is_not_installed_is_none_wherever_this_runs() -> None:
     # With systemd: LoadState=not-found; in a container without it: systemctl fails; off Linux: not asked.
     assert unit_state("guardproxy-no-such-unit-3f9c") is None
+
+
+@pytest.mark.parametrize("state, level, words", [
+    ("active (running)", "ok", 'systemd unit "guardproxy" is active (running)'),
+    ("failed", "warn", "`sudo systemctl start guardproxy`; if it stops again, `journalctl -u guardproxy -e`"),
+    ("inactive (dead)", "warn", "`sudo systemctl start guardproxy`"),
+    ("activating (auto-restart)", "warn", "`systemctl status guardproxy`"),
+    ("masked; inactive (dead)", "warn", 'is masked; inactive (dead)'),
+    (None, "info", 'no systemd unit "guardproxy" installed -- fix: to start guardproxy on boot, see "Linux service"'),
+])
+def test_doctor_reports_the_units_state(state: str | None, level: str, words: str) -> None:
+    from guardproxy.ops.doctor import check_systemd_unit
+    (finding,) = check_systemd_unit("guardproxy", state)
+    assert finding.level == level and words in finding.line()
+
