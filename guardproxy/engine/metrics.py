@@ -80,7 +80,7 @@ class Metrics:
         self._known_models = known_models  # None until the upstream's list has been read once
         self._known: frozenset[str] | None = None
         self._labels: dict[str, str] = {}  # a model name as requests say it -> its label
-        self._pending = 0
+        self._pending = False  # some names in `tokens` wait for the upstream's list
 
     # --- the request path ---------------------------------------------------------------
 
@@ -123,16 +123,18 @@ class Metrics:
             self._known, self._labels = known, {}
         if name is None:
             return OTHER
-        if known is None:
-            if self._pending >= MAX_PENDING:
-                return OTHER
-            self._pending += 1
-            return _PENDING + name
         label = self._labels.get(name)
         if label is None:
-            if len(self._labels) >= MAX_MODEL_LABELS:
-                self._labels.clear()
-            label = self._labels[name] = listed_name(name, known)
+            if known is None:  # kept as sent, up to a bound, until the list is known
+                if len(self._labels) >= MAX_PENDING:
+                    return OTHER
+                self._pending = True
+                label = _PENDING + name
+            else:
+                if len(self._labels) >= MAX_MODEL_LABELS:
+                    self._labels.clear()
+                label = listed_name(name, known)
+            self._labels[name] = label
         return label
 
     # --- a scrape -----------------------------------------------------------------------
@@ -147,7 +149,7 @@ class Metrics:
             counts = self.tokens.setdefault((key, listed_name(label[1:], known)), [0, 0])
             counts[0] += prompt
             counts[1] += completion
-        self._pending = 0
+        self._pending = False
 
     def exposition(self, gauges: Gauges) -> bytes:
         self._settle()

@@ -75,20 +75,23 @@ def test_remembered_labels_and_names_waiting_for_the_list_are_bounded(monkeypatc
     known: frozenset[str] | None = None
     m = Metrics(lambda: known)
     gen = routes.route_for(b"POST", b"/api/generate")
-    for i in range(8):  # before the list is known: five names wait for it, the rest are "other" at once
+    for _ in range(20):  # one name many times is one name waiting
+        m.ended(record("k", 200, "qwen3:8b", 1, 1), gen, 0.1, 0.1)
+    for i in range(8):  # before the list is known: four more names wait for it, the rest are "other" at once
         m.ended(record("k", 200, f"made-up-{i}", 1, 1), gen, 0.1, 0.1)
     m.ended(record("k", 200, "llama3.2", 1, 1), gen, 0.1, 0.1)
     assert len(m.tokens) == 6
-    assert samples(m).get(("guardproxy_tokens_total", frozenset({("key", "k"), ("model", "other"), ("kind", "prompt")}))) == 4
+    assert samples(m).get(("guardproxy_tokens_total", frozenset({("key", "k"), ("model", "other"), ("kind", "prompt")}))) == 5
     known = KNOWN  # the list arrives: the waiting names get their labels at the next scrape
     got = samples(m)
-    assert {dict(k)["model"] for name, k in got if name == "guardproxy_tokens_total"} == {"other"}
+    assert {dict(k)["model"] for name, k in got if name == "guardproxy_tokens_total"} == {"other", "qwen3:8b"}
     assert got["guardproxy_tokens_total", frozenset({("key", "k"), ("model", "other"), ("kind", "prompt")})] == 9
+    assert got["guardproxy_tokens_total", frozenset({("key", "k"), ("model", "qwen3:8b"), ("kind", "prompt")})] == 20
     for i in range(100):
         m.ended(record("k", 200, f"flood-{i}", 1, 1), gen, 0.1, 0.1)
         assert len(m._labels) <= 10
     m.ended(record("k", 200, "llama3.2", 1, 1), gen, 0.1, 0.1)
-    assert set(m.tokens) == {("k", "other"), ("k", "llama3.2:latest")}
+    assert set(m.tokens) == {("k", "other"), ("k", "qwen3:8b"), ("k", "llama3.2:latest")}
 
 
 @pytest.mark.parametrize("err,reason", [
