@@ -14,7 +14,7 @@ keys, routes and models, all of them seen before (the steady state).
   guardproxy               engine.metrics.Metrics.ended, the code the request path runs
 
 The figure is the median of the repeats, per request.  The request-ID lines
-time the ways to make a new ID (engine/requestid.py took the first).
+time the ways to make a new ID (wire/heads.new_request_id took the first).
 """
 
 from __future__ import annotations

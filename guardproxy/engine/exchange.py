@@ -28,15 +28,14 @@ from ..decisions.policy import Policies
 from ..wire.coding import decoded_body
 from ..wire.errors import BadGateway, BadRequest, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.framing import dechunk
-from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
+from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, slots
 from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import PAGE_HEAD, Metrics
 from .pool import UpstreamPool
 from .relay import MAX_RESPONSE_HEAD, Collector, UpstreamConnection
-from .requestid import new_request_id
 from .tokens import usage_from_tail
 
 MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
@@ -44,7 +43,6 @@ RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
            b"Cache-Control: no-store\r\n")
-_METRICS = b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\nCache-Control: no-store\r\n"
 
 
 class Gate(Protocol):
@@ -77,7 +75,7 @@ class Exchange:
         self.started = time.perf_counter()
         self.cors: list[tuple[str, str]] = []  # CORS headers for every answer to this request
         self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
-        self.rid = b""  # the request ID, once the head is parsed (X-Request-Id)
+        self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
 
     # --- derived facts ---------------------------------------------------------
 
@@ -117,7 +115,7 @@ class Exchange:
             self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
                                                 max_body=max(limits.max_body, limits.max_blob), scanned=True)
             self.head = b""  # only a head that fails to parse is looked at again (refuse)
-            self.rid = req.request_id or new_request_id()
+            self.rid = req.request_id or self.rid
             record.method = cut(req.method.decode("latin-1"))
             record.path = cut(req.path.decode("latin-1"))
             self.route = route = routes.route_for(req.method, req.path)
@@ -145,7 +143,7 @@ class Exchange:
             pol.after_auth(key, now)
             if route is routes.METRICS:  # answered here, never forwarded, whatever the key or method
                 routes.authorize_metrics(key, req.method, self.has_body)
-                return self.respond(200, _METRICS + self.extra_headers, await server.scrape())
+                return self.respond(200, PAGE_HEAD + self.extra_headers, await server.scrape())
             routes.authorize(key, route, path)
             slot = pol.slots_on and route.generation
             body = await self._checked_body(key, route, path, whole=slot)
@@ -258,7 +256,6 @@ class Exchange:
     def refuse(self, err: GuardError) -> bool:
         """A GuardError as a response (nothing of a response has been sent yet)."""
         req, record = self.req, self.record
-        self.rid = self.rid or new_request_id()  # (none yet if the head did not parse)
         if req is None:  # refused while parsing: log what the request line claimed
             parts = self.head.split(b"\r\n", 1)[0].split(b" ")
             record.method = parts[0][:16].decode("latin-1")
@@ -387,10 +384,9 @@ class Exchange:
 
     def finish(self, first_byte: float | None) -> None:
         """Count the request, write its access-log record: it is over, whatever its outcome."""
-        server, record = self.server, self.record
+        server, record, log = self.server, self.record, self.server.access_log
         duration = time.perf_counter() - self.started
         server.metrics.ended(record, self.route, duration, first_byte - self.started if first_byte else 0.0)
-        log = server.access_log
         if not log.enabled:
             return
         record.duration_ms = round(duration * 1000, 3)
@@ -401,5 +397,4 @@ class Exchange:
 
     @property
     def extra_headers(self) -> bytes:  # in every answer to this request: its ID, and CORS for a browser
-        rid = b"X-Request-Id: " + self.rid + b"\r\n"
-        return rid + header_bytes(self.cors) if self.cors else rid
+        return b"X-Request-Id: " + self.rid + b"\r\n" + (header_bytes(self.cors) if self.cors else b"")

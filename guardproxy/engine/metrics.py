@@ -36,6 +36,7 @@ MAX_MODEL_LABELS = 4096  # remembered name -> label answers; a flood of made-up 
 MAX_PENDING = 1024       # names kept as sent until the upstream's list is known; more are "other"
 _PENDING = "\0"          # marks such a name in `tokens` (no label starts with it: canonical() never adds one)
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+PAGE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\nCache-Control: no-store\r\n"  # lacks its framing
 
 # One histogram per route: the count of each bucket (the last one +Inf), then the sum.
 Histogram = list[float]

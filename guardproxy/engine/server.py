@@ -20,6 +20,7 @@ from ..decisions.auth import KeyRing
 from ..decisions.limits import address_bucket
 from ..decisions.policy import Policies
 from ..wire.errors import GuardError, ServiceUnavailable, render
+from ..wire.heads import new_request_id
 from .accesslog import AccessLog, LogRecord
 from .client import ClientConnection
 from .exchange import Exchange
@@ -28,7 +29,6 @@ from .listed_models import ListedModels
 from .metrics import Gauges, Metrics, UpstreamState
 from .metrics_listener import MetricsListener
 from .pool import UpstreamPool
-from .requestid import new_request_id
 from .slots import wake
 from .tls import CertReloader, PlainAcceptor
 

@@ -7,6 +7,7 @@ event.  Pure logic: no asyncio.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -35,6 +36,17 @@ _DROP = frozenset({
 # log lines and heads as it came); anything else gets a new ID.
 MAX_REQUEST_ID = 64
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_id_bits = random.Random().getrandbits  # seeded from os.urandom
+
+
+def new_request_id() -> bytes:
+    """96 random bits as 24 hex characters.
+
+    0.24 µs here, the same as a process prefix plus a counter, which would
+    also tell every client how busy the gate is; 12 bytes of os.urandom cost
+    0.52 µs.  An ID has to be unique, not secret (benchmarks/metrics_cost.py).
+    """
+    return b"%024x" % _id_bits(96)
 
 
 # guardproxy answers Expect: 100-continue itself, once the checks have passed.
