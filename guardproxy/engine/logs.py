@@ -2,11 +2,12 @@
 
 Each message is one plain line on stderr: "guardproxy: listening on ...",
 "guardproxy: warning: ...".  Under systemd, whose journal keeps stderr,
-each line starts with the syslog priority in angle brackets ("<4>" for a
-warning): journald reads that prefix as the line's level and strips it, so
-`journalctl -p warning -u guardproxy` works; it is written only when stderr
-is the journal (systemd says so in $JOURNAL_STREAM), never on a terminal or
-into a file.  The Windows service logs into a rotated file with a UTC time
+each line starts with the syslog priority in angle brackets instead ("<4>"
+for a warning; the journal names the program itself): journald reads that
+prefix as the line's level and strips it, so `journalctl -p warning -u
+guardproxy` works.  It is written only when stderr is the journal (systemd
+says so in $JOURNAL_STREAM), never on a terminal or into a file, where it
+would be noise.  The Windows service logs into a rotated file with a UTC time
 on each line (ops/winservice/logfile.py).
 
 The access log is not this: it is a lean writer of its own, on the request
@@ -31,7 +32,7 @@ _pinned = False  # --log-level was given: a reloaded [log] level does not replac
 
 
 class LineFormatter(logging.Formatter):
-    """"guardproxy: [warning: ]text", a traceback (only ever logged at debug) on the lines below."""
+    """"guardproxy: [warning: ]text", a traceback on the lines below; "<4>warning: text" for the journal."""
 
     def __init__(self, *, journal: bool = False, stamp: bool = False) -> None:
         super().__init__()
@@ -39,10 +40,12 @@ class LineFormatter(logging.Formatter):
         self.stamp = stamp
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{NAME}: {_WORDS.get(record.levelno, '')}{record.getMessage()}"
+        text = f"{_WORDS.get(record.levelno, '')}{record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        if self.journal:  # every line: journald reads each one on its own
+        if not self.journal:
+            text = f"{NAME}: {text}"
+        else:  # on every line: journald reads each one on its own
             prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
             text = "\n".join(prefix + line for line in text.split("\n"))
         if self.stamp:

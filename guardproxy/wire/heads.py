@@ -42,9 +42,10 @@ _id_bits = random.Random().getrandbits  # seeded from os.urandom
 def new_request_id() -> bytes:
     """96 random bits as 24 hex characters.
 
-    0.24 µs here, the same as a process prefix plus a counter, which would
-    also tell every client how busy the gate is; 12 bytes of os.urandom cost
-    0.52 µs.  An ID has to be unique, not secret (benchmarks/metrics_cost.py).
+    0.25-0.45 µs here, within the noise of a process prefix plus a counter,
+    which would also tell every client how busy the gate is; 12 bytes of
+    os.urandom cost 0.7-1.2 µs.  An ID has to be unique, not secret
+    (benchmarks/metrics_cost.py).
     """
     return b"%024x" % _id_bits(96)
 

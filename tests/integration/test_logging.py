@@ -80,5 +80,5 @@ async def test_the_command_line_level_wins_over_the_config(tmp_path: Path) -> No
 @one_loop
 async def test_under_the_journal_each_line_carries_its_priority(tmp_path: Path) -> None:
     lines = (await run_until_up(tmp_path, None, journal=True)).splitlines()
-    assert lines[0].startswith('<4>guardproxy: warning: key "old"')
-    assert lines[1].startswith("<6>guardproxy: version ") and lines[2] == "<6>guardproxy: shutting down (grace 30s)"
+    assert lines[0].startswith('<4>warning: key "old"')
+    assert lines[1].startswith("<6>version ") and lines[2] == "<6>shutting down (grace 30s)"

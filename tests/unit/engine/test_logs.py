@@ -57,9 +57,10 @@ def test_a_traceback_follows_its_line_and_the_journal_gets_a_priority_on_each_li
     plain = logs.LineFormatter().format(record).splitlines()
     assert plain[0] == "guardproxy: internal error: KeyError('boom')" and plain[1] == "Traceback (most recent call last):"
     journal = logs.LineFormatter(journal=True).format(record).splitlines()
-    assert journal == ["<3>" + line for line in plain]  # journald reads each line's level on its own
+    # journald reads each line's level on its own, and names the program itself
+    assert journal == ["<3>" + plain[0].removeprefix("guardproxy: ")] + ["<3>" + line for line in plain[1:]]
     record.levelno, record.exc_info, record.exc_text = logging.WARNING, None, None
-    assert logs.LineFormatter(journal=True).format(record) == "<4>guardproxy: warning: internal error: KeyError('boom')"
+    assert logs.LineFormatter(journal=True).format(record) == "<4>warning: internal error: KeyError('boom')"
 
 
 def test_the_journal_is_recognised_by_its_stream_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
