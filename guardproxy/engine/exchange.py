@@ -1,7 +1,7 @@
 """One request, from its head to its access-log record.
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
-    -> ban, per-address rate -> key -> per-key rate -> endpoint rules
+    -> ban, per-address rate -> key -> per-key rate -> /metrics? -> endpoint rules
     -> model check (reads a small body) -> generation slot
     -> [only now] an upstream connection -> head and body upstream
     -> the relay splices the response -> the record is written

@@ -9,6 +9,7 @@ an address other machines can reach (app.py).
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Awaitable, Callable
 
 from .metrics import CONTENT_TYPE
@@ -30,7 +31,9 @@ class MetricsListener:
         self.open = 0
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD, reuse_address=True)
+        # (SO_REUSEADDR on Windows would let another program take the port too.)
+        self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD,
+                                                 reuse_address=os.name == "posix")
 
     @property
     def port(self) -> int:

@@ -148,7 +148,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 # --- keys list ---------------------------------------------------------------------------------
 
-COLUMNS = ("NAME", "STATE", "ADMIN", "CLOUD", "MODELS", "RATE", "MAX_CONCURRENT", "TOKENS", "EXPIRES", "LAST_USE")
+COLUMNS = ("NAME", "STATE", "ADMIN", "CLOUD", "METRICS", "MODELS", "RATE", "MAX_CONCURRENT", "TOKENS", "EXPIRES",
+           "LAST_USE")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def key_rows(config: Config, raw_keys: Iterable[Any], now: datetime, last: Mappi
     for e in config.keys:
         r = raw.get(e.name, {})
         state = key_state(e, now)
-        rows.append(KeyRow((e.name, state, _yes(e.admin), _yes(e.cloud),
+        rows.append(KeyRow((e.name, state, _yes(e.admin), _yes(e.cloud), _yes(e.metrics),
                             ",".join(e.models) if e.models is not None else "all",
                             _show(r.get("rate")), _show(e.max_concurrent), _show(r.get("tokens")),
                             _show(e.expires), last.get(e.name, "-")), _rotation_note(e, state)))

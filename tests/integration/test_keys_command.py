@@ -145,10 +145,10 @@ async def test_keys_list_when_piped_and_on_a_narrow_terminal(gate: Gate, tmp_pat
     r = await gate.run("keys", "list")
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()]
-    assert rows[0] == ["NAME", "STATE", "ADMIN", "CLOUD", "MODELS", "RATE", "MAX_CONCURRENT", "TOKENS", "EXPIRES",
-                       "LAST_USE"]
-    assert rows[1] == ["app", "rotating", "no", "no", "all", "600/min", "-", "-", "-", "2026-11-29T09:30:00Z"]
-    assert rows[2] == ["phone", "revoked", "no", "no", "all", "-", "-", "-", "-", "-"]
+    assert rows[0] == ["NAME", "STATE", "ADMIN", "CLOUD", "METRICS", "MODELS", "RATE", "MAX_CONCURRENT", "TOKENS",
+                       "EXPIRES", "LAST_USE"]
+    assert rows[1] == ["app", "rotating", "no", "no", "no", "all", "600/min", "-", "-", "-", "2026-11-29T09:30:00Z"]
+    assert rows[2] == ["phone", "revoked", "no", "no", "no", "all", "-", "-", "-", "-", "-"]
     assert 'the old value of "app" works until ' in r.stdout
     # A 40-column terminal: one short paragraph per key, no line wider than the terminal.
     out = await asyncio.to_thread(_on_terminal, ["keys", "list", "--config", str(gate.path)], 40, tmp_path)

@@ -219,6 +219,7 @@ async def test_an_upstream_that_does_not_answer_is_down(tmp_path: Path) -> None:
         assert value(await scrape(p.port), "guardproxy_upstream_up", upstream=f"http://127.0.0.1:{port}") == 0
     finally:
         await p.server.stop(grace=0)
+        p.server.access_log.close()
 
 
 async def test_the_separate_listener_needs_no_key_and_serves_nothing_else(fake: FakeOllama, tmp_path: Path) -> None:
@@ -245,5 +246,6 @@ async def test_the_separate_listener_needs_no_key_and_serves_nothing_else(fake: 
         assert not any(r.target.startswith("/metrics") for r in fake.requests)
     finally:
         await p.server.stop(grace=0)
+        p.server.access_log.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)

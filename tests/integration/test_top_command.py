@@ -223,6 +223,7 @@ async def test_piped_against_a_running_gate_with_traffic(fake: FakeOllama, tmp_p
         writer.close()
         await asyncio.wait_for(busy, 10)
         await gate.server.stop(grace=0)
+        gate.server.access_log.close()
     assert (code, err) == (0, ""), err
     assert out.startswith(f"guardproxy {__version__} {gate.url}/metrics\nconnections ")
     sections = dict(s.split("\n", 1) for s in out.split("\n\n")[1:] if "\n" in s)
