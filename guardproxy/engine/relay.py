@@ -160,6 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.bytes_out = 0
+        self.head_at = 0.0  # (a pooled connection still holds its last response's)
         self.close_client = not keep_alive
         self._head_request = head_request
         self._client_keep_alive = keep_alive
