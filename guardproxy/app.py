@@ -54,7 +54,8 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
         resolved = replace(resolved, listen_host=host, listen_port=port)
     if upstream:
         try:
-            resolved = replace(resolved, upstream=parse_upstream(upstream))
+            # --upstream means this one host, whatever [[upstreams]] the file lists.
+            resolved = replace(resolved, upstream=parse_upstream(upstream), upstreams=())
         except ValueError as e:
             raise ConfigError(f"--upstream: expected {e}") from None
     return resolved
@@ -114,8 +115,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
     scheme = "https" if config.tls is not None else "http"
+    hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())
     print(f"guardproxy {__version__} listening on {scheme}://{config.listen_host}:{server.port} -> "
-          f"http://{config.upstream.authority} ({loop_name(loop)}, {len(config.keys)} key"
+          f"{hosts} ({loop_name(loop)}, {len(config.keys)} key"
           f"{'s' if len(config.keys) != 1 else ''})", file=sys.stderr, flush=True)
     try:
         await stop.wait()

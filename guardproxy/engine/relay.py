@@ -27,6 +27,8 @@ _TAIL_READS = 16  # past this many kept reads they are joined into one (an upstr
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
+HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
+_NO_HOLD: frozenset[int] = frozenset()
 
 # UpstreamConnection.state.  _IDLE means "no exchange attached": in the pool,
 # or between begin() calls.  (A ClientConnection's `idle` is another thing:
@@ -94,7 +96,8 @@ class UpstreamConnection(asyncio.Protocol):
                  "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
-                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room")
+                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room",
+                 "_hold", "held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -131,6 +134,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._tail_budget = 0   # 0: not a generation, nothing is kept
         self._head = b""
         self._head_room = 0
+        self._hold = _NO_HOLD
+        # A response whose status was in `hold`: kept here whole instead of
+        # reaching the client, which may then be answered by another host.
+        self.held: Collector | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -140,11 +147,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
               first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
-              head: int = 0, paused: bool = False) -> "asyncio.Future[bool]":
+              head: int = 0, paused: bool = False, hold: frozenset[int] = _NO_HOLD) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
         `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
         `paused`: the client's writes are paused already (see pause_for_client).
+        `hold`: statuses whose response is kept in `held`, whole, instead of going to `sink`.
         """
         self._sink = sink
         self.state = _HEAD
@@ -167,6 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._tail_budget = tail
         self._head = b""
         self._head_room = head
+        self._hold = hold
+        self.held = None
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._watch.add(self)
@@ -341,6 +351,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_data(rest)  # interim response (103, a stray 100): not forwarded
             return
         self.status = rh.status
+        if self._hold and rh.status in self._hold:
+            held = self.held = Collector(HELD_LIMIT, UpstreamGone("upstream error response too large"))
+            held.bind(self)
+            self._sink = held
         if type(self._sink) is Collector:
             self._sink.response = rh  # it rewrites the answer, so it needs the parsed head
         self.close_client = rh.close_client
@@ -365,7 +379,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # Nothing has gone to the client yet: it can still get a 502.
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
-        self.head_sent = True
+        self.head_sent = self.held is None
         if self._tail_budget and rest:
             self._keep(rest[:end] if end >= 0 else rest)
         if end < 0:

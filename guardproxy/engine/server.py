@@ -23,7 +23,8 @@ from .accesslog import AccessLog, LogRecord
 from .client import ClientConnection
 from .exchange import Exchange
 from .failures import ClientGone
-from .pool import UpstreamPool
+from .health import HealthChecker
+from .hosts import HostSet
 from .slots import wake
 from .tls import CertReloader, PlainAcceptor
 
@@ -37,7 +38,8 @@ class GuardServer:
         self.keys = KeyRing(config.keys)
         self.policies = Policies(config)
         self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
-        self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
+        self.hosts = HostSet(config)  # the Ollama hosts: pools, routing, health (also read by the metrics)
+        self.health = HealthChecker(self.hosts)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
         self.connections: set[ClientConnection] = set()
         self.per_ip: dict[str, int] = {}
@@ -63,14 +65,17 @@ class GuardServer:
         return b"https" if self.tls is not None else b"http"
 
     def apply_config(self, config: Config) -> None:
-        """Take a reloaded config: keys, CORS, limits, timeouts.  Running streams keep going.
+        """Take a reloaded config: keys, CORS, limits, timeouts, hosts.  Running streams keep going.
 
-        The listen address and the upstream stay as they are (they need a restart).
+        The listen address stays as it is (it needs a restart).
         """
         config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         upstream=self.config.upstream, access_log=self.config.access_log)
+                         access_log=self.config.access_log)
         self.keys = KeyRing(config.keys)
         wake(self.policies.apply(config))
+        self.hosts.apply(config)
+        if self._server is not None or self._acceptor is not None:
+            self.health.apply()
         self.config = config
         if self.tls is not None:
             # A reload (certbot's deploy hook sending SIGHUP, say) takes renewed
@@ -87,6 +92,7 @@ class GuardServer:
                                                         self.config.listen_port, self._accept_tls)
         if self.tls is not None:
             self.tls.start(self.loop)
+        self.health.apply()
 
     def admit(self, conn: ClientConnection) -> GuardError | None:
         """Count a new connection, or say which cap it is over."""
@@ -147,6 +153,7 @@ class GuardServer:
         """Stop accepting, let running requests finish within the grace period, then close."""
         grace = self.config.timeouts.grace if grace is None else grace
         self.closing = True
+        self.health.stop()
         if self.tls is not None:
             self.tls.stop()
         if self._server is not None:
@@ -169,7 +176,7 @@ class GuardServer:
         tasks = [c.task for c in list(self.connections) if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
-        self.pool.close()
+        self.hosts.close()
         if self._server is not None:
             await self._server.wait_closed()
         self.access_log.flush()

@@ -27,6 +27,8 @@ _DROP = frozenset({
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded",
     # guardproxy answers CORS itself; Ollama answers 403 to origins outside OLLAMA_ORIGINS.
     b"origin",
+    # An admin's choice of host is guardproxy's business alone.
+    b"x-guardproxy-upstream",
 })
 
 
