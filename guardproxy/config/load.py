@@ -259,8 +259,8 @@ def _upstreams(r: _Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
         except ValueError as e:
             raise r.fail(where + ("url",), str(e)) from None
         if "max_concurrent" not in u:
-            raise r.fail(where + ("max_concurrent",), "the generations this host runs at once "
-                                                      "(OLLAMA_NUM_PARALLEL x models), e.g. 4")
+            raise r.fail(where, "max_concurrent = <the generations this host runs at once, "
+                                "OLLAMA_NUM_PARALLEL x models>, e.g. 4")
         weight = u.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
             raise r.fail(where + ("weight",), "a number above 0, e.g. 1 or 2.5")
