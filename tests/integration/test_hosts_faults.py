@@ -9,25 +9,13 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator
-
-import pytest
 
 from conftest import KEY, start_proxy
 from guardproxy.config.model import Routing, Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.hosts import Fakes, Held, gate, generate, host, models_asked, work
+from support.hosts import Fakes, Held, fakes, gate, generate, host, models_asked, work  # noqa: F401 (fakes: a fixture)
 from support.polling import until
 from support.raw_http import fetch
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    started = Fakes()
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def test_a_host_that_answers_503_at_once_is_failed_over_and_then_left_alone(fakes: Fakes,

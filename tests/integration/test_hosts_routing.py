@@ -6,27 +6,16 @@ Fake hosts listen on 127.0.0.2, .3 and .4, each with its own models
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
-from typing import AsyncIterator
-
-import pytest
 
 from conftest import ADMIN_KEY, KEY
 from guardproxy.config.model import KeyEntry, TrafficLimits
 from guardproxy.config.write import hash_key
-from support.hosts import Fakes, Held, gate, generate, host, models_asked, work
+from support.hosts import Fakes, Held, fakes, gate, generate, host, models_asked, work  # noqa: F401 (fakes: a fixture)
 from support.polling import until
 from support.raw_http import fetch
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    started = Fakes()
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def test_only_hosts_that_list_the_model_get_it(fakes: Fakes, tmp_path: Path) -> None:
@@ -84,7 +73,7 @@ async def test_when_every_host_is_full_a_generation_waits_for_the_first_one_that
         on_cold = await Held.open(proxy.port, "m", KEY)
         assert len(work(warm)) == 1 and len(work(cold)) == 1
         # Both at max_concurrent, the warm one too: the third waits in the gate, not on a host.
-        waiting = __import__("asyncio").ensure_future(generate(proxy.port, "m", KEY))
+        waiting = asyncio.ensure_future(generate(proxy.port, "m", KEY))
         await until(lambda: proxy.server.hosts.waiting.queued == 1)
         assert len(work(warm)) == 1 and len(work(cold)) == 1
         on_cold.close()
@@ -174,7 +163,7 @@ async def test_merged_listings_each_model_once_ps_with_its_host_and_filtered_per
         ("llama3.2", "gpu-a"), ("mistral:7b", "gpu-b"), ("llama3.2", "gpu-b")]
     assert [m["name"] for m in json.loads(mine.body)["models"]] == ["llama3.2"]
     assert head.status == 200 and head.header("content-length") == str(len(tags.body))
-    assert tags.header("content-type", ) == "application/json; charset=utf-8"
+    assert tags.header("content-type") == "application/json; charset=utf-8"
 
 
 async def test_the_access_log_names_the_host(fakes: Fakes, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import pytest
+
 from guardproxy.config.model import Routing, Upstream, UpstreamHost
 from guardproxy.testing.fake_ollama import FakeOllama, RecordedRequest
 
@@ -32,6 +34,16 @@ class Fakes:
     async def close(self) -> None:
         for fake in self.started:
             await fake.close()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    """Start fake hosts with `await fakes.start(i, ...)`; all are closed when the test ends."""
+    started = Fakes()
+    try:
+        yield started
+    finally:
+        await started.close()
 
 
 def work(fake: FakeOllama) -> list[RecordedRequest]:

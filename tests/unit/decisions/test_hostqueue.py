@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 
 from guardproxy.decisions.hostqueue import TooManyWaiting, Waiting
@@ -17,7 +19,7 @@ def full_host(name: str, models: list[str], max_concurrent: int = 1) -> Host:
     return h
 
 
-def placer(hosts: Hosts) -> "object":
+def placer(hosts: Hosts) -> Callable[[Request], Host | Verdict]:
     return lambda req: choose(hosts, req, NOW, 0)
 
 

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import pytest
 
 from guardproxy.decisions import routing
-from guardproxy.decisions.hostqueue import TooManyWaiting, Waiting
 from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, canonical_model, choose,
                                           fail_over, trips_breaker)
