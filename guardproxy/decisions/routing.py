@@ -15,7 +15,7 @@ list, set or tuple.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+import json
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -44,6 +44,25 @@ def canonical_model(name: str) -> str:
     if len(name) > 512:  # names come from clients: only short ones go into the cache
         return _tagged(_canonical(name))
     return _canonical_short(name)
+
+
+def model_of(body: bytes, or_name: bool = False) -> str | None:
+    """The model a JSON body names, read the quick way, to choose a host and nothing else.
+
+    Not models.body_model's reading (which matches field names as Go does
+    and refuses ambiguous bodies): a wrong guess here costs a host's 404 and
+    a failover, never a check.  `or_name`: the older "name" (/api/show).
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    name = doc.get("model")
+    if or_name and not name:
+        name = doc.get("name")
+    return name if isinstance(name, str) and name.strip() else None
 
 
 def entry_name(entry: Mapping[str, Any]) -> str:
@@ -245,22 +264,32 @@ class Hosts:
         return sum(1 for h in self.order if h.up)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What routing needs to know of one request."""
-    model: str | None = None         # any spelling; stored canonical
-    target: str | None = None        # X-Guardproxy-Upstream, passed on for admin keys only
-    admin_route: bool = False        # pull, push, create, delete, copy, blobs
-    generation: bool = True          # takes one of a host's max_concurrent slots
-    tried: frozenset[str] = field(default_factory=frozenset)  # hosts this request has failed on
+_NOT_TRIED: frozenset[str] = frozenset()
 
-    def __post_init__(self) -> None:
-        if self.model is not None:
-            object.__setattr__(self, "model", canonical_model(self.model))
+
+class Request:
+    """What routing needs to know of one request.  Not changed once made (`after` makes another).
+
+    A plain class: one is made per request, and a frozen dataclass's
+    __init__ costs a microsecond more.
+    """
+
+    __slots__ = ("model", "target", "admin_route", "generation", "tried")
+
+    def __init__(self, model: str | None = None, target: str | None = None, admin_route: bool = False,
+                 generation: bool = True, tried: frozenset[str] = _NOT_TRIED) -> None:
+        self.model = None if model is None else canonical_model(model)  # any spelling; stored canonical
+        self.target = target            # X-Guardproxy-Upstream, passed on for admin keys only
+        self.admin_route = admin_route  # pull, push, create, delete, copy, blobs
+        self.generation = generation    # takes one of a host's max_concurrent slots
+        self.tried = tried              # hosts this request has failed on
+
+    def __repr__(self) -> str:
+        return f"Request(model={self.model!r}, target={self.target!r}, tried={sorted(self.tried)})"
 
     def after(self, host: Host) -> Request:
         """The same request, to be retried anywhere but `host`."""
-        return replace(self, tried=self.tried | {host.name})
+        return Request(self.model, self.target, self.admin_route, self.generation, self.tried | {host.name})
 
 
 class Verdict(enum.Enum):

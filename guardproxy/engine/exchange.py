@@ -25,7 +25,7 @@ from ..decisions import models, routes
 from ..decisions.auth import KeyRing
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.policy import Policies
-from ..decisions.routing import Request
+from ..decisions.routing import Request, model_of
 from ..wire.coding import decoded_body
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
@@ -221,9 +221,12 @@ class Exchange:
                     name = None
                 elif route.model == routes.FORM:
                     name = models.form_model(plain, req.get(b"content-type"), req.target)
-                elif not routed and key.models is None and not models.could_name_cloud(plain):
-                    name = None  # only the cloud scope applies, and no string here can name a cloud model
-                    record.model = models.model_for_log(plain)
+                elif key.models is None and not (needs_model and models.could_name_cloud(plain)):
+                    # No check needs the model (only the cloud scope applies, and no string here can
+                    # name a cloud model): it is read the quick way, for routing and the log.
+                    name = model_of(plain, route.model == routes.BODY_OR_NAME) if routed else None
+                    if name is None:
+                        record.model = models.model_for_log(plain)
                 else:
                     name = models.body_model(route, plain)
             except BadRequest:

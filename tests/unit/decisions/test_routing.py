@@ -11,7 +11,7 @@ import pytest
 from guardproxy.decisions import routing
 from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, canonical_model, choose,
-                                          fail_over, trips_breaker)
+                                          fail_over, model_of, trips_breaker)
 
 NOW = 100.0
 
@@ -55,6 +55,20 @@ def name(choice: Host | Verdict) -> str:
 def test_canonical_model(given: str, canonical: str) -> None:
     assert canonical_model(given) == canonical
     assert Request(model=given).model == canonical
+
+
+@pytest.mark.parametrize("body,or_name,model", [
+    (b'{"model":"llama3.2","prompt":"hi"}', False, "llama3.2"),
+    (b'{"name":"llama3.2"}', True, "llama3.2"),
+    (b'{"name":"llama3.2"}', False, None),
+    (b'{"model":""}', False, None),
+    (b'{"model":7}', False, None),
+    (b'["model"]', False, None),
+    (b'{"model":', False, None),
+    (b'[' * 100_000, False, None),
+])
+def test_the_quick_reading_of_a_bodys_model_for_routing(body: bytes, or_name: bool, model: str | None) -> None:
+    assert model_of(body, or_name) == model
 
 
 def test_a_long_name_is_canonical_but_not_cached() -> None:
