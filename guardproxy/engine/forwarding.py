@@ -70,6 +70,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     assert req is not None and trip.member is not None
     hosts = trip.hosts
     timeouts = trip.config.timeouts
+    zero_copy = trip.config.server.zero_copy and sink is conn.transport
     counts_at = trip.route.counts if counts else ""
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
@@ -86,7 +87,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
             result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
                                     read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
                                     extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
-                                    hold=hold)
+                                    splice_write_timeout=timeouts.write if zero_copy else None, hold=hold)
             conn.upstream = upstream
             if isinstance(sink, Collector):
                 sink.bind(upstream)
