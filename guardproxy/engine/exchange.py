@@ -306,48 +306,47 @@ class Exchange:
         req, route = self.req, self.route
         assert req is not None
         server, conn, hosts = self.server, self.conn, self.server.hosts
-        member, wanted = hosts.first(route, self.model, host_name)
+        member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
         if member is None:
             assert wanted is not None
             member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
         self.member, self.wanted = member, wanted
+        streamed = body is None and self.has_body
+        if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
+                and len(conn.buf) >= (req.content_length or 0):
+            # Wholly here already and small: kept, so it can be sent again (a stale pooled
+            # connection, another host).
+            body = conn.take(req.content_length or 0)
+            self.record.bytes_in += len(body)
+            streamed = False
+        keep_alive = self.keep_alive
+        usage = route.generation
+        body_task: asyncio.Task[int] | None = None
         try:
-            streamed = body is None and self.has_body
-            if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
-                    and len(conn.buf) >= (req.content_length or 0):
-                # Wholly here already and small: kept, so it can be sent again (a stale pooled
-                # connection, another host).
-                body = conn.take(req.content_length or 0)
-                self.record.bytes_in += len(body)
-                streamed = False
-            keep_alive = self.keep_alive
-            usage = route.generation
-            body_task: asyncio.Task[int] | None = None
-            try:
-                upstream, reusable, body_task = await forwarding.relay(
-                    self, body or b"", conn.transport, keep_alive=keep_alive, extra=self.cors_bytes,
-                    stream_body=streamed, counts=usage)
-            except (ClientGone, GuardError) as exc:
-                return self._cut_short(exc, usage)
-            body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
-                                                  and body_task.exception() is None)
-            if body_task is not None:
-                if body_complete:
-                    self.record.bytes_in += body_task.result()
-                else:
-                    body_task.cancel()
-            if reusable and body_complete:
-                self.member.pool.release(upstream)
-            else:
-                upstream.close()
-            self.record.status, self.record.bytes_out = upstream.status, upstream.bytes_out
-            if usage:
-                self._count_tokens(upstream)
-            self.finish(upstream.head_at)
-            return keep_alive and body_complete and not upstream.close_client
+            upstream, reusable, body_task = await forwarding.relay(
+                self, body or b"", conn.transport, keep_alive=keep_alive, extra=self.cors_bytes,
+                stream_body=streamed, counts=usage)
+        except (ClientGone, GuardError) as exc:
+            return self._cut_short(exc, usage)
         finally:
-            if route.generation:
-                hosts.release(self.member)
+            if usage:
+                hosts.release(self.member)  # (the host it ended on, after a failover)
+        body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
+                                              and body_task.exception() is None)
+        if body_task is not None:
+            if body_complete:
+                self.record.bytes_in += body_task.result()
+            else:
+                body_task.cancel()
+        if reusable and body_complete:
+            self.member.pool.release(upstream)
+        else:
+            upstream.close()
+        self.record.status, self.record.bytes_out = upstream.status, upstream.bytes_out
+        if usage:
+            self._count_tokens(upstream)
+        self.finish(upstream.head_at)
+        return keep_alive and body_complete and not upstream.close_client
 
     def upstream_head(self, authority: bytes) -> bytes:
         """The request's head as a host gets it (rebuilt for each host tried)."""

@@ -83,7 +83,8 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
         sent_at = hosts.clock()
         upstream = trip.upstream = None
         try:
-            upstream = trip.upstream = await member.pool.acquire(fresh=fresh)
+            pool = member.pool
+            upstream = trip.upstream = (None if fresh else pool.idle()) or await pool.connect()
             result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
                                     read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
                                     extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
