@@ -156,6 +156,10 @@ async def test_merged_listings_each_model_once_ps_with_its_host_and_filtered_per
         head = await fetch(proxy.port, "HEAD", "/api/tags", headers={"X-API-Key": KEY})
         # Fresh enough (under health_interval old): answered from the snapshot, no round trip.
         assert [len(f.requests) for f in (a, b, c)] == asked
+        # What the metrics read: every model any host lists, and each host's state.
+        assert proxy.server.hosts.models() == {"llama3.2:latest", "qwen3:8b", "mistral:7b", "gemma2:2b"}
+        assert [(s.name, s.up, s.in_flight, s.max_concurrent) for s in proxy.server.hosts.status()] == [
+            ("gpu-a", True, 0, 2), ("gpu-b", True, 0, 2), ("gpu-c", True, 0, 2)]
     assert [m["name"] for m in json.loads(tags.body)["models"]] == ["llama3.2", "qwen3:8b", "mistral:7b",
                                                                    "gemma2:2b"]
     assert [m["id"] for m in json.loads(v1.body)["data"]] == ["llama3.2", "qwen3:8b", "mistral:7b", "gemma2:2b"]
