@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadgen import (CheckFailed, Client, body_digest, http_request,  # noqa: E402
                      stream_digest, token_latencies)
 from targets import ACCESS_LOGS, CLIENT_CORE, KEY, TARGETS, Target, cpu_seconds, pinned, rss_kib  # noqa: E402
+import spread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,11 +57,15 @@ class Sizes:
     s5_delay: float = 0.100
     s6_bytes: int = 64 << 20
     s6_stall: float = 3.0
+    s7_streams: int = 32
+    s7_secs: float = 6.0
+    s7_tokens: int = 20
+    s7_delay: float = 0.010
 
 
 QUICK = Sizes(s1_conns=8, s1_secs=1.0, s2_streams=4, s2_tokens=100, s2_secs=1.0, s3_streams=16,
               s3_tokens=20, s3_spread=0.1, s4_conns=2, s4_bytes=1 << 20, s4_secs=1.0, s5_streams=50, s5_tokens=5,
-              s6_bytes=8 << 20, s6_stall=0.5)
+              s6_bytes=8 << 20, s6_stall=0.5, s7_streams=8, s7_secs=1.0, s7_tokens=5)
 
 
 @dataclass
@@ -332,6 +337,12 @@ async def s6_slow_reader(t: Target, sz: Sizes, key: str | None, golden: Golden) 
                    "client held KiB at stall": held / 1024, "drain MB/s after": len(resp.body) / 1e6 / drain})
 
 
+async def s7_two_hosts(t: Target, sz: Sizes, key: str | None, golden: Golden) -> Result:
+    figures, note = await spread.two_hosts(sz.s7_streams, sz.s7_secs, sz.s7_tokens, sz.s7_delay, golden,
+                                           DIRECT_PORT[0], t.workdir / "two-hosts", Meter)
+    return Result(figures, note=note)
+
+
 SCENARIOS: dict[int, tuple[str, Callable[..., Awaitable[Result]], str, str | None]] = {
     # number: (title, runner, headline figure, cost figure)
     1: ("Small requests: GET /api/tags with the key, {s1_conns} connections, {s1_secs:g} s",
@@ -347,6 +358,8 @@ SCENARIOS: dict[int, tuple[str, Callable[..., Awaitable[Result]], str, str | Non
         s5_many_slow, "proxy RSS KiB/stream", "proxy CPU µs/token"),
     6: ("Slow reader: one client stops reading for {s6_stall:g} s while the upstream sends {s6_mib:g} MiB",
         s6_slow_reader, "proxy RSS growth KiB while stalled", None),
+    7: ("Two hosts, one twice as fast: {s7_streams} clients loop over {s7_tokens}-token generations for "
+        "{s7_secs:g} s (guardproxy only)", s7_two_hosts, "fast/slow", "proxy CPU µs/req"),
 }
 
 DIRECT_PORT = [0]
@@ -413,6 +426,7 @@ SUMMARY = [  # (scenario, figure, column title)
     (3, "TTFT p99 ms", "3: TTFT p99 ms"), (4, "proxy CPU ms/MB", "4: CPU ms/MB"),
     (5, "proxy RSS KiB/stream", "5: KiB/stream"), (5, "proxy CPU µs/token", "5: CPU µs/token"),
     (5, "steady-state µs/token", "5: steady µs/token"), (6, "proxy RSS growth KiB while stalled", "6: RSS growth KiB"),
+    (7, "fast/slow", "7: fast/slow host"),
 ]
 
 
@@ -525,8 +539,8 @@ async def run_once(run_no: int, names: list[str], scen: list[int], sz: Sizes, wo
             versions.append(f"{name}: {t.version}")
             try:
                 for n in scen:
-                    if n == 6 and name == "direct":
-                        continue  # no proxy, nothing to measure
+                    if (n == 6 and name == "direct") or (n == 7 and name != "guardproxy"):
+                        continue  # no proxy, nothing to measure; several hosts: guardproxy's own
                     key = None if name == "direct" else KEY
                     t0 = time.monotonic()
                     try:
@@ -550,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, a few streams (a smoke run)")
     p.add_argument("--targets", default="direct,guardproxy,nginx,caddy")
-    p.add_argument("--scenarios", default="1,2,3,4,5,6")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7")
     p.add_argument("--runs", type=int, default=None, help="default 2 (1 with --quick)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the tables and plots go")
     p.add_argument("--no-logs", action="store_true",

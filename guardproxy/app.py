@@ -56,7 +56,8 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
         resolved = replace(resolved, listen_host=host, listen_port=port)
     if upstream:
         try:
-            resolved = replace(resolved, upstream=parse_upstream(upstream))
+            # --upstream means this one host, whatever [[upstreams]] the file lists.
+            resolved = replace(resolved, upstream=parse_upstream(upstream), upstreams=())
         except ValueError as e:
             raise ConfigError(f"--upstream: expected {e}") from None
     return resolved
@@ -126,8 +127,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
     scheme = "https" if config.tls is not None else "http"
-    log.info("version %s listening on %s://%s:%s -> http://%s (%s, %d key%s)", __version__, scheme,
-             config.listen_host, server.port, config.upstream.authority, loop_name(loop), len(config.keys),
+    hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())
+    log.info("version %s listening on %s://%s:%s -> %s (%s, %d key%s)", __version__, scheme,
+             config.listen_host, server.port, hosts, loop_name(loop), len(config.keys),
              "s" if len(config.keys) != 1 else "")
     if config.metrics.listen is not None and server.metrics_listener is not None:
         log.info("metrics without a key on http://%s:%d/metrics", config.metrics.listen[0],

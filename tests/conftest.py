@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from guardproxy.engine.accesslog import AccessLog
-from guardproxy.config.model import Config, KeyEntry, Timeouts, Upstream
+from guardproxy.config.model import Config, KeyEntry, Routing, Timeouts, Upstream
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
@@ -58,12 +58,14 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 def make_config(upstream_port: int, **overrides: Any) -> Config:
     timeouts = overrides.pop("timeouts", Timeouts())
+    # No health checks unless a test asks for them: what reaches a fake upstream is then the test's alone.
+    routing = overrides.pop("routing", Routing(health_interval=0))
     keys = overrides.pop("keys", (KeyEntry("laptop", bytes.fromhex(hash_key(KEY))),
                                   KeyEntry("phone", bytes.fromhex(hash_key(OTHER_KEY))),
                                   KeyEntry("owner", bytes.fromhex(hash_key(ADMIN_KEY)), admin=True)))
     return Config(path=None, listen_host="127.0.0.1", listen_port=0,
                   upstream=Upstream("127.0.0.1", upstream_port), keys=keys,
-                  access_log=overrides.pop("access_log", ""), timeouts=timeouts, **overrides)
+                  access_log=overrides.pop("access_log", ""), timeouts=timeouts, routing=routing, **overrides)
 
 
 class Proxy:

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any, Mapping, overload
 
 from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, Ban, Config, ConfigError,
-                    Cors, KeyEntry, MetricsSettings, Rate, TrafficLimits, ServerLimits, Timeouts, Tls, key_text_problem)
+                    Cors, KeyEntry, MetricsSettings, Rate, Routing, TrafficLimits, ServerLimits, Timeouts, Tls,
+                    UpstreamHost, key_text_problem)
 from .source import parse_toml, read_config_text
 from .values import parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
 
-_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics"}
+_TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
+        "upstreams", "routing"}
+_UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
+_ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
                "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics"}
 _CORS_FIELDS = {"origins", "max_age"}
@@ -156,6 +160,9 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         upstream = parse_upstream(up)
     except ValueError as e:
         raise r.fail(("upstream",), str(e)) from None
+    upstreams = _upstreams(r, data)
+    if upstreams:
+        upstream = upstreams[0].address
 
     keys: list[KeyEntry] = []
     raw_keys = data.get("keys", [])
@@ -238,7 +245,53 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
     return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv),
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
-                  metrics=_metrics(r, data))
+                  metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data))
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _upstreams(r: _Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
+    """[[upstreams]]: several Ollama hosts, instead of the one `upstream`."""
+    if "upstreams" not in data:
+        return ()
+    if "upstream" in data:
+        raise r.fail(("upstream",), "either `upstream = \"...\"` or [[upstreams]] tables, not both")
+    raw = data["upstreams"]
+    if not isinstance(raw, list) or not raw:
+        raise r.fail(("upstreams",), "one or more tables written as [[upstreams]]")
+    hosts: list[UpstreamHost] = []
+    for i, u in enumerate(raw):
+        where = ("upstreams", i)
+        r.table(u, where, _UPSTREAM_FIELDS)
+        name = r.string(u, "name", where)
+        if not _HOST_NAME.fullmatch(name):
+            raise r.fail(where + ("name",), "a name of letters, digits, '.', '_' and '-' (at most 64)")
+        if any(h.name == name for h in hosts):
+            raise r.fail(where + ("name",), f"a unique name; \"{name}\" is used twice")
+        try:
+            address = parse_upstream(r.string(u, "url", where))
+        except ValueError as e:
+            raise r.fail(where + ("url",), str(e)) from None
+        if "max_concurrent" not in u:
+            raise r.fail(where, "max_concurrent = <the generations this host runs at once, "
+                                "OLLAMA_NUM_PARALLEL x models>, e.g. 4")
+        weight = u.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
+            raise r.fail(where + ("weight",), "a number above 0, e.g. 1 or 2.5")
+        hosts.append(UpstreamHost(name, address, r.integer(u, "max_concurrent", where, 1, 1), float(weight),
+                                  r.strings(u, "models", where)))
+    return tuple(hosts)
+
+
+def _routing(r: _Reader, data: Mapping[str, Any]) -> Routing:
+    where = ("routing",)
+    rt = r.table(data.get("routing", {}), where, _ROUTING_FIELDS)
+    interval = r.duration(rt, "health_interval", where, Routing.health_interval)
+    if 0 < interval < 0.1:
+        raise r.fail(where + ("health_interval",), "0 (no health checks) or at least \"100ms\"")
+    return Routing(health_interval=interval,
+                   max_attempts=r.integer(rt, "max_attempts", where, Routing.max_attempts, 1))
 
 
 def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:

@@ -145,11 +145,27 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamHost:
+    """One Ollama host of `[[upstreams]]` (or the single `upstream`)."""
+    name: str                               # shown in logs, metrics and /api/ps
+    address: Upstream
+    max_concurrent: int | None = None       # generations in flight on it; None: no cap (a single `upstream`)
+    weight: float = 1.0                     # its share of least-busy
+    models: tuple[str, ...] | None = None   # glob patterns; None: whatever its /api/tags lists
+
+
+@dataclass(frozen=True)
+class Routing:
+    health_interval: float = 5.0  # GET / and /api/ps per host; 0 turns the checks off
+    max_attempts: int = 2         # hosts one request may try before its first byte
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     listen_host: str
     listen_port: int
-    upstream: Upstream
+    upstream: Upstream  # the only host, or the first of `upstreams`
     keys: tuple[KeyEntry, ...]
     access_log: str = DEFAULT_ACCESS_LOG
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -160,3 +176,9 @@ class Config:
     ban: Ban = field(default_factory=Ban)
     log_level: str = "info"  # [log] level: one of LOG_LEVELS, for the operational messages
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
+    routing: Routing = field(default_factory=Routing)
+
+    def hosts(self) -> tuple[UpstreamHost, ...]:
+        """Every host requests may go to: the [[upstreams]], or `upstream` named by its address."""
+        return self.upstreams or (UpstreamHost(self.upstream.authority, self.upstream),)

@@ -15,10 +15,9 @@ list, set or tuple.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+import json
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .models import _matches, canonical as _canonical
 
@@ -47,7 +46,26 @@ def canonical_model(name: str) -> str:
     return _canonical_short(name)
 
 
-def _entry_name(entry: Mapping[str, Any]) -> str:
+def model_of(body: bytes, or_name: bool = False) -> str | None:
+    """The model a JSON body names, read the quick way, to choose a host and nothing else.
+
+    Not models.body_model's reading (which matches field names as Go does
+    and refuses ambiguous bodies): a wrong guess here costs a host's 404 and
+    a failover, never a check.  `or_name`: the older "name" (/api/show).
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    name = doc.get("model")
+    if or_name and not name:
+        name = doc.get("name")
+    return name if isinstance(name, str) and name.strip() else None
+
+
+def entry_name(entry: Mapping[str, Any]) -> str:
     return str(entry.get("name") or entry.get("model") or "")
 
 
@@ -111,13 +129,9 @@ class Host:
 
     def __init__(self, name: str, max_concurrent: int = 1, weight: float = 1.0,
                  patterns: tuple[str, ...] | None = None) -> None:
-        if max_concurrent < 1 or weight <= 0:
-            raise ValueError("max_concurrent must be at least 1 and weight above 0")
         self.name = name
-        self.max_concurrent = max_concurrent
-        self.weight = weight
-        self.capacity = max_concurrent * weight
         self.patterns = patterns
+        self.configure(max_concurrent, weight, patterns)
         self.models: frozenset[str] | None = None
         self.loaded: frozenset[str] = frozenset()
         self.tags: tuple[Mapping[str, Any], ...] = ()
@@ -133,6 +147,23 @@ class Host:
     def __repr__(self) -> str:
         return f"Host({self.name!r}, in_flight={self.in_flight}, up={self.up})"
 
+    def configure(self, max_concurrent: int, weight: float, patterns: tuple[str, ...] | None) -> bool:
+        """Take (new) settings, keeping the snapshot and counters; True when `patterns` changed.
+
+        A host's list is kept narrowed by its patterns, so after a change it
+        is unknown (any allowed model) until the next /api/tags.
+        """
+        if max_concurrent < 1 or weight <= 0:
+            raise ValueError("max_concurrent must be at least 1 and weight above 0")
+        self.max_concurrent = max_concurrent
+        self.weight = weight
+        self.capacity = max_concurrent * weight
+        changed = self.patterns != patterns
+        self.patterns = patterns
+        if changed:
+            self.models = None
+        return changed
+
     # The model snapshot.
 
     def _allowed(self, name: str) -> bool:
@@ -146,15 +177,15 @@ class Host:
 
     def set_tags(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Take the `models` of an /api/tags answer."""
-        kept = tuple(e for e in entries if self._allowed(_entry_name(e)))
+        kept = tuple(e for e in entries if self._allowed(entry_name(e)))
         self.tags = kept
-        self.models = frozenset(canonical_model(_entry_name(e)) for e in kept) | self.loaded
+        self.models = frozenset(canonical_model(entry_name(e)) for e in kept) | self.loaded
 
     def set_ps(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Take the `models` of an /api/ps answer; a loaded model is also a model the host has."""
-        kept = tuple(e for e in entries if self._allowed(_entry_name(e)))
+        kept = tuple(e for e in entries if self._allowed(entry_name(e)))
         self.ps = kept
-        self.loaded = frozenset(canonical_model(_entry_name(e)) for e in kept)
+        self.loaded = frozenset(canonical_model(entry_name(e)) for e in kept)
         if self.models is not None and not self.loaded <= self.models:
             self.models |= self.loaded
 
@@ -233,21 +264,32 @@ class Hosts:
         return sum(1 for h in self.order if h.up)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What routing needs to know of one request."""
-    model: str | None = None         # any spelling; stored canonical
-    target: str | None = None        # X-Guardproxy-Upstream, passed on for admin keys only
-    admin_route: bool = False        # pull, push, create, delete, copy, blobs
-    tried: frozenset[str] = field(default_factory=frozenset)  # hosts this request has failed on
+_NOT_TRIED: frozenset[str] = frozenset()
 
-    def __post_init__(self) -> None:
-        if self.model is not None:
-            object.__setattr__(self, "model", canonical_model(self.model))
+
+class Request:
+    """What routing needs to know of one request.  Not changed once made (`after` makes another).
+
+    A plain class: one is made per request, and a frozen dataclass's
+    __init__ costs a microsecond more.
+    """
+
+    __slots__ = ("model", "target", "admin_route", "generation", "tried")
+
+    def __init__(self, model: str | None = None, target: str | None = None, admin_route: bool = False,
+                 generation: bool = True, tried: frozenset[str] = _NOT_TRIED) -> None:
+        self.model = None if model is None else canonical_model(model)  # any spelling; stored canonical
+        self.target = target            # X-Guardproxy-Upstream, passed on for admin keys only
+        self.admin_route = admin_route  # pull, push, create, delete, copy, blobs
+        self.generation = generation    # takes one of a host's max_concurrent slots
+        self.tried = tried              # hosts this request has failed on
+
+    def __repr__(self) -> str:
+        return f"Request(model={self.model!r}, target={self.target!r}, tried={sorted(self.tried)})"
 
     def after(self, host: Host) -> Request:
         """The same request, to be retried anywhere but `host`."""
-        return replace(self, tried=self.tried | {host.name})
+        return Request(self.model, self.target, self.admin_route, self.generation, self.tried | {host.name})
 
 
 class Verdict(enum.Enum):
@@ -263,9 +305,14 @@ def choose(hosts: Hosts, req: Request, now: float, turn: int) -> Host | Verdict:
     take it; for a request without a model, the least busy available host.
     For a model: among available hosts whose list holds it, spare capacity
     and the model loaded, then spare capacity, then loaded but full; least
-    busy (in flight / (max_concurrent x weight)) within a group.  Hosts that
-    hold it but are all full and cold: WAIT.  No host holds it at all: one
-    available host, whose own 404 the client then reads.
+    busy (in flight / (max_concurrent x weight)) within a group.  No host
+    holds it at all: one available host, whose own 404 the client then reads.
+
+    max_concurrent is a cap for a generation: when every available host
+    that holds the model is at it, warm or not, the answer is WAIT (the
+    request queues until one frees).  A request that takes no slot (/api/show,
+    say) never waits: for it, loaded but full comes third and cold and full
+    fourth.
     """
     tried = req.tried
     if req.target is not None:
@@ -284,9 +331,10 @@ def choose(hosts: Hosts, req: Request, now: float, turn: int) -> Host | Verdict:
     if m is None:
         return _least_busy(rotation, tried, now)
     best: Host | None = None
-    best_group = 3
+    best_group = 4
     best_load = 0.0
     listed = full = False
+    capped = req.generation
     for h in rotation:
         if not h.lists(m):
             continue
@@ -296,11 +344,11 @@ def choose(hosts: Hosts, req: Request, now: float, turn: int) -> Host | Verdict:
         n = h.in_flight
         if n < h.max_concurrent:
             group = 0 if m in h.loaded else 1
-        elif m in h.loaded:
-            group = 2
-        else:
+        elif capped:
             full = True
             continue
+        else:
+            group = 2 if m in h.loaded else 3
         load = n / h.capacity
         if best is None or group < best_group or (group == best_group and load < best_load):
             best, best_group, best_load = h, group, load
@@ -323,55 +371,3 @@ def _least_busy(rotation: tuple[Host, ...], tried: frozenset[str], now: float) -
         if best is None or load < best_load:
             best, best_load = h, load
     return Verdict.UNAVAILABLE if best is None else best
-
-
-# --- merged listings ------------------------------------------------------------------
-
-def merge_tags(lists: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """/api/tags `models` of several hosts, each model once (the first host's entry)."""
-    return _merge(lists, _entry_name)
-
-
-def merge_v1_models(lists: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """/v1/models `data` of several hosts, each model once (the first host's entry)."""
-    return _merge(lists, lambda e: str(e.get("id") or ""))
-
-
-def _merge(lists: Iterable[Iterable[Mapping[str, Any]]],
-           name_of: Callable[[Mapping[str, Any]], str]) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for entries in lists:
-        for e in entries:
-            key = canonical_model(name_of(e))
-            if key not in seen:
-                seen.add(key)
-                out.append(dict(e))
-    return out
-
-
-def merge_ps(per_host: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
-    """/api/ps `models` of several hosts, each entry with its host's name in `upstream`.
-
-    A model loaded on two hosts is listed twice: they are two loaded copies.
-    """
-    return [{**e, "upstream": name} for name, entries in per_host for e in entries]
-
-
-def v1_models_from_tags(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """/v1/models `data` built from /api/tags entries as Ollama builds it, to answer from the snapshot."""
-    out: list[dict[str, Any]] = []
-    for e in entries:
-        name = _entry_name(e)
-        try:
-            created = int(datetime.fromisoformat(str(e.get("modified_at"))).timestamp())
-        except ValueError:
-            created = 0
-        out.append({"id": name, "object": "model", "created": created, "owned_by": _namespace(name)})
-    return out
-
-
-def _namespace(name: str) -> str:
-    """The namespace part of host/namespace/model:tag, `library` when it is left out."""
-    parts = name.split("/")
-    return parts[-2] if len(parts) >= 2 else "library"

@@ -2,7 +2,7 @@
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
     -> ban, per-address rate -> key -> per-key rate -> /metrics? -> endpoint rules
-    -> model check (reads a small body) -> generation slot
+    -> model check (reads a small body) -> generation slot -> a host (hosts.py)
     -> [only now] an upstream connection -> head and body upstream
     -> the relay splices the response -> the record is written
 
@@ -25,24 +25,25 @@ from ..decisions import models, routes
 from ..decisions.auth import KeyRing
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.policy import Policies
+from ..decisions.routing import Request, model_of
 from ..wire.coding import decoded_body
-from ..wire.errors import BadGateway, BadRequest, GuardError, PayloadTooLarge, Unauthorized, render, response_head
-from ..wire.framing import dechunk
+from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
-from . import bodies, forwarding, slots
+from . import bodies, forwarding, listing, slots
 from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
+from .hosts import HostSet, Member
 from .metrics import PAGE_HEAD, Metrics
-from .pool import UpstreamPool
-from .relay import MAX_RESPONSE_HEAD, Collector, UpstreamConnection
+from .relay import UpstreamConnection
 from .tokens import usage_from_tail
 
-MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
-RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for one retry
+RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
 _HEALTH_BODY = b"OK"
 _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
            b"Cache-Control: no-store\r\n")
+_READY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+_NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 
 class Gate(Protocol):
@@ -51,7 +52,7 @@ class Gate(Protocol):
     config: Config
     keys: KeyRing
     policies: Policies
-    pool: UpstreamPool
+    hosts: HostSet
     access_log: AccessLog
     metrics: Metrics
     clock: Callable[[], float]
@@ -63,7 +64,8 @@ class Gate(Protocol):
 
 
 class Exchange:
-    __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "rid")
+    __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
+                 "member", "wanted", "rid")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -75,6 +77,9 @@ class Exchange:
         self.started = time.perf_counter()
         self.cors: list[tuple[str, str]] = []  # CORS headers for every answer to this request
         self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
+        self.model: str | None = None      # the model Ollama will use, when a check or routing read it
+        self.member: Member | None = None  # the host the request is on
+        self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
 
     # --- derived facts ---------------------------------------------------------
@@ -93,8 +98,8 @@ class Exchange:
         return self.server.config
 
     @property
-    def pool(self) -> UpstreamPool:
-        return self.server.pool
+    def hosts(self) -> HostSet:
+        return self.server.hosts
 
     @property
     def wants_continue(self) -> bool:
@@ -121,8 +126,13 @@ class Exchange:
             self.route = route = routes.route_for(req.method, req.path)
             if (req.content_length or 0) > (limits.max_blob if route.blob else limits.max_body):
                 raise PayloadTooLarge()
-            if req.path == b"/health" and req.method in (b"GET", b"HEAD") and req.target == b"/health":
+            target = req.target
+            if target == b"/health" and req.method in (b"GET", b"HEAD"):
                 return self.health()
+            if target == b"/ready" and req.method in (b"GET", b"HEAD"):
+                n = server.hosts.up_count()
+                return self.respond(200 if n else 503, (_READY if n else _NOT_READY) + self.extra_headers,
+                                    b'{"upstreams_up":%d}' % n)
             pol = server.policies
             origin = req.get(b"origin")
             if origin is not None:
@@ -145,13 +155,22 @@ class Exchange:
                 routes.authorize_metrics(key, req.method, self.has_body)
                 return self.respond(200, PAGE_HEAD + self.extra_headers, await server.scrape())
             routes.authorize(key, route, path)
+            named = req.get(b"x-guardproxy-upstream")
+            if named is not None and not key.admin:
+                raise Forbidden("only admin keys may choose an upstream (X-Guardproxy-Upstream)")
+            host_name = None if named is None else named.decode("latin-1").strip()
             slot = pol.slots_on and route.generation
-            body = await self._checked_body(key, route, path, whole=slot)
+            # Routing over several hosts reads the model, and replays a generation's body on a failover.
+            routed = server.hosts.several and route.model != routes.NO_MODEL
+            body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
-            if route.listing and key.models is not None and self.req.method == b"GET":
-                return await self.filtered_listing(key, path)
+            method = self.req.method
+            if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
+                return await listing.merged(self, key, path)
+            if route.listing and key.models is not None and method == b"GET":
+                return await listing.filtered(self, key, path, host_name)
             # The body goes to proxy() alone: a stream holds no second reference to it.
-            forwarded = self.proxy(body)
+            forwarded = self.proxy(body, host_name)
             del body
             if slot:
                 try:
@@ -168,20 +187,25 @@ class Exchange:
             self.finish(None)
             return False
 
-    async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool) -> bytes | None:
+    async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool,
+                            routed: bool = False) -> bytes | None:
         """Check what the key's policy needs from the request: its model, its keep_alive.
 
         The body is read whole (bounded, timed) when a check needs it, or when
         `whole` (a generation must not take a slot before its body is complete);
         then it is forwarded exactly as it came, with a Content-Length.
+        `routed`: routing needs the model even when no check does; a body
+        whose model cannot be read then goes on for the host to answer.
         """
         req, record = self.req, self.record
         assert req is not None
         needs_model = models.needs_model(key, route)
-        if needs_model and route.model == routes.PATH:
+        if (needs_model or routed) and route.model == routes.PATH:
             in_path = path[len(route.path):].decode("utf-8", "replace")
-            models.check_model(key, in_path)
+            if needs_model:
+                models.check_model(key, in_path)
             record.model = cut(in_path)
+            self.model = in_path
             return None
         checks_keep_alive = route.keep_alive and key.max_keep_alive is not None
         if not (whole or needs_model or checks_keep_alive):
@@ -203,20 +227,31 @@ class Exchange:
         record.bytes_in += len(body)
         if req.chunked:
             self.req = req.with_length(len(body))
-        if needs_model or checks_keep_alive:
-            plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
-            if needs_model:
+        if needs_model or routed or checks_keep_alive:
+            try:
+                plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
                 name: str | None
-                if route.model == routes.FORM:
+                if not (needs_model or routed):
+                    name = None
+                elif route.model == routes.FORM:
                     name = models.form_model(plain, req.get(b"content-type"), req.target)
-                elif key.models is None and not models.could_name_cloud(plain):
-                    name = None  # only the cloud scope applies, and no string here can name a cloud model
-                    record.model = models.model_for_log(plain)
+                elif key.models is None and not (needs_model and models.could_name_cloud(plain)):
+                    # No check needs the model (only the cloud scope applies, and no string here can
+                    # name a cloud model): it is read the quick way, for routing and the log.
+                    name = model_of(plain, route.model == routes.BODY_OR_NAME) if routed else None
+                    if name is None:
+                        record.model = models.model_for_log(plain)
                 else:
                     name = models.body_model(route, plain)
-                if name is not None:
+            except BadRequest:
+                if needs_model or checks_keep_alive:
+                    raise
+                return body  # nothing to check: the host answers what it makes of it
+            if name is not None:
+                if needs_model:
                     models.check_model(key, name)
-                    record.model = cut(name)
+                record.model = cut(name)
+                self.model = name
             if checks_keep_alive:
                 models.check_keep_alive(key, plain)
         return body
@@ -245,9 +280,11 @@ class Exchange:
         return keep
 
     def respond(self, status: int, head: bytes, body: bytes) -> bool:
-        """A whole answer guardproxy built (a filtered listing): `head` lacks only its framing."""
+        """A whole answer guardproxy built (a listing, /ready, /metrics): `head` lacks only its framing."""
         keep = self.keep_alive
         out = head + b"Content-Length: %d\r\n" % len(body) + (b"" if keep else b"Connection: close\r\n") + b"\r\n"
+        if self.req is not None and self.req.method == b"HEAD":
+            body = b""
         self.conn.send(out + body)
         self.record.status, self.record.bytes_out = status, len(out) + len(body)
         self.finish(self.started)
@@ -276,35 +313,39 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None) -> bool:
-        """Forward the request (its body already read, or streamed now) and splice the response."""
+    async def proxy(self, body: bytes | None, host_name: str | None = None) -> bool:
+        """Forward the request (its body already read, or streamed now) to a host and splice the response."""
         req, route = self.req, self.route
         assert req is not None
-        server, conn = self.server, self.conn
-        head = build_upstream_head(req, server.pool.authority, self.record.client.encode(), server.scheme, self.rid)
+        server, conn, hosts = self.server, self.conn, self.server.hosts
+        member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
+        if member is None:
+            assert wanted is not None
+            member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
+        self.member, self.wanted = member, wanted
         streamed = body is None and self.has_body
         if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
                 and len(conn.buf) >= (req.content_length or 0):
-            # Wholly here already and small: kept, so a stale pooled connection can be retried.
+            # Wholly here already and small: kept, so it can be sent again (a stale pooled
+            # connection, another host).
             body = conn.take(req.content_length or 0)
             self.record.bytes_in += len(body)
             streamed = False
-        if body:
-            head += body  # read already: forwarded exactly, with its length
-            body = None
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None
         streams, key = server.metrics.streams, self.record.key or "-"
         streams[key] = streams.get(key, 0) + 1
         try:
-            upstream, reusable, body_task = await forwarding.relay(self, 
-                head, conn.transport, keep_alive=keep_alive, extra=self.extra_headers, stream_body=streamed,
-                counts=usage)
+            upstream, reusable, body_task = await forwarding.relay(
+                self, body or b"", conn.transport, keep_alive=keep_alive, extra=self.extra_headers,
+                stream_body=streamed, counts=usage)
         except (ClientGone, GuardError) as exc:
             return self._cut_short(exc, usage)
         finally:
             streams[key] -= 1
+            if usage:
+                hosts.release(self.member)  # (the host it ended on, after a failover)
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -313,7 +354,7 @@ class Exchange:
             else:
                 body_task.cancel()
         if reusable and body_complete:
-            server.pool.release(upstream)
+            self.member.pool.release(upstream)
         else:
             upstream.close()
         self.record.status, self.record.bytes_out = upstream.status, upstream.bytes_out
@@ -321,6 +362,11 @@ class Exchange:
             self._count_tokens(upstream)
         self.finish(upstream.head_at)
         return keep_alive and body_complete and not upstream.close_client
+
+    def upstream_head(self, authority: bytes) -> bytes:
+        """The request's head as a host gets it (rebuilt for each host tried)."""
+        assert self.req is not None
+        return build_upstream_head(self.req, authority, self.record.client.encode(), self.server.scheme, self.rid)
 
     def _cut_short(self, exc: Exception, usage: bool) -> bool:
         """The upstream call ended early: the client hung up (499), or it failed (502/504 while
@@ -339,38 +385,6 @@ class Exchange:
                 self._count_tokens(upstream)
         self.finish(upstream.head_at or None)
         return False
-
-    async def filtered_listing(self, key: KeyEntry, path: bytes) -> bool:
-        """A model list, fetched whole through the pool (it is small) and cut down to the key's models."""
-        req = self.req
-        assert req is not None
-        server = self.server
-        # Identity encoding: the body is read as JSON here.
-        head = build_upstream_head(req.without(b"accept-encoding"), server.pool.authority,
-                                   self.record.client.encode(), server.scheme, self.rid)
-        collector = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
-        upstream, reusable, _ = await forwarding.relay(self, head, collector, keep_alive=True, extra=b"", stream_body=False)
-        if reusable:
-            server.pool.release(upstream)
-        else:
-            upstream.close()
-        rh = collector.response
-        assert rh is not None
-        raw = bytes(collector.data[len(rh.head):])
-        if rh.chunked:
-            try:
-                raw = dechunk(raw, MAX_LISTING)
-            except ValueError:
-                raise BadGateway("upstream sent a malformed model list") from None
-        status = rh.status
-        if status == 200:
-            try:
-                raw = models.filter_listing(path, key, raw)
-            except (ValueError, AttributeError, TypeError):
-                raise BadGateway("upstream sent an unreadable model list") from None
-        lines = [ln for ln in rh.head[:-4].split(b"\r\n")
-                 if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
-        return self.respond(status, b"\r\n".join(lines) + b"\r\n" + self.extra_headers, raw)
 
     def _count_tokens(self, upstream: UpstreamConnection) -> None:
         head, tail = upstream.tail()

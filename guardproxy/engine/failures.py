@@ -29,8 +29,23 @@ class FirstByteTimeout(GatewayTimeout):
     message = "upstream first byte timeout"
 
 
+class ConnectFailed(BadGateway):
+    """No connection to the upstream (unreachable, DNS): routing counts it against the host."""
+    message = "upstream unavailable"
+
+
+class ConnectRefused(ConnectFailed):
+    """Nothing listens there: routing takes the host down at once."""
+
+
+class ConnectTimeout(GatewayTimeout):
+    message = "upstream connect timeout"
+
+
 def connect_failure(exc: BaseException) -> GuardError:
     """A failed connect: a timeout is 504, anything else (refused, unreachable, DNS) is 502."""
     if isinstance(exc, TimeoutError):
-        return GatewayTimeout("upstream connect timeout")
-    return BadGateway("upstream unavailable")
+        return ConnectTimeout()
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectRefused()
+    return ConnectFailed()

@@ -1,5 +1,6 @@
-"""The trip to the upstream for one request: a pooled connection, the head and the body out,
-the response relayed into a sink, and one retry when a pooled connection turns out stale.
+"""The trip to the upstream for one request: a host's pooled connection, the head and the body
+out, the response relayed into a sink; a retry on a fresh connection when a pooled one turns out
+stale, and on another host when this one fails before the first byte.
 
 It works on a Trip, the few things of an exchange it needs, so the exchange
 can stay about decisions and answers.
@@ -13,79 +14,168 @@ from typing import Protocol
 from ..config.model import Config
 from ..decisions import routes
 from ..decisions.routes import Route
+from ..decisions.routing import Failure, Request, fail_over
 from ..wire.errors import GuardError
 from ..wire.heads import CONTINUE, RequestHead
 from . import bodies
 from .accesslog import LogRecord
 from .client import ClientConnection
-from .failures import ClientGone, UpstreamGone
-from .pool import UpstreamPool
-from .relay import Collector, Sink, UpstreamConnection
+from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout, FirstByteTimeout,
+                       UpstreamGone)
+from .hosts import HostSet, Member
+from .relay import UpstreamConnection
+from .sinks import Collector, Sink
 from .tokens import HEAD_BYTES, LONG_TAIL_BYTES, TAIL_BYTES
+
+_NO_HOLD: frozenset[int] = frozenset()
 
 
 class Trip(Protocol):
-    """What of an exchange the trip upstream reads, and `upstream`, which it writes."""
+    """What of an exchange the trip upstream reads, and what it writes: `upstream`, and on a
+    failover `member` and `wanted`."""
 
     conn: ClientConnection
     req: RequestHead | None
     route: Route
     record: LogRecord
     upstream: UpstreamConnection | None
+    member: Member | None
+    wanted: Request | None  # what routing knows of the request (None with a single `upstream`)
 
     @property
     def config(self) -> Config: ...
     @property
-    def pool(self) -> UpstreamPool: ...
+    def hosts(self) -> HostSet: ...
     @property
     def wants_continue(self) -> bool: ...
+    def upstream_head(self, authority: bytes) -> bytes: ...
 
 
-async def relay(trip: Trip, head: bytes, sink: Sink, *, keep_alive: bool, extra: bytes, stream_body: bool,
-                 counts: bool = False) -> tuple[UpstreamConnection, bool, "asyncio.Task[int] | None"]:
-    """Send `head` (and stream the body) upstream; the response goes to `sink` until it ends.
+async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra: bytes, stream_body: bool,
+                counts: bool = False) -> tuple[UpstreamConnection, bool, "asyncio.Task[int] | None"]:
+    """Send the head and `body` (or stream the body) to `trip.member`; the response goes to `sink`.
 
     `counts`: keep what the route's token counts need of the response body.
 
     Returns the connection, whether it may be pooled again, and the task
-    still sending the body, if one had to.  A pooled connection the upstream
-    had just closed is retried once on a fresh one when nothing of the body
-    was consumed, as nginx does.  Raises ClientGone or a GuardError, with
-    the connection in `trip.upstream`.
+    still sending the body, if one had to.  A pooled connection the host had
+    just closed is retried once on a fresh one when nothing of the body was
+    consumed, as nginx does.  A failure before the first byte is tried on
+    another host when routing allows it (decisions.routing.fail_over, at most
+    [routing] max_attempts): a 503 or 429 (or a 404 for a model the host
+    listed) is then kept from the client until it is known whether another
+    host takes the request.  Raises ClientGone or a GuardError, with the
+    connection in `trip.upstream`.
     """
-    conn, req, pool = trip.conn, trip.req, trip.pool
-    assert req is not None
+    conn, req = trip.conn, trip.req
+    assert req is not None and trip.member is not None
+    hosts = trip.hosts
     timeouts = trip.config.timeouts
     zero_copy = trip.config.server.zero_copy and sink is conn.transport
     counts_at = trip.route.counts if counts else ""
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
-    upstream = trip.upstream = pool.idle() or await pool.connect()
     body_task: asyncio.Task[int] | None = None
-    for attempt in (0, 1):
-        result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
-                                read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
-                                extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
-                                splice_write_timeout=timeouts.write if zero_copy else None)
-        conn.upstream = upstream
-        if isinstance(sink, Collector):
-            sink.bind(upstream)
+    attempts, fresh = 1, False
+    while True:
+        member = trip.member
+        trip.record.upstream = member.name
+        hold = _NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
+        sent_at = hosts.clock()
+        upstream = trip.upstream = None
         try:
+            pool = member.pool
+            upstream = trip.upstream = (None if fresh else pool.idle()) or await pool.connect()
+            result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
+                                    read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
+                                    extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
+                                    splice_write_timeout=timeouts.write if zero_copy else None, hold=hold)
+            conn.upstream = upstream
+            if isinstance(sink, Collector):
+                sink.bind(upstream)
             if conn.closed:
                 upstream.client_lost()
             else:
                 assert upstream.transport is not None
-                upstream.transport.write(head)
+                upstream.transport.write(trip.upstream_head(member.authority) + body)
                 if stream_body:
                     body_task = _send_body(trip, upstream)
-            return upstream, await result, body_task
-        except UpstreamGone:
-            if attempt or not upstream.reused or stream_body or upstream.head_sent:
+            reusable = await result
+        except (ClientGone, GuardError) as exc:
+            if not fresh and isinstance(exc, UpstreamGone) and upstream is not None and upstream.reused \
+                    and not stream_body and not upstream.head_sent:
+                fresh = True
+                continue
+            failure = _failure(exc, upstream)
+            if failure is None:
                 raise
+            hosts.failed(member, failure, sent_at=sent_at)
+            # With no connection, nothing of a streamed body has left either.
+            if not _elsewhere(trip, failure, 0, attempts, not stream_body or upstream is None):
+                raise
+            attempts, fresh = attempts + 1, False
+            continue
         finally:
             conn.upstream = None
-        upstream = trip.upstream = await pool.connect()
-    raise AssertionError("unreachable")
+        held = upstream.held
+        if held is None:
+            hosts.answered(member, upstream.status, sent_at)
+            return upstream, reusable, body_task
+        # An answer kept from the client: another host takes the request, or it goes out after all.
+        status = upstream.status
+        if status == 404:
+            assert trip.wanted is not None and trip.wanted.model is not None
+            hosts.not_found(member, trip.wanted.model)
+        else:
+            hosts.failed(member, Failure.STATUS, status, sent_at=sent_at)
+        if _elsewhere(trip, Failure.STATUS, status, attempts, True):
+            if reusable:
+                member.pool.release(upstream)
+            else:
+                upstream.close()
+            attempts, fresh = attempts + 1, False
+            continue
+        upstream.held, upstream.head_sent = None, True
+        sink.write(bytes(held.data))
+        return upstream, reusable, body_task
+
+
+def _failure(exc: BaseException, upstream: UpstreamConnection | None) -> Failure | None:
+    """What routing calls a failed attempt; None for what is not the host's doing (the client left)."""
+    if isinstance(exc, ConnectRefused):
+        return Failure.REFUSED
+    if isinstance(exc, ConnectTimeout):
+        return Failure.CONNECT_TIMEOUT
+    if isinstance(exc, ConnectFailed):
+        return Failure.RESET  # unreachable: no connection, as good as reset
+    if upstream is None or isinstance(exc, ClientGone):
+        return None
+    if upstream.head_sent:
+        return Failure.STARTED
+    if isinstance(exc, FirstByteTimeout):
+        return Failure.FIRST_BYTE_TIMEOUT
+    if isinstance(exc, UpstreamGone):
+        return Failure.RESET
+    return None
+
+
+def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replayable: bool) -> bool:
+    """Move the request to another host when routing says so; False: this attempt's outcome stands.
+
+    `replayable`: the body can be sent again (it was read whole, or none of it has been sent).
+    """
+    wanted, member = trip.wanted, trip.member
+    if wanted is None or member is None or not replayable:
+        return False
+    # A 404 is held back only when the host's list held the model, and only then retried.
+    if not fail_over(failure, status, attempts=attempts, max_attempts=trip.config.routing.max_attempts,
+                     listed=status == 404):
+        return False
+    moved = trip.hosts.elsewhere(member, wanted)
+    if moved is None:
+        return False
+    trip.member, trip.wanted = moved
+    return True
 
 def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int] | None":
     """Start the request body upstream: at once when it is all buffered, else in a task."""

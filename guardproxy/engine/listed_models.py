@@ -1,39 +1,27 @@
-"""The models the upstream lists: what bounds the `model` label of the metrics.
+"""The models the hosts list, and whether each host is up: what the metrics read at a scrape.
 
 A key holder may name any model in a request; counting tokens under every
-name sent would let one client add series without end.  So a label is a
-name the upstream's /api/tags lists, or "other".  The list is fetched
-through the pool in the background, once a minute (every few seconds while
-the upstream does not answer, which is also what `guardproxy_upstream_up`
-reports).  Fetching starts with the first scrape, so a gate nobody measures
-sends the upstream nothing of its own (metrics.py keeps the names it counts
-until then).
+name sent would let one client add series without end.  So a `model` label
+is a name some host's /api/tags lists, or "other".
 
-`ListedModels.known()` is all the rest of the engine reads; a set of several
-upstreams can answer the same question instead.
+The lists live in the hosts' snapshot (hosts.py), kept by the health checks
+(health.py).  With the checks off (`health_interval = 0`) a scrape fetches
+the lists that are older than a minute itself, so a gate nobody measures
+sends its hosts nothing of its own (metrics.py keeps the names it counts
+until a list is known).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-from typing import Any
 
 from ..decisions.models import canonical
-from ..wire.errors import BadGateway, GuardError
-from ..wire.framing import dechunk
-from .failures import UpstreamGone
-from .pool import UpstreamPool
-from .relay import MAX_RESPONSE_HEAD, Collector
+from .health import TAGS, refresh
+from .hosts import HostSet
 
 OTHER = "other"
-REFRESH = 60.0       # seconds between fetches while the upstream answers
-RETRY = 5.0          # ... and while it does not
-FETCH_TIMEOUT = 10.0
-MAX_LIST = 8 * 1024 * 1024  # a /api/tags answer is a few KiB
-
-log = logging.getLogger("guardproxy")
+REFRESH = 60.0      # seconds a list fetched for the metrics stays good (with the checks off)
+READY_WAIT = 2.0    # how long a scrape waits for those fetches
 
 
 def listed_name(name: str, known: frozenset[str]) -> str:
@@ -49,101 +37,31 @@ def listed_name(name: str, known: frozenset[str]) -> str:
     return OTHER
 
 
-def names_in(body: bytes) -> frozenset[str]:
-    """The canonical model names of an /api/tags answer (ValueError if it is not one)."""
-    data: Any = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ValueError("not a model list")
-    names = set()
-    for m in data["models"]:
-        if isinstance(m, dict):
-            for field in ("name", "model"):
-                if isinstance(m.get(field), str) and m[field]:
-                    names.add(canonical(m[field]))
-    return frozenset(names)
-
-
-async def fetch_tags(pool: UpstreamPool, timeout: float = FETCH_TIMEOUT) -> bytes:
-    """GET /api/tags through the pool (a stale pooled connection is retried once on a new one)."""
-    head = b"GET /api/tags HTTP/1.1\r\nHost: " + pool.authority + b"\r\nAccept: application/json\r\n\r\n"
-    for attempt in (0, 1):
-        upstream = await pool.acquire(fresh=attempt == 1)
-        collector = Collector(MAX_LIST + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
-        result = upstream.begin(collector, head_request=False, keep_alive=True, read_timeout=timeout,
-                                first_byte_timeout=timeout)
-        collector.bind(upstream)
-        assert upstream.transport is not None
-        upstream.transport.write(head)
-        try:
-            reusable = await result
-        except UpstreamGone:
-            if attempt or not upstream.reused:
-                raise
-            continue
-        except BaseException:  # cancelled at shutdown, a timeout: the connection is not reused
-            upstream.close()
-            raise
-        if reusable:
-            pool.release(upstream)
-        else:
-            upstream.close()
-        rh = collector.response
-        assert rh is not None
-        if rh.status != 200:
-            raise BadGateway(f"upstream answered {rh.status} to /api/tags")
-        raw = bytes(collector.data[len(rh.head):])
-        return dechunk(raw, MAX_LIST) if rh.chunked else raw
-    raise AssertionError("unreachable")
-
-
 class ListedModels:
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.models: frozenset[str] | None = None  # None until the upstream has listed its models once
-        self.up: bool | None = None  # None until the first fetch has ended
-        self._task: asyncio.Task[None] | None = None
-        self._fetched: asyncio.Event | None = None
+    def __init__(self, hosts: HostSet) -> None:
+        self.hosts = hosts
 
     def known(self) -> frozenset[str] | None:
-        """The canonical names the upstream listed last; None before it has answered once."""
-        return self.models
+        """The canonical names any host listed last; None while no host's list is known."""
+        lists = [m.host.models for m in self.hosts.members.values() if m.host.models is not None]
+        return frozenset().union(*lists) if lists else None
 
-    def start(self) -> None:
-        self._fetched = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def up(self, name: str) -> bool:
+        """The host is up: by its health checks, or with the checks off, by its last list fetch."""
+        m = self.hosts.members[name]
+        # ready() fetched every older list just before; one that is still old did not come.
+        return m.host.up and (self.hosts.checks_on or m.tags_at >= self.hosts.clock() - REFRESH - READY_WAIT)
 
-    async def ready(self, timeout: float = 2.0) -> None:
-        """Started, and the first fetch done (or `timeout` passed): a first scrape then has the labels,
-        and says whether the upstream is up rather than not yet known."""
-        if self._task is None:
-            self.start()
-        assert self._fetched is not None
+    async def ready(self) -> None:
+        """With the checks off, fetch the lists older than REFRESH (waiting READY_WAIT at most)."""
+        if self.hosts.checks_on:
+            return
+        oldest = self.hosts.clock() - REFRESH
+        stale = [m for m in self.hosts.members.values() if m.tags_at < oldest or m.tags_due]
+        if not stale:
+            return
         try:
-            async with asyncio.timeout(timeout):
-                await self._fetched.wait()
+            async with asyncio.timeout(READY_WAIT):
+                await asyncio.gather(*(refresh(self.hosts, m, TAGS) for m in stale))
         except TimeoutError:
-            pass
-
-    async def refresh(self) -> None:
-        try:
-            self.models = names_in(await fetch_tags(self.pool))
-        except (GuardError, ValueError) as e:
-            if self.up is not False:
-                log.warning("upstream http://%s does not answer GET /api/tags: %s",
-                            self.pool.authority.decode(), e)
-            self.up = False
-        else:
-            if self.up is False:
-                log.info("upstream http://%s answers again", self.pool.authority.decode())
-            self.up = True
-
-    async def _run(self) -> None:
-        assert self._fetched is not None
-        while True:
-            await self.refresh()
-            self._fetched.set()
-            await asyncio.sleep(REFRESH if self.up else RETRY)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+            pass  # the fetches go on; the next scrape reads them

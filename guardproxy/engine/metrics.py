@@ -57,9 +57,9 @@ def refusal_reason(err: GuardError) -> str | None:
 
 @dataclass(frozen=True)
 class UpstreamState:
-    name: str       # the `upstream` label: its URL
+    name: str       # the `upstream` label: the host's name (its address when only `upstream` is set)
     up: bool
-    in_flight: int  # requests waiting for or relaying its answer
+    in_flight: int  # generations it is answering now
 
 
 @dataclass(frozen=True)
@@ -181,14 +181,14 @@ class Metrics:
         _family(w, "guardproxy_streams_active", "gauge", "Responses being relayed from the upstream now, by key.")
         for key, n in sorted(self.streams.items()):
             w(f'guardproxy_streams_active{{key="{_escape(key)}"}} {n}\n')
-        _family(w, "guardproxy_queue_waiting", "gauge", "Generations waiting for a slot.")
+        _family(w, "guardproxy_queue_waiting", "gauge", "Generations waiting for a slot or a host.")
         w(f"guardproxy_queue_waiting {gauges.queue_waiting}\n")
         _family(w, "guardproxy_connections_open", "gauge", "Client connections open.")
         w(f"guardproxy_connections_open {gauges.connections_open}\n")
-        _family(w, "guardproxy_upstream_up", "gauge", "1 if the upstream answered its last model-list request.")
+        _family(w, "guardproxy_upstream_up", "gauge", "1 if the host is up (by its health checks; with them off, by its last model-list answer).")
         for u in gauges.upstreams:
             w(f'guardproxy_upstream_up{{upstream="{_escape(u.name)}"}} {int(u.up)}\n')
-        _family(w, "guardproxy_upstream_in_flight", "gauge", "Requests waiting for or relaying the upstream's answer.")
+        _family(w, "guardproxy_upstream_in_flight", "gauge", "Generations the host is answering now.")
         for u in gauges.upstreams:
             w(f'guardproxy_upstream_in_flight{{upstream="{_escape(u.name)}"}} {u.in_flight}\n')
         return "".join(out).encode("utf-8")

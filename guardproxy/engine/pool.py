@@ -1,7 +1,9 @@
-"""Connections to the upstream: a small keep-alive pool.
+"""Connections to one upstream host: a small keep-alive pool.
 
 An idle connection the upstream closes is forgotten at once (the relay tells
-the pool from connection_lost), so it is never handed out again.
+the pool from connection_lost), so it is never handed out again.  A closed
+pool (its host removed by a reload) closes what comes back to it, so the
+exchanges still running on it finish and then let go.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: list[UpstreamConnection] = []
+        self.closed = False
 
     def idle(self) -> UpstreamConnection | None:
         """A pooled connection ready for one request, if there is one (no await on the hot path)."""
@@ -46,7 +49,7 @@ class UpstreamPool:
         return (None if fresh else self.idle()) or await self.connect()
 
     def release(self, conn: UpstreamConnection) -> None:
-        if conn.closed or len(self._idle) >= self.max_idle:
+        if conn.closed or self.closed or len(self._idle) >= self.max_idle:
             conn.close()
         else:
             self._idle.append(conn)
@@ -59,6 +62,7 @@ class UpstreamPool:
             pass
 
     def close(self) -> None:
+        self.closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()

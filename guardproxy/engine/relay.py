@@ -16,65 +16,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import weakref
-from typing import Callable, Protocol, cast
+from typing import Callable, cast
 
 from ..wire.errors import GuardError
 from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, LengthFraming, NoBody
-from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
+from ..wire.heads import BadUpstreamHead, parse_response_head
 from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
+from .sinks import NOWHERE, Collector, Sink
 from .splice import AVAILABLE as SPLICE_AVAILABLE, SPLICE_MIN, Splice, socket_fd
+from .watch import Watch
+
 _TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
+HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
+_NO_HOLD: frozenset[int] = frozenset()
 
 # UpstreamConnection.state.  _IDLE means "no exchange attached": in the pool,
 # or between begin() calls.  (A ClientConnection's `idle` is another thing:
 # waiting for a client's next request head.)
 _IDLE, _HEAD, _BODY = 0, 1, 2
-
-
-class Sink(Protocol):
-    """Where a response goes: the client's transport, or a Collector."""
-
-    def write(self, data: bytes) -> None: ...
-
-
-class Collector:
-    """A Sink that keeps a whole (small) response, for the answers guardproxy rewrites.
-
-    Past `limit` bytes the exchange fails with `error`, so an upstream cannot
-    make guardproxy buffer without bound.
-    """
-
-    __slots__ = ("data", "limit", "error", "_fail", "response")
-
-    def __init__(self, limit: int, error: GuardError) -> None:
-        self.data = bytearray()
-        self.response: ResponseHead | None = None
-        self.limit = limit
-        self.error = error
-        self._fail: Callable[[BaseException], None] | None = None
-
-    def bind(self, upstream: "UpstreamConnection") -> None:
-        self._fail = upstream.fail
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        if len(self.data) > self.limit and self._fail is not None:
-            fail, self._fail = self._fail, None
-            fail(self.error)
-
-
-class _Nowhere:
-    """The sink of a connection with no exchange attached: bytes then are a protocol error anyway."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-
-_NOWHERE = _Nowhere()
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -96,7 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room",
-                 "_splice", "_splice_write_timeout")
+                 "_splice", "_splice_write_timeout", "_hold", "held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -105,7 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.state = _IDLE
-        self._sink: Sink = _NOWHERE
+        self._sink: Sink = NOWHERE
         self._buf = b""
         self._framing: Framing = NoBody()
         self.result: asyncio.Future[bool] | None = None
@@ -135,6 +97,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_room = 0
         self._splice: Splice | None = None
         self._splice_write_timeout: float | None = None  # None: this exchange never splices
+        self._hold = _NO_HOLD
+        # A response whose status was in `hold`: kept here whole instead of
+        # reaching the client, which may then be answered by another host.
+        self.held: Collector | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -144,14 +110,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
               first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
-              head: int = 0, paused: bool = False, splice_write_timeout: float | None = None
-              ) -> "asyncio.Future[bool]":
+              head: int = 0, paused: bool = False, splice_write_timeout: float | None = None,
+              hold: frozenset[int] = _NO_HOLD) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
         `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
         `paused`: the client's writes are paused already (see pause_for_client).
         `splice_write_timeout`: a long Content-Length body may go zero-copy (splice.py) straight
         into the client's socket, and a client that reads none of it for this long is dropped.
+        `hold`: statuses whose response is kept in `held`, whole, instead of going to `sink`.
         """
         self._sink = sink
         self._splice_write_timeout = splice_write_timeout
@@ -176,6 +143,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._tail_budget = tail
         self._head = b""
         self._head_room = head
+        self._hold = hold
+        self.held = None
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._watch.add(self)
@@ -186,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _detach(self) -> None:
         self.state = _IDLE
         self._watch.discard(self)
-        self._sink = _NOWHERE
+        self._sink = NOWHERE
         if self._splice is not None:
             self._splice.close()
             self._splice = None
@@ -355,6 +324,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_data(rest)  # interim response (103, a stray 100): not forwarded
             return
         self.status = rh.status
+        if self._hold and rh.status in self._hold:
+            held = self.held = Collector(HELD_LIMIT, UpstreamGone("upstream error response too large"))
+            held.bind(self)
+            self._sink = held
         if type(self._sink) is Collector:
             self._sink.response = rh  # it rewrites the answer, so it needs the parsed head
         self.close_client = rh.close_client
@@ -379,7 +352,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # Nothing has gone to the client yet: it can still get a 502.
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
                 return
-        self.head_sent = True
+        self.head_sent = self.held is None
         if self._tail_budget and rest:
             self._keep(rest[:end] if end >= 0 else rest)
         if end < 0:
@@ -456,60 +429,3 @@ class UpstreamConnection(asyncio.Protocol):
         limit = self.first_byte_timeout if self.state == _HEAD else self.read_timeout
         if now - self.last_read >= limit:
             self.fail(UpstreamTimeout() if self.state == _BODY else FirstByteTimeout())
-
-
-class Watch:
-    """The upstream connections with an exchange attached, looked at together every tick.
-
-    One timer for all of them instead of one per exchange: a timer handle
-    costs about half a KiB for as long as a stream runs, and the deadlines
-    here are seconds to minutes.  A tick is an eighth of the shortest limit
-    being watched (at least 10 ms, at most 1 s), so a deadline is kept to
-    within an eighth of itself.
-    """
-
-    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watch]" = weakref.WeakKeyDictionary()
-
-    __slots__ = ("loop", "active", "_handle", "_tick", "__weakref__")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.active: set[UpstreamConnection] = set()
-        self._handle: asyncio.TimerHandle | None = None
-        self._tick = 1.0
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> "Watch":
-        watch = cls._by_loop.get(loop)
-        if watch is None:
-            watch = cls._by_loop[loop] = cls(loop)
-        return watch
-
-    def add(self, conn: UpstreamConnection) -> None:
-        self.active.add(conn)
-        tick = _tick_for(conn)
-        if self._handle is None or tick < self._tick:
-            self._schedule(tick)
-
-    def discard(self, conn: UpstreamConnection) -> None:
-        self.active.discard(conn)
-
-    def _schedule(self, tick: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._tick = tick
-        self._handle = self.loop.call_later(tick, self._sweep)
-
-    def _sweep(self) -> None:
-        self._handle = None
-        if not self.active:
-            return
-        now = self.loop.time()
-        for conn in list(self.active):
-            conn.check_timeout(now)
-        if self.active:
-            self._schedule(min(_tick_for(c) for c in self.active))
-
-
-def _tick_for(conn: UpstreamConnection) -> float:
-    return min(1.0, max(0.01, min(conn.first_byte_timeout, conn.read_timeout) / 8))

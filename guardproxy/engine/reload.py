@@ -2,8 +2,8 @@
 
 A reload parses the whole file first; a broken edit is refused with one
 warning and the running config stays.  Only the settings a running server can
-take are applied (keys, CORS, limits, bans, timeouts for new requests);
-running streams are never touched.
+take are applied (keys, CORS, limits, bans, timeouts for new requests, the
+upstream hosts); running streams are never touched.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ class Reloader:
         notes = []
         if (config.listen_host, config.listen_port) != (old.listen_host, old.listen_port):
             notes.append("listen")
-        if config.upstream != old.upstream:
-            notes.append("upstream")
         if config.access_log != old.access_log:
             notes.append("log.access")
         if config.metrics != old.metrics:

@@ -25,10 +25,11 @@ from .accesslog import AccessLog, LogRecord
 from .client import ClientConnection
 from .exchange import Exchange
 from .failures import ClientGone
+from .health import HealthChecker
+from .hosts import HostSet
 from .listed_models import ListedModels
 from .metrics import Gauges, Metrics, UpstreamState
 from .metrics_listener import MetricsListener
-from .pool import UpstreamPool
 from .slots import wake
 from .tls import CertReloader, PlainAcceptor
 
@@ -50,9 +51,10 @@ class GuardServer:
         self.keys = KeyRing(config.keys)
         self.policies = Policies(config)
         self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
-        self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
+        self.hosts = HostSet(config)  # the Ollama hosts: pools, routing, health (also read by the metrics)
+        self.health = HealthChecker(self.hosts)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
-        self.listed = ListedModels(self.pool)
+        self.listed = ListedModels(self.hosts)
         self.metrics = Metrics(self.known_models)
         self.metrics_listener: MetricsListener | None = None
         self.connections: set[ClientConnection] = set()
@@ -79,27 +81,28 @@ class GuardServer:
         return b"https" if self.tls is not None else b"http"
 
     def known_models(self) -> frozenset[str] | None:
-        """The canonical names of the models some upstream lists (the metrics' `model` label);
+        """The canonical names of the models some host lists (the metrics' `model` label);
         None until they are known."""
         return self.listed.known()
 
     async def scrape(self) -> bytes:
         """The metrics as Prometheus reads them."""
         await self.listed.ready()
-        in_flight = sum(1 for c in self.connections if c.upstream is not None)
-        upstream = UpstreamState(f"http://{self.config.upstream.authority}", bool(self.listed.up), in_flight)
-        return self.metrics.exposition(Gauges(len(self.connections), self.policies.gate.queued, (upstream,)))
+        hosts = tuple(UpstreamState(h.name, self.listed.up(h.name), h.in_flight) for h in self.hosts.status())
+        return self.metrics.exposition(Gauges(len(self.connections), self.policies.gate.queued + self.hosts.waiting.queued, hosts))
 
     def apply_config(self, config: Config) -> None:
-        """Take a reloaded config: keys, CORS, limits, timeouts.  Running streams keep going.
+        """Take a reloaded config: keys, CORS, limits, timeouts, hosts.  Running streams keep going.
 
-        The listen address and the upstream stay as they are (they need a restart).
+        The listen address stays as it is (it needs a restart).
         """
         config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         upstream=self.config.upstream, access_log=self.config.access_log,
-                         metrics=self.config.metrics)
+                         access_log=self.config.access_log, metrics=self.config.metrics)
         self.keys = KeyRing(config.keys)
         wake(self.policies.apply(config))
+        self.hosts.apply(config)
+        if self._server is not None or self._acceptor is not None:
+            self.health.apply()
         self.config = config
         if self.tls is not None:
             # A reload (certbot's deploy hook sending SIGHUP, say) takes renewed
@@ -117,6 +120,7 @@ class GuardServer:
                                                         self.config.listen_port, self._accept_tls)
         if self.tls is not None:
             self.tls.start(self.loop)
+        self.health.apply()
         if self.config.metrics.listen is not None:
             listener = MetricsListener(self.scrape)
             try:
@@ -185,6 +189,7 @@ class GuardServer:
         """Stop accepting, let running requests finish within the grace period, then close."""
         grace = self.config.timeouts.grace if grace is None else grace
         self.closing = True
+        self.health.stop()
         if self.tls is not None:
             self.tls.stop()
         if self._server is not None:
@@ -193,7 +198,6 @@ class GuardServer:
             self._acceptor.close()
         if self.metrics_listener is not None:
             self.metrics_listener.close()
-        self.listed.stop()
         for task in list(self._handshakes):
             task.cancel()
         for conn in list(self.connections):
@@ -210,7 +214,7 @@ class GuardServer:
         tasks = [c.task for c in list(self.connections) if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
-        self.pool.close()
+        self.hosts.close()
         if self._server is not None:
             await self._server.wait_closed()
         self.access_log.flush()

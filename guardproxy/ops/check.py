@@ -4,10 +4,12 @@ Runs the checks a person would otherwise type as curl commands and prints a
 pass/fail table:
 
     /health answers 200 without a key
+    /ready answers 200 without a key: at least one upstream host is up
     /api/tags answers 401 without a key, and with a wrong key
     /api/tags answers 200 with the key
     a CORS preflight from --origin is allowed (only with --origin)
     a short streamed generation with --model: time to first token, tokens/s
+    each host named with --upstream (an admin key): reachable, its version, its models
 
 Standard library only (http.client), blocking, one connection per check, so
 it runs anywhere Python or the one-file executable runs.
@@ -22,7 +24,7 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 DEFAULT_PROMPT = "Reply with one short sentence."
@@ -132,11 +134,39 @@ def _expect_status(client: _Client, name: str, path: str, headers: Mapping[str, 
     return CheckResult(name, True, f"{status}" + (f", {describe(body)}" if describe else ""))
 
 
+def _hosts_up(body: bytes) -> str:
+    try:
+        n = json.loads(body)["upstreams_up"]
+    except (ValueError, KeyError, TypeError):
+        return "not a guardproxy /ready answer"
+    return f"{n} upstream host{'s' if n != 1 else ''} up"
+
+
+def _check_host(client: _Client, key: str, name: str) -> CheckResult:
+    """One upstream host through the gate (X-Guardproxy-Upstream): its version and its models."""
+    row = f"upstream {name}: version and models"
+    headers = {"X-API-Key": key, "X-Guardproxy-Upstream": name}
+    try:
+        status, _, body = client.fetch("GET", "/api/version", headers)
+        if status != 200:
+            return CheckResult(row, False, f"got {status}{_body_error(body)}")
+        version = json.loads(body).get("version", "?")
+        status, _, body = client.fetch("GET", "/api/tags", headers)
+        if status != 200:
+            return CheckResult(row, False, f"Ollama {version}, but /api/tags got {status}{_body_error(body)}")
+    except (OSError, http.client.HTTPException) as e:
+        return CheckResult(row, False, _error_text(e))
+    except (ValueError, AttributeError):
+        return CheckResult(row, False, "not an Ollama answer")
+    return CheckResult(row, True, f"Ollama {version}, {_count_models(body)}")
+
+
 def _count_models(body: bytes) -> str:
     try:
-        return f"{len(json.loads(body)['models'])} models"
+        n = len(json.loads(body)['models'])
     except (ValueError, KeyError, TypeError):
         return "not an Ollama model list"
+    return f"{n} model{'s' if n != 1 else ''}"
 
 
 def judge_preflight(status: int, headers: Mapping[str, str], origin: str) -> tuple[bool, str]:
@@ -237,12 +267,13 @@ def _check_generation(client: _Client, key: str, model: str) -> CheckResult:
 
 
 def run_checks(url: str, key: str, *, origin: str | None = None, model: str | None = None,
-               timeout: float = 15.0, cafile: str | None = None) -> list[CheckResult]:
+               timeout: float = 15.0, cafile: str | None = None, upstreams: Sequence[str] = ()) -> list[CheckResult]:
     target = parse_target(url)
     client = _Client(target, timeout, cafile)
     wrong = "gp_" + secrets.token_urlsafe(32)  # a well-formed key that cannot be configured
     results = [
         _expect_status(client, "GET /health without a key -> 200", "/health", None, 200),
+        _expect_status(client, "GET /ready without a key -> 200", "/ready", None, 200, _hosts_up),
         _expect_status(client, "GET /api/tags without a key -> 401", "/api/tags", None, 401),
         _expect_status(client, "GET /api/tags with a wrong key -> 401", "/api/tags", {"X-API-Key": wrong}, 401),
         _expect_status(client, "GET /api/tags with the key -> 200", "/api/tags", {"X-API-Key": key}, 200,
@@ -252,6 +283,7 @@ def run_checks(url: str, key: str, *, origin: str | None = None, model: str | No
         results.append(_check_preflight(client, origin))
     if model:
         results.append(_check_generation(client, key, model))
+    results += [_check_host(client, key, name) for name in upstreams]
     return results
 
 
@@ -277,6 +309,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", help="also stream a short generation from this model")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default 15)")
     p.add_argument("--cafile", metavar="FILE", help="trust this CA certificate for an https:// URL")
+    p.add_argument("--upstream", metavar="NAME", action="append", default=[],
+                   help="also check this upstream host through the gate (a name of [[upstreams]]; an admin "
+                        "key; repeat for each host)")
     p.set_defaults(func=cmd_check)
 
 
@@ -289,7 +324,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     try:
         results = run_checks(args.url, args.key, origin=args.origin, model=args.model,
-                             timeout=args.timeout, cafile=args.cafile)
+                             timeout=args.timeout, cafile=args.cafile, upstreams=args.upstream)
     except (OSError, ssl.SSLError) as e:  # e.g. an unreadable --cafile
         print(f"guardproxy check: {_error_text(e)}", file=sys.stderr)
         return 2

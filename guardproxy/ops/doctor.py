@@ -1,12 +1,13 @@
 """`guardproxy doctor`: inspect the local set-up and explain each problem in one line with its fix.
 
 Checks, in order: the config is valid; keys are present and none stored in
-plaintext; the config file is private; the upstream answers /api/version;
-Ollama is not listening on an address other machines can reach (read from the
-operating system's socket table, never by sending traffic to a LAN or public
-address); the listen port is free; TLS files are readable; the open-file
-limit; on Windows, the service and its firewall rule; on Linux, the systemd
-unit's state when one is installed.
+plaintext; the config file is private; for every upstream host: it answers
+/api/version, the models its /api/tags lists, and (a local host) Ollama is not
+listening on an address other machines can reach (read from the operating
+system's socket table, never by sending traffic to a LAN or public address);
+the listen port is free; TLS files are readable; the open-file limit; on
+Windows, the service and its firewall rule; on Linux, the systemd unit's
+state when one is installed.
 
 Blocking and standard library only: it runs before anything else is up.
 """
@@ -18,37 +19,25 @@ import errno
 import hashlib
 import http.client
 import ipaddress
-import json
 import os
 import socket
 import ssl
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import listening, systemd
-
+from .finding import FAIL, INFO, OK, WARN, Finding
+from .hostcheck import check_hosts, hosts_in
 from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
 from ..config.paths import CONFIG_HELP, find_config
-from ..config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ENV_KEY, Config, ConfigError, Upstream
-from ..config.values import is_loopback_host, parse_hostport, parse_upstream
+from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError
+from ..config.values import is_loopback_host, parse_hostport
 
-OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
+__all__ = ["OK", "INFO", "WARN", "FAIL", "Finding", "run_doctor", "check_open_files"]
 FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: str
-    text: str
-    fix: str = ""
-
-    def line(self) -> str:
-        return f"{self.level:<4}  {self.text}" + (f" -- fix: {self.fix}" if self.fix else "")
-
 
 # --- config and keys -----------------------------------------------------------------
 
@@ -101,96 +90,6 @@ def check_file_mode(path: Path) -> list[Finding]:
     if mode & 0o077:
         return [Finding(WARN, f"{path} is readable by other users (mode {mode:o})", f"chmod 600 {path}")]
     return []
-
-
-# --- the upstream ---------------------------------------------------------------------
-
-def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
-    url = f"http://{upstream.authority}"
-    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
-    try:
-        conn.request("GET", "/api/version", headers={"Host": upstream.authority})
-        resp = conn.getresponse()
-        body = resp.read(65536)
-    except ConnectionRefusedError:
-        return [Finding(FAIL, f"nothing answers at {url}",
-                        "start Ollama (the Ollama app, or `ollama serve`), or set `upstream` in the config")]
-    except TimeoutError:
-        return [Finding(FAIL, f"{url} did not answer within {timeout:g}s", "check that Ollama is running and not stuck")]
-    except (OSError, http.client.HTTPException) as e:
-        return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}",
-                        "check `upstream` in the config")]
-    finally:
-        conn.close()
-    if resp.status == 403:
-        return [Finding(FAIL, f"{url} answered 403 to its own address as Host",
-                        "point `upstream` at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
-    if resp.status != 200:
-        return [Finding(FAIL, f"{url}/api/version answered {resp.status}: this does not look like Ollama",
-                        "set `upstream` to Ollama's address, usually http://127.0.0.1:11434")]
-    try:
-        version = json.loads(body)["version"]
-    except (ValueError, KeyError, TypeError):
-        return [Finding(WARN, f"{url}/api/version answered 200 but without a version: is this Ollama?")]
-    return [Finding(OK, f"upstream {url} is Ollama {version}")]
-
-
-def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
-    """Whether a local Ollama runs cloud models (GET /api/status, Ollama 0.12 and newer); loopback only."""
-    if not is_loopback_host(upstream.host):
-        return []
-    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
-    try:
-        conn.request("GET", "/api/status", headers={"Host": upstream.authority})
-        resp = conn.getresponse()
-        body = resp.read(65536)
-    except (OSError, http.client.HTTPException):
-        return []  # check_upstream has said what is wrong with the connection
-    finally:
-        conn.close()
-    try:
-        cloud = json.loads(body)["cloud"] if resp.status == 200 else None
-        disabled = cloud["disabled"] if isinstance(cloud, dict) else None
-    except (ValueError, KeyError, TypeError):
-        disabled = None
-    if not isinstance(disabled, bool):
-        return [Finding(INFO, "Ollama does not say whether its cloud models are on (no /api/status: older "
-                              "than 0.12?); guardproxy refuses cloud models to keys without `cloud = true`")]
-    if disabled:
-        source = cloud.get("source", "?") if isinstance(cloud, dict) else "?"
-        return [Finding(OK, f"Ollama's cloud models are turned off (source: {source})")]
-    return [Finding(INFO, "Ollama's cloud models are on: they run on the owner's ollama.com account; only admin keys "
-                          "and keys with `cloud = true` may use them",
-                    "to turn them off in Ollama itself, set OLLAMA_NO_CLOUD=1 for the Ollama server and restart it")]
-
-
-def ollama_host_fix() -> str:
-    if sys.platform == "win32":
-        return ("bind Ollama to loopback: `setx OLLAMA_HOST 127.0.0.1 /M` in an Administrator prompt "
-                "(or remove OLLAMA_HOST from the environment variables), then quit and restart Ollama")
-    if sys.platform == "darwin":
-        return "bind Ollama to loopback: `launchctl setenv OLLAMA_HOST 127.0.0.1`, then restart Ollama"
-    return ("bind Ollama to loopback: `sudo systemctl edit ollama`, add [Service] "
-            "Environment=\"OLLAMA_HOST=127.0.0.1\", then `sudo systemctl restart ollama` "
-            "(in Docker: publish it as -p 127.0.0.1:11434:11434)")
-
-
-def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -> list[Finding]:
-    """Is the upstream's port open to other machines, bypassing the gate?"""
-    if not is_loopback_host(upstream.host):
-        return [Finding(INFO, f"upstream {upstream.authority} is another machine: make sure its port "
-                              f"{upstream.port} accepts connections only from this one")]
-    if table is None:
-        return [Finding(INFO, "cannot read this system's table of listening sockets; "
-                              f"check yourself that port {upstream.port} listens on 127.0.0.1 only")]
-    found = listening.exposed(upstream.port, table)
-    if found:
-        where = ", ".join(sorted({entry.display for entry in found}))
-        return [Finding(FAIL, f"Ollama listens on {where}: anyone on the LAN (or a router forwarding "
-                              f"{upstream.port}) reaches it without a key", ollama_host_fix())]
-    listens = any(e.port == upstream.port for e in table)
-    return [Finding(OK, f"port {upstream.port} is not open to other machines"
-                        + (" (it listens on loopback only)" if listens else ""))]
 
 
 # --- this machine -----------------------------------------------------------------------
@@ -346,20 +245,15 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
         findings += check_keys(config, raw)
         if config.path is not None:
             findings += check_file_mode(config.path)
-        upstream, listen = config.upstream, (config.listen_host, config.listen_port)
+        hosts, listen = config.hosts(), (config.listen_host, config.listen_port)
     else:
         # Fall back on what the file says, or the defaults, to check what still can be.
-        try:
-            upstream = parse_upstream(str(raw.get("upstream", DEFAULT_UPSTREAM)))
-        except ValueError:
-            upstream = parse_upstream(DEFAULT_UPSTREAM)
+        hosts = hosts_in(raw)
         try:
             listen = parse_hostport(str(raw.get("listen", DEFAULT_LISTEN)))
         except ValueError:
             listen = parse_hostport(DEFAULT_LISTEN)
-    findings += check_upstream(upstream)
-    findings += check_cloud(upstream)
-    findings += check_exposure(upstream, listening.listeners() if table is True else table or None)
+    findings += check_hosts(hosts, listening.listeners() if table is True else table or None)
     findings += check_listen_port(*listen)
     if path is not None:
         findings += check_tls(raw, path.resolve().parent)

@@ -1,7 +1,8 @@
-"""`make demo`: a fake Ollama, guardproxy in front of it, and the verification checklist.
+"""`make demo`: two fake Ollama hosts, guardproxy in front of them, and the verification checklist.
 
 Everything runs on loopback in one process, so a newcomer without a GPU sees
-each check pass (or fail) exactly as a client on the internet would.
+each check pass (or fail) exactly as a client on the internet would, and
+sees requests go to the host that has their model (loaded, preferably).
 """
 
 from __future__ import annotations
@@ -50,16 +51,21 @@ def _row(ok: bool, what: str, detail: str) -> bool:
 
 async def demo() -> int:
     key = generate_key()
-    async with await FakeOllama.start(token_delay=0.03) as fake:
+    # Two hosts: gpu-a has llama3.2 loaded; gpu-b has qwen3:8b, and llama3.2 on disk.
+    async with await FakeOllama.start(token_delay=0.03, models=["llama3.2"], loaded=["llama3.2"]) as fake, \
+            await FakeOllama.start(token_delay=0.03, models=["qwen3:8b", "llama3.2"]) as other:
         with tempfile.TemporaryDirectory() as tmp:
             log_path = Path(tmp) / "access.log"
-            config = parse_config({"listen": "127.0.0.1:0", "upstream": fake.url,
+            config = parse_config({"listen": "127.0.0.1:0",
+                                   "upstreams": [{"name": "gpu-a", "url": fake.url, "max_concurrent": 2},
+                                                 {"name": "gpu-b", "url": other.url, "max_concurrent": 2}],
                                    "keys": [{"name": "demo", "key_sha256": hash_key(key)}],
                                    "log": {"access": str(log_path)}}, None)
             server = GuardServer(config, access_log=AccessLog(str(log_path)))
             await server.start()
+            await server.health.next_round()  # the hosts' model lists
             port = server.port
-            print(f"fake Ollama on {fake.url}; guardproxy on http://127.0.0.1:{port}")
+            print(f"fake Ollama hosts: gpu-a on {fake.url}, gpu-b on {other.url}; guardproxy on http://127.0.0.1:{port}")
             print(f"demo key: {key}\n")
             results = []
             status, body, _ = await _request(port, "GET", "/health")
@@ -81,6 +87,18 @@ async def demo() -> int:
             results.append(_row(status == 200 and done.get("done") is True,
                                 "POST /api/generate streams tokens",
                                 f"{status}, {len(lines) - 1} tokens, first after {1000 * (first or 0):.0f} ms: {text.strip()[:30]!r}"))
+            status, body, _ = await _request(port, "GET", "/ready")
+            results.append(_row(status == 200, "GET /ready without a key -> 200", f"{status} {body.decode()}"))
+            status, body, _ = await _request(port, "GET", "/api/ps", {"X-API-Key": key})
+            loaded = [f"{m['name']} on {m['upstream']}" for m in json.loads(body)["models"]] if status == 200 else []
+            results.append(_row(status == 200 and bool(loaded), "GET /api/ps: loaded models, and where", ", ".join(loaded)))
+            qwen = json.dumps({"model": "qwen3:8b", "prompt": "Hi", "stream": False,
+                               "options": {"num_predict": 3}}).encode()
+            status, _, _ = await _request(port, "POST", "/api/generate", {"X-API-Key": key}, qwen)
+            routed = [json.loads(line).get("upstream") for line in _log_lines(server, log_path)][-2:]
+            results.append(_row(status == 200 and routed == ["gpu-a", "gpu-b"],
+                                "each model to a host that has it (loaded first)",
+                                f"llama3.2 -> {routed[0]}, qwen3:8b -> {routed[1]}"))
             await server.stop(grace=1)
             server.access_log.close()
             print("\naccess log:")
@@ -89,6 +107,11 @@ async def demo() -> int:
     passed = sum(results)
     print(f"\n{passed}/{len(results)} checks passed")
     return 0 if passed == len(results) else 1
+
+
+def _log_lines(server: GuardServer, path: Path) -> list[str]:
+    server.access_log.flush()
+    return [line for line in path.read_text().splitlines() if '"/api/generate"' in line]
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ _DROP = frozenset({
     b"origin",
     # Sent as the request's ID: the client's own when it is safe, else a new one.
     b"x-request-id",
+    # An admin's choice of host is guardproxy's business alone.
+    b"x-guardproxy-upstream",
 })
 
 # A client's X-Request-Id is kept when it is 1 to 64 of these (it goes into

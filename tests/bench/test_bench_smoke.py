@@ -15,11 +15,11 @@ def test_quick_bench_prints_a_checked_table_per_scenario(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = (tmp_path / "quick.md").read_text()
     assert "FAILED" not in report
-    for n in range(1, 7):
+    for n in range(1, 8):
         assert f"### {n}. " in report
     # One guardproxy row per scenario table (after the summary), with no missing figure.
     tables = report[report.index("### 1. "):]
     rows = [line for line in tables.splitlines() if line.startswith("| guardproxy |")]
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert all("n/a" not in row for row in rows)
     assert "| direct |" in report

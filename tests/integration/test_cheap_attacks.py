@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import ADMIN_KEY, KEY, Proxy, start_proxy
+from conftest import ADMIN_KEY, KEY, start_proxy
 from guardproxy.config.model import Ban, KeyEntry, ServerLimits, Timeouts, Tls, TrafficLimits
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama

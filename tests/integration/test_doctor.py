@@ -46,7 +46,8 @@ async def test_a_good_setup_has_no_problems(fake: FakeOllama, tmp_path: Path) ->
     assert any("config valid" in t for t in oks)
     assert f"ok    upstream http://127.0.0.1:{fake.port} is Ollama 0.12.0" in oks
     assert f"ok    port {fake.port} is not open to other machines (it listens on loopback only)" in oks
-    assert [r.target for r in fake.requests] == ["/api/version", "/api/status"]
+    assert f"ok    upstream http://127.0.0.1:{fake.port} lists 3 models: llama3.2:latest, qwen3:8b, mistral:7b" in oks
+    assert [r.target for r in fake.requests] == ["/api/version", "/api/tags", "/api/status"]
 
 
 @pytest.mark.parametrize("disabled", [False, True])
@@ -183,3 +184,27 @@ def test_doctor_on_this_machine_says_nothing_of_systemd_where_it_does_not_run(tm
         assert [f.level for f in said] == ["info"]
     else:
         assert said == []
+
+
+@linux_only
+async def test_every_host_is_reported_and_only_the_exposed_one_fails(tmp_path: Path) -> None:
+    inside = await FakeOllama.start("127.0.0.2", 0, models=["llama3.2"])
+    exposed = await FakeOllama.start("0.0.0.0", 0, models=["qwen3:8b", "mistral:7b"])
+    path = tmp_path / "guardproxy.toml"
+    path.write_text('listen = "127.0.0.1:0"\n'
+                    f'[[upstreams]]\nname = "gpu-a"\nurl = "{inside.url}"\nmax_concurrent = 2\n'
+                    f'[[upstreams]]\nname = "gpu-b"\nurl = "http://127.0.0.1:{exposed.port}"\nmax_concurrent = 2\n'
+                    f'[[keys]]\nname = "laptop"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    path.chmod(0o600)
+    try:
+        findings = await doctor(path)
+    finally:
+        await inside.close()
+        await exposed.close()
+    oks = texts(findings, OK)
+    assert f"ok    gpu-a: upstream {inside.url} is Ollama 0.12.0" in oks
+    assert f"ok    gpu-a: upstream {inside.url} lists 1 model: llama3.2" in oks
+    assert f"ok    gpu-b: upstream http://127.0.0.1:{exposed.port} lists 2 models: qwen3:8b, mistral:7b" in oks
+    assert f"ok    gpu-a: port {inside.port} is not open to other machines (it listens on loopback only)" in oks
+    (fail,) = [f for f in findings if f.level == FAIL]
+    assert fail.text.startswith(f"gpu-b: Ollama listens on 0.0.0.0:{exposed.port}: anyone on the LAN")

@@ -128,8 +128,8 @@ async def test_counters_move_by_exactly_what_was_sent(gate: Proxy, fake: FakeOll
     assert value(after, "guardproxy_time_to_first_byte_seconds_count", route="tags") == 0
 
     assert value(after, "guardproxy_build_info", version=__version__) == 1
-    assert value(after, "guardproxy_upstream_up", upstream=f"http://127.0.0.1:{fake.port}") == 1
-    assert value(after, "guardproxy_upstream_in_flight", upstream=f"http://127.0.0.1:{fake.port}") == 0
+    assert value(after, "guardproxy_upstream_up", upstream=f"127.0.0.1:{fake.port}") == 1
+    assert value(after, "guardproxy_upstream_in_flight", upstream=f"127.0.0.1:{fake.port}") == 0
     assert value(after, "guardproxy_queue_waiting") == 0
     assert value(after, "guardproxy_connections_open") >= 1  # the scrape's own
     assert value(after, "guardproxy_streams_active", key="laptop") == 0
@@ -199,13 +199,13 @@ async def test_a_running_stream_and_its_upstream_call_show_while_they_last(gate:
     await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
     during = await scrape(gate.port)
     assert value(during, "guardproxy_streams_active", key="laptop") == 1
-    assert value(during, "guardproxy_upstream_in_flight", upstream=f"http://127.0.0.1:{fake.port}") == 1
+    assert value(during, "guardproxy_upstream_in_flight", upstream=f"127.0.0.1:{fake.port}") == 1
     assert value(during, "guardproxy_connections_open") == 2
     await asyncio.wait_for(reader.read(-1), 10)
     writer.close()
     after = await scrape(gate.port)
     assert value(after, "guardproxy_streams_active", key="laptop") == 0
-    assert value(after, "guardproxy_upstream_in_flight", upstream=f"http://127.0.0.1:{fake.port}") == 0
+    assert value(after, "guardproxy_upstream_in_flight", upstream=f"127.0.0.1:{fake.port}") == 0
     assert value(after, "guardproxy_tokens_total", key="laptop", model="llama3.2:latest", kind="completion") == 30
 
 
@@ -216,7 +216,7 @@ async def test_an_upstream_that_does_not_answer_is_down(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     p = await start_proxy(port, tmp_path, keys=KEYS)
     try:
-        assert value(await scrape(p.port), "guardproxy_upstream_up", upstream=f"http://127.0.0.1:{port}") == 0
+        assert value(await scrape(p.port), "guardproxy_upstream_up", upstream=f"127.0.0.1:{port}") == 0
     finally:
         await p.server.stop(grace=0)
         p.server.access_log.close()
@@ -249,3 +249,31 @@ async def test_the_separate_listener_needs_no_key_and_serves_nothing_else(fake: 
         p.server.access_log.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_each_host_has_its_own_series_by_name(tmp_path: Path) -> None:
+    """With [[upstreams]] the `upstream` label is the host's name, up from its health checks,
+    and the models of every host's list are labels."""
+    from support.hosts import Fakes, Held, gate as hosts_gate, host
+    fakes = Fakes()
+    try:
+        a = await fakes.start(0, models=["llama3.2"])
+        b = await fakes.start(1, models=["qwen3:8b"])
+        async with hosts_gate(tmp_path, (host(0, a), host(1, b)), keys=KEYS) as p:
+            held = await Held.open(p.port, "qwen3:8b", KEY)
+            during = await scrape(p.port)
+            assert value(during, "guardproxy_upstream_up", upstream="gpu-a") == 1
+            assert value(during, "guardproxy_upstream_up", upstream="gpu-b") == 1
+            assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-b") == 1
+            assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-a") == 0
+            held.writer.close()
+            await post_many(p.port, KEY, "/api/generate", [generate("llama3.2", 3), generate("qwen3:8b", 4)])
+            await a.close()  # refused connections take gpu-a down at its next check
+            await asyncio.wait_for(p.server.health.next_round(2), 5)
+            after = await scrape(p.port)
+            assert value(after, "guardproxy_upstream_up", upstream="gpu-a") == 0
+            assert value(after, "guardproxy_upstream_up", upstream="gpu-b") == 1
+            assert value(after, "guardproxy_tokens_total", key="laptop", model="llama3.2:latest", kind="completion") == 3
+            assert value(after, "guardproxy_tokens_total", key="laptop", model="qwen3:8b", kind="completion") == 4
+    finally:
+        await fakes.close()

@@ -58,6 +58,9 @@ class ServerState(Protocol):
     default_tokens: int
     bytes_sent_last_stream: int
     cloud_disabled: bool
+    tags_body: bytes
+    ps_body: bytes
+    v1_models_body: bytes
 
     def next_id(self) -> int: ...
 

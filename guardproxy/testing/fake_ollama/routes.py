@@ -11,8 +11,8 @@ from .checks import opt_bool, opt_count, opt_number, parse_json_body, require_mo
 from .exchange import BadRequest, Exchange, Handler
 from .generation import ollama_generation, openai_generation
 from . import newer
-from .shapes import (PROMPT_TOKENS, BLOB_PATTERN, EMBED_DEFAULT_DIMS, EMBED_ITEM_BYTES, PS_BODY, TAGS_BODY,
-                     V1_MODELS_BODY, VERSION_BODY, dumps, embedding_json, model_digest)
+from .shapes import (PROMPT_TOKENS, BLOB_PATTERN, EMBED_DEFAULT_DIMS, EMBED_ITEM_BYTES, VERSION_BODY, dumps,
+                     embedding_json, model_digest)
 
 
 # -- simple endpoints --------------------------------------------------
@@ -26,15 +26,15 @@ async def version(ex: Exchange) -> None:
 
 
 async def tags(ex: Exchange) -> None:
-    await ex.send_full(200, TAGS_BODY)
+    await ex.send_full(200, ex.fake.tags_body)
 
 
 async def ps(ex: Exchange) -> None:
-    await ex.send_full(200, PS_BODY)
+    await ex.send_full(200, ex.fake.ps_body)
 
 
 async def v1_models(ex: Exchange) -> None:
-    await ex.send_full(200, V1_MODELS_BODY)
+    await ex.send_full(200, ex.fake.v1_models_body)
 
 
 async def v1_model(ex: Exchange) -> None:

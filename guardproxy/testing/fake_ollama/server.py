@@ -20,19 +20,33 @@ import zstandard
 from .checks import host_is_local, origin_is_local
 from .exchange import BadRequest, Exchange, PeerGone, RecordedRequest
 from .routes import route
-from .shapes import dumps
+from .shapes import dumps, listing_bodies, tagged
 
 __all__ = ["FakeOllama", "RecordedRequest", "main"]
 
 logger = logging.getLogger(__name__)
 
+# Routes that load the model a JSON body names: a fake with its own model list answers 404 for others.
+_MODEL_ROUTES = frozenset({
+    "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/v1/chat/completions",
+    "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+})
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
 
 class FakeOllama:
     """A fake Ollama server; create it with ``await FakeOllama.start()``."""
 
-    def __init__(self, *, token_delay: float = 0.0, default_tokens: int = 5) -> None:
+    def __init__(self, *, token_delay: float = 0.0, default_tokens: int = 5, models: list[str] | None = None,
+                 loaded: list[str] | None = None, busy: bool = False) -> None:
         self.token_delay = token_delay
         self.default_tokens = default_tokens
+        # With `models`, /api/tags lists these and a generation for any other is a 404, as
+        # Ollama's; `loaded` is what /api/ps shows.  Default: the three models of shapes.MODELS.
+        self.models = None if models is None else {tagged(m) for m in models}
+        self.tags_body, self.ps_body, self.v1_models_body = listing_bodies(models, loaded)
+        # A fake Ollama whose queue is full: every model route answers 503 at once.
+        self.busy = busy
         self.host = ""
         self.port = 0
         self.url = ""
@@ -57,8 +71,12 @@ class FakeOllama:
         *,
         token_delay: float = 0.0,
         default_tokens: int = 5,
+        models: list[str] | None = None,
+        loaded: list[str] | None = None,
+        busy: bool = False,
     ) -> FakeOllama:
-        self = cls(token_delay=token_delay, default_tokens=default_tokens)
+        self = cls(token_delay=token_delay, default_tokens=default_tokens, models=models, loaded=loaded,
+                   busy=busy)
         self._server = await asyncio.start_server(
             self._handle_connection, host, port, backlog=1024
         )
@@ -241,6 +259,14 @@ class FakeOllama:
                 # As Ollama's /v1 middleware: decompressed before the handler reads the JSON.
                 body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(ex.request.body)).read()
                 ex.request = replace(ex.request, body=body)
+            if ex.method == "POST" and ex.path in _MODEL_ROUTES and (self.busy or self.models is not None):
+                if self.busy:
+                    await ex.send_error(503, BUSY_MESSAGE)
+                    return True
+                missing = self._missing_model(ex)
+                if missing is not None:
+                    await ex.send_error(404, f'model "{missing}" not found, try pulling it first')
+                    return True
             methods = route(ex.path)
             if methods is None:
                 await ex.send_full(404, dumps({"error": "404 page not found"}))
@@ -283,11 +309,24 @@ class FakeOllama:
             return True
 
 
+    def _missing_model(self, ex: Exchange) -> str | None:
+        """The body's model when this fake does not have it (None: it has it, or the body names none)."""
+        try:
+            data = ex.request.json()
+        except ValueError:
+            return None
+        name = data.get("model") or data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name or self.models is None or tagged(name) in self.models:
+            return None
+        return name
+
+
 # -- command line -------------------------------------------------------
 
-async def _run(host: str, port: int, token_delay: float, tokens: int) -> None:
+async def _run(host: str, port: int, token_delay: float, tokens: int, models: list[str] | None = None,
+               loaded: list[str] | None = None) -> None:
     fake = await FakeOllama.start(
-        host, port, token_delay=token_delay, default_tokens=tokens
+        host, port, token_delay=token_delay, default_tokens=tokens, models=models, loaded=loaded
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -303,6 +342,10 @@ async def _run(host: str, port: int, token_delay: float, tokens: int) -> None:
         await stop.wait()
     finally:
         await fake.close()
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--loop", choices=("auto", "asyncio", "uvloop"), default="auto"
     )
+    parser.add_argument("--models", help="comma-separated models /api/tags lists (others answer 404)")
+    parser.add_argument("--loaded", help="comma-separated models /api/ps shows as loaded")
     args = parser.parse_args(argv)
 
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
@@ -337,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_run(args.host, args.port, args.token_delay, args.tokens))
+            runner.run(_run(args.host, args.port, args.token_delay, args.tokens, _names(args.models),
+                            _names(args.loaded)))
     except KeyboardInterrupt:
         pass
     return 0

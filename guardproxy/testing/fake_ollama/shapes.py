@@ -64,7 +64,16 @@ def _details(family: str, parameter_size: str, quant: str) -> dict[str, Any]:
     }
 
 
-def _build_tags() -> bytes:
+def _model_row(name: str) -> tuple[str, str, int, str, str]:
+    """A known model's row of MODELS, or a made-up one for any other name."""
+    for row in MODELS:
+        if row[0] == name:
+            return row
+    return (name, name.split("/")[-1].split(":")[0], 1_000_000_000, "1B", "Q4_K_M")
+
+
+def _build_tags(names: list[str] | None = None) -> bytes:
+    rows = MODELS if names is None else [_model_row(n) for n in names]
     models = [
         {
             "name": name,
@@ -74,32 +83,49 @@ def _build_tags() -> bytes:
             "digest": model_digest(name),
             "details": _details(family, psize, quant),
         }
-        for name, family, size, psize, quant in MODELS
+        for name, family, size, psize, quant in rows
     ]
     return dumps({"models": models})
 
 
-def _build_ps() -> bytes:
-    name, family, size, psize, quant = MODELS[0]
-    model = {
-        "name": name,
-        "model": name,
-        "size": size + 700_000_000,
-        "digest": model_digest(name),
-        "details": _details(family, psize, quant),
-        "expires_at": "2099-01-01T00:00:00.000000Z",
-        "size_vram": size + 700_000_000,
-        "context_length": 4096,
-    }
-    return dumps({"models": [model]})
+def _build_ps(names: list[str] | None = None) -> bytes:
+    rows = MODELS[:1] if names is None else [_model_row(n) for n in names]
+    models = [
+        {
+            "name": name,
+            "model": name,
+            "size": size + 700_000_000,
+            "digest": model_digest(name),
+            "details": _details(family, psize, quant),
+            "expires_at": "2099-01-01T00:00:00.000000Z",
+            "size_vram": size + 700_000_000,
+            "context_length": 4096,
+        }
+        for name, family, size, psize, quant in rows
+    ]
+    return dumps({"models": models})
 
 
-def _build_openai_models() -> bytes:
+def _build_openai_models(names: list[str] | None = None) -> bytes:
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "library"}
-        for name, *_ in MODELS
+        for name in (names if names is not None else [row[0] for row in MODELS])
     ]
     return dumps({"object": "list", "data": data})
+
+
+def listing_bodies(models: list[str] | None, loaded: list[str] | None) -> tuple[bytes, bytes, bytes]:
+    """The /api/tags, /api/ps and /v1/models bodies of a fake with these models (None: the defaults;
+    with `models` and no `loaded`, none is loaded)."""
+    if models is None and loaded is None:
+        return TAGS_BODY, PS_BODY, V1_MODELS_BODY
+    return _build_tags(models), _build_ps(loaded or []), _build_openai_models(models)
+
+
+def tagged(name: str) -> str:
+    """A model name as Ollama resolves it: lower case, with its tag (`llama3.2` -> `llama3.2:latest`)."""
+    n = name.strip().lower()
+    return n if ":" in n.rsplit("/", 1)[-1] else n + ":latest"
 
 
 TAGS_BODY = _build_tags()

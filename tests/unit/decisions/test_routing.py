@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import pytest
 
 from guardproxy.decisions import routing
+from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, canonical_model, choose,
-                                          fail_over, merge_ps, merge_tags, merge_v1_models, trips_breaker,
-                                          v1_models_from_tags)
+                                          fail_over, model_of, trips_breaker)
 
 NOW = 100.0
 
@@ -55,6 +55,20 @@ def name(choice: Host | Verdict) -> str:
 def test_canonical_model(given: str, canonical: str) -> None:
     assert canonical_model(given) == canonical
     assert Request(model=given).model == canonical
+
+
+@pytest.mark.parametrize("body,or_name,model", [
+    (b'{"model":"llama3.2","prompt":"hi"}', False, "llama3.2"),
+    (b'{"name":"llama3.2"}', True, "llama3.2"),
+    (b'{"name":"llama3.2"}', False, None),
+    (b'{"model":""}', False, None),
+    (b'{"model":7}', False, None),
+    (b'["model"]', False, None),
+    (b'{"model":', False, None),
+    (b'[' * 100_000, False, None),
+])
+def test_the_quick_reading_of_a_bodys_model_for_routing(body: bytes, or_name: bool, model: str | None) -> None:
+    assert model_of(body, or_name) == model
 
 
 def test_a_long_name_is_canonical_but_not_cached() -> None:
@@ -108,11 +122,23 @@ def test_spare_and_cold_beats_warm_and_full() -> None:
     assert all(name(pick(hosts, t, model="m")) == "cold" for t in range(4))
 
 
-def test_warm_and_full_is_the_third_choice_least_busy_first() -> None:
+def test_a_generation_waits_when_every_suitable_host_is_at_max_concurrent_warm_or_not() -> None:
+    hosts = [host("cold-full", models=["m:latest"], in_flight=4),
+             host("warm-a", models=["m:latest"], loaded=["m:latest"], in_flight=4),
+             host("warm-b", models=["m:latest"], loaded=["m:latest"], in_flight=4)]
+    assert pick(hosts, model="m") is Verdict.WAIT
+    hosts[0].in_flight = 3  # a cold host with room beats waiting for a warm one
+    assert name(pick(hosts, model="m")) == "cold-full"
+
+
+def test_without_a_slot_warm_and_full_is_the_third_choice_cold_and_full_the_fourth() -> None:
     hosts = [host("cold-full", models=["m:latest"], in_flight=4),
              host("warm-a", models=["m:latest"], loaded=["m:latest"], in_flight=6),
              host("warm-b", models=["m:latest"], loaded=["m:latest"], in_flight=5)]
-    assert all(name(pick(hosts, t, model="m")) == "warm-b" for t in range(4))
+    assert all(name(pick(hosts, t, model="m", generation=False)) == "warm-b" for t in range(4))
+    for h in hosts[1:]:
+        h.set_ps([])
+    assert all(name(pick(hosts, t, model="m", generation=False)) == "cold-full" for t in range(4))
 
 
 def test_every_suitable_host_full_and_cold_is_a_wait() -> None:

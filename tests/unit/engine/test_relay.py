@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from guardproxy.engine.failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
-from guardproxy.engine.relay import Collector, UpstreamConnection
+from guardproxy.engine.relay import UpstreamConnection
+from guardproxy.engine.sinks import Collector
 from guardproxy.wire.heads import BadUpstreamHead
 
 

@@ -71,5 +71,7 @@ async def test_settings_that_need_a_restart_are_named(tmp_path: Path, caplog: py
     reloader = Reloader(server, path)
     write(path, BASE.format(a=a).replace("127.0.0.1:9", "127.0.0.1:10").replace(":0", ":1"))
     assert reloader.reload()
-    assert "(listen, upstream changes need a restart)" in caplog.text
-    assert server.config.upstream.port == 9  # unchanged until a restart
+    assert "(listen changes need a restart)" in caplog.text
+    assert server.config.listen_port == 0  # unchanged until a restart
+    # The upstream is a host like any other: a reload replaces it.
+    assert server.config.upstream.port == 10 and [m.name for m in server.hosts.members.values()] == ["127.0.0.1:10"]

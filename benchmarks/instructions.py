@@ -1,0 +1,115 @@
+"""Instructions per small request through guardproxy, with one upstream host or with three (callgrind).
+
+    python benchmarks/instructions.py                 # every kind, 1 and 3 hosts (a few minutes)
+    python benchmarks/instructions.py --kinds gen --requests 200
+
+Each figure is deterministic: the same N and 2N requests over one keep-alive
+connection, in one process (client, guardproxy and fake hosts), under
+callgrind, straight to a fake host and through guardproxy; the proxy's
+share of one request is ((proxy 2N - proxy N) - (direct 2N - direct N)) / N.
+With three hosts the fakes listen on 127.0.0.2-4; their snapshot is taken
+once at start (health_interval is an hour, so no check runs during the
+count).  Kinds:
+
+    get      GET /api/tags: proxied with one host; answered from the snapshot with three
+    version  GET /api/version: forwarded (three hosts: to the least busy one)
+    gen      POST /api/generate, one token, not streamed: forwarded (three hosts: model routing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+KEY = "gp_prof-0123456789abcdefghijklmnopqrstuvwxyzAB"
+ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+def request(kind: str) -> bytes:
+    if kind == "get":
+        return f"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+    if kind == "version":
+        return f"GET /api/version HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+    body = b'{"model":"llama3.2","prompt":"hi","stream":false,"options":{"num_predict":1}}'
+    return (f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def child(mode: str, hosts: int, kind: str, n: int) -> None:
+    from guardproxy.config.model import Config, KeyEntry, Routing, Upstream, UpstreamHost
+    from guardproxy.engine.server import GuardServer
+    from guardproxy.testing.fake_ollama import FakeOllama
+    fakes = [await FakeOllama.start(ADDRESSES[i] if hosts > 1 else "127.0.0.1") for i in range(hosts)]
+    port = fakes[0].port
+    if mode == "proxy":
+        upstreams = tuple(UpstreamHost(f"gpu-{i}", Upstream(f.host, f.port), max_concurrent=64)
+                          for i, f in enumerate(fakes)) if hosts > 1 else ()
+        config = Config(path=None, listen_host="127.0.0.1", listen_port=0, upstream=Upstream(fakes[0].host, port),
+                        keys=(KeyEntry("b", hashlib.sha256(KEY.encode()).digest()),), access_log="",
+                        upstreams=upstreams, routing=Routing(health_interval=3600.0))
+        gate = GuardServer(config)
+        await gate.start()
+        await gate.health.next_round()
+        port = gate.port
+    raw = request(kind)
+    reader, writer = await asyncio.open_connection("127.0.0.1" if mode == "proxy" else fakes[0].host, port)
+    for _ in range(n):
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"chunked" in head.lower():
+            while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                await reader.readexactly(size + 2)
+            await reader.readexactly(2)
+        else:
+            await reader.readexactly(int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]))
+    writer.close()
+
+
+def collected(mode: str, hosts: int, kind: str, n: int) -> int:
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                          __file__, "--child", mode, str(hosts), kind, str(n)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if m is None:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(m.group(1))
+
+
+def per_request(hosts: int, kind: str, n: int) -> int:
+    p1, p2 = collected("proxy", hosts, kind, n), collected("proxy", hosts, kind, 2 * n)
+    d1, d2 = collected("direct", hosts, kind, n), collected("direct", hosts, kind, 2 * n)
+    return ((p2 - p1) - (d2 - d1)) // n
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        import uvloop
+        _, mode, hosts, kind, n = sys.argv[1:]
+        uvloop.run(child(mode, int(hosts), kind, int(n)))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kinds", default="get,version,gen")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--one", action="store_true", help="one host only")
+    args = ap.parse_args()
+    for kind in args.kinds.split(","):
+        one = per_request(1, kind, args.requests)
+        if args.one:
+            print(f"{kind:8} 1 host {one:8,} instructions per request", flush=True)
+            continue
+        three = per_request(3, kind, args.requests)
+        print(f"{kind:8} 1 host {one:8,} instructions per request; 3 hosts {three:8,} ({three - one:+,})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

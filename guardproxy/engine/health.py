@@ -1,0 +1,191 @@
+"""Keeping the hosts' snapshot current: health checks, model lists, and the merged listings built from them.
+
+Every `health_interval` each host gets GET / and GET /api/ps over its own
+keep-alive pool (its /api/tags every 12th round, when it comes back up, and
+after a 404 for a model its list held).  Checks go to the configured hosts
+and nowhere else.  A listing request refreshes whatever part of the
+snapshot is older than the interval, so a merged answer is never older
+than that, and most are built without a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ..decisions.listings import merge_ps, merge_tags, v1_models_from_tags
+from ..wire.errors import BadGateway, GuardError
+from ..wire.framing import dechunk
+from .failures import ConnectRefused, UpstreamGone
+from .hosts import HostSet, Member, NoUpstream
+from .relay import MAX_RESPONSE_HEAD
+from .sinks import Collector
+
+log = logging.getLogger("guardproxy")
+
+TAGS_EVERY = 12                  # rounds between two /api/tags of a host that stays up
+MAX_LISTING = 8 * 1024 * 1024    # an /api/tags answer is a few KiB; this is a generous cap
+TAGS, PS = b"/api/tags", b"/api/ps"
+
+
+async def fetch(member: Member, path: bytes, timeout: float) -> tuple[int, bytes]:
+    """GET `path` from one host over its pool: the status and the (de-chunked) body, within `timeout`."""
+    async with asyncio.timeout(timeout):
+        return await _fetch(member, path, timeout)
+
+
+async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, bytes]:
+    pool = member.pool
+    head = b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\n\r\n" % (path, member.authority)
+    for fresh in (False, True):
+        conn = await pool.acquire(fresh=fresh)
+        sink = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream answer too large"))
+        result = conn.begin(sink, head_request=False, keep_alive=True, read_timeout=timeout,
+                            first_byte_timeout=timeout)
+        sink.bind(conn)
+        assert conn.transport is not None
+        conn.transport.write(head)
+        try:
+            reusable = await result
+        except UpstreamGone:
+            if fresh or not conn.reused:
+                raise
+            continue  # a pooled connection the host had just closed
+        except BaseException:
+            conn.close()  # cancelled (the timeout): nobody will read the rest of this answer
+            raise
+        if reusable:
+            pool.release(conn)
+        else:
+            conn.close()
+        rh = sink.response
+        assert rh is not None
+        body = bytes(sink.data[len(rh.head):])
+        return rh.status, dechunk(body, MAX_LISTING) if rh.chunked else body
+    raise AssertionError("unreachable")
+
+
+def _models_of(body: bytes) -> list[dict[str, Any]]:
+    models = json.loads(body).get("models")
+    if not isinstance(models, list):
+        raise ValueError("no model list")
+    return [m for m in models if isinstance(m, dict)]
+
+
+async def _take(hosts: HostSet, member: Member, path: bytes) -> None:
+    """Fetch one list (/api/tags or /api/ps) of one host into the snapshot."""
+    status, body = await fetch(member, path, hosts.check_timeout)
+    if status != 200:
+        raise BadGateway(f"{path.decode()} answered {status}")
+    entries = _models_of(body)
+    if path == TAGS:
+        member.host.set_tags(entries)
+        member.tags_at, member.tags_due = hosts.clock(), False
+    else:
+        member.host.set_ps(entries)
+        member.ps_at = hosts.clock()
+    hosts.snapshot_changed()
+
+
+async def refresh(hosts: HostSet, member: Member, path: bytes) -> None:
+    """Fetch one list of one host; whoever asks while a fetch is under way shares it.  Never raises."""
+    running = member.refreshing.get(path)
+    if running is None:
+        running = member.refreshing[path] = asyncio.ensure_future(_take(hosts, member, path))
+        running.add_done_callback(lambda f: _refreshed(member, path, f))
+    try:
+        await asyncio.shield(running)
+    except (GuardError, OSError, ValueError, AttributeError):
+        pass  # the previous snapshot stays; the health checks say whether the host is up
+
+
+def _refreshed(member: Member, path: bytes, fut: "asyncio.Future[None]") -> None:
+    member.refreshing.pop(path, None)
+    if not fut.cancelled():
+        fut.exception()  # (seen here, so an unawaited failure is not reported as lost)
+
+
+async def listing(hosts: HostSet, path: bytes) -> bytes:
+    """The merged /api/tags, /v1/models or /api/ps body of the hosts that are up (503 if none is)."""
+    members = [m for m in hosts.members.values() if m.host.up]
+    if not members:
+        raise NoUpstream()
+    kind = PS if path == PS else TAGS
+    oldest = hosts.clock() - hosts.routing.health_interval
+    stale = [m for m in members if (m.ps_at < oldest if kind == PS else m.tags_at < oldest or m.tags_due)]
+    if stale:
+        await asyncio.gather(*(refresh(hosts, m, kind) for m in stale))
+    cached = hosts.listings.get(path)
+    if cached is not None:
+        return cached
+    if kind == PS:
+        doc: dict[str, Any] = {"models": merge_ps((m.name, m.host.ps) for m in members)}
+    elif path == TAGS:
+        doc = {"models": merge_tags(m.host.tags for m in members)}
+    else:
+        doc = {"object": "list", "data": v1_models_from_tags(merge_tags(m.host.tags for m in members))}
+    body = hosts.listings[path] = json.dumps(doc, separators=(",", ":")).encode()
+    return body
+
+
+class HealthChecker:
+    """The periodic checks of every host; `rounds` counts the rounds done."""
+
+    def __init__(self, hosts: HostSet) -> None:
+        self.hosts = hosts
+        self.rounds = 0
+        self._task: asyncio.Task[None] | None = None
+        self._round_done = asyncio.Event()
+
+    def apply(self) -> None:
+        """Start or stop with the (reloaded) interval; a running loop reads the new interval itself."""
+        if self.hosts.checks_on and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif not self.hosts.checks_on and self._task is not None:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def next_round(self, rounds: int = 1) -> None:
+        """Wait until `rounds` more rounds have ended."""
+        target = self.rounds + rounds
+        while self.rounds < target:
+            await self._round_done.wait()
+
+    async def _run(self) -> None:
+        while True:
+            members = list(self.hosts.members.values())
+            try:
+                await asyncio.gather(*(self.check(m, self.rounds) for m in members))
+            except Exception:  # a bug must cost a round, never the checks
+                log.exception("guardproxy: health check failed")
+            self.rounds += 1
+            done, self._round_done = self._round_done, asyncio.Event()
+            done.set()
+            await asyncio.sleep(self.hosts.routing.health_interval)
+
+    async def check(self, member: Member, round_no: int) -> None:
+        """One round for one host: GET / and its /api/ps; its /api/tags when due."""
+        hosts, host = self.hosts, member.host
+        refused = False
+        try:
+            status, _ = await fetch(member, b"/", hosts.check_timeout)
+            ok = status == 200
+            if ok:
+                await _take(hosts, member, PS)
+        except ConnectRefused:
+            ok, refused = False, True
+        except (GuardError, OSError, ValueError, AttributeError):
+            ok = False
+        if host.health_check(ok, refused=refused):
+            hosts.snapshot_changed()
+            if host.up:
+                member.tags_due = True  # back up: its models may have changed meanwhile
+                hosts.wake()
+        if ok and (member.tags_due or round_no % TAGS_EVERY == 0):
+            await refresh(hosts, member, TAGS)

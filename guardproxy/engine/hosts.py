@@ -1,0 +1,277 @@
+"""The Ollama hosts behind the gate: their connections, their routing state, and who waits for room.
+
+One Member per configured host holds its routing.Host (what `choose`
+reads), its keep-alive pool, and when its model lists were last fetched.
+The HostSet places each request (decisions.routing.choose), counts the
+generations in flight per host, keeps the fair queue of generations waiting
+for a host with room, takes failures and answers into each host's breaker
+and health, and applies a reloaded host list without touching running
+exchanges.  health.py keeps the snapshot fresh.
+
+With a single `upstream` there is nothing to choose: every request goes to
+it (as before there were several), and only the counters are kept, for
+/ready and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Callable, NamedTuple
+
+from ..config.model import Config, UpstreamHost
+from ..decisions import routing
+from ..decisions.hostqueue import TooManyWaiting, Waiting
+from ..decisions.routes import UNKNOWN, Route
+from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
+from ..wire.errors import BadRequest, ServiceUnavailable
+from .failures import ClientGone
+from .pool import UpstreamPool
+
+UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of its own
+HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
+HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
+NEVER = float("-inf")
+_NO_HOLD: frozenset[int] = frozenset()
+
+
+class UnknownHost(BadRequest):
+    message = "X-Guardproxy-Upstream names no configured upstream"
+
+
+class NoUpstream(ServiceUnavailable):
+    message = "no upstream host is available; try again later"
+
+
+class HostQueueTimeout(ServiceUnavailable):
+    message = "every upstream host for this model is busy; try again later"
+
+
+class HostStatus(NamedTuple):
+    name: str
+    up: bool
+    in_flight: int
+    max_concurrent: int | None
+
+
+class Member:
+    """One configured host: routing state, connections, and the age of its snapshot."""
+
+    __slots__ = ("name", "settings", "host", "pool", "authority", "tags_at", "ps_at", "tags_due", "refreshing")
+
+    def __init__(self, settings: UpstreamHost, connect_timeout: float) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.host = Host(settings.name, settings.max_concurrent or UNCAPPED, settings.weight, settings.models)
+        self.pool = UpstreamPool(settings.address, connect_timeout=connect_timeout)
+        self.authority = self.pool.authority
+        self.tags_at = NEVER   # clock time of the last /api/tags taken, and of the last /api/ps
+        self.ps_at = NEVER
+        self.tags_due = False  # a 404 for a model its list held: fetch /api/tags at the next chance
+        self.refreshing: dict[bytes, asyncio.Future[None]] = {}  # fetches under way, shared by whoever asks
+
+    def __repr__(self) -> str:
+        return f"Member({self.name!r}, {self.settings.address.authority})"
+
+
+class HostSet:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.members: dict[str, Member] = {}
+        self.hosts = Hosts(())
+        self.single: Member | None = None
+        self.several = False
+        self.turn = 0
+        self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
+        self.listings: dict[bytes, bytes] = {}  # merged answers built from the current snapshot
+        self.apply(config)
+
+    # --- configuration ---------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Take a (reloaded) host list: hosts are added, changed in place, or removed.
+
+        A host whose address changed is a new host.  A removed host's pool
+        closes its idle connections at once; exchanges running on it keep
+        their connection to the end and then close it.
+        """
+        self.routing = config.routing
+        self.check_timeout = max(0.5, min(config.timeouts.connect, 5.0))
+        self.waiting.max_queue = config.limits.max_queue
+        old, members = self.members, {}
+        for settings in config.hosts():
+            m = old.get(settings.name)
+            if m is None or m.settings.address != settings.address:
+                m = Member(settings, config.timeouts.connect)
+            else:
+                if m.host.configure(settings.max_concurrent or UNCAPPED, settings.weight, settings.models):
+                    m.tags_due = True
+                m.settings = settings
+                m.pool.connect_timeout = config.timeouts.connect
+            members[settings.name] = m
+        for name, m in old.items():
+            if members.get(name) is not m:
+                m.pool.close()
+        self.members = members
+        self.hosts = Hosts([m.host for m in members.values()])
+        self.single = next(iter(members.values())) if not config.upstreams else None
+        self.several = self.single is None
+        self.snapshot_changed()
+        self.wake()  # more room, or new hosts, for whoever waits
+
+    @property
+    def checks_on(self) -> bool:
+        return self.routing.health_interval > 0
+
+    def close(self) -> None:
+        for m in self.members.values():
+            m.pool.close()
+
+    # --- placing a request -------------------------------------------------------
+
+    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member | None, Request | None]:
+        """The host for a request, its slot taken for a generation; (None, request): wait for one.
+
+        The request (None with a single `upstream`) goes with the exchange,
+        for a failover.  Raises UnknownHost or NoUpstream.
+        """
+        single = self.single
+        if single is not None:
+            if target is not None and target != single.name:
+                raise UnknownHost()
+            if route.generation:
+                single.host.in_flight += 1
+            return single, None
+        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN,
+                         generation=route.generation)
+        choice = self._place(wanted)
+        if isinstance(choice, Host):
+            if wanted.generation:
+                choice.in_flight += 1
+            return self.members[choice.name], wanted
+        if choice is Verdict.WAIT:
+            return None, wanted
+        if choice is Verdict.NO_SUCH_HOST:
+            raise UnknownHost()
+        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
+
+    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]") -> Member:
+        """Wait, in fair order across keys, for a host with room for `wanted`; 503 after `timeout`.
+
+        `gone` is done when the client hangs up: its place is given up at once.
+        """
+        waiter: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
+        try:
+            self.waiting.enqueue(key, wanted, waiter)
+        except TooManyWaiting:
+            raise HostQueueTimeout("too many requests are waiting for an upstream host",
+                                   headers=[("Retry-After", "1")]) from None
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    raise ClientGone()
+        except BaseException as exc:
+            # A timeout, a hang-up, or the task cancelled: leave the queue, and
+            # hand on a host granted in the same instant (or it is lost for good).
+            if not self.waiting.cancel(key, waiter) and waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())
+            waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise HostQueueTimeout(headers=[("Retry-After", "1")]) from None
+            raise
+        return waiter.result()
+
+    def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
+        """Another host for a request that failed on `failed` before its first byte, its slot moved there."""
+        wanted = wanted.after(failed.host)
+        choice = self._place(wanted)
+        if not isinstance(choice, Host):
+            return None  # (a full host is not waited for: the client has waited once already)
+        if wanted.generation:
+            choice.in_flight += 1
+            self.release(failed)
+        return self.members[choice.name], wanted
+
+    def release(self, member: Member) -> None:
+        """A generation on `member` has ended: its slot goes to whoever waits for it."""
+        member.host.in_flight -= 1
+        if self.waiting.queued:
+            self.wake()
+
+    def wake(self) -> None:
+        """Give hosts with room to the waiters they suit, in fair order."""
+        if not self.waiting.queued:
+            return
+        for waiter, host in self.waiting.grant(self._place):
+            member = self.members[host.name]
+            if waiter.done():  # (cancelled, not yet out of the queue)
+                self.release(member)
+            else:
+                waiter.set_result(member)
+
+    def _place(self, wanted: Request) -> Host | Verdict:
+        self.turn += 1
+        return choose(self.hosts, wanted, self.clock(), self.turn)
+
+    def _retry_after(self) -> int:
+        """Seconds until a host may take requests again: the nearest breaker, else two health checks."""
+        now = self.clock()
+        waits = [h.open_until - now for h in self.hosts.order if h.up and h.open_until > now]
+        return max(1, math.ceil(min(waits) if waits else 2 * self.routing.health_interval))
+
+    # --- what happened --------------------------------------------------------------
+
+    def failed(self, member: Member, failure: Failure, status: int = 0, *, sent_at: float) -> None:
+        """A request failed on `member` before its first byte (or its answer was an error status)."""
+        host = member.host
+        if failure is Failure.REFUSED and not self.checks_on:
+            # Down at once means up again after good checks: without checks, the breaker alone.
+            failure = Failure.RESET
+        was_up = host.up
+        if host.failed(failure, status, now=self.clock(), sent_at=sent_at) and self.waiting.queued:
+            asyncio.get_running_loop().call_later(host.backoff, self.wake)
+        if host.up != was_up:
+            self.snapshot_changed()
+
+    def answered(self, member: Member, status: int, sent_at: float) -> None:
+        """A response head came from `member` and went to the client."""
+        if status in (429, 500, 503):
+            self.failed(member, Failure.STATUS, status, sent_at=sent_at)
+        else:
+            member.host.succeeded(sent_at)
+
+    def not_found(self, member: Member, model: str) -> None:
+        """`member` answered 404 for a model its list held: the list is stale."""
+        member.host.forget(routing.canonical_model(model))
+        member.tags_due = True
+        self.snapshot_changed()
+
+    def snapshot_changed(self) -> None:
+        self.listings.clear()
+
+    # --- what the rest of the gate reads ----------------------------------------------
+
+    def up_count(self) -> int:
+        """Hosts up by their health checks: what /ready answers."""
+        return self.hosts.up_count()
+
+    def models(self) -> frozenset[str]:
+        """The canonical names of the models any host lists (hosts whose list is unknown add none)."""
+        out: frozenset[str] = frozenset()
+        for m in self.members.values():
+            if m.host.models is not None:
+                out |= m.host.models
+        return out
+
+    def status(self) -> list[HostStatus]:
+        """Per host, in configured order: name, up, generations in flight, max_concurrent."""
+        return [HostStatus(m.name, m.host.up, m.host.in_flight, m.settings.max_concurrent)
+                for m in self.members.values()]
+
+    def hold_for(self, member: Member, wanted: Request | None, attempts: int) -> frozenset[int]:
+        """The statuses to keep from the client on this attempt: those another host may answer instead."""
+        if wanted is None or attempts >= self.routing.max_attempts or wanted.target is not None:
+            return _NO_HOLD
+        return HOLD_LISTED if wanted.model is not None and member.host.lists(wanted.model) else HOLD

@@ -1,0 +1,70 @@
+"""Model lists (/api/tags, /api/ps, /v1/models) as a key may see them.
+
+With several hosts the answer is the merged snapshot (health.listing), built
+without a round trip while it is fresh; with one host, or one named by an
+admin's X-Guardproxy-Upstream, it is that host's own answer.  Either way a
+key with a model list sees only its models (models.filter_listing).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..config.model import KeyEntry
+from ..decisions import models
+from ..wire.errors import BadGateway
+from ..wire.framing import dechunk
+from . import forwarding, health
+from .relay import MAX_RESPONSE_HEAD
+from .sinks import Collector
+
+_PATHS = {"tags": b"/api/tags", "ps": b"/api/ps", "models": b"/v1/models"}  # by route name
+_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+
+
+class Lister(forwarding.Trip, Protocol):
+    @property
+    def extra_headers(self) -> bytes: ...
+    def respond(self, status: int, head: bytes, body: bytes) -> bool: ...
+
+
+async def merged(ex: Lister, key: KeyEntry, path: bytes) -> bool:
+    """The hosts' lists merged, from the snapshot (503 when no host is up)."""
+    path = _PATHS[ex.route.name]  # (/api/tags/ is /api/tags)
+    raw = await health.listing(ex.hosts, path)
+    if key.models is not None:
+        raw = models.filter_listing(path, key, raw)
+    return ex.respond(200, _JSON + ex.extra_headers, raw)
+
+
+async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None) -> bool:
+    """A host's model list, fetched whole through its pool (it is small) and cut down to the key's models."""
+    req = ex.req
+    assert req is not None
+    ex.member, ex.wanted = ex.hosts.first(ex.route, None, host_name)  # (a listing never waits)
+    ex.req = req.without(b"accept-encoding")  # identity encoding: the body is read as JSON here
+    collector = Collector(health.MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
+    upstream, reusable, _ = await forwarding.relay(ex, b"", collector, keep_alive=True, extra=b"",
+                                                   stream_body=False)
+    assert ex.member is not None
+    if reusable:
+        ex.member.pool.release(upstream)
+    else:
+        upstream.close()
+    rh = collector.response
+    assert rh is not None
+    raw = bytes(collector.data[len(rh.head):])
+    if rh.chunked:
+        try:
+            raw = dechunk(raw, health.MAX_LISTING)
+        except ValueError:
+            raise BadGateway("upstream sent a malformed model list") from None
+    status = rh.status
+    if status == 200:
+        try:
+            raw = models.filter_listing(path, key, raw)
+        except (ValueError, AttributeError, TypeError):
+            raise BadGateway("upstream sent an unreadable model list") from None
+    lines = [ln for ln in rh.head[:-4].split(b"\r\n")
+             if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
+    return ex.respond(status, b"\r\n".join(lines) + b"\r\n" + ex.extra_headers, raw)

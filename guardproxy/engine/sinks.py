@@ -1,0 +1,56 @@
+"""Where the relay writes a response: the client's transport, or a Collector that keeps it whole."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from ..wire.errors import GuardError
+from ..wire.heads import ResponseHead
+
+
+class Failable(Protocol):
+    """The exchange a Collector belongs to (relay.UpstreamConnection)."""
+
+    def fail(self, err: BaseException) -> None: ...
+
+
+class Sink(Protocol):
+    """Where a response goes: the client's transport, or a Collector."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Collector:
+    """A Sink that keeps a whole (small) response, for the answers guardproxy rewrites.
+
+    Past `limit` bytes the exchange fails with `error`, so an upstream cannot
+    make guardproxy buffer without bound.
+    """
+
+    __slots__ = ("data", "limit", "error", "_fail", "response")
+
+    def __init__(self, limit: int, error: GuardError) -> None:
+        self.data = bytearray()
+        self.response: ResponseHead | None = None
+        self.limit = limit
+        self.error = error
+        self._fail: Callable[[BaseException], None] | None = None
+
+    def bind(self, upstream: Failable) -> None:
+        self._fail = upstream.fail
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit and self._fail is not None:
+            fail, self._fail = self._fail, None
+            fail(self.error)
+
+
+class Nowhere:
+    """The sink of a connection with no exchange attached: bytes then are a protocol error anyway."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+NOWHERE = Nowhere()

@@ -1,0 +1,161 @@
+"""`guardproxy doctor` on the upstream hosts: each one answers as Ollama, lists its models, and (a local
+one) does not listen where other machines reach it.
+
+Blocking and standard library only.  Traffic goes to the configured hosts
+alone; whether Ollama listens on 0.0.0.0 is read from the socket table.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+from typing import Any, Mapping
+
+from . import listening
+from ..config.model import DEFAULT_UPSTREAM, Upstream, UpstreamHost
+from ..config.values import is_loopback_host, parse_upstream
+from .finding import FAIL, INFO, OK, WARN, Finding
+
+
+def check_hosts(hosts: tuple[UpstreamHost, ...], sockets: list[listening.Listener] | None) -> list[Finding]:
+    """Every check of every host; with several, each line says which host it is about."""
+    out: list[Finding] = []
+    for host in hosts:
+        label = f"{host.name}: " if len(hosts) > 1 else ""
+        found = check_upstream(host.address) + check_models(host.address) + check_cloud(host.address)
+        found += check_exposure(host.address, sockets)
+        out += [Finding(f.level, label + f.text, f.fix) for f in found]
+    return out
+
+
+def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    url = f"http://{upstream.authority}"
+    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/version", headers={"Host": upstream.authority})
+        resp = conn.getresponse()
+        body = resp.read(65536)
+    except ConnectionRefusedError:
+        return [Finding(FAIL, f"nothing answers at {url}",
+                        "start Ollama (the Ollama app, or `ollama serve`), or set `upstream` in the config")]
+    except TimeoutError:
+        return [Finding(FAIL, f"{url} did not answer within {timeout:g}s", "check that Ollama is running and not stuck")]
+    except (OSError, http.client.HTTPException) as e:
+        return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}",
+                        "check `upstream` in the config")]
+    finally:
+        conn.close()
+    if resp.status == 403:
+        return [Finding(FAIL, f"{url} answered 403 to its own address as Host",
+                        "point `upstream` at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
+    if resp.status != 200:
+        return [Finding(FAIL, f"{url}/api/version answered {resp.status}: this does not look like Ollama",
+                        "set `upstream` to Ollama's address, usually http://127.0.0.1:11434")]
+    try:
+        version = json.loads(body)["version"]
+    except (ValueError, KeyError, TypeError):
+        return [Finding(WARN, f"{url}/api/version answered 200 but without a version: is this Ollama?")]
+    return [Finding(OK, f"upstream {url} is Ollama {version}")]
+
+
+def check_models(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    """The models the host's /api/tags lists (nothing when it does not answer: check_upstream says why)."""
+    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/tags", headers={"Host": upstream.authority})
+        resp = conn.getresponse()
+        body = resp.read(8 << 20)
+    except (OSError, http.client.HTTPException):
+        return []
+    finally:
+        conn.close()
+    try:
+        names = [str(m.get("name") or m.get("model")) for m in json.loads(body)["models"]] if resp.status == 200 else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        names = None
+    if names is None:
+        return [Finding(WARN, f"http://{upstream.authority}/api/tags answered {resp.status} without a model list")]
+    if not names:
+        return [Finding(INFO, f"upstream http://{upstream.authority} has no models yet",
+                        "pull one: `ollama pull llama3.2` on that machine")]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return [Finding(OK, f"upstream http://{upstream.authority} lists {len(names)} model"
+                        f"{'s' if len(names) != 1 else ''}: {shown}")]
+
+
+def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    """Whether a local Ollama runs cloud models (GET /api/status, Ollama 0.12 and newer); loopback only."""
+    if not is_loopback_host(upstream.host):
+        return []
+    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/status", headers={"Host": upstream.authority})
+        resp = conn.getresponse()
+        body = resp.read(65536)
+    except (OSError, http.client.HTTPException):
+        return []  # check_upstream has said what is wrong with the connection
+    finally:
+        conn.close()
+    try:
+        cloud = json.loads(body)["cloud"] if resp.status == 200 else None
+        disabled = cloud["disabled"] if isinstance(cloud, dict) else None
+    except (ValueError, KeyError, TypeError):
+        disabled = None
+    if not isinstance(disabled, bool):
+        return [Finding(INFO, "Ollama does not say whether its cloud models are on (no /api/status: older "
+                              "than 0.12?); guardproxy refuses cloud models to keys without `cloud = true`")]
+    if disabled:
+        source = cloud.get("source", "?") if isinstance(cloud, dict) else "?"
+        return [Finding(OK, f"Ollama's cloud models are turned off (source: {source})")]
+    return [Finding(INFO, "Ollama's cloud models are on: they run on the owner's ollama.com account; only admin keys "
+                          "and keys with `cloud = true` may use them",
+                    "to turn them off in Ollama itself, set OLLAMA_NO_CLOUD=1 for the Ollama server and restart it")]
+
+
+def ollama_host_fix() -> str:
+    if sys.platform == "win32":
+        return ("bind Ollama to loopback: `setx OLLAMA_HOST 127.0.0.1 /M` in an Administrator prompt "
+                "(or remove OLLAMA_HOST from the environment variables), then quit and restart Ollama")
+    if sys.platform == "darwin":
+        return "bind Ollama to loopback: `launchctl setenv OLLAMA_HOST 127.0.0.1`, then restart Ollama"
+    return ("bind Ollama to loopback: `sudo systemctl edit ollama`, add [Service] "
+            "Environment=\"OLLAMA_HOST=127.0.0.1\", then `sudo systemctl restart ollama` "
+            "(in Docker: publish it as -p 127.0.0.1:11434:11434)")
+
+
+def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -> list[Finding]:
+    """Is the upstream's port open to other machines, bypassing the gate?"""
+    if not is_loopback_host(upstream.host):
+        return [Finding(INFO, f"upstream {upstream.authority} is another machine: make sure its port "
+                              f"{upstream.port} accepts connections only from this one")]
+    if table is None:
+        return [Finding(INFO, "cannot read this system's table of listening sockets; "
+                              f"check yourself that port {upstream.port} listens on 127.0.0.1 only")]
+    found = listening.exposed(upstream.port, table)
+    if found:
+        where = ", ".join(sorted({entry.display for entry in found}))
+        return [Finding(FAIL, f"Ollama listens on {where}: anyone on the LAN (or a router forwarding "
+                              f"{upstream.port}) reaches it without a key", ollama_host_fix())]
+    listens = any(e.port == upstream.port for e in table)
+    return [Finding(OK, f"port {upstream.port} is not open to other machines"
+                        + (" (it listens on loopback only)" if listens else ""))]
+
+
+def hosts_in(raw: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
+    """The hosts a config file that does not load names, as far as they can be read."""
+    hosts = []
+    for i, entry in enumerate(raw.get("upstreams") or []):
+        if isinstance(entry, dict):
+            try:
+                hosts.append(UpstreamHost(str(entry.get("name") or f"upstreams[{i}]"),
+                                          parse_upstream(str(entry.get("url")))))
+            except ValueError:
+                pass
+    if hosts:
+        return tuple(hosts)
+    try:
+        upstream = parse_upstream(str(raw.get("upstream", DEFAULT_UPSTREAM)))
+    except ValueError:
+        upstream = parse_upstream(DEFAULT_UPSTREAM)
+    return (UpstreamHost(upstream.authority, upstream),)
