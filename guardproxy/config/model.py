@@ -35,6 +35,17 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A token budget such as "200000/day": prompt plus completion tokens over a sliding window."""
+    tokens: int
+    window: float     # seconds: an hour, a day, or a month of 30 days
+    unit: str         # "h", "day" or "month", as written (names the window in shared state)
+
+    def __str__(self) -> str:
+        return f"{self.tokens}/{self.unit}"
+
+
+@dataclass(frozen=True)
 class KeyEntry:
     name: str
     sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
@@ -49,6 +60,7 @@ class KeyEntry:
     revoked: date | None = None           # refused from the moment this is set; the date is a record
     previous_sha256: bytes | None = None  # the key before a rotation, still valid ...
     previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
+    tokens: Budget | None = None          # token budget over a sliding window
 
 
 def key_text_problem(key: str) -> str | None:
@@ -133,6 +145,19 @@ class Upstream:
         return f"{host}:{self.port}"
 
 
+ON_REDIS_ERROR = ("local", "open", "closed")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """[cluster]: several gates share their limits through one Redis."""
+    redis: str = ""                   # redis:// or rediss:// URL; $GUARDPROXY_REDIS_URL replaces it
+    key_prefix: str = "guardproxy:"
+    lease_ttl: float = 15.0           # a slot of an instance that died is free again after this
+    op_timeout: float = 0.05          # a Redis call on the request path waits at most this
+    on_redis_error: str = "local"     # "local": per instance, limits divided; "open": none; "closed": 503
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None
@@ -147,3 +172,4 @@ class Config:
     cors: Cors = field(default_factory=Cors)
     limits: TrafficLimits = field(default_factory=TrafficLimits)
     ban: Ban = field(default_factory=Ban)
+    cluster: Cluster | None = None

@@ -2,9 +2,12 @@
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
     -> ban, per-address rate -> key -> per-key rate -> endpoint rules
-    -> model check (reads a small body) -> generation slot
+    -> model check (reads a small body) -> admission (budget, generation slot)
     -> [only now] an upstream connection -> head and body upstream
-    -> the relay splices the response -> the record is written
+    -> the relay splices the response -> the record is written -> the slot freed, tokens counted
+
+Limits are kept by `server.state` (engine/state/: in process, or shared through Redis),
+which decides each check in whichever of its calls suits it.
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
@@ -29,12 +32,13 @@ from ..wire.coding import decoded_body
 from ..wire.errors import BadGateway, BadRequest, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.framing import dechunk
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, parse_request_head
-from . import bodies, forwarding, slots
+from . import bodies, forwarding
 from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
 from .pool import UpstreamPool
 from .relay import MAX_RESPONSE_HEAD, Collector, UpstreamConnection
+from .state.base import State
 from .tokens import usage_from_tail
 
 MAX_LISTING = 8 * 1024 * 1024  # a /api/tags answer is a few KiB; this is a generous cap
@@ -50,6 +54,7 @@ class Gate(Protocol):
     config: Config
     keys: KeyRing
     policies: Policies
+    state: State
     pool: UpstreamPool
     access_log: AccessLog
     clock: Callable[[], float]
@@ -128,30 +133,33 @@ class Exchange:
             path = req.target if req.target == b"*" else routes.check_path(req.target)
             now = server.clock()
             client = record.client = pol.client_address(conn.peer_ip, req)
-            pol.before_auth(client, now)
+            state = server.state
+            state.before_auth(client, now)
             try:
                 key = server.keys.identify(req)
             except Unauthorized:
-                pol.auth_failed(client, now)
+                await state.auth_failed(client, now)
                 raise
             record.key = key.name
-            pol.after_auth(key, now)
+            state.after_auth(key, now)
             routes.authorize(key, route, path)
             slot = pol.slots_on and route.generation
             body = await self._checked_body(key, route, path, whole=slot)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             if route.listing and key.models is not None and self.req.method == b"GET":
-                return await self.filtered_listing(key, path)
-            # The body goes to proxy() alone: a stream holds no second reference to it.
-            forwarded = self.proxy(body)
-            del body
-            if slot:
-                try:
-                    async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, conn.lost()):
-                        return await forwarded
-                finally:
-                    forwarded.close()  # not started if no slot was granted
-            return await forwarded
+                forwarded = self.filtered_listing(key, path)
+            else:
+                forwarded = self.proxy(body)
+            del body  # the body goes to proxy() alone: a stream holds no second reference to it
+            try:
+                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
+            except BaseException:
+                forwarded.close()  # never started
+                raise
+            try:
+                return await forwarded
+            finally:
+                state.finish(ticket, record)
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:

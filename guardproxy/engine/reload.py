@@ -63,6 +63,8 @@ class Reloader:
             notes.append("upstream")
         if config.access_log != old.access_log:
             notes.append("log.access")
+        if config.cluster != old.cluster:
+            notes.append("cluster")
         self.server.apply_config(config)
         self.reloads += 1
         extra = f" ({', '.join(notes)} changes need a restart)" if notes else ""

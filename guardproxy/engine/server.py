@@ -24,7 +24,7 @@ from .client import ClientConnection
 from .exchange import Exchange
 from .failures import ClientGone
 from .pool import UpstreamPool
-from .slots import wake
+from .state.backends import open_state
 from .tls import CertReloader, PlainAcceptor
 
 log = logging.getLogger("guardproxy")
@@ -36,6 +36,7 @@ class GuardServer:
         self.loop = asyncio.get_running_loop()
         self.keys = KeyRing(config.keys)
         self.policies = Policies(config)
+        self.state = open_state(config, self.policies)  # limits: in this process, or shared ([cluster])
         self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
         self.pool = UpstreamPool(config.upstream, connect_timeout=config.timeouts.connect)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
@@ -65,12 +66,13 @@ class GuardServer:
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: keys, CORS, limits, timeouts.  Running streams keep going.
 
-        The listen address and the upstream stay as they are (they need a restart).
+        The listen address, the upstream and [cluster] stay as they are (they need a restart).
         """
         config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         upstream=self.config.upstream, access_log=self.config.access_log)
+                         upstream=self.config.upstream, access_log=self.config.access_log,
+                         cluster=self.config.cluster)
         self.keys = KeyRing(config.keys)
-        wake(self.policies.apply(config))
+        self.state.apply(config)
         self.config = config
         if self.tls is not None:
             # A reload (certbot's deploy hook sending SIGHUP, say) takes renewed
@@ -78,6 +80,7 @@ class GuardServer:
             self.tls.reload_if_changed()
 
     async def start(self) -> None:
+        await self.state.start()
         if self.tls is None:
             self._server = await self.loop.create_server(
                 lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
@@ -172,6 +175,7 @@ class GuardServer:
         self.pool.close()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.state.close()
         self.access_log.flush()
 
     # --- the per-connection loop ---------------------------------------------------

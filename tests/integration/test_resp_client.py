@@ -10,7 +10,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from guardproxy.engine.state.address import RedisAddress, redis_address
+from guardproxy.config.redis_url import RedisAddress, redis_address
 from guardproxy.engine.state.resp import (RedisClient, RedisReplyError, RedisSubscriber, RedisTimeout,
                                           RedisUnavailable, Script)
 from support_redis import RedisServer, free_port, redis_server, tls_files

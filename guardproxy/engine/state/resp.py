@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Self, Union, cast
 
 import hiredis
 
-from guardproxy.engine.state.address import RedisAddress
+from guardproxy.config.redis_url import RedisAddress
 
 Arg = Union[bytes, str, int, float]
 Reply = Union[bytes, int, None, list["Reply"]]
@@ -316,6 +316,42 @@ class RedisClient(_Link):
         keys = tuple(keys)
         tail = (len(keys), *keys, *args)
         return await self._roundtrip(_pack((b"EVALSHA", script.sha, *tail)), script, tail, timeout)
+
+    def evalsha_nowait(self, script: Script, keys: Iterable[Arg] = (), args: Iterable[Arg] = (), *,
+                       on_error: Callable[[RedisError], None], timeout: float | None = None) -> None:
+        """EVALSHA whose reply nobody waits for (the request it ends is over); a failure goes to `on_error`.
+
+        No task per call: the reply's future gets a callback, which sends the script whole after
+        NOSCRIPT, within the same deadline.
+        """
+        keys = tuple(keys)
+        tail = (len(keys), *keys, *args)
+        conn = self._conn
+        if conn is None or len(conn.pending) >= self.max_pending:
+            on_error(RedisUnavailable("not connected to Redis" if conn is None else "too many Redis calls in flight"))
+            return
+        deadline = conn.time() + (self.timeout if timeout is None else timeout)
+
+        def done(fut: asyncio.Future[Reply], retry: bool = True) -> None:
+            exc = None if fut.cancelled() else fut.exception()
+            if exc is None:
+                return
+            if retry and isinstance(exc, RedisReplyError) and str(exc).startswith("NOSCRIPT"):
+                try:
+                    again = conn.send(_pack((b"EVAL", script.source, *tail)), deadline)
+                except RedisUnavailable as lost:
+                    on_error(lost)
+                else:
+                    again.add_done_callback(lambda f: done(f, False))
+                return
+            on_error(exc if isinstance(exc, RedisError) else RedisUnavailable(str(exc)))
+
+        try:
+            fut = conn.send(_pack((b"EVALSHA", script.sha, *tail)), deadline)
+        except RedisUnavailable as lost:
+            on_error(lost)
+            return
+        fut.add_done_callback(done)
 
     async def publish(self, channel: Arg, message: Arg, *, timeout: float | None = None) -> int:
         """Returns how many subscribers got it."""

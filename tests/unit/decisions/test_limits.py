@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guardproxy.config.model import Ban, Rate
-from guardproxy.decisions.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
+from guardproxy.decisions.concurrency import ConcurrencyGate, QueueFull
+from guardproxy.decisions.limits import BanTable, RateTable, TrustedProxies
 
 
 def test_token_bucket_with_fake_clock() -> None:

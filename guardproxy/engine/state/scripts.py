@@ -1,0 +1,219 @@
+"""The Lua scripts of shared state: one per round trip, each atomic in Redis, each on Redis's own clock.
+
+    ADMIT        before forwarding: ban, per-address and per-key rate, token budget, a slot
+    AUTH_FAILED  a refused key: ban, per-address rate, count the failure (may start a ban)
+    TAKE         slots for waiting requests, in their fair order (a grant pass)
+    FINISH       after a request: free its slot (wake waiters if any), add its tokens
+    RENEW        every lease_ttl/3: this instance's heartbeat, its slots' leases; returns live instances
+
+Keys (after [cluster] key_prefix), every one named in KEYS:
+    ban:ADDR fail:ADDR            a ban (expires with it); failed authentications in the window
+    rate:ip:ADDR rate:key:NAME    GCRA: the theoretical arrival time in µs (expires when the bucket is full)
+    tokens:UNIT:NAME              a hash, bucket index -> tokens (decisions/budget.py, the same arithmetic)
+    slots:key:NAME slots:host:HOST slots:all
+                                  sorted sets of leases scored by expiry (ms): a member is a running generation
+    queued                        set while any instance has requests waiting: FINISH then publishes on `freed`
+    instances                     sorted set of instance ids scored by expiry (the heartbeat)
+
+Rates are GCRA with the burst set to the count (redis-cell's semantics), which is the token
+bucket decisions.limits.RateTable keeps in process: a full bucket of `count`, refilled evenly.
+"""
+
+from __future__ import annotations
+
+from .resp import Script
+
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+# Returns 0 when allowed (and takes it), else µs until it would be.
+_GCRA = """
+local function gcra(key, count, period)
+  local interval = period / count
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  if now < allow_at then return allow_at - now end
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  return 0
+end
+"""
+
+# The window's total, and (when it is at the budget) ms until enough of it has passed.
+_WINDOW = """
+local function window(key, size, budget)
+  local now_s = now / 1000000
+  local current = math.floor(now_s / size)
+  local h = redis.call('HGETALL', key)
+  local total, old, live = 0, {}, {}
+  for i = 1, #h, 2 do
+    local b, n = tonumber(h[i]), tonumber(h[i + 1])
+    if b <= current - 60 then old[#old + 1] = h[i] else total = total + n; live[#live + 1] = {b, n} end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  if total < budget then return total, 0 end
+  table.sort(live, function(x, y) return x[1] < y[1] end)
+  local left = total
+  for _, e in ipairs(live) do
+    left = left - e[2]
+    if left < budget then return total, math.ceil(((e[1] + 60) * size - now_s) * 1000) end
+  end
+  return total, 0
+end
+"""
+
+_SLOTS = """
+local purged = {}
+local function count(key, now_ms)
+  if not purged[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    purged[key] = true
+  end
+  return redis.call('ZCARD', key)
+end
+local function full(key, limit, now_ms)
+  return limit > 0 and count(key, now_ms) >= limit
+end
+local function hold(key, lease, until_ms, ttl_ms)
+  redis.call('ZADD', key, until_ms, lease)
+  redis.call('PEXPIRE', key, ttl_ms * 2)
+end
+"""
+
+# KEYS: ban, rate:ip, rate:key, tokens, slots:key, slots:host, slots:all, queued
+# ARGV: bans_on, ip_count, ip_period_us, key_count, key_period_us, budget, bucket_s,
+#       slot (0 none, 1 take, 2 queue behind this key's waiters), key_limit, host_limit, total_limit,
+#       lease, lease_ttl_ms, queued_ttl_ms
+# Returns {code, wait_ms, window_total}: 0 admitted, 1 banned, 2 address rate, 3 key rate, 4 budget, 5 wait.
+ADMIT = Script(_CLOCK + _GCRA + _WINDOW + _SLOTS + """
+if ARGV[1] == '1' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then return {1, ttl, -1} end
+end
+local c = tonumber(ARGV[2])
+if c > 0 then
+  local wait = gcra(KEYS[2], c, tonumber(ARGV[3]))
+  if wait > 0 then return {2, math.ceil(wait / 1000), -1} end
+end
+c = tonumber(ARGV[4])
+if c > 0 then
+  local wait = gcra(KEYS[3], c, tonumber(ARGV[5]))
+  if wait > 0 then return {3, math.ceil(wait / 1000), -1} end
+end
+local total = -1
+local budget = tonumber(ARGV[6])
+if budget > 0 then
+  local wait
+  total, wait = window(KEYS[4], tonumber(ARGV[7]), budget)
+  if total >= budget then return {4, wait, total} end
+end
+local slot = ARGV[8]
+if slot == '0' then return {0, 0, total} end
+local now_ms = math.floor(now / 1000)
+local host_limit = tonumber(ARGV[10])
+if slot == '1' and not full(KEYS[7], tonumber(ARGV[11]), now_ms) and not full(KEYS[5], tonumber(ARGV[9]), now_ms)
+    and not full(KEYS[6], host_limit, now_ms) then
+  local ttl = tonumber(ARGV[13])
+  count(KEYS[5], now_ms)
+  count(KEYS[7], now_ms)
+  hold(KEYS[5], ARGV[12], now_ms + ttl, ttl)
+  hold(KEYS[7], ARGV[12], now_ms + ttl, ttl)
+  if host_limit > 0 then hold(KEYS[6], ARGV[12], now_ms + ttl, ttl) end
+  return {0, 0, total}
+end
+redis.call('SET', KEYS[8], '1', 'PX', ARGV[14])
+return {5, 0, total}
+""")
+
+# KEYS: ban, fail, rate:ip
+# ARGV: bans_on, ip_count, ip_period_us, after_failures, window_ms, duration_ms
+# Returns {code, wait_ms}: 0 counted, 1 banned, 2 address rate, 6 this failure started a ban.
+AUTH_FAILED = Script(_CLOCK + _GCRA + """
+local bans = ARGV[1] == '1'
+if bans then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then return {1, ttl} end
+end
+local c = tonumber(ARGV[2])
+if c > 0 then
+  local wait = gcra(KEYS[3], c, tonumber(ARGV[3]))
+  if wait > 0 then return {2, math.ceil(wait / 1000)} end
+end
+if bans then
+  local n = redis.call('INCR', KEYS[2])
+  if n == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+  if n >= tonumber(ARGV[4]) then
+    redis.call('DEL', KEYS[2])
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[6])
+    return {6, tonumber(ARGV[6])}
+  end
+end
+return {0, 0}
+""")
+
+# KEYS: slots:all, queued, then per candidate: slots:key, slots:host
+# ARGV: lease_ttl_ms, total_limit, queued_ttl_ms, then per candidate: lease, key_limit, host_limit
+# Returns 1 (granted) or 0 per candidate, in order.
+TAKE = Script(_CLOCK + _SLOTS + """
+local now_ms = math.floor(now / 1000)
+local ttl, total_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, waiting = {}, false
+for i = 1, (#KEYS - 2) / 2 do
+  local key_set, host_set = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local lease, key_limit, host_limit = ARGV[1 + 3 * i], tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
+  if not full(KEYS[1], total_limit, now_ms) and not full(key_set, key_limit, now_ms)
+      and not full(host_set, host_limit, now_ms) then
+    count(key_set, now_ms)
+    count(KEYS[1], now_ms)
+    hold(key_set, lease, now_ms + ttl, ttl)
+    hold(KEYS[1], lease, now_ms + ttl, ttl)
+    if host_limit > 0 then hold(host_set, lease, now_ms + ttl, ttl) end
+    out[i] = 1
+  else
+    out[i] = 0
+    waiting = true
+  end
+end
+if waiting then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return out
+""")
+
+# KEYS: slots:key, slots:host, slots:all, tokens, queued
+# ARGV: lease ('' when no slot), tokens, bucket_s, tokens_ttl_ms, channel
+FINISH = Script(_CLOCK + """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PUBLISH', ARGV[5], '1') end
+end
+local n = tonumber(ARGV[2])
+if n > 0 then
+  local bucket = math.floor(now / 1000000 / tonumber(ARGV[3]))
+  redis.call('HINCRBY', KEYS[4], bucket, n)
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+return 1
+""")
+
+# KEYS: instances, then the sets this instance holds leases in
+# ARGV: instance id, lease_ttl_ms, then per set: the number of its leases, the leases
+# Returns the number of live instances.
+RENEW = Script(_CLOCK + """
+local now_ms = math.floor(now / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now_ms + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+local i = 3
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  for j = 1, n do redis.call('ZADD', KEYS[k], now_ms + ttl, ARGV[i + j]) end
+  redis.call('PEXPIRE', KEYS[k], ttl * 2)
+  i = i + n + 1
+end
+return redis.call('ZCARD', KEYS[1])
+""")
