@@ -67,7 +67,8 @@ class SlotQueue:
         self.freed = 0                                   # `freed` messages heard
         self.poll = min(1.0, state.lease_ttl / 3)
         self.queued_ttl = 3 * self.poll                  # the `queued` flag outlives a missed pass or two
-        self._kick = asyncio.Event()
+        self._kick = asyncio.Event()      # run a pass now
+        self._waiting = asyncio.Event()   # someone waits: poll
 
     def kick(self) -> None:
         self._kick.set()
@@ -89,6 +90,7 @@ class SlotQueue:
             self.queue.push(ticket.key, w)
         except QueueFull:
             raise slots.queue_full() from None
+        self._waiting.set()
         if kick:
             self._kick.set()
 
@@ -102,14 +104,14 @@ class SlotQueue:
     async def granting(self) -> None:
         """The pass loop (one task per instance)."""
         while True:
-            if self.queue.queued:
-                try:
-                    async with asyncio.timeout(self.poll):
-                        await self._kick.wait()
-                except TimeoutError:
-                    pass
-            else:
-                await self._kick.wait()
+            if not self.queue.queued:
+                self._waiting.clear()
+                await self._waiting.wait()
+            try:
+                async with asyncio.timeout(self.poll):
+                    await self._kick.wait()
+            except TimeoutError:
+                pass
             self._kick.clear()
             if self.queue.queued:
                 try:
