@@ -18,6 +18,7 @@ import pytest
 from conftest import ADMIN_KEY, KEY, OTHER_KEY, make_config
 from guardproxy.config.model import Ban, Rate, TrafficLimits
 from guardproxy.config.values import parse_budget
+from guardproxy.ops.budgets import budget_report
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import Gate, gates, gen, open_stream, until_true
 from support.polling import until
@@ -120,7 +121,11 @@ async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: P
         assert (await fetch(gs[2].port, "GET", "/api/tags", headers=LAPTOP)).status == 200
         assert (await fetch(gs[2].port, "POST", "/api/generate", gen(1), PHONE)).status == 200
         total = await redis.command("HVALS", "t:tokens:h:laptop")
-        assert isinstance(total, list) and sum(int(v) for v in total) >= 92
+        assert isinstance(total, list) and sum(int(v) for v in total) == 92
+        # `usage` reads the budgets where the gates keep them.
+        report = await asyncio.to_thread(budget_report, gs[0].server.config)
+        row = next(line.split() for line in report.splitlines() if line.startswith("laptop"))
+        assert row[:4] == ["laptop", "60/h", "92", "0"] and row[4].endswith("m")   # full again in 59m..s
         shared_only(gs)
 
 

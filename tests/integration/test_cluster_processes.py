@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,12 +30,12 @@ LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
 LEASE_TTL = 1.0
 
 
-def config_text(upstream_port: int, *, laptop: str = "", tail: str = "") -> str:
+def config_text(upstream_port: int, *, laptop: str = "", tail: str = "", access: str = "") -> str:
     return f"""\
 listen = "127.0.0.1:0"
 upstream = "http://127.0.0.1:{upstream_port}"
 [log]
-access = ""
+access = "{access}"
 [limits]
 queue_timeout = "10s"
 [[keys]]
@@ -118,7 +119,7 @@ async def queued(redis: RedisServer) -> bool:
 @one_loop
 async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_path: Path) -> None:
     cfg = tmp_path / "g.toml"
-    cfg.write_text(config_text(fake.port, laptop='tokens = "40/day"'))
+    cfg.write_text(config_text(fake.port, laptop='tokens = "40/day"', access=str(tmp_path / "access.log")))
     state = state_path(cfg)
     one = await Instance.start(cfg)
     try:
@@ -133,6 +134,12 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
         r = await fetch(two.port, "POST", "/api/generate", gen(1), LAPTOP)
         assert r.status == 429 and 1 <= int(r.header("retry-after") or 0) <= 86400
         assert (await fetch(two.port, "POST", "/api/generate", gen(1), PHONE)).status == 200
+        usage = subprocess.run([sys.executable, "-m", "guardproxy", "usage", "--config", str(cfg), "--since", "all"],
+                               capture_output=True, text=True, timeout=20)
+        assert usage.returncode == 0, usage.stderr
+        budgets = usage.stdout.split("token budgets")[1].splitlines()
+        assert budgets[1].split() == ["key", "budget", "used", "left", "full", "again", "in"]
+        assert budgets[2].split()[:4] == ["laptop", "40/day", "72", "0"] and len(budgets) == 3
     finally:
         await two.stop()
 

@@ -19,7 +19,6 @@ import asyncio
 import secrets
 import sys
 import time
-from functools import lru_cache
 from typing import TextIO
 
 from ...config.model import Budget, Config, KeyEntry
@@ -31,30 +30,13 @@ from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUn
 from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
 from .resp import Reply, RedisClient, RedisError, RedisReplyError, RedisSubscriber
-from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW
+from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, address_keys, key_keys, tokens_key
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
-
-
-@lru_cache(maxsize=4096)
-def _address_keys(prefix: bytes, addr: str) -> tuple[bytes, bytes, bytes]:
-    a = addr.encode()
-    return prefix + b"ban:" + a, prefix + b"fail:" + a, prefix + b"rate:ip:" + a
-
-
-@lru_cache(maxsize=4096)
-def _key_keys(prefix: bytes, name: str, host: str) -> tuple[bytes, bytes, bytes]:
-    n = name.encode()
-    return prefix + b"rate:key:" + n, prefix + b"slots:key:" + n, prefix + b"slots:host:" + host.encode()
-
-
-@lru_cache(maxsize=4096)
-def _tokens_key(prefix: bytes, name: str, unit: str) -> bytes:
-    return prefix + b"tokens:" + unit.encode() + b":" + name.encode()
 
 
 def _us(seconds: float) -> int:
@@ -125,7 +107,7 @@ class RedisState(State):
     async def auth_failed(self, client: str, now: float) -> None:
         addr = address_bucket(client)
         if self.connected:
-            ban, fail, rate = _address_keys(self.prefix, addr)
+            ban, fail, rate = address_keys(self.prefix, addr)
             per_ip, b = self.policies.per_ip, self.ban
             try:
                 code, wait_ms = _ints(await self.client.evalsha(AUTH_FAILED, (ban, fail, rate), (
@@ -169,14 +151,14 @@ class RedisState(State):
         if not self.connected:
             return await self._without_redis(key, client, ticket, host_limit, gone)
         addr = address_bucket(client)
-        ban, _, ip_rate = _address_keys(self.prefix, addr)
-        key_rate, key_slots, host_slots = _key_keys(self.prefix, key.name, host)
+        ban, _, ip_rate = address_keys(self.prefix, addr)
+        key_rate, key_slots, host_slots = key_keys(self.prefix, key.name, host)
         per_ip, rate = pol.per_ip, key.rate
         queue_first = slot and key.name in self.slots.queue   # this key's earlier requests wait: keep the order
         freed = self.slots.freed
         try:
             code, wait_ms, total = _ints(await self.client.evalsha(ADMIT, (
-                ban, ip_rate, key_rate, _tokens_key(self.prefix, key.name, budget.unit) if budget else key_rate,
+                ban, ip_rate, key_rate, tokens_key(self.prefix, key.name, budget.unit) if budget else key_rate,
                 key_slots, host_slots, self.all_slots, self.queued_key), (
                 1 if self.ban.after_failures else 0,
                 per_ip.count if per_ip else 0, _us(per_ip.per) if per_ip else 0,
@@ -239,7 +221,7 @@ class RedisState(State):
             raise BudgetExceeded(headers=[retry_after_header(wait)])
 
     def slot_keys(self, ticket: Ticket) -> tuple[bytes, bytes]:
-        return _key_keys(self.prefix, ticket.key, ticket.host)[1:]
+        return key_keys(self.prefix, ticket.key, ticket.host)[1:]
 
     def hold(self, ticket: Ticket) -> None:
         self.occupancy.take(ticket.key, ticket.host)
@@ -257,10 +239,10 @@ class RedisState(State):
             self.send_finish(ticket, tokens, slot)
 
     def send_finish(self, ticket: Ticket, tokens: int, slot: bool) -> None:
-        _, key_slots, host_slots = _key_keys(self.prefix, ticket.key, ticket.host)
+        _, key_slots, host_slots = key_keys(self.prefix, ticket.key, ticket.host)
         budget = ticket.budget
         keys = (key_slots, host_slots, self.all_slots,
-                _tokens_key(self.prefix, ticket.key, budget.unit) if budget else key_slots, self.queued_key)
+                tokens_key(self.prefix, ticket.key, budget.unit) if budget else key_slots, self.queued_key)
         args = (ticket.lease if slot else b"", tokens, bucket_seconds(budget.window) if budget else 1,
                 _ms(budget.window * 1.05) if budget else 0, self.channel)
 
@@ -310,7 +292,7 @@ class RedisState(State):
         """Heartbeat, and every lease this instance holds (leases taken while Redis was away join in)."""
         sets: dict[bytes, list[bytes]] = {}
         for lease, t in self.leases.items():
-            _, key_slots, host_slots = _key_keys(self.prefix, t.key, t.host)
+            _, key_slots, host_slots = key_keys(self.prefix, t.key, t.host)
             for s in (key_slots, host_slots, self.all_slots):
                 sets.setdefault(s, []).append(lease)
         args: list[bytes | int] = [self.id, _ms(self.lease_ttl)]

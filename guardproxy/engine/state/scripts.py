@@ -21,7 +21,30 @@ bucket decisions.limits.RateTable keeps in process: a full bucket of `count`, re
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from ...decisions.budget import BUCKETS
 from .resp import Script
+
+
+@lru_cache(maxsize=4096)
+def address_keys(prefix: bytes, addr: str) -> tuple[bytes, bytes, bytes]:
+    """ban:ADDR, fail:ADDR, rate:ip:ADDR"""
+    a = addr.encode()
+    return prefix + b"ban:" + a, prefix + b"fail:" + a, prefix + b"rate:ip:" + a
+
+
+@lru_cache(maxsize=4096)
+def key_keys(prefix: bytes, name: str, host: str) -> tuple[bytes, bytes, bytes]:
+    """rate:key:NAME, slots:key:NAME, slots:host:HOST"""
+    n = name.encode()
+    return prefix + b"rate:key:" + n, prefix + b"slots:key:" + n, prefix + b"slots:host:" + host.encode()
+
+
+@lru_cache(maxsize=4096)
+def tokens_key(prefix: bytes, name: str, unit: str) -> bytes:
+    """tokens:UNIT:NAME"""
+    return prefix + b"tokens:" + unit.encode() + b":" + name.encode()
 
 _CLOCK = """
 local t = redis.call('TIME')
@@ -51,7 +74,7 @@ local function window(key, size, budget)
   local total, old, live = 0, {}, {}
   for i = 1, #h, 2 do
     local b, n = tonumber(h[i]), tonumber(h[i + 1])
-    if b <= current - 60 then old[#old + 1] = h[i] else total = total + n; live[#live + 1] = {b, n} end
+    if b <= current - BUCKETS then old[#old + 1] = h[i] else total = total + n; live[#live + 1] = {b, n} end
   end
   if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   if total < budget then return total, 0 end
@@ -59,11 +82,11 @@ local function window(key, size, budget)
   local left = total
   for _, e in ipairs(live) do
     left = left - e[2]
-    if left < budget then return total, math.ceil(((e[1] + 60) * size - now_s) * 1000) end
+    if left < budget then return total, math.ceil(((e[1] + BUCKETS) * size - now_s) * 1000) end
   end
   return total, 0
 end
-"""
+""".replace("BUCKETS", str(BUCKETS))
 
 _SLOTS = """
 local purged = {}

@@ -25,6 +25,27 @@ def state_path(config_path: Path) -> Path:
     return config_path.with_name(config_path.stem + ".state.sqlite3")
 
 
+def read_book(path: Path, windows: dict[str, float], now: float) -> TokenBook:
+    """The windows as the file has them, read-only (`usage`, while a gate may be writing it)."""
+    book = TokenBook()
+    if path.exists():
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            _load(db, book, windows, now)
+        finally:
+            db.close()
+    return book
+
+
+def _load(db: sqlite3.Connection, book: TokenBook, windows: dict[str, float], now: float) -> None:
+    rows = []
+    for unit, window in windows.items():
+        oldest = int(now // bucket_seconds(window)) - BUCKETS + 1
+        rows += db.execute("SELECT key, unit, bucket, tokens FROM tokens WHERE unit = ? AND bucket >= ?",
+                           (unit, oldest)).fetchall()
+    book.load(rows, windows)
+
+
 class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -36,12 +57,7 @@ class TokenFile:
 
     def load(self, book: TokenBook, windows: dict[str, float], now: float) -> None:
         """Read what is still inside each window (`windows`: unit -> seconds) into `book`."""
-        rows = []
-        for unit, window in windows.items():
-            oldest = int(now // bucket_seconds(window)) - BUCKETS + 1
-            rows += self._db.execute("SELECT key, unit, bucket, tokens FROM tokens WHERE unit = ? AND bucket >= ?",
-                                     (unit, oldest)).fetchall()
-        book.load(rows, windows)
+        _load(self._db, book, windows, now)
 
     def add(self, key: str, unit: str, bucket: int, tokens: int) -> bool:
         """Remember an addition; True when it is the first since the last flush (schedule one)."""
