@@ -30,17 +30,13 @@ from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUn
 from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
 from .resp import Reply, RedisClient, RedisError, RedisReplyError, RedisSubscriber
-from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, address_keys, key_keys, tokens_key
+from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
-
-
-def _us(seconds: float) -> int:
-    return int(seconds * 1_000_000)
 
 
 def _ms(seconds: float) -> int:
@@ -63,11 +59,12 @@ class RedisState(State):
         self.clock = time.monotonic
         self.wall = time.time
         self.id = secrets.token_hex(6).encode()
-        p = self.prefix = cluster.key_prefix.encode()
-        self.all_slots, self.queued_key, self.instances_key = p + b"slots:all", p + b"queued", p + b"instances"
-        self.channel = p + b"freed"
+        self.prefix = cluster.key_prefix.encode()
+        self.slots = SlotQueue(self, config.limits.max_queue)
+        self.calls = Calls(self.prefix, self.lease_ttl, self.slots.queued_ttl)
+        self.all_slots, self.queued_key = self.calls.all_slots, self.calls.queued
         self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state)
-        self.subscriber = RedisSubscriber(address, [self.channel], self._freed, backoff=backoff,
+        self.subscriber = RedisSubscriber(address, [self.calls.channel], self._freed, backoff=backoff,
                                           ping_interval=max(1.0, self.lease_ttl / 3))
         self.errors = 0
         self.fallbacks = 0
@@ -75,7 +72,6 @@ class RedisState(State):
         self.up: bool | None = None
         self.occupancy = Occupancy()                  # the slots this instance holds, whoever granted them
         self.leases: dict[bytes, Ticket] = {}
-        self.slots = SlotQueue(self, config.limits.max_queue)
         self._serial = 0
         self.unsent: dict[tuple[str, Budget], int] = {}   # tokens counted while Redis could not be told
         self.unsent_book = TokenBook()                    # the same, as windows: the local budget estimate
@@ -90,6 +86,7 @@ class RedisState(State):
         self.fallback.apply(config)
         self.ban = config.ban
         self.max_total = config.limits.max_concurrent
+        self.calls.configure(self.policies.per_ip, config.ban, self.max_total)
         self.slots.queue.max_queue = config.limits.max_queue
         self.slots.kick()   # limits may have grown
 
@@ -107,12 +104,8 @@ class RedisState(State):
     async def auth_failed(self, client: str, now: float) -> None:
         addr = address_bucket(client)
         if self.connected:
-            ban, fail, rate = address_keys(self.prefix, addr)
-            per_ip, b = self.policies.per_ip, self.ban
             try:
-                code, wait_ms = _ints(await self.client.evalsha(AUTH_FAILED, (ban, fail, rate), (
-                    1 if b.after_failures else 0, per_ip.count if per_ip else 0, _us(per_ip.per) if per_ip else 0,
-                    b.after_failures, _ms(b.window), _ms(b.duration))), 2)
+                code, wait_ms = _ints(await self.client.evalsha_encoded(AUTH_FAILED, *self.calls.auth_failed(addr)), 2)
             except RedisError as e:
                 self.error(e)
             else:
@@ -151,22 +144,11 @@ class RedisState(State):
         if not self.connected:
             return await self._without_redis(key, client, ticket, host_limit, gone)
         addr = address_bucket(client)
-        ban, _, ip_rate = address_keys(self.prefix, addr)
-        key_rate, key_slots, host_slots = key_keys(self.prefix, key.name, host)
-        per_ip, rate = pol.per_ip, key.rate
         queue_first = slot and key.name in self.slots.queue   # this key's earlier requests wait: keep the order
         freed = self.slots.freed
         try:
-            code, wait_ms, total = _ints(await self.client.evalsha(ADMIT, (
-                ban, ip_rate, key_rate, tokens_key(self.prefix, key.name, budget.unit) if budget else key_rate,
-                key_slots, host_slots, self.all_slots, self.queued_key), (
-                1 if self.ban.after_failures else 0,
-                per_ip.count if per_ip else 0, _us(per_ip.per) if per_ip else 0,
-                rate.count if rate else 0, _us(rate.per) if rate else 0,
-                budget.tokens if budget else 0, bucket_seconds(budget.window) if budget else 0,
-                (2 if queue_first else 1) if slot else 0,
-                key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
-                lease, _ms(self.lease_ttl), _ms(self.slots.queued_ttl))), 3)
+            code, wait_ms, total = _ints(await self.client.evalsha_encoded(ADMIT, *self.calls.admit(
+                addr, key, generation, host, host_limit, (2 if queue_first else 1) if slot else 0, lease)), 3)
         except RedisError as e:
             self.error(e)
             return await self._without_redis(key, client, ticket, host_limit, gone)
@@ -239,19 +221,15 @@ class RedisState(State):
             self.send_finish(ticket, tokens, slot)
 
     def send_finish(self, ticket: Ticket, tokens: int, slot: bool) -> None:
-        _, key_slots, host_slots = key_keys(self.prefix, ticket.key, ticket.host)
         budget = ticket.budget
-        keys = (key_slots, host_slots, self.all_slots,
-                tokens_key(self.prefix, ticket.key, budget.unit) if budget else key_slots, self.queued_key)
-        args = (ticket.lease if slot else b"", tokens, bucket_seconds(budget.window) if budget else 1,
-                _ms(budget.window * 1.05) if budget else 0, self.channel)
 
         def failed(e: RedisError) -> None:
             self.error(e)
             if tokens and budget is not None:   # the slot's lease runs out by itself
                 self._unsent(ticket.key, budget, tokens)
         if self.connected:
-            self.client.evalsha_nowait(FINISH, keys, args, on_error=failed)
+            self.client.evalsha_nowait(FINISH, *self.calls.finish(ticket.key, ticket.host, budget,
+                                                                  ticket.lease if slot else b"", tokens), on_error=failed)
         elif tokens and budget is not None:
             self._unsent(ticket.key, budget, tokens)
 
@@ -298,7 +276,7 @@ class RedisState(State):
         args: list[bytes | int] = [self.id, _ms(self.lease_ttl)]
         for members in sets.values():
             args += [len(members), *members]
-        n = await self.client.evalsha(RENEW, (self.instances_key, *sets), args, timeout=BACKGROUND_TIMEOUT)
+        n = await self.client.evalsha(RENEW, (self.calls.instances, *sets), args, timeout=BACKGROUND_TIMEOUT)
         if isinstance(n, int) and n >= 1 and n != self.instances:
             self.instances = n
             self.fallback.set_share(n)
@@ -331,7 +309,7 @@ class RedisState(State):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.connected:   # answered in order: the finishes sent before it have landed
             try:
-                await self.client.call(b"ZREM", self.instances_key, self.id, timeout=BACKGROUND_TIMEOUT)
+                await self.client.call(b"ZREM", self.calls.instances, self.id, timeout=BACKGROUND_TIMEOUT)
             except RedisError:
                 pass
         await self.subscriber.close()

@@ -1,4 +1,5 @@
-"""The Lua scripts of shared state: one per round trip, each atomic in Redis, each on Redis's own clock.
+"""The Lua scripts of shared state (one per round trip, each atomic in Redis, each on Redis's own clock),
+and how their arguments are encoded (Calls).
 
     ADMIT        before forwarding: ban, per-address and per-key rate, token budget, a slot
     AUTH_FAILED  a refused key: ban, per-address rate, count the failure (may start a ban)
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ...decisions.budget import BUCKETS
-from .resp import Script
+from ...config.model import Ban, Budget, KeyEntry, Rate
+from ...decisions.budget import BUCKETS, bucket_seconds
+from .resp import Script, bulk, encode
 
 
 @lru_cache(maxsize=4096)
@@ -107,51 +109,49 @@ end
 """
 
 # KEYS: ban, rate:ip, rate:key, tokens, slots:key, slots:host, slots:all, queued
-# ARGV: bans_on, ip_count, ip_period_us, key_count, key_period_us, budget, bucket_s,
-#       slot (0 none, 1 take, 2 queue behind this key's waiters), key_limit, host_limit, total_limit,
-#       lease, lease_ttl_ms, queued_ttl_ms
+# ARGV: slot (0 none, 1 take, 2 queue behind this key's waiters), lease,
+#       bans_on, ip_count, ip_period_us, key_count, key_period_us, budget, bucket_s,
+#       key_limit, host_limit, total_limit, lease_ttl_ms, queued_ttl_ms
 # Returns {code, wait_ms, window_total}: 0 admitted, 1 banned, 2 address rate, 3 key rate, 4 budget, 5 wait.
 ADMIT = Script(_CLOCK + _GCRA + _WINDOW + _SLOTS + """
-if ARGV[1] == '1' then
+if ARGV[3] == '1' then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then return {1, ttl, -1} end
 end
-local c = tonumber(ARGV[2])
+local c = tonumber(ARGV[4])
 if c > 0 then
-  local wait = gcra(KEYS[2], c, tonumber(ARGV[3]))
+  local wait = gcra(KEYS[2], c, tonumber(ARGV[5]))
   if wait > 0 then return {2, math.ceil(wait / 1000), -1} end
 end
-c = tonumber(ARGV[4])
+c = tonumber(ARGV[6])
 if c > 0 then
-  local wait = gcra(KEYS[3], c, tonumber(ARGV[5]))
+  local wait = gcra(KEYS[3], c, tonumber(ARGV[7]))
   if wait > 0 then return {3, math.ceil(wait / 1000), -1} end
 end
 local total = -1
-local budget = tonumber(ARGV[6])
+local budget = tonumber(ARGV[8])
 if budget > 0 then
   local wait
-  total, wait = window(KEYS[4], tonumber(ARGV[7]), budget)
+  total, wait = window(KEYS[4], tonumber(ARGV[9]), budget)
   if total >= budget then return {4, wait, total} end
 end
-local slot = ARGV[8]
+local slot = ARGV[1]
 if slot == '0' then return {0, 0, total} end
 local now_ms = math.floor(now / 1000)
-local host_limit = tonumber(ARGV[10])
-if slot == '1' and not full(KEYS[7], tonumber(ARGV[11]), now_ms) and not full(KEYS[5], tonumber(ARGV[9]), now_ms)
-    and not full(KEYS[6], host_limit, now_ms) then
+if slot == '1' and not full(KEYS[7], tonumber(ARGV[12]), now_ms) and not full(KEYS[5], tonumber(ARGV[10]), now_ms)
+    and not full(KEYS[6], tonumber(ARGV[11]), now_ms) then
   local ttl = tonumber(ARGV[13])
-  count(KEYS[5], now_ms)
-  count(KEYS[7], now_ms)
-  hold(KEYS[5], ARGV[12], now_ms + ttl, ttl)
-  hold(KEYS[7], ARGV[12], now_ms + ttl, ttl)
-  if host_limit > 0 then hold(KEYS[6], ARGV[12], now_ms + ttl, ttl) end
+  for k = 5, 7 do
+    count(KEYS[k], now_ms)
+    hold(KEYS[k], ARGV[2], now_ms + ttl, ttl)
+  end
   return {0, 0, total}
 end
 redis.call('SET', KEYS[8], '1', 'PX', ARGV[14])
 return {5, 0, total}
 """)
 
-# KEYS: ban, fail, rate:ip
+# KEYS: ban, rate:ip, fail
 # ARGV: bans_on, ip_count, ip_period_us, after_failures, window_ms, duration_ms
 # Returns {code, wait_ms}: 0 counted, 1 banned, 2 address rate, 6 this failure started a ban.
 AUTH_FAILED = Script(_CLOCK + _GCRA + """
@@ -162,14 +162,14 @@ if bans then
 end
 local c = tonumber(ARGV[2])
 if c > 0 then
-  local wait = gcra(KEYS[3], c, tonumber(ARGV[3]))
+  local wait = gcra(KEYS[2], c, tonumber(ARGV[3]))
   if wait > 0 then return {2, math.ceil(wait / 1000)} end
 end
 if bans then
-  local n = redis.call('INCR', KEYS[2])
-  if n == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+  local n = redis.call('INCR', KEYS[3])
+  if n == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
   if n >= tonumber(ARGV[4]) then
-    redis.call('DEL', KEYS[2])
+    redis.call('DEL', KEYS[3])
     redis.call('SET', KEYS[1], '1', 'PX', ARGV[6])
     return {6, tonumber(ARGV[6])}
   end
@@ -191,9 +191,10 @@ for i = 1, (#KEYS - 2) / 2 do
       and not full(host_set, host_limit, now_ms) then
     count(key_set, now_ms)
     count(KEYS[1], now_ms)
+    count(host_set, now_ms)
     hold(key_set, lease, now_ms + ttl, ttl)
     hold(KEYS[1], lease, now_ms + ttl, ttl)
-    if host_limit > 0 then hold(host_set, lease, now_ms + ttl, ttl) end
+    hold(host_set, lease, now_ms + ttl, ttl)
     out[i] = 1
   else
     out[i] = 0
@@ -205,7 +206,7 @@ return out
 """)
 
 # KEYS: slots:key, slots:host, slots:all, tokens, queued
-# ARGV: lease ('' when no slot), tokens, bucket_s, tokens_ttl_ms, channel
+# ARGV: lease ('' when no slot), tokens, bucket_s, tokens_ttl_ms (the window and a twentieth), channel
 FINISH = Script(_CLOCK + """
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -240,3 +241,81 @@ for k = 2, #KEYS do
 end
 return redis.call('ZCARD', KEYS[1])
 """)
+
+
+def _rate(rate: Rate | None) -> tuple[int, int]:
+    return (rate.count, int(rate.per * 1_000_000)) if rate is not None else (0, 0)
+
+
+@lru_cache(maxsize=4096)
+def _address_block(prefix: bytes, addr: str, failures: bool) -> bytes:
+    ban, fail, ip_rate = address_keys(prefix, addr)
+    return bulk(ban) + bulk(ip_rate) + (bulk(fail) if failures else b"")
+
+
+_MODES = [bulk(b"0"), bulk(b"1"), bulk(b"2")]
+_MAX_CACHED = 4096
+
+
+class Calls:
+    """The KEYS and ARGV of each script for one gate, encoded as RESP sends them.
+
+    What does not change from one request to the next (a key's limits, the settings) is
+    encoded once per key and kept until the settings change (`configure`).
+    """
+
+    def __init__(self, prefix: bytes, lease_ttl: float, queued_ttl: float) -> None:
+        self.prefix = prefix
+        self.all_slots, self.queued, self.instances = prefix + b"slots:all", prefix + b"queued", prefix + b"instances"
+        self.channel = prefix + b"freed"
+        self.lease_ttl_ms, self.queued_ttl_ms = int(lease_ttl * 1000), int(queued_ttl * 1000)
+        self._admit: dict[tuple[str, bool, str, int | None], tuple[bytes, bytes]] = {}
+        self._finish: dict[tuple[str, str, Budget | None], tuple[bytes, bytes]] = {}
+        self.configure(None, Ban(), None)
+
+    def configure(self, per_ip: Rate | None, ban: Ban, max_total: int | None) -> None:
+        self.per_ip, self.ban, self.max_total = per_ip, ban, max_total
+        self._admit.clear()
+        self._finish.clear()
+        self._auth_args = encode((1 if ban.after_failures else 0, *_rate(per_ip), ban.after_failures,
+                                  int(ban.window * 1000), int(ban.duration * 1000)))
+
+    def admit(self, addr: str, key: KeyEntry, generation: bool, host: str, host_limit: int | None,
+              mode: int, lease: bytes) -> tuple[int, bytes]:
+        """ADMIT's (count, tail); `mode`: 0 no slot, 1 take one, 2 queue behind this key's waiters."""
+        blocks = self._admit.get((key.name, generation, host, host_limit))
+        if blocks is None:
+            if len(self._admit) >= _MAX_CACHED:
+                self._admit.clear()
+            blocks = self._admit[(key.name, generation, host, host_limit)] = self._admit_blocks(
+                key, generation, host, host_limit)
+        return 23, b"$1\r\n8\r\n" + _address_block(self.prefix, addr, False) + blocks[0] + _MODES[mode] + \
+            bulk(lease) + blocks[1]
+
+    def _admit_blocks(self, key: KeyEntry, generation: bool, host: str, host_limit: int | None) -> tuple[bytes, bytes]:
+        budget = key.tokens if generation else None
+        rate_key, key_slots, host_slots = key_keys(self.prefix, key.name, host)
+        keys = encode((rate_key, tokens_key(self.prefix, key.name, budget.unit) if budget else rate_key,
+                       key_slots, host_slots, self.all_slots, self.queued))
+        args = encode((1 if self.ban.after_failures else 0, *_rate(self.per_ip), *_rate(key.rate),
+                       budget.tokens if budget else 0, bucket_seconds(budget.window) if budget else 0,
+                       key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
+                       self.lease_ttl_ms, self.queued_ttl_ms))
+        return keys, args
+
+    def auth_failed(self, addr: str) -> tuple[int, bytes]:
+        return 10, b"$1\r\n3\r\n" + _address_block(self.prefix, addr, True) + self._auth_args
+
+    def finish(self, name: str, host: str, budget: Budget | None, lease: bytes, tokens: int) -> tuple[int, bytes]:
+        """FINISH's (count, tail): `lease` b"" when no slot was held."""
+        blocks = self._finish.get((name, host, budget))
+        if blocks is None:
+            if len(self._finish) >= _MAX_CACHED:
+                self._finish.clear()
+            _, key_slots, host_slots = key_keys(self.prefix, name, host)
+            blocks = self._finish[(name, host, budget)] = (
+                encode((key_slots, host_slots, self.all_slots,
+                        tokens_key(self.prefix, name, budget.unit) if budget else key_slots, self.queued)),
+                encode((bucket_seconds(budget.window) if budget else 1,
+                        int(budget.window * 1050) if budget else 0, self.channel)))
+        return 11, b"$1\r\n5\r\n" + blocks[0] + bulk(lease) + bulk(b"%d" % tokens) + blocks[1]
