@@ -29,29 +29,33 @@ def bucket_seconds(window: float) -> float:
 
 
 class TokenWindow:
-    """One key's tokens over one window length: bucket index -> tokens."""
+    """One key's tokens over one window length: bucket index -> tokens, and their sum."""
 
-    __slots__ = ("size", "buckets")
+    __slots__ = ("size", "buckets", "sum", "_current")
 
     def __init__(self, window: float) -> None:
         self.size = bucket_seconds(window)
         self.buckets: dict[int, int] = {}
+        self.sum = 0
+        self._current = 0   # the bucket of the last trim: buckets leave only when it changes
 
     def _trim(self, now: float) -> int:
         current = int(now // self.size)
-        old = [b for b in self.buckets if b <= current - BUCKETS]
-        for b in old:
-            del self.buckets[b]
+        if current != self._current:
+            self._current = current
+            for b in [b for b in self.buckets if b <= current - BUCKETS]:
+                self.sum -= self.buckets.pop(b)
         return current
 
     def total(self, now: float) -> int:
         self._trim(now)
-        return sum(self.buckets.values())
+        return self.sum
 
     def add(self, now: float, tokens: int) -> int:
         """Count `tokens` now; returns the bucket they went to."""
         b = self._trim(now)
         self.buckets[b] = self.buckets.get(b, 0) + tokens
+        self.sum += tokens
         return b
 
     def retry_after(self, now: float, limit: int) -> float:
@@ -93,6 +97,8 @@ class TokenBook:
             if unit in windows:
                 w = self.windows.setdefault((name, unit), TokenWindow(windows[unit]))
                 w.buckets[bucket] = w.buckets.get(bucket, 0) + tokens
+                w.sum += tokens
+                w._current = 0   # a loaded bucket may be old: trim at the next look
 
 
 def charged(prompt: int | None, completion: int | None, status: int, bytes_in: int, bytes_out: int) -> int:
