@@ -207,9 +207,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
             raise r.fail(("timeouts", k), str(e)) from None
 
     sv = r.table(data.get("server", {}), ("server",), _SERVER_FIELDS)
-    limits: dict[str, int] = {}
+    limits: dict[str, Any] = {}
     for k, v in sv.items():
-        if k in ("max_body", "max_blob"):
+        if k == "zero_copy":
+            if not isinstance(v, bool):
+                raise r.fail(("server", k), "true or false")
+            limits[k] = v
+        elif k in ("max_body", "max_blob"):
             try:
                 limits[k] = parse_size(v)
             except ValueError as e:

@@ -123,6 +123,7 @@ class Timeouts:
 class ServerLimits:
     max_body: int = 64 * 1024 * 1024     # request body bytes (then 413)
     max_blob: int = 200 * 1024 ** 3      # a model blob upload by an admin key (then 413)
+    zero_copy: bool = True               # long Content-Length bodies spliced in the kernel (Linux, plain TCP)
     max_connections: int = 10000         # open client connections in all (then 503)
     max_connections_per_ip: int = 256    # open client connections from one address (then 503)
     max_headers: int = 100               # header fields in a request head (then 431)

@@ -190,14 +190,19 @@ class Exchange:
             if needs_model:
                 raise BadRequest("request body must name a model")
             return None
-        if self.wants_continue:
-            self.conn.send(CONTINUE)
-        timeouts = self.server.config.timeouts
-        body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
-                                                          limit=min(route.max_body, self.config.server.max_body),
-                                                          total_timeout=timeouts.body_total))
+        limit = min(route.max_body, self.config.server.max_body)
+        length = req.content_length or 0
+        if not req.chunked and length <= limit and len(self.conn.buf) >= length:
+            body = self.conn.take(length)  # the usual small JSON body, here with its head already
+        else:
+            if self.wants_continue:
+                self.conn.send(CONTINUE)
+            timeouts = self.server.config.timeouts
+            body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
+                                                              limit=limit, total_timeout=timeouts.body_total))
         record.bytes_in += len(body)
-        self.req = req.with_length(len(body))
+        if req.chunked:
+            self.req = req.with_length(len(body))
         if needs_model or checks_keep_alive:
             plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
             if needs_model:

@@ -56,6 +56,7 @@ async def relay(trip: Trip, head: bytes, sink: Sink, *, keep_alive: bool, extra:
     conn, req, pool = trip.conn, trip.req, trip.pool
     assert req is not None
     timeouts = trip.config.timeouts
+    zero_copy = trip.config.server.zero_copy and sink is conn.transport
     counts_at = trip.route.counts if counts else ""
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
@@ -64,7 +65,8 @@ async def relay(trip: Trip, head: bytes, sink: Sink, *, keep_alive: bool, extra:
     for attempt in (0, 1):
         result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
                                 read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
-                                extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused)
+                                extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
+                                splice_write_timeout=timeouts.write if zero_copy else None)
         conn.upstream = upstream
         if isinstance(sink, Collector):
             sink.bind(upstream)

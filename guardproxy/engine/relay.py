@@ -23,6 +23,7 @@ from ..wire.errors import GuardError
 from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, LengthFraming, NoBody
 from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
 from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
+from .splice import AVAILABLE as SPLICE_AVAILABLE, SPLICE_MIN, Splice, socket_fd
 _TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
@@ -94,7 +95,8 @@ class UpstreamConnection(asyncio.Protocol):
                  "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
-                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room")
+                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room",
+                 "_splice", "_splice_write_timeout")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -131,6 +133,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._tail_budget = 0   # 0: not a generation, nothing is kept
         self._head = b""
         self._head_room = 0
+        self._splice: Splice | None = None
+        self._splice_write_timeout: float | None = None  # None: this exchange never splices
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -140,13 +144,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
               first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
-              head: int = 0, paused: bool = False) -> "asyncio.Future[bool]":
+              head: int = 0, paused: bool = False, splice_write_timeout: float | None = None
+              ) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
         `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
         `paused`: the client's writes are paused already (see pause_for_client).
+        `splice_write_timeout`: a long Content-Length body may go zero-copy (splice.py) straight
+        into the client's socket, and a client that reads none of it for this long is dropped.
         """
         self._sink = sink
+        self._splice_write_timeout = splice_write_timeout
         self.state = _HEAD
         self._buf = b""
         self.head_sent = False
@@ -178,6 +186,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = _IDLE
         self._watch.discard(self)
         self._sink = _NOWHERE
+        if self._splice is not None:
+            self._splice.close()
+            self._splice = None
+            if not self.closed and self.transport is not None:
+                self.transport.resume_reading()
         if self._paused_by_client:
             self._paused_by_client = False
             if not self.closed and self.transport is not None:
@@ -231,7 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_for_client(self) -> None:
         if self._paused_by_client:
             self._paused_by_client = False
-            if not self.closed and self.transport is not None:
+            if not self.closed and self.transport is not None and self._splice is None:
                 self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -371,6 +384,8 @@ class UpstreamConnection(asyncio.Protocol):
         if end < 0:
             self._sink.write(rh.head + rest)
             self.bytes_out += len(rest)
+            if self._splice_write_timeout is not None and type(framing) is LengthFraming:
+                self._start_splice(framing)
             return
         if framing.done:
             self._sink.write(rh.head + rest[:end] if end else rh.head)
@@ -378,6 +393,42 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(reusable=end == len(rest))
         else:
             self._sink.write(rh.head)
+
+    # --- zero-copy bodies (splice.py) ----------------------------------------
+
+    def _start_splice(self, framing: LengthFraming) -> None:
+        """Hand the rest of a long body to the kernel, all but the tail a generation keeps for its counts."""
+        count = framing.remaining - self._tail_budget
+        if count < SPLICE_MIN or not SPLICE_AVAILABLE:
+            return
+        sink = self._sink
+        buffered = getattr(sink, "get_write_buffer_size", None)
+        if buffered is None or buffered():
+            return  # not a socket's transport, or a client that still holds unsent bytes
+        dst, src = socket_fd(sink), socket_fd(self.transport)
+        if dst is None or src is None or self.transport is None:
+            return
+        self.transport.pause_reading()  # the kernel takes these bytes now, not the event loop
+        framing.remaining -= count
+        self._splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
+        self._splice.start()
+
+    def _spliced(self, n: int) -> None:
+        self.bytes_out += n
+        self.last_read = self.loop.time()
+
+    def _splice_done(self) -> None:
+        self._splice = None
+        framing = self._framing
+        if not self.closed and self.transport is not None and not self._paused_by_client:
+            self.transport.resume_reading()
+        if isinstance(framing, LengthFraming) and not framing.remaining:
+            framing.done = True
+            self._finish(reusable=True)
+
+    def _splice_failed(self, exc: BaseException, client_side: bool) -> None:
+        self._splice = None
+        self.fail(ClientGone() if client_side else UpstreamGone())
 
     def check_timeout(self, now: float) -> None:
         """Called by Watch: end the exchange if the upstream has been silent too long.
@@ -388,6 +439,15 @@ class UpstreamConnection(asyncio.Protocol):
         restarts.
         """
         if self.state == _IDLE:
+            return
+        splice = self._splice
+        if splice is not None and splice.blocked_since:
+            # Waiting on the client, not the upstream: the client's write deadline applies.
+            if self._splice_write_timeout is not None and now - splice.blocked_since > self._splice_write_timeout:
+                cast(asyncio.Transport, self._sink).abort()
+                self.fail(ClientGone())
+            else:
+                self.last_read = now
             return
         if self._paused_by_client:
             self.last_read = now
