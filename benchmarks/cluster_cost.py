@@ -17,11 +17,19 @@ Loads:
   small-1        the same over one connection: no other request to share a Redis write or read with
   gen-64         POST /api/generate of one token over 64 connections: slot + budget, ADMIT and FINISH
 
-Measured here (2 cores shared with other work, CPython 3.11.7, uvloop 0.23.0, redis-server 7.0.15),
-µs of guardproxy CPU per request, median of 3 rounds (min-max):
+Every variant runs the whole time; each round measures them in turn, so a change in the
+machine's load falls on all of them alike.  Measured here (2 cores shared with other work,
+CPython 3.11.7, uvloop 0.23.0, redis-server 7.0.15), µs of guardproxy CPU per request, median of
+5 rounds (min-max):
 
-    variant        small-64            small-1              gen-64
-    (filled in from a run; see benchmarks/README.md)
+    variant                 small-64              small-1               gen-64
+    none                99.4 (88.1-106.9)   242.8 (234.8-252.1)   133.8 (113.8-201.5)
+    in-process          90.0 (85.1-102.2)   242.4 (216.7-340.8)   147.5 (126.3-176.7)
+    redis              105.5 (93.7-122.9)   322.4 (271.9-563.8)   187.7 (153.5-199.9)
+    redis-down          96.6 (87.0-104.2)   242.6 (200.2-380.8)   149.3 (132.6-197.3)
+
+Redis against in-process within each round, small-64: +10, +14, +9, +20, +20 %.  With one
+connection every round trip is one more sleep and wake-up of the gate, which is dear on a VM.
 """
 
 from __future__ import annotations
