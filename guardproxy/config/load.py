@@ -12,9 +12,9 @@ import ipaddress
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Mapping, overload
+from typing import Any, Callable, Mapping, TypeVar, overload
 
-from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, ON_REDIS_ERROR, Ban, Budget,
+from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, ON_REDIS_ERROR, Ban,
                     Cluster, Config, ConfigError, Cors, KeyEntry, Rate, TrafficLimits, ServerLimits, Timeouts, Tls,
                     key_text_problem)
 from .redis_url import ENV_URL, RedisAddress, redis_address
@@ -22,6 +22,8 @@ from .source import parse_toml, read_config_text
 from .values import parse_budget, parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
+
+T = TypeVar("T")
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "cluster"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
@@ -114,21 +116,17 @@ class _Reader:
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
 
-    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
+    def optional(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], parse: Callable[[Any], T]) -> T | None:
+        """A field read by `parse` (a parser of values.py), or None when it is absent."""
         if key not in obj:
             return None
         try:
-            return parse_rate(obj[key])
+            return parse(obj[key])
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
 
-    def budget(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Budget | None:
-        if key not in obj:
-            return None
-        try:
-            return parse_budget(obj[key])
-        except ValueError as e:
-            raise self.fail(where + (key,), str(e)) from None
+    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
+        return self.optional(obj, key, where, parse_rate)
 
     def strings(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> tuple[str, ...] | None:
         if key not in obj:
@@ -258,7 +256,7 @@ def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dic
         raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
-            "cloud": cloud, "max_keep_alive": keep_alive, "tokens": r.budget(k, "tokens", where)}
+            "cloud": cloud, "max_keep_alive": keep_alive, "tokens": r.optional(k, "tokens", where, parse_budget)}
 
 
 def _sha256(r: _Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:

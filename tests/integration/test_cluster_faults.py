@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import pytest
 
 from conftest import KEY, OTHER_KEY, make_config
-from guardproxy.config.model import Rate, TrafficLimits
+from guardproxy.config.model import Rate
 from guardproxy.config.values import parse_budget
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import Gate, gates, gen, until_true

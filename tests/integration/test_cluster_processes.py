@@ -6,7 +6,6 @@ Each instance is `python -m guardproxy run --config FILE`, as a user starts it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +21,7 @@ from guardproxy.config.write import hash_key
 from guardproxy.engine.state.tokenfile import state_path
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import gen, open_stream, until_true
+from support.processes import launch
 from support.raw_http import fetch
 from support_redis import RedisServer, redis_server
 
@@ -55,17 +55,8 @@ class Instance:
 
     @classmethod
     async def start(cls, config: Path) -> "Instance":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", "run", "--config", str(config),
-                                                    env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
-        said = ""
-        while True:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()  # type: ignore[union-attr]
-            assert line, f"guardproxy exited early: {said}"
-            said += line
-            if " listening on " in line:
-                return cls(proc, int(line.split(" listening on ")[1].split(" ")[0].rsplit(":", 1)[1]))
+        proc, port, _ = await launch("run", "--config", str(config))
+        return cls(proc, port)
 
     def kill(self) -> None:
         if self.proc.returncode is None:

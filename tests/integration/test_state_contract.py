@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from conftest import make_config
-from guardproxy.config.model import Ban, Budget, Cluster, Config, KeyEntry, Rate, TrafficLimits
+from guardproxy.config.model import Ban, Budget, Cluster, KeyEntry, Rate, TrafficLimits
 from guardproxy.config.values import parse_budget
 from guardproxy.decisions.policy import Policies
 from guardproxy.engine.failures import ClientGone
