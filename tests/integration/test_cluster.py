@@ -97,7 +97,7 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
         streams[0][1].transport.abort()   # the hang-up ends the stream and frees its slot
         t0 = time.monotonic()
         r = await asyncio.wait_for(waiting, 10)
-        assert r.status == 200 and time.monotonic() - t0 < 0.5
+        assert r.status == 200 and time.monotonic() - t0 < 0.8   # the poll would come after 1 s
         assert gs[2].state.slots.freed >= 1
         streams[1][1].transport.abort()
         await until(lambda: all(g.state.occupancy.total == 0 for g in gs))

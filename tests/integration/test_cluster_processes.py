@@ -96,7 +96,8 @@ async def test_a_killed_instance_frees_its_slot_within_lease_ttl(fake: FakeOllam
         r = await asyncio.wait_for(waiting, 10)
         took = time.monotonic() - killed
         assert r.status == 200
-        assert took < LEASE_TTL + LEASE_TTL / 3 + 0.5, f"the slot came free {took:.2f} s after kill -9"
+        # Free in Redis within lease_ttl, found by the waiter's next poll (every lease_ttl/3).
+        assert took < LEASE_TTL + LEASE_TTL / 3 + 1.0, f"the slot came free {took:.2f} s after kill -9"
         writer.close()
     finally:
         first.kill()

@@ -119,15 +119,15 @@ async def test_per_address_rate_counts_requests_with_and_without_a_key(backend: 
 async def test_per_key_rate_and_its_refill(backend: str, tmp_path: Path) -> None:
     fast = replace(A, rate=Rate(2, 0.4))
     async with states(backend, tmp_path, keys=(fast, B)) as (s,):
+        t0 = time.monotonic()
         assert [(await attempt(s, fast))[0] for _ in range(2)] == [200, 200]
         r = await attempt(s, fast)
         assert r[0] == 429 and refusal(r) == "rate limit exceeded for this key" and retry_after(r[1]) == 1
         assert (await attempt(s, B))[0] == 200
-        t0 = time.monotonic()
         while (await attempt(s, fast))[0] != 200:   # one request back every 0.2 s
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 3.0
             await asyncio.sleep(0.02)
-        assert time.monotonic() - t0 >= 0.1
+        assert time.monotonic() - t0 >= 0.18   # not before the first one is back
 
 
 async def test_bans_after_failures_stop_even_the_right_key(backend: str, tmp_path: Path) -> None:

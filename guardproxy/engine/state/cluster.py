@@ -29,7 +29,9 @@ from ...decisions.limits import address_bucket, limit_share, retry_after_header
 from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUnavailable, Policies, RateLimited
 from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
-from .resp import Reply, RedisClient, RedisError, RedisReplyError, RedisSubscriber
+from .commands import Reply
+from .pubsub import RedisSubscriber
+from .resp import RedisClient, RedisError, RedisReplyError
 from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 

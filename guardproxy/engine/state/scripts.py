@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from ...config.model import Ban, Budget, KeyEntry, Rate
 from ...decisions.budget import BUCKETS, bucket_seconds
-from .resp import Script, bulk, encode
+from .commands import Script, bulk, encode
 
 
 @lru_cache(maxsize=4096)

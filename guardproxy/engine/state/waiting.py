@@ -139,6 +139,8 @@ class SlotQueue:
                 for (key, w), ok in zip(offered, flags):
                     if ok == 1:
                         self._grant(key, w, leased=True)
+                if all(ok == 1 for ok in flags) and self.queue.queued:
+                    self._kick.set()   # more waited than were offered, and there may be room for them
                 return
         state.fallbacks += 1
         if state.rule == "closed":
