@@ -104,6 +104,8 @@ class RedisState(State):
             raise Banned(headers=[retry_after_header(wait)])
 
     async def auth_failed(self, client: str, now: float) -> None:
+        if not (self.ban.after_failures or self.policies.per_ip):
+            return   # nothing to count
         addr = address_bucket(client)
         if self.connected:
             try:
