@@ -136,8 +136,9 @@ def start_redis(port: int, core: int | None, workdir: str) -> subprocess.Popen[b
 
 async def make_call(client: str, port: int) -> tuple[Callable[[bytes], Awaitable[Any]], Callable[[], Awaitable[None]]]:
     if client == "lean":
-        from guardproxy.engine.state.address import RedisAddress
-        from guardproxy.engine.state.resp import RedisClient, Script
+        from guardproxy.config.redis_url import RedisAddress
+        from guardproxy.engine.state.commands import Script
+        from guardproxy.engine.state.resp import RedisClient
         script = Script(GCRA)
         lean = RedisClient(RedisAddress("127.0.0.1", port), timeout=OP_TIMEOUT)
         lean.start()

@@ -12,22 +12,25 @@ import ipaddress
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Mapping, overload
+from typing import Any, Callable, Mapping, TypeVar, overload
 
-from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, Ban, Config, ConfigError,
-                    Cors, KeyEntry, MetricsSettings, Rate, Routing, TrafficLimits, ServerLimits, Timeouts, Tls,
-                    UpstreamHost, key_text_problem)
+from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ON_REDIS_ERROR, Ban,
+                    Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Rate, Routing, TrafficLimits,
+                    ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
+from .redis_url import ENV_URL, RedisAddress, redis_address
 from .source import parse_toml, read_config_text
-from .values import parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
+from .values import parse_budget, parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
 
+T = TypeVar("T")
+
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
-        "upstreams", "routing"}
+        "upstreams", "routing", "cluster"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -38,6 +41,7 @@ _METRICS_FIELDS = {"listen"}
 _TIMEOUT_FIELDS = {f for f in Timeouts.__dataclass_fields__}
 _SERVER_FIELDS = {f for f in ServerLimits.__dataclass_fields__}
 _TLS_FIELDS = {"cert", "key"}
+_CLUSTER_FIELDS = {f for f in Cluster.__dataclass_fields__}
 
 
 class _Reader:
@@ -122,13 +126,17 @@ class _Reader:
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
 
-    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
+    def optional(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], parse: Callable[[Any], T]) -> T | None:
+        """A field read by `parse` (a parser of values.py), or None when it is absent."""
         if key not in obj:
             return None
         try:
-            return parse_rate(obj[key])
+            return parse(obj[key])
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
+
+    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
+        return self.optional(obj, key, where, parse_rate)
 
     def strings(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> tuple[str, ...] | None:
         if key not in obj:
@@ -245,7 +253,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
     return Config(path, lhost, lport, upstream, tuple(keys), access, Timeouts(**tv),
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
-                  metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data))
+                  metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data),
+                  cluster=_cluster(r, data))
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -307,7 +316,8 @@ def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dic
         raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
-            "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics}
+            "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics,
+            "tokens": r.optional(k, "tokens", where, parse_budget)}
 
 
 def _sha256(r: _Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
@@ -390,6 +400,45 @@ def _metrics(r: _Reader, data: Mapping[str, Any]) -> MetricsSettings:
         return MetricsSettings(listen=parse_hostport(r.string(m, "listen", where)))
     except ValueError as e:
         raise r.fail(where + ("listen",), str(e)) from None
+
+
+_REDIS_URL = "a URL like \"redis://127.0.0.1:6379/0\" or \"rediss://:password@host:6380/0\""
+
+
+def _cluster(r: _Reader, data: Mapping[str, Any]) -> Cluster | None:
+    where = ("cluster",)
+    if "cluster" not in data:
+        return None
+    c = r.table(data["cluster"], where, _CLUSTER_FIELDS)
+    url = r.string(c, "redis", where, "")
+    if url:
+        try:
+            RedisAddress.from_url(url)
+        except ValueError as e:
+            raise r.fail(where + ("redis",), f"{_REDIS_URL} ({e})") from None
+    prefix = r.string(c, "key_prefix", where, Cluster.key_prefix)
+    lease_ttl = r.duration(c, "lease_ttl", where, Cluster.lease_ttl)
+    if lease_ttl < 0.1:
+        raise r.fail(where + ("lease_ttl",), "a duration of at least 100ms, like \"15s\"")
+    op_timeout = r.duration(c, "op_timeout", where, Cluster.op_timeout)
+    if not 0.001 <= op_timeout <= 10:
+        raise r.fail(where + ("op_timeout",), "a duration between 1ms and 10s, like \"50ms\"")
+    rule = r.string(c, "on_redis_error", where, Cluster.on_redis_error)
+    if rule not in ON_REDIS_ERROR:
+        raise r.fail(where + ("on_redis_error",), "one of " + ", ".join(f'"{v}"' for v in ON_REDIS_ERROR))
+    return Cluster(url, prefix, lease_ttl, op_timeout, rule)
+
+
+def cluster_address(cluster: Cluster, environ: Mapping[str, str]) -> RedisAddress:
+    """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else `redis`."""
+    url = environ.get(ENV_URL) or cluster.redis
+    if not url:
+        raise ConfigError(f"cluster.redis: expected {_REDIS_URL} (or the {ENV_URL} environment variable)")
+    try:
+        return redis_address(cluster.redis, environ)
+    except ValueError as e:
+        where = f"{ENV_URL} (environment variable)" if environ.get(ENV_URL) else "cluster.redis"
+        raise ConfigError(f"{where}: expected {_REDIS_URL} ({e})") from None
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:

@@ -35,6 +35,17 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A token budget such as "200000/day": prompt plus completion tokens over a sliding window."""
+    tokens: int
+    window: float     # seconds: an hour, a day, or a month of 30 days
+    unit: str         # "h", "day" or "month", as written (names the window in shared state)
+
+    def __str__(self) -> str:
+        return f"{self.tokens}/{self.unit}"
+
+
+@dataclass(frozen=True)
 class KeyEntry:
     name: str
     sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
@@ -50,6 +61,7 @@ class KeyEntry:
     previous_sha256: bytes | None = None  # the key before a rotation, still valid ...
     previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
+    tokens: Budget | None = None          # token budget over a sliding window
 
 
 def key_text_problem(key: str) -> str | None:
@@ -160,6 +172,19 @@ class Routing:
     max_attempts: int = 2         # hosts one request may try before its first byte
 
 
+ON_REDIS_ERROR = ("local", "open", "closed")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """[cluster]: several gates share their limits through one Redis."""
+    redis: str = ""                   # redis:// or rediss:// URL; $GUARDPROXY_REDIS_URL replaces it
+    key_prefix: str = "guardproxy:"
+    lease_ttl: float = 15.0           # a slot of an instance that died is free again after this
+    op_timeout: float = 0.05          # a Redis call on the request path waits at most this
+    on_redis_error: str = "local"     # "local": per instance, limits divided; "open": none; "closed": 503
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None
@@ -178,6 +203,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
+    cluster: Cluster | None = None
 
     def hosts(self) -> tuple[UpstreamHost, ...]:
         """Every host requests may go to: the [[upstreams]], or `upstream` named by its address."""

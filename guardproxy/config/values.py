@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Any
 
-from .model import Rate, Upstream
+from .model import Budget, Rate, Upstream
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -54,6 +54,21 @@ def parse_rate(value: Any) -> Rate:
     if not m or int(m.group(1)) < 1:
         raise ValueError("a rate like \"30/min\", \"5/s\" or \"1000/h\"")
     return Rate(int(m.group(1)), int(m.group(2) or 1) * _RATE_UNITS[m.group(3)])
+
+
+_BUDGET = re.compile(r"^\s*(\d[\d_]*)\s*/\s*(h|hour|d|day|month)\s*$")
+# Canonical unit -> seconds; a month is 30 days (the window slides, so calendar months do not apply).
+BUDGET_WINDOWS = {"h": 3600.0, "day": 86400.0, "month": 30 * 86400.0}
+_BUDGET_UNITS = {"h": "h", "hour": "h", "d": "day", "day": "day", "month": "month"}
+
+
+def parse_budget(value: Any) -> Budget:
+    """"200000/day", "5000/h", "3_000_000/month" -> Budget (prompt plus completion tokens)."""
+    m = _BUDGET.match(value) if isinstance(value, str) else None
+    if not m or int(m.group(1).replace("_", "")) < 1:
+        raise ValueError("a token budget like \"200000/day\", \"20000/h\" or \"3000000/month\"")
+    unit = _BUDGET_UNITS[m.group(2)]
+    return Budget(int(m.group(1).replace("_", "")), BUDGET_WINDOWS[unit], unit)
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""Rate limits, bans, the client address, and the fair concurrency gate.  Pure logic: no asyncio.
+"""Rate limits, bans and the client address.  Pure logic: no asyncio.
 
 Every table is an LRU bounded by `max_tracked` entries, so a flood from many
 addresses costs a fixed amount of memory: the least recently seen address is
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from functools import lru_cache
-from typing import Any, Hashable, Iterable
+from typing import Hashable, Iterable
 
 from ..config.model import Ban, Rate
 
@@ -84,12 +84,34 @@ class BanTable:
             self._banned.popitem(last=False)
         return True
 
+    def impose(self, addr: str, until: float) -> None:
+        """A ban decided elsewhere (another instance, through shared state), remembered here until it ends."""
+        self._banned[addr] = until
+        self._banned.move_to_end(addr)
+        if len(self._banned) > self.max_tracked:
+            self._banned.popitem(last=False)
+
     def clear(self) -> None:
         self._failures.clear()
         self._banned.clear()
 
     def sizes(self) -> tuple[int, int]:
         return len(self._failures), len(self._banned)
+
+
+def rate_share(rate: Rate, n: int) -> Rate:
+    """One of `n` instances' part of a rate they share: count/n per period (rounded down), or, when
+    that is under one, one request per the longer period that keeps the sum."""
+    if n <= 1:
+        return rate
+    if rate.count >= n:
+        return Rate(rate.count // n, rate.per)
+    return Rate(1, rate.per * n / rate.count)
+
+
+def limit_share(limit: int | None, n: int) -> int | None:
+    """One of `n` instances' part of a concurrency limit: limit/n rounded down, but at least one."""
+    return limit if limit is None or n <= 1 else max(1, limit // n)
 
 
 def retry_after_header(seconds: float) -> tuple[str, str]:
@@ -178,98 +200,3 @@ def _forwarded_for(value: str) -> list[str]:
                     val = val.split(":", 1)[0]
                 out.append(val)
     return out
-
-
-# --- the concurrency gate ------------------------------------------------------------
-
-class QueueFull(Exception):
-    pass
-
-
-class ConcurrencyGate:
-    """Generations in flight: a global limit, per-key limits, and a fair queue.
-
-    Waiters queue per key; a freed slot goes to the keys in round-robin
-    order, so one key with a hundred waiting requests cannot starve a key
-    with one.  Waiters are opaque objects owned by the caller.
-    """
-
-    def __init__(self, max_total: int | None, max_queue: int = 1024) -> None:
-        self.max_total = max_total
-        self.max_queue = max_queue
-        self.running: dict[str, int] = {}
-        self.total = 0
-        self._queues: OrderedDict[str, deque[Any]] = OrderedDict()  # round-robin order of keys
-        self.queued = 0
-
-    def _fits(self, key: str, key_limit: int | None) -> bool:
-        if self.max_total is not None and self.total >= self.max_total:
-            return False
-        return key_limit is None or self.running.get(key, 0) < key_limit
-
-    def try_acquire(self, key: str, key_limit: int | None) -> bool:
-        if key in self._queues or not self._fits(key, key_limit):
-            return False  # someone of this key is already waiting: keep the order
-        self._take(key)
-        return True
-
-    def _take(self, key: str) -> None:
-        self.running[key] = self.running.get(key, 0) + 1
-        self.total += 1
-
-    def enqueue(self, key: str, key_limit: int | None, waiter: Any) -> None:
-        if self.queued >= self.max_queue:
-            raise QueueFull()
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = deque()
-        q.append((waiter, key_limit))
-        self.queued += 1
-
-    def cancel(self, key: str, waiter: Any) -> bool:
-        """Remove a waiter that gave up; False if it was already granted a slot."""
-        q = self._queues.get(key)
-        if q is None:
-            return False
-        for i, (w, _) in enumerate(q):
-            if w is waiter:
-                del q[i]
-                self.queued -= 1
-                if not q:
-                    del self._queues[key]
-                return True
-        return False
-
-    def release(self, key: str) -> list[Any]:
-        """Free one slot of `key`; returns the waiters that now hold a slot (wake them)."""
-        n = self.running.get(key, 0) - 1
-        if n > 0:
-            self.running[key] = n
-        else:
-            self.running.pop(key, None)
-        self.total -= 1
-        return self.grant()
-
-    def grant(self) -> list[Any]:
-        woken: list[Any] = []
-        progress = True
-        while progress and self._queues:
-            progress = False
-            for key in list(self._queues):
-                q = self._queues[key]
-                waiter, key_limit = q[0]
-                if not self._fits(key, key_limit):
-                    if self.max_total is not None and self.total >= self.max_total:
-                        return woken
-                    continue
-                q.popleft()
-                self.queued -= 1
-                self._take(key)
-                woken.append(waiter)
-                # This key goes to the back of the round-robin order.
-                del self._queues[key]
-                if q:
-                    self._queues[key] = q
-                progress = True
-                break
-        return woken

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from ..config.model import Config, KeyEntry
 from .cors import CorsPolicy
-from ..wire.errors import TooManyRequests
+from ..wire.errors import ServiceUnavailable, TooManyRequests
 from ..wire.heads import RequestHead
-from .limits import (BanTable, ConcurrencyGate, RateTable, TrustedProxies, address_bucket,
+from .concurrency import ConcurrencyGate
+from .limits import (BanTable, RateTable, TrustedProxies, address_bucket, rate_share,
                      retry_after_header)
 
 
@@ -24,6 +25,20 @@ class RateLimited(TooManyRequests):
     message = "rate limit exceeded"
 
 
+class KeyRateLimited(RateLimited):
+    message = "rate limit exceeded for this key"
+
+
+class BudgetExceeded(TooManyRequests):
+    message = "token budget exceeded"
+    reason = "budget"
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """Shared limits cannot be checked (Redis down) and [cluster] on_redis_error = "closed"."""
+    message = "limits unavailable; try again later"
+
+
 class Policies:
     def __init__(self, config: Config) -> None:
         lim = config.limits
@@ -31,6 +46,7 @@ class Policies:
         self.key_rates = RateTable(lim.max_tracked)
         self.bans = BanTable(config.ban, lim.max_tracked)
         self.gate = ConcurrencyGate(lim.max_concurrent, lim.max_queue)
+        self.share = 1  # rates are this instance's part of limits shared by `share` instances
         self.apply(config)
 
     def apply(self, config: Config) -> list[object]:
@@ -42,7 +58,8 @@ class Policies:
         """
         lim = config.limits
         self.cors = CorsPolicy(config.cors)
-        self.per_ip = lim.per_ip
+        self.configured_per_ip = lim.per_ip
+        self.per_ip = lim.per_ip if lim.per_ip is None else rate_share(lim.per_ip, self.share)
         self.proxies = TrustedProxies(lim.trusted_proxies)
         self.address_header_name = lim.client_address_header
         self.address_header = lim.client_address_header.encode()
@@ -58,6 +75,11 @@ class Policies:
         # Any key with its own limit, or a global limit, means generations take a slot.
         self.slots_on = lim.max_concurrent is not None or any(k.max_concurrent for k in config.keys)
         return self.gate.grant()
+
+    def set_share(self, n: int) -> None:
+        """Enforce 1/n of the rates (the in-process fallback of n instances that lost their shared state)."""
+        self.share = n
+        self.per_ip = self.configured_per_ip if self.configured_per_ip is None else rate_share(self.configured_per_ip, n)
 
     def client_address(self, peer: str, req: RequestHead) -> str:
         if not self.proxies.nets:
@@ -81,6 +103,6 @@ class Policies:
 
     def after_auth(self, key: KeyEntry, now: float) -> None:
         if key.rate is not None:
-            wait = self.key_rates.hit(key.name, key.rate, now)
+            wait = self.key_rates.hit(key.name, key.rate if self.share == 1 else rate_share(key.rate, self.share), now)
             if wait:
-                raise RateLimited("rate limit exceeded for this key", headers=[retry_after_header(wait)])
+                raise KeyRateLimited(headers=[retry_after_header(wait)])

@@ -2,9 +2,12 @@
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
     -> ban, per-address rate -> key -> per-key rate -> /metrics? -> endpoint rules
-    -> model check (reads a small body) -> generation slot -> a host (hosts.py)
+    -> model check (reads a small body) -> admission (budget, generation slot) -> a host (hosts.py)
     -> [only now] an upstream connection -> head and body upstream
-    -> the relay splices the response -> the record is written
+    -> the relay splices the response -> the record is written -> the slot freed, tokens counted
+
+Limits are kept by `server.state` (engine/state/: in process, or shared through Redis),
+which decides each check in whichever of its calls suits it.
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
@@ -29,13 +32,14 @@ from ..decisions.routing import Request, model_of
 from ..wire.coding import decoded_body
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
-from . import bodies, forwarding, listing, slots
+from . import bodies, forwarding, listing
 from .accesslog import AccessLog, LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
 from .hosts import HostSet, Member
 from .metrics import PAGE_HEAD, Metrics
 from .relay import UpstreamConnection
+from .state.base import State
 from .tokens import usage_from_tail
 
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
@@ -52,6 +56,7 @@ class Gate(Protocol):
     config: Config
     keys: KeyRing
     policies: Policies
+    state: State
     hosts: HostSet
     access_log: AccessLog
     metrics: Metrics
@@ -143,14 +148,15 @@ class Exchange:
             path = req.target if req.target == b"*" else routes.check_path(req.target)
             now = server.clock()
             client = record.client = pol.client_address(conn.peer_ip, req)
-            pol.before_auth(client, now)
+            state = server.state
+            state.before_auth(client, now)
             try:
                 key = server.keys.identify(req)
             except Unauthorized:
-                pol.auth_failed(client, now)
+                await state.auth_failed(client, now)
                 raise
             record.key = key.name
-            pol.after_auth(key, now)
+            state.after_auth(key, now)
             if route is routes.METRICS:  # answered here, never forwarded, whatever the key or method
                 routes.authorize_metrics(key, req.method, self.has_body)
                 return self.respond(200, PAGE_HEAD + self.extra_headers, await server.scrape())
@@ -165,20 +171,18 @@ class Exchange:
             body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
-            if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
-                return await listing.merged(self, key, path)
-            if route.listing and key.models is not None and method == b"GET":
-                return await listing.filtered(self, key, path, host_name)
-            # The body goes to proxy() alone: a stream holds no second reference to it.
-            forwarded = self.proxy(body, host_name)
-            del body
-            if slot:
-                try:
-                    async with slots.hold(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, conn.lost()):
-                        return await forwarded
-                finally:
-                    forwarded.close()  # not started if no slot was granted
-            return await forwarded
+            ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
+            try:
+                if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
+                    return await listing.merged(self, key, path)
+                if route.listing and key.models is not None and method == b"GET":
+                    return await listing.filtered(self, key, path, host_name)
+                # The body goes to proxy() alone: a stream holds no second reference to it.
+                forwarded = self.proxy(body, host_name)
+                del body
+                return await forwarded
+            finally:
+                state.finish(ticket, record)
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:

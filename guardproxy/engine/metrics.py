@@ -68,6 +68,8 @@ class Gauges:
     connections_open: int
     queue_waiting: int
     upstreams: tuple[UpstreamState, ...]
+    state_errors: int = 0      # [cluster]: Redis calls that failed or timed out
+    state_fallbacks: int = 0   # [cluster]: requests decided by on_redis_error instead of Redis
 
 
 class Metrics:
@@ -191,6 +193,12 @@ class Metrics:
         _family(w, "guardproxy_upstream_in_flight", "gauge", "Generations the host is answering now.")
         for u in gauges.upstreams:
             w(f'guardproxy_upstream_in_flight{{upstream="{_escape(u.name)}"}} {u.in_flight}\n')
+        _family(w, "guardproxy_shared_state_errors_total", "counter",
+                "Calls to the shared state ([cluster] Redis) that failed or timed out.")
+        w(f"guardproxy_shared_state_errors_total {gauges.state_errors}\n")
+        _family(w, "guardproxy_shared_state_fallbacks_total", "counter",
+                "Requests decided by [cluster] on_redis_error because Redis could not be asked.")
+        w(f"guardproxy_shared_state_fallbacks_total {gauges.state_fallbacks}\n")
         return "".join(out).encode("utf-8")
 
 

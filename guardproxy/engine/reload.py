@@ -58,6 +58,8 @@ class Reloader:
             notes.append("log.access")
         if config.metrics != old.metrics:
             notes.append("metrics.listen")
+        if config.cluster != old.cluster:
+            notes.append("cluster")
         self.server.apply_config(config)
         logs.apply_level(config.log_level)
         self.reloads += 1

@@ -30,7 +30,7 @@ from .hosts import HostSet
 from .listed_models import ListedModels
 from .metrics import Gauges, Metrics, UpstreamState
 from .metrics_listener import MetricsListener
-from .slots import wake
+from .state.backends import open_state
 from .tls import CertReloader, PlainAcceptor
 
 log = logging.getLogger("guardproxy")
@@ -50,6 +50,7 @@ class GuardServer:
         self.loop = asyncio.get_running_loop()
         self.keys = KeyRing(config.keys)
         self.policies = Policies(config)
+        self.state = open_state(config, self.policies)  # limits: in this process, or shared ([cluster])
         self.clock = time.monotonic  # rate and ban decisions; tests put a fake clock here
         self.hosts = HostSet(config)  # the Ollama hosts: pools, routing, health (also read by the metrics)
         self.health = HealthChecker(self.hosts)
@@ -89,17 +90,20 @@ class GuardServer:
         """The metrics as Prometheus reads them."""
         await self.listed.ready()
         hosts = tuple(UpstreamState(h.name, self.listed.up(h.name), h.in_flight) for h in self.hosts.status())
-        return self.metrics.exposition(Gauges(len(self.connections), self.policies.gate.queued + self.hosts.waiting.queued, hosts))
+        waiting = self.state.waiting() + self.hosts.waiting.queued
+        return self.metrics.exposition(Gauges(len(self.connections), waiting, hosts,
+                                              self.state.errors, self.state.fallbacks))
 
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: keys, CORS, limits, timeouts, hosts.  Running streams keep going.
 
-        The listen address stays as it is (it needs a restart).
+        The listen address and [cluster] stay as they are (they need a restart).
         """
         config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         access_log=self.config.access_log, metrics=self.config.metrics)
+                         access_log=self.config.access_log, metrics=self.config.metrics,
+                         cluster=self.config.cluster)
         self.keys = KeyRing(config.keys)
-        wake(self.policies.apply(config))
+        self.state.apply(config)
         self.hosts.apply(config)
         if self._server is not None or self._acceptor is not None:
             self.health.apply()
@@ -111,6 +115,7 @@ class GuardServer:
 
     async def start(self) -> None:
         """Listen (an OSError if the listen address cannot be taken, ListenError for metrics.listen)."""
+        await self.state.start()
         if self.tls is None:
             self._server = await self.loop.create_server(
                 lambda: ClientConnection(self), self.config.listen_host, self.config.listen_port,
@@ -217,6 +222,7 @@ class GuardServer:
         self.hosts.close()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.state.close()
         self.access_log.flush()
 
     # --- the per-connection loop ---------------------------------------------------

@@ -1,19 +1,20 @@
-"""Waiting for a generation slot: the asynchronous edge of decisions.limits.ConcurrencyGate.
+"""Waiting for a generation slot: the asynchronous edge of the concurrency decisions.
 
-    async with hold(gate, key, key_limit, queue_timeout):
-        ...  # the generation runs; the slot is freed however this block ends
+    await acquire(gate, key, key_limit, queue_timeout, gone)   # in-process (decisions.concurrency)
+    ...                                                        # the generation runs
+    wake(gate.release(key))                                    # however it ended
 
-The gate decides (fair order across keys, limits, queue size); this module
-only waits for its answer and wakes whoever a freed slot goes to.
+The gate decides (fair order across keys, limits, queue size); this module only waits for its
+answer and wakes whoever a freed slot goes to.  `wait_granted` is the wait itself, shared with
+the Redis backend, whose answers arrive from a round trip instead of at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Iterable
+from typing import Callable, Iterable
 
-from ..decisions.limits import ConcurrencyGate, QueueFull
+from ..decisions.concurrency import DEFAULT_HOST, ConcurrencyGate, QueueFull
 from ..wire.errors import ServiceUnavailable
 from .failures import ClientGone
 
@@ -22,21 +23,18 @@ class QueueTimeout(ServiceUnavailable):
     message = "all generation slots are busy; try again later"
 
 
-async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-                  gone: "asyncio.Future[None] | None" = None) -> None:
-    """Wait, in fair order across keys, for a generation slot; 503 after `timeout`.
+def queue_full() -> QueueTimeout:
+    return QueueTimeout("too many requests are waiting for a generation slot", headers=[("Retry-After", "1")])
 
-    `gone` is done when the client hangs up: its place in the queue is given
-    up at once (ClientGone), so hung-up clients never crowd out live ones.
+
+async def wait_granted(waiter: "asyncio.Future[None]", timeout: float, gone: "asyncio.Future[None] | None",
+                       give_up: Callable[[], None]) -> None:
+    """Wait until `waiter` is resolved (a slot granted); 503 after `timeout`.
+
+    `gone` is done when the client hangs up: its place in the queue is given up at once
+    (ClientGone), so hung-up clients never crowd out live ones.  On any way out but a grant,
+    `give_up()` leaves the queue, or hands on a slot granted in the same instant.
     """
-    if gate.try_acquire(key, key_limit):
-        return
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    try:
-        gate.enqueue(key, key_limit, waiter)
-    except QueueFull:
-        raise QueueTimeout("too many requests are waiting for a generation slot",
-                           headers=[("Retry-After", "1")]) from None
     try:
         async with asyncio.timeout(timeout):
             if gone is None:
@@ -45,13 +43,12 @@ async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeou
                 await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
                     raise ClientGone()
+                waiter.result()   # a waiter may be failed instead of granted
     except BaseException as exc:
         # A timeout, or the task cancelled (shutdown, the connection's task
         # ending): leave the queue.  Cancellation is a BaseException, and a
         # slot that leaks here is lost for good.
-        if not gate.cancel(key, waiter):
-            # Granted in the same instant it gave up: hand the slot on.
-            wake(gate.release(key))
+        give_up()
         if not waiter.done():
             waiter.cancel()
         if isinstance(exc, TimeoutError):
@@ -59,15 +56,23 @@ async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeou
         raise
 
 
-@asynccontextmanager
-async def hold(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-               gone: "asyncio.Future[None] | None" = None) -> AsyncIterator[None]:
-    """A generation slot for the duration of the block, released however it ends (cancellation too)."""
-    await acquire(gate, key, key_limit, timeout, gone)
+async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
+                  gone: "asyncio.Future[None] | None" = None, host: str = DEFAULT_HOST,
+                  host_limit: int | None = None) -> None:
+    """Wait, in fair order across keys, for a generation slot of the in-process gate."""
+    if gate.try_acquire(key, key_limit, host, host_limit):
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        yield
-    finally:
-        wake(gate.release(key))
+        gate.enqueue(key, key_limit, waiter, host, host_limit)
+    except QueueFull:
+        raise queue_full() from None
+
+    def give_up() -> None:
+        if not gate.cancel(key, waiter):
+            wake(gate.release(key, host))   # granted in the same instant it gave up: hand the slot on
+
+    await wait_granted(waiter, timeout, gone, give_up)
 
 
 def wake(waiters: Iterable[object]) -> None:

@@ -1,4 +1,4 @@
-"""`guardproxy usage`: requests, tokens, errors and probing addresses, over the access log."""
+"""`guardproxy usage`: requests, tokens, errors and probing addresses, over the access log; token budgets."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..config.model import ConfigError
 from ..config.paths import find_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
+from .budgets import budget_report
 
 
 def _parse_time(s: str) -> float | None:
@@ -86,9 +87,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--since: expected {e}") from None
     log = args.log
-    if not log:
+    config = None
+    if not log or args.config:   # with only --log, a config elsewhere is none of this report's business
         path, _ = find_config(args.config)
-        log = load_config(path).access_log if path.exists() else ""
+        config = load_config(path) if path.exists() else None
+        log = log or (config.access_log if config is not None else "")
         if log in ("", "-"):
             raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
                               f"(or pass --log FILE)")
@@ -97,4 +100,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
     except OSError as e:
         raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
+    budgets = budget_report(config) if config is not None else ""
+    if budgets:
+        sys.stdout.write("\n" + budgets)
     return 0

@@ -16,6 +16,7 @@ import pytest
 from guardproxy import __version__
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.processes import launch
 from support.raw_http import read_response, request_bytes
 
 # Subprocess tests do not depend on the event loop of the test itself.
@@ -37,19 +38,7 @@ class Running:
 
     @classmethod
     async def start(cls, *args: str, cwd: Path, env: dict[str, str] | None = None) -> "Running":
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
-        full_env.update(env or {})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "guardproxy", *args, cwd=cwd, env=full_env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        banner = ""
-        while True:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()  # type: ignore[union-attr]
-            assert line, f"guardproxy exited early: {banner}"
-            banner += line
-            if " listening on " in line:
-                port = int(line.split(" listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
-                return cls(proc, port, banner)
+        return cls(*await launch(*args, cwd=cwd, env=env))
 
     async def stop(self) -> int:
         if self.proc.returncode is None:

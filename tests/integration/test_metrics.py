@@ -30,7 +30,8 @@ KEYS = (KeyEntry("laptop", bytes.fromhex(hash_key(KEY))), KeyEntry("phone", byte
 NAMES = {"guardproxy_build_info", "guardproxy_requests_total", "guardproxy_refusals_total", "guardproxy_tokens_total",
          "guardproxy_request_duration_seconds", "guardproxy_time_to_first_byte_seconds", "guardproxy_streams_active",
          "guardproxy_queue_waiting", "guardproxy_connections_open", "guardproxy_upstream_up",
-         "guardproxy_upstream_in_flight"}
+         "guardproxy_upstream_in_flight", "guardproxy_shared_state_errors_total",
+         "guardproxy_shared_state_fallbacks_total"}
 
 Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 

@@ -10,9 +10,10 @@ from typing import AsyncIterator
 
 import pytest
 
-from guardproxy.engine.state.address import RedisAddress, redis_address
-from guardproxy.engine.state.resp import (RedisClient, RedisReplyError, RedisSubscriber, RedisTimeout,
-                                          RedisUnavailable, Script)
+from guardproxy.config.redis_url import RedisAddress, redis_address
+from guardproxy.engine.state.commands import Script
+from guardproxy.engine.state.pubsub import RedisSubscriber
+from guardproxy.engine.state.resp import RedisClient, RedisReplyError, RedisTimeout, RedisUnavailable
 from support_redis import RedisServer, free_port, redis_server, tls_files
 
 ECHO = Script("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")

@@ -14,7 +14,8 @@ DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 SERIES = {"guardproxy_requests_total", "guardproxy_refusals_total", "guardproxy_tokens_total",
           "guardproxy_request_duration_seconds_bucket", "guardproxy_time_to_first_byte_seconds_bucket",
           "guardproxy_streams_active", "guardproxy_queue_waiting", "guardproxy_connections_open",
-          "guardproxy_upstream_up", "guardproxy_upstream_in_flight", "guardproxy_build_info"}
+          "guardproxy_upstream_up", "guardproxy_upstream_in_flight", "guardproxy_build_info",
+          "guardproxy_shared_state_errors_total", "guardproxy_shared_state_fallbacks_total"}
 FUNCTIONS = {"sum", "max", "rate", "histogram_quantile"}
 
 

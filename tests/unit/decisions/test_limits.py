@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guardproxy.config.model import Ban, Rate
-from guardproxy.decisions.limits import BanTable, ConcurrencyGate, QueueFull, RateTable, TrustedProxies
+from guardproxy.decisions.concurrency import ConcurrencyGate, QueueFull
+from guardproxy.decisions.limits import BanTable, RateTable, TrustedProxies
 
 
 def test_token_bucket_with_fake_clock() -> None:
@@ -92,3 +93,38 @@ def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
     assert address_bucket("::ffff:203.0.113.7") == "203.0.113.7"
     assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+
+
+def test_gate_host_limit() -> None:
+    g = ConcurrencyGate(None)
+    assert g.try_acquire("a", None, "gpu1", 1) and not g.try_acquire("b", None, "gpu1", 1)
+    assert g.try_acquire("b", None, "gpu2", 1)
+    g.enqueue("b", None, "w", "gpu1", 1)
+    assert g.release("a", "gpu1") == ["w"] and g.hosts == {"gpu1": 1, "gpu2": 1} and g.total == 2
+
+
+def test_fair_queue_order_for_a_grant_pass() -> None:
+    from guardproxy.decisions.concurrency import FairQueue
+    q = FairQueue(10)
+    for key, item in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("c", "c1"), ("c", "c2")]:
+        q.push(key, item)
+    assert [i for _, i in q.in_turn(10)] == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    assert [i for _, i in q.in_turn(4)] == ["a1", "b1", "c1", "a2"]
+    assert q.remove("a", lambda i: i == "a1") == "a1" and q.remove("a", lambda i: i == "zz") is None
+    q.served("a")
+    assert q.keys() == ["b", "c", "a"] and q.queued == 5
+
+
+def test_shares_of_limits_when_each_instance_decides_alone() -> None:
+    from guardproxy.config.model import Rate
+    from guardproxy.decisions.limits import limit_share, rate_share
+    assert rate_share(Rate(30, 60.0), 1) == Rate(30, 60.0)
+    assert rate_share(Rate(30, 60.0), 4) == Rate(7, 60.0)
+    assert rate_share(Rate(1, 60.0), 3) == Rate(1, 180.0)       # never zero: one per longer period
+    assert limit_share(None, 3) is None and limit_share(8, 3) == 2 and limit_share(1, 3) == 1
+
+
+def test_a_ban_imposed_from_elsewhere() -> None:
+    b = BanTable(Ban(3, 60.0, 900.0))
+    b.impose("198.51.100.1", 1500.0)
+    assert b.retry_after("198.51.100.1", 1000.0) == 500.0 and b.retry_after("198.51.100.1", 1500.0) == 0.0

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.decisions import routes
-from guardproxy.decisions.policy import Banned, RateLimited
+from guardproxy.decisions.policy import Banned, BudgetExceeded, RateLimited
 from guardproxy.engine import metrics
 from guardproxy.engine.accesslog import LogRecord
 from guardproxy.engine.listed_models import listed_name
@@ -92,7 +92,7 @@ def test_remembered_labels_and_names_waiting_for_the_list_are_bounded(monkeypatc
 
 @pytest.mark.parametrize("err,reason", [
     (errors.Unauthorized(), "unauthorized"), (errors.Forbidden(), "forbidden"), (routes.NotFound(), "forbidden"),
-    (RateLimited(), "rate"), (Banned(), "ban"), (errors.PayloadTooLarge(), "too_large"),
+    (RateLimited(), "rate"), (Banned(), "ban"), (BudgetExceeded(), "budget"), (errors.PayloadTooLarge(), "too_large"),
     (errors.HeadTooLarge(), "too_large"), (errors.UriTooLong(), "too_large"), (errors.BadRequest(), "bad_request"),
     (errors.RequestTimeout(), "bad_request"), (errors.MethodNotAllowed(), "bad_request"),
     (errors.VersionNotSupported(), "bad_request"), (QueueTimeout(), "busy"),

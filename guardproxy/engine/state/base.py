@@ -1,0 +1,96 @@
+"""The state limits keep, behind one interface: in this process (local.py) or shared through Redis (cluster.py).
+
+An exchange calls, in pipeline order:
+
+    state.before_auth(client, now)        no key looked at yet: bans, and what else is known at once
+    await state.auth_failed(client, now)  only when the key was refused: count it (may ban)
+    state.after_auth(key, now)            the key is known
+    ticket = await state.admit(...)       just before forwarding: the rest (rates, budget, a slot)
+    state.finish(ticket, record)          the request is over: free the slot, count its tokens
+
+and never learns which backend it has: each does its work in the calls that suit it.  The
+in-process backend decides rates and bans where it always has (before and after the key), so
+it behaves as before this interface existed; the Redis backend decides everything in the one
+round trip of `admit` (and of `auth_failed`), since a round trip per stage would cost one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from ...config.model import Budget, Config, KeyEntry
+from ...decisions.concurrency import DEFAULT_HOST
+
+
+class Outcome(Protocol):
+    """What `finish` reads of a finished request (an access-log record has it)."""
+
+    status: int
+    bytes_in: int
+    bytes_out: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class Ticket:
+    """What `admit` granted one request, for `finish` to give back."""
+
+    __slots__ = ("key", "host", "slot", "budget", "lease")
+
+    def __init__(self, key: str, host: str = DEFAULT_HOST, slot: bool = False, budget: Budget | None = None,
+                 lease: bytes = b"") -> None:
+        self.key = key
+        self.host = host
+        self.slot = slot        # holds a generation slot
+        self.budget = budget    # its tokens count against this budget
+        self.lease = lease      # the slot's lease in shared state
+
+
+NO_TICKET = Ticket("")   # nothing to give back (the usual case: no slot, no budget)
+
+
+class State(ABC):
+    errors = 0          # calls to shared state that failed or timed out (none in process)
+    fallbacks = 0       # requests decided without shared state (by [cluster] on_redis_error)
+
+    @abstractmethod
+    def before_auth(self, client: str, now: float) -> None:
+        """Raise Banned or RateLimited before any key is looked at."""
+
+    @abstractmethod
+    async def auth_failed(self, client: str, now: float) -> None:
+        """The key was refused: count it; raise Banned or RateLimited instead of the 401 when due."""
+
+    @abstractmethod
+    def after_auth(self, key: KeyEntry, now: float) -> None:
+        """Raise RateLimited for a key over its rate."""
+
+    @abstractmethod
+    async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
+                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+        """Just before forwarding: what is left of the checks, and a slot for a generation.
+
+        Raises a GuardError (429 rates, bans, budget; 503 queue timeout, limits unavailable)
+        or ClientGone (hung up while waiting).  `host` is the upstream's name; `host_limit`
+        its concurrency limit, if it has one.
+        """
+
+    @abstractmethod
+    def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        """The request is over (however it ended): free its slot, count its tokens.  Never waits."""
+
+    @abstractmethod
+    def apply(self, config: Config) -> None:
+        """Take reloaded settings; counters and slots in use carry over."""
+
+    def waiting(self) -> int:
+        """Requests of this instance waiting for a slot now."""
+        return 0
+
+    async def start(self) -> None:
+        """Before the first request."""
+
+    async def close(self) -> None:
+        """After the last request."""

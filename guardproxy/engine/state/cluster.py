@@ -1,0 +1,330 @@
+"""The Redis backend ([cluster]): every gate that uses the same Redis enforces one set of limits.
+
+One round trip before a request is forwarded (scripts.ADMIT: ban, rates, budget, a slot) and
+one, unawaited, after it ends (scripts.FINISH: free the slot, add the tokens); a refused key
+costs one (scripts.AUTH_FAILED).  Bans Redis reports are remembered here until they end, so a
+banned address costs no round trip.  A request that finds no free slot waits in this
+instance's fair queue (waiting.py); slots are leases renewed while their streams run (RENEW),
+so an instance that dies holds nothing after lease_ttl.
+
+When Redis is down or slower than op_timeout, every decision falls to on_redis_error at once:
+"local" enforces this instance's share of the limits in process (divided by the live instances
+last seen), "open" none, "closed" answers 503.  It is logged once, and once when Redis is back;
+`errors` and `fallbacks` count it.  Tokens counted meanwhile are sent when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from typing import TextIO
+
+from ...config.model import Budget, Config, KeyEntry
+from ...config.redis_url import RedisAddress
+from ...decisions.budget import TokenBook, bucket_seconds
+from ...decisions.concurrency import DEFAULT_HOST, Occupancy
+from ...decisions.limits import address_bucket, limit_share, retry_after_header
+from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUnavailable, Policies, RateLimited
+from .base import NO_TICKET, Outcome, State, Ticket
+from .local import spent
+from .commands import Reply
+from .pubsub import RedisSubscriber
+from .resp import RedisClient, RedisError, RedisReplyError
+from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, Calls, key_keys
+from .waiting import SlotQueue
+
+START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
+BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
+RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
+         "open": "no limits are enforced", "closed": "requests are refused with 503"}
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class RedisState(State):
+    def __init__(self, config: Config, policies: Policies, address: RedisAddress, *, log: TextIO = sys.stderr,
+                 backoff: tuple[float, float] = (0.05, 1.0), start_wait: float = START_WAIT) -> None:
+        cluster = config.cluster
+        assert cluster is not None
+        self.policies = policies
+        self.address = address
+        self.log = log
+        self.rule = cluster.on_redis_error
+        self.lease_ttl = cluster.lease_ttl
+        self.start_wait = start_wait
+        # "local": this instance's share of the limits; and every ban known here, from Redis or counted locally.
+        self.fallback = Policies(config)
+        self.clock = time.monotonic
+        self.wall = time.time
+        self.id = secrets.token_hex(6).encode()
+        self.prefix = cluster.key_prefix.encode()
+        self.slots = SlotQueue(self, config.limits.max_queue)
+        self.calls = Calls(self.prefix, self.lease_ttl, self.slots.queued_ttl)
+        self.all_slots, self.queued_key = self.calls.all_slots, self.calls.queued
+        self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state)
+        self.subscriber = RedisSubscriber(address, [self.calls.channel], self._freed, backoff=backoff,
+                                          ping_interval=max(1.0, self.lease_ttl / 3))
+        self.errors = 0
+        self.fallbacks = 0
+        self.instances = 1        # live instances last seen
+        self.up: bool | None = None
+        self.occupancy = Occupancy()                  # the slots this instance holds, whoever granted them
+        self.leases: dict[bytes, Ticket] = {}
+        self._serial = 0
+        self.unsent: dict[tuple[str, Budget], int] = {}   # tokens counted while Redis could not be told
+        self.unsent_book = TokenBook()                    # the same, as windows: the local budget estimate
+        self.seen: dict[tuple[str, str], int] = {}        # the window totals Redis last reported
+        self._reply_errors: set[str] = set()
+        self._renew_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        self.policies.apply(config)
+        self.fallback.apply(config)
+        self.ban = config.ban
+        self.max_total = config.limits.max_concurrent
+        self.calls.configure(self.policies.per_ip, config.ban, self.max_total)
+        self.slots.queue.max_queue = config.limits.max_queue
+        self.slots.kick()   # limits may have grown
+
+    def waiting(self) -> int:
+        return self.slots.queue.queued + self.policies.gate.queued  # (the second: while Redis is down)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    # --- the request path ------------------------------------------------------------------
+
+    def before_auth(self, client: str, now: float) -> None:
+        wait = self.fallback.bans.retry_after(address_bucket(client), now)
+        if wait:
+            raise Banned(headers=[retry_after_header(wait)])
+
+    async def auth_failed(self, client: str, now: float) -> None:
+        if not (self.ban.after_failures or self.policies.per_ip):
+            return   # nothing to count
+        addr = address_bucket(client)
+        if self.connected:
+            try:
+                code, wait_ms = _ints(await self.client.evalsha_encoded(AUTH_FAILED, *self.calls.auth_failed(addr)), 2)
+            except RedisError as e:
+                self.error(e)
+            else:
+                if code == 1:
+                    self._banned(addr, wait_ms, now)
+                elif code == 2:
+                    raise RateLimited(headers=[retry_after_header(wait_ms / 1000)])
+                elif code == 6:
+                    self.fallback.bans.impose(addr, now + wait_ms / 1000)
+                return
+        self.fallbacks += 1
+        if self.rule == "local":
+            self.fallback.before_auth(client, now)
+            self.fallback.auth_failed(client, now)
+
+    def _banned(self, addr: str, wait_ms: int, now: float) -> None:
+        self.fallback.bans.impose(addr, now + wait_ms / 1000)
+        raise Banned(headers=[retry_after_header(wait_ms / 1000)])
+
+    def after_auth(self, key: KeyEntry, now: float) -> None:
+        pass   # decided with the rest, in the one round trip of admit()
+
+    async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
+                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+        pol = self.policies
+        slot = generation and (pol.slots_on or host_limit is not None)
+        budget = key.tokens if generation else None
+        if not (slot or budget or pol.per_ip or key.rate or self.ban.after_failures):
+            return NO_TICKET
+        if slot:
+            self._serial += 1
+            lease = b"%s:%d" % (self.id, self._serial)
+        else:
+            lease = b""
+        ticket = Ticket(key.name, host, slot, budget, lease)
+        if not self.connected:
+            return await self._without_redis(key, client, ticket, host_limit, gone)
+        addr = address_bucket(client)
+        queue_first = slot and key.name in self.slots.queue   # this key's earlier requests wait: keep the order
+        freed = self.slots.freed
+        try:
+            code, wait_ms, total = _ints(await self.client.evalsha_encoded(ADMIT, *self.calls.admit(
+                addr, key, generation, host, host_limit, (2 if queue_first else 1) if slot else 0, lease)), 3)
+        except RedisError as e:
+            self.error(e)
+            return await self._without_redis(key, client, ticket, host_limit, gone)
+        if budget is not None and total >= 0:
+            self.seen[(key.name, budget.unit)] = total
+        if code == 0:
+            if slot:
+                self.hold(ticket)
+            return ticket
+        if code == 5:
+            return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=self.slots.freed != freed)
+        retry = [retry_after_header(wait_ms / 1000)]
+        if code == 1:
+            self._banned(addr, wait_ms, self.clock())
+        if code == 2:
+            raise RateLimited(headers=retry)
+        if code == 3:
+            raise KeyRateLimited(headers=retry)
+        raise BudgetExceeded(headers=retry)
+
+    async def _without_redis(self, key: KeyEntry, client: str, ticket: Ticket, host_limit: int | None,
+                             gone: "asyncio.Future[None] | None") -> Ticket:
+        """on_redis_error decides."""
+        self.fallbacks += 1
+        if self.rule == "closed":
+            raise LimitsUnavailable(headers=[("Retry-After", "1")])
+        if self.rule == "local":
+            now, fb = self.clock(), self.fallback
+            fb.before_auth(client, now)
+            fb.after_auth(key, now)
+            if ticket.budget is not None:
+                self._check_budget_locally(key.name, ticket.budget)
+        if not ticket.slot:
+            return ticket
+        if self.rule == "open" or (key.name not in self.slots.queue and self.fits_locally(
+                key.name, key.max_concurrent, ticket.host, host_limit)):
+            self.hold(ticket)
+            return ticket
+        return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True)
+
+    def fits_locally(self, key: str, key_limit: int | None, host: str, host_limit: int | None) -> bool:
+        n = self.instances
+        return self.occupancy.fits(key, limit_share(key_limit, n), host, limit_share(host_limit, n),
+                                   limit_share(self.max_total, n))
+
+    def _check_budget_locally(self, name: str, budget: Budget) -> None:
+        """This instance's share of what Redis last said was left, less what it has counted since."""
+        left = (budget.tokens - self.seen.get((name, budget.unit), 0)) // self.instances
+        wait = bucket_seconds(budget.window) if left <= 0 else \
+            self.unsent_book.retry_after(name, Budget(left, budget.window, budget.unit), self.wall())
+        if wait:
+            raise BudgetExceeded(headers=[retry_after_header(wait)])
+
+    def slot_keys(self, ticket: Ticket) -> tuple[bytes, bytes]:
+        return key_keys(self.prefix, ticket.key, ticket.host)[1:]
+
+    def hold(self, ticket: Ticket) -> None:
+        self.occupancy.take(ticket.key, ticket.host)
+        self.leases[ticket.lease] = ticket
+
+    def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        if ticket is NO_TICKET:
+            return
+        tokens = spent(outcome) if ticket.budget is not None and outcome is not None else 0
+        slot = ticket.slot and self.leases.pop(ticket.lease, None) is not None
+        if slot:
+            self.occupancy.drop(ticket.key, ticket.host)
+            self.slots.released()
+        if slot or tokens:
+            self.send_finish(ticket, tokens, slot)
+
+    def send_finish(self, ticket: Ticket, tokens: int, slot: bool) -> None:
+        budget = ticket.budget
+
+        def failed(e: RedisError) -> None:
+            self.error(e)
+            if tokens and budget is not None:   # the slot's lease runs out by itself
+                self._unsent(ticket.key, budget, tokens)
+        if self.connected:
+            self.client.evalsha_nowait(FINISH, *self.calls.finish(ticket.key, ticket.host, budget,
+                                                                  ticket.lease if slot else b"", tokens), on_error=failed)
+        elif tokens and budget is not None:
+            self._unsent(ticket.key, budget, tokens)
+
+    def _unsent(self, name: str, budget: Budget, tokens: int) -> None:
+        self.unsent[(name, budget)] = self.unsent.get((name, budget), 0) + tokens
+        self.unsent_book.add(name, budget, self.wall(), tokens)
+
+    # --- Redis's health ----------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        print(f"guardproxy: redis {self.address.url}: {text}", file=self.log, flush=True)
+
+    def error(self, e: RedisError) -> None:
+        self.errors += 1
+        if isinstance(e, RedisReplyError) and len(self._reply_errors) < 16 and str(e) not in self._reply_errors:
+            self._reply_errors.add(str(e))   # the connection is fine, so no state change reports it
+            self._say(f"answered an error: {e}; this request was decided by on_redis_error = \"{self.rule}\"")
+
+    def _client_state(self, up: bool, error: BaseException | None) -> None:
+        was, self.up = self.up, up
+        if not up:
+            self._say(f"unreachable ({error}); until it is back, {RULES[self.rule]} (on_redis_error = \"{self.rule}\")")
+            self.slots.kick()
+            return
+        if was is False:
+            self._say("reachable again; limits are shared again")
+        unsent, self.unsent = self.unsent, {}
+        self.unsent_book = TokenBook()
+        for (name, budget), tokens in unsent.items():
+            self.send_finish(Ticket(name, DEFAULT_HOST, False, budget), tokens, False)
+        self._renew_now.set()
+        self.slots.kick()
+
+    def _freed(self, channel: bytes, data: bytes) -> None:
+        self.slots.on_freed()
+
+    async def renew(self) -> None:
+        """Heartbeat, and every lease this instance holds (leases taken while Redis was away join in)."""
+        sets: dict[bytes, list[bytes]] = {}
+        for lease, t in self.leases.items():
+            _, key_slots, host_slots = key_keys(self.prefix, t.key, t.host)
+            for s in (key_slots, host_slots, self.all_slots):
+                sets.setdefault(s, []).append(lease)
+        args: list[bytes | int] = [self.id, _ms(self.lease_ttl)]
+        for members in sets.values():
+            args += [len(members), *members]
+        n = await self.client.evalsha(RENEW, (self.calls.instances, *sets), args, timeout=BACKGROUND_TIMEOUT)
+        if isinstance(n, int) and n >= 1 and n != self.instances:
+            self.instances = n
+            self.fallback.set_share(n)
+
+    async def _renewing(self) -> None:
+        while True:
+            if self.connected:
+                try:
+                    await self.renew()
+                except RedisError as e:
+                    self.error(e)
+            self._renew_now.clear()
+            try:
+                async with asyncio.timeout(self.lease_ttl / 3):
+                    await self._renew_now.wait()
+            except TimeoutError:
+                pass
+
+    async def start(self) -> None:
+        self.client.start()
+        self.subscriber.start()
+        if not await self.client.wait_connected(self.start_wait) and self.up is None:
+            self._client_state(False, RedisError("no answer at start-up"))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._renewing()), loop.create_task(self.slots.granting())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.connected:   # answered in order: the finishes sent before it have landed
+            try:
+                await self.client.call(b"ZREM", self.calls.instances, self.id, timeout=BACKGROUND_TIMEOUT)
+            except RedisError:
+                pass
+        await self.subscriber.close()
+        await self.client.close()
+
+
+def _ints(reply: Reply, n: int) -> list[int]:
+    """A script's reply of `n` integers (anything else is treated as Redis failing)."""
+    if not isinstance(reply, list) or len(reply) != n or not all(isinstance(x, int) for x in reply):
+        raise RedisReplyError(f"unexpected reply from a guardproxy script: {reply!r:.200}")
+    return [x for x in reply if isinstance(x, int)]

@@ -1,0 +1,43 @@
+"""Commands as RESP sends them: packed by hiredis, and scripts, whose arguments may be encoded ahead."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Union, cast
+
+import hiredis
+
+Arg = Union[bytes, str, int, float]
+Reply = Union[bytes, int, None, list["Reply"]]
+
+# hiredis's stub types the command as a 1-tuple; it takes any length.
+pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+class Script:
+    """A Lua script and its SHA1, which is what EVALSHA sends."""
+
+    __slots__ = ("source", "sha", "_eval")
+
+    def __init__(self, source: str | bytes) -> None:
+        self.source = source.encode() if isinstance(source, str) else source
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()
+        self._eval = bulk(self.source)
+
+    def evalsha(self, count: int, tail: bytes) -> bytes:
+        """The EVALSHA command for `count` encoded items (numkeys, keys, args) in `tail`."""
+        return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (count + 2, self.sha, tail)
+
+    def eval(self, count: int, tail: bytes) -> bytes:
+        return b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (count + 2, self._eval, tail)
+
+
+def bulk(arg: bytes) -> bytes:
+    """One argument as RESP sends it."""
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+def encode(args: tuple[Arg, ...]) -> bytes:
+    """Arguments as RESP sends them after a command's name (as `bulk` each; hiredis packs them)."""
+    packed = pack(args)
+    return packed[packed.index(b"\r\n") + 2:]

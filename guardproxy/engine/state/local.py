@@ -1,0 +1,145 @@
+"""The in-process backend: one gate, its limits in its own memory, token budgets in a state file.
+
+Rates, bans and the concurrency gate are decisions.policy.Policies, called where the pipeline
+has always called them; this module adds the waiting for a slot and the token budgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from typing import TextIO
+
+from ...config.model import Budget, Config, ConfigError, KeyEntry
+from ...config.values import BUDGET_WINDOWS
+from ...decisions.budget import TokenBook, charged
+from ...decisions.concurrency import DEFAULT_HOST
+from ...decisions.limits import retry_after_header
+from ...decisions.policy import BudgetExceeded, Policies
+from .. import slots
+from .base import NO_TICKET, Outcome, State, Ticket
+from .tokenfile import FLUSH_INTERVAL, TokenFile, state_path
+
+
+def has_budgets(config: Config) -> bool:
+    return any(k.tokens is not None for k in config.keys)
+
+
+def spent(outcome: Outcome) -> int:
+    return charged(outcome.prompt_tokens, outcome.completion_tokens, outcome.status, outcome.bytes_in,
+                   outcome.bytes_out)
+
+
+class Budgets:
+    """This process's token windows, kept in the state file next to the config (in memory without one)."""
+
+    def __init__(self, config: Config, log: TextIO) -> None:
+        self.book = TokenBook()
+        self.wall = time.time     # wall-clock time: windows outlive the process
+        self.log = log
+        self.path = state_path(config.path) if config.path is not None else None
+        self.file: TokenFile | None = None
+        self._flush: asyncio.TimerHandle | None = None
+        if has_budgets(config):
+            self._open(start=True)
+
+    def _open(self, *, start: bool) -> None:
+        if self.path is None or self.file is not None:
+            return
+        try:
+            self.file = TokenFile(self.path)
+            self.file.load(self.book, BUDGET_WINDOWS, self.wall())
+        except (sqlite3.Error, OSError) as e:
+            self.file = None
+            if start:
+                raise ConfigError(f"{self.path}: cannot open the token budget state file: {e}") from None
+            print(f"guardproxy: {self.path}: cannot open the token budget state file ({e}); "
+                  f"budgets are counted in memory until a restart", file=self.log, flush=True)
+
+    def apply(self, config: Config) -> None:
+        if has_budgets(config):
+            self._open(start=False)
+
+    def check(self, name: str, budget: Budget) -> None:
+        wait = self.book.retry_after(name, budget, self.wall())
+        if wait:
+            raise BudgetExceeded(headers=[retry_after_header(wait)])
+
+    def spend(self, name: str, budget: Budget, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        bucket = self.book.add(name, budget, self.wall(), tokens)
+        if self.file is not None and self.file.add(name, budget.unit, bucket, tokens):
+            try:
+                self._flush = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
+            except RuntimeError:   # no loop (a command, a test): write at once
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush = None
+        if self.file is None:
+            return
+        try:
+            self.file.flush(BUDGET_WINDOWS, self.wall())
+        except (sqlite3.Error, OSError) as e:
+            print(f"guardproxy: {self.path}: token budgets not saved ({e}); retrying",
+                  file=self.log, flush=True)
+            try:
+                self._flush = asyncio.get_running_loop().call_later(FLUSH_INTERVAL * 10, self.flush)
+            except RuntimeError:
+                pass
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+        self.flush()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class LocalState(State):
+    def __init__(self, config: Config, policies: Policies, *, log: TextIO = sys.stderr) -> None:
+        self.policies = policies
+        self.budgets = Budgets(config, log)
+
+    def before_auth(self, client: str, now: float) -> None:
+        self.policies.before_auth(client, now)
+
+    async def auth_failed(self, client: str, now: float) -> None:
+        self.policies.auth_failed(client, now)
+
+    def after_auth(self, key: KeyEntry, now: float) -> None:
+        self.policies.after_auth(key, now)
+
+    async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
+                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+        if not generation:
+            return NO_TICKET
+        budget = key.tokens
+        if budget is not None:
+            self.budgets.check(key.name, budget)
+        pol = self.policies
+        if not pol.slots_on and host_limit is None:
+            return NO_TICKET if budget is None else Ticket(key.name, host, False, budget)
+        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, host, host_limit)
+        return Ticket(key.name, host, True, budget)
+
+    def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        if ticket.slot:
+            slots.wake(self.policies.gate.release(ticket.key, ticket.host))
+        if ticket.budget is not None and outcome is not None:
+            self.budgets.spend(ticket.key, ticket.budget, spent(outcome))
+
+    def waiting(self) -> int:
+        return self.policies.gate.queued
+
+    def apply(self, config: Config) -> None:
+        slots.wake(self.policies.apply(config))
+        self.budgets.apply(config)
+
+    async def close(self) -> None:
+        self.budgets.close()
+

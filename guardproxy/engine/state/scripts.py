@@ -1,0 +1,321 @@
+"""The Lua scripts of shared state (one per round trip, each atomic in Redis, each on Redis's own clock),
+and how their arguments are encoded (Calls).
+
+    ADMIT        before forwarding: ban, per-address and per-key rate, token budget, a slot
+    AUTH_FAILED  a refused key: ban, per-address rate, count the failure (may start a ban)
+    TAKE         slots for waiting requests, in their fair order (a grant pass)
+    FINISH       after a request: free its slot (wake waiters if any), add its tokens
+    RENEW        every lease_ttl/3: this instance's heartbeat, its slots' leases; returns live instances
+
+Keys (after [cluster] key_prefix), every one named in KEYS:
+    ban:ADDR fail:ADDR            a ban (expires with it); failed authentications in the window
+    rate:ip:ADDR rate:key:NAME    GCRA: the theoretical arrival time in µs (expires when the bucket is full)
+    tokens:UNIT:NAME              a hash, bucket index -> tokens (decisions/budget.py, the same arithmetic)
+    slots:key:NAME slots:host:HOST slots:all
+                                  sorted sets of leases scored by expiry (ms): a member is a running generation
+    queued                        set while any instance has requests waiting: FINISH then publishes on `freed`
+    instances                     sorted set of instance ids scored by expiry (the heartbeat)
+
+Rates are GCRA with the burst set to the count (redis-cell's semantics), which is the token
+bucket decisions.limits.RateTable keeps in process: a full bucket of `count`, refilled evenly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ...config.model import Ban, Budget, KeyEntry, Rate
+from ...decisions.budget import BUCKETS, bucket_seconds
+from .commands import Script, bulk, encode
+
+
+@lru_cache(maxsize=4096)
+def address_keys(prefix: bytes, addr: str) -> tuple[bytes, bytes, bytes]:
+    """ban:ADDR, fail:ADDR, rate:ip:ADDR"""
+    a = addr.encode()
+    return prefix + b"ban:" + a, prefix + b"fail:" + a, prefix + b"rate:ip:" + a
+
+
+@lru_cache(maxsize=4096)
+def key_keys(prefix: bytes, name: str, host: str) -> tuple[bytes, bytes, bytes]:
+    """rate:key:NAME, slots:key:NAME, slots:host:HOST"""
+    n = name.encode()
+    return prefix + b"rate:key:" + n, prefix + b"slots:key:" + n, prefix + b"slots:host:" + host.encode()
+
+
+@lru_cache(maxsize=4096)
+def tokens_key(prefix: bytes, name: str, unit: str) -> bytes:
+    """tokens:UNIT:NAME"""
+    return prefix + b"tokens:" + unit.encode() + b":" + name.encode()
+
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+# Returns 0 when allowed (and takes it), else µs until it would be.
+_GCRA = """
+local function gcra(key, count, period)
+  local interval = period / count
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  if now < allow_at then return allow_at - now end
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  return 0
+end
+"""
+
+# The window's total, and (when it is at the budget) ms until enough of it has passed.
+_WINDOW = """
+local function window(key, size, budget)
+  local now_s = now / 1000000
+  local current = math.floor(now_s / size)
+  local h = redis.call('HGETALL', key)
+  local total, old, live = 0, {}, {}
+  for i = 1, #h, 2 do
+    local b, n = tonumber(h[i]), tonumber(h[i + 1])
+    if b <= current - BUCKETS then old[#old + 1] = h[i] else total = total + n; live[#live + 1] = {b, n} end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  if total < budget then return total, 0 end
+  table.sort(live, function(x, y) return x[1] < y[1] end)
+  local left = total
+  for _, e in ipairs(live) do
+    left = left - e[2]
+    if left < budget then return total, math.ceil(((e[1] + BUCKETS) * size - now_s) * 1000) end
+  end
+  return total, 0
+end
+""".replace("BUCKETS", str(BUCKETS))
+
+_SLOTS = """
+local purged = {}
+local function count(key, now_ms)
+  if not purged[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    purged[key] = true
+  end
+  return redis.call('ZCARD', key)
+end
+local function full(key, limit, now_ms)
+  return limit > 0 and count(key, now_ms) >= limit
+end
+local function hold(key, lease, until_ms, ttl_ms)
+  redis.call('ZADD', key, until_ms, lease)
+  redis.call('PEXPIRE', key, ttl_ms * 2)
+end
+"""
+
+# KEYS: ban, rate:ip, rate:key, tokens, slots:key, slots:host, slots:all, queued
+# ARGV: slot (0 none, 1 take, 2 queue behind this key's waiters), lease,
+#       bans_on, ip_count, ip_period_us, key_count, key_period_us, budget, bucket_s,
+#       key_limit, host_limit, total_limit, lease_ttl_ms, queued_ttl_ms
+# Returns {code, wait_ms, window_total}: 0 admitted, 1 banned, 2 address rate, 3 key rate, 4 budget, 5 wait.
+ADMIT = Script(_CLOCK + _GCRA + _WINDOW + _SLOTS + """
+if ARGV[3] == '1' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then return {1, ttl, -1} end
+end
+local c = tonumber(ARGV[4])
+if c > 0 then
+  local wait = gcra(KEYS[2], c, tonumber(ARGV[5]))
+  if wait > 0 then return {2, math.ceil(wait / 1000), -1} end
+end
+c = tonumber(ARGV[6])
+if c > 0 then
+  local wait = gcra(KEYS[3], c, tonumber(ARGV[7]))
+  if wait > 0 then return {3, math.ceil(wait / 1000), -1} end
+end
+local total = -1
+local budget = tonumber(ARGV[8])
+if budget > 0 then
+  local wait
+  total, wait = window(KEYS[4], tonumber(ARGV[9]), budget)
+  if total >= budget then return {4, wait, total} end
+end
+local slot = ARGV[1]
+if slot == '0' then return {0, 0, total} end
+local now_ms = math.floor(now / 1000)
+if slot == '1' and not full(KEYS[7], tonumber(ARGV[12]), now_ms) and not full(KEYS[5], tonumber(ARGV[10]), now_ms)
+    and not full(KEYS[6], tonumber(ARGV[11]), now_ms) then
+  local ttl = tonumber(ARGV[13])
+  for k = 5, 7 do
+    count(KEYS[k], now_ms)
+    hold(KEYS[k], ARGV[2], now_ms + ttl, ttl)
+  end
+  return {0, 0, total}
+end
+redis.call('SET', KEYS[8], '1', 'PX', ARGV[14])
+return {5, 0, total}
+""")
+
+# KEYS: ban, rate:ip, fail
+# ARGV: bans_on, ip_count, ip_period_us, after_failures, window_ms, duration_ms
+# Returns {code, wait_ms}: 0 counted, 1 banned, 2 address rate, 6 this failure started a ban.
+AUTH_FAILED = Script(_CLOCK + _GCRA + """
+local bans = ARGV[1] == '1'
+if bans then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then return {1, ttl} end
+end
+local c = tonumber(ARGV[2])
+if c > 0 then
+  local wait = gcra(KEYS[2], c, tonumber(ARGV[3]))
+  if wait > 0 then return {2, math.ceil(wait / 1000)} end
+end
+if bans then
+  local n = redis.call('INCR', KEYS[3])
+  if n == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+  if n >= tonumber(ARGV[4]) then
+    redis.call('DEL', KEYS[3])
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[6])
+    return {6, tonumber(ARGV[6])}
+  end
+end
+return {0, 0}
+""")
+
+# KEYS: slots:all, queued, then per candidate: slots:key, slots:host
+# ARGV: lease_ttl_ms, total_limit, queued_ttl_ms, then per candidate: lease, key_limit, host_limit
+# Returns 1 (granted) or 0 per candidate, in order.
+TAKE = Script(_CLOCK + _SLOTS + """
+local now_ms = math.floor(now / 1000)
+local ttl, total_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, waiting = {}, false
+for i = 1, (#KEYS - 2) / 2 do
+  local key_set, host_set = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local lease, key_limit, host_limit = ARGV[1 + 3 * i], tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
+  if not full(KEYS[1], total_limit, now_ms) and not full(key_set, key_limit, now_ms)
+      and not full(host_set, host_limit, now_ms) then
+    count(key_set, now_ms)
+    count(KEYS[1], now_ms)
+    count(host_set, now_ms)
+    hold(key_set, lease, now_ms + ttl, ttl)
+    hold(KEYS[1], lease, now_ms + ttl, ttl)
+    hold(host_set, lease, now_ms + ttl, ttl)
+    out[i] = 1
+  else
+    out[i] = 0
+    waiting = true
+  end
+end
+if waiting then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return out
+""")
+
+# KEYS: slots:key, slots:host, slots:all, tokens, queued
+# ARGV: lease ('' when no slot), tokens, bucket_s, tokens_ttl_ms (the window and a twentieth), channel
+FINISH = Script(_CLOCK + """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PUBLISH', ARGV[5], '1') end
+end
+local n = tonumber(ARGV[2])
+if n > 0 then
+  local bucket = math.floor(now / 1000000 / tonumber(ARGV[3]))
+  redis.call('HINCRBY', KEYS[4], bucket, n)
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+return 1
+""")
+
+# KEYS: instances, then the sets this instance holds leases in
+# ARGV: instance id, lease_ttl_ms, then per set: the number of its leases, the leases
+# Returns the number of live instances.
+RENEW = Script(_CLOCK + """
+local now_ms = math.floor(now / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now_ms + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+local i = 3
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  for j = 1, n do redis.call('ZADD', KEYS[k], now_ms + ttl, ARGV[i + j]) end
+  redis.call('PEXPIRE', KEYS[k], ttl * 2)
+  i = i + n + 1
+end
+return redis.call('ZCARD', KEYS[1])
+""")
+
+
+def _rate(rate: Rate | None) -> tuple[int, int]:
+    return (rate.count, int(rate.per * 1_000_000)) if rate is not None else (0, 0)
+
+
+@lru_cache(maxsize=4096)
+def _address_block(prefix: bytes, addr: str, failures: bool) -> bytes:
+    ban, fail, ip_rate = address_keys(prefix, addr)
+    return bulk(ban) + bulk(ip_rate) + (bulk(fail) if failures else b"")
+
+
+_MODES = [bulk(b"0"), bulk(b"1"), bulk(b"2")]
+_MAX_CACHED = 4096
+
+
+class Calls:
+    """The KEYS and ARGV of each script for one gate, encoded as RESP sends them.
+
+    What does not change from one request to the next (a key's limits, the settings) is
+    encoded once per key and kept until the settings change (`configure`).
+    """
+
+    def __init__(self, prefix: bytes, lease_ttl: float, queued_ttl: float) -> None:
+        self.prefix = prefix
+        self.all_slots, self.queued, self.instances = prefix + b"slots:all", prefix + b"queued", prefix + b"instances"
+        self.channel = prefix + b"freed"
+        self.lease_ttl_ms, self.queued_ttl_ms = int(lease_ttl * 1000), int(queued_ttl * 1000)
+        self._admit: dict[tuple[str, bool, str, int | None], tuple[bytes, bytes]] = {}
+        self._finish: dict[tuple[str, str, Budget | None], tuple[bytes, bytes]] = {}
+        self.configure(None, Ban(), None)
+
+    def configure(self, per_ip: Rate | None, ban: Ban, max_total: int | None) -> None:
+        self.per_ip, self.ban, self.max_total = per_ip, ban, max_total
+        self._admit.clear()
+        self._finish.clear()
+        self._auth_args = encode((1 if ban.after_failures else 0, *_rate(per_ip), ban.after_failures,
+                                  int(ban.window * 1000), int(ban.duration * 1000)))
+
+    def admit(self, addr: str, key: KeyEntry, generation: bool, host: str, host_limit: int | None,
+              mode: int, lease: bytes) -> tuple[int, bytes]:
+        """ADMIT's (count, tail); `mode`: 0 no slot, 1 take one, 2 queue behind this key's waiters."""
+        blocks = self._admit.get((key.name, generation, host, host_limit))
+        if blocks is None:
+            if len(self._admit) >= _MAX_CACHED:
+                self._admit.clear()
+            blocks = self._admit[(key.name, generation, host, host_limit)] = self._admit_blocks(
+                key, generation, host, host_limit)
+        return 23, b"$1\r\n8\r\n" + _address_block(self.prefix, addr, False) + blocks[0] + _MODES[mode] + \
+            bulk(lease) + blocks[1]
+
+    def _admit_blocks(self, key: KeyEntry, generation: bool, host: str, host_limit: int | None) -> tuple[bytes, bytes]:
+        budget = key.tokens if generation else None
+        rate_key, key_slots, host_slots = key_keys(self.prefix, key.name, host)
+        keys = encode((rate_key, tokens_key(self.prefix, key.name, budget.unit) if budget else rate_key,
+                       key_slots, host_slots, self.all_slots, self.queued))
+        args = encode((1 if self.ban.after_failures else 0, *_rate(self.per_ip), *_rate(key.rate),
+                       budget.tokens if budget else 0, bucket_seconds(budget.window) if budget else 0,
+                       key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
+                       self.lease_ttl_ms, self.queued_ttl_ms))
+        return keys, args
+
+    def auth_failed(self, addr: str) -> tuple[int, bytes]:
+        return 10, b"$1\r\n3\r\n" + _address_block(self.prefix, addr, True) + self._auth_args
+
+    def finish(self, name: str, host: str, budget: Budget | None, lease: bytes, tokens: int) -> tuple[int, bytes]:
+        """FINISH's (count, tail): `lease` b"" when no slot was held."""
+        blocks = self._finish.get((name, host, budget))
+        if blocks is None:
+            if len(self._finish) >= _MAX_CACHED:
+                self._finish.clear()
+            _, key_slots, host_slots = key_keys(self.prefix, name, host)
+            blocks = self._finish[(name, host, budget)] = (
+                encode((key_slots, host_slots, self.all_slots,
+                        tokens_key(self.prefix, name, budget.unit) if budget else key_slots, self.queued)),
+                encode((bucket_seconds(budget.window) if budget else 1,
+                        int(budget.window * 1050) if budget else 0, self.channel)))
+        return 11, b"$1\r\n5\r\n" + blocks[0] + bulk(lease) + bulk(b"%d" % tokens) + blocks[1]

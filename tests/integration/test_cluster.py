@@ -1,0 +1,139 @@
+"""Several gates, one set of limits: three guardproxy instances share a real redis-server.
+
+Rates, bans, max_concurrent and token budgets hold exactly across the instances; a slot freed
+on one instance wakes a request waiting on another (pub/sub, well before the poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from conftest import ADMIN_KEY, KEY, OTHER_KEY, make_config
+from guardproxy.config.model import Ban, Rate, TrafficLimits
+from guardproxy.config.values import parse_budget
+from guardproxy.ops.budgets import budget_report
+from guardproxy.testing.fake_ollama import FakeOllama
+from support.gates import Gate, gates, gen, open_stream, until_true
+from support.polling import until
+from support.raw_http import RawResponse, fetch
+from support_redis import RedisServer, redis_server
+
+LAPTOP, PHONE, OWNER = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    async with redis_server(tmp_path) as server:
+        yield server
+
+
+def keys(**laptop: object) -> tuple[object, ...]:
+    base = make_config(1).keys
+    return (replace(base[0], **laptop), *base[1:])  # type: ignore[arg-type]
+
+
+def shared_only(gs: list[Gate]) -> None:
+    """Every decision so far was Redis's (a fallback could pass a test on its own)."""
+    assert [(g.state.errors, g.state.fallbacks) for g in gs] == [(0, 0)] * len(gs)
+
+
+async def test_rates_and_bans_hold_exactly_across_instances(fake: FakeOllama, tmp_path: Path,
+                                                            redis: RedisServer) -> None:
+    async with gates(fake.port, tmp_path, redis.url(), 3, keys=keys(rate=Rate(7, 60.0)),
+                     limits=TrafficLimits(per_ip=Rate(30, 60.0)),
+                     ban=Ban(after_failures=3, window=60.0, duration=600.0)) as gs:
+        statuses = [(await fetch(gs[i % 3].port, "GET", "/api/version", headers=LAPTOP)).status for i in range(10)]
+        assert statuses == [200] * 7 + [429] * 3
+        r = await fetch(gs[0].port, "GET", "/api/version", headers=LAPTOP)
+        assert json.loads(r.body) == {"error": "rate limit exceeded for this key"}
+        assert 8 <= int(r.header("retry-after") or 0) <= 9   # one request every 60/7 s
+        # The address has spent 11 of its 30: 19 more anywhere, then 429 everywhere.
+        statuses = [(await fetch(gs[i % 3].port, "GET", "/api/version", headers=PHONE)).status for i in range(20)]
+        assert statuses == [200] * 19 + [429]
+        shared_only(gs)
+
+    await redis.command("FLUSHALL")
+    async with gates(fake.port, tmp_path, redis.url(), 3, ban=Ban(after_failures=3, window=60.0, duration=600.0)) as gs:
+        wrong = {"X-API-Key": "gp_guess-" + "x" * 30}
+        forwarded = len(fake.requests)
+        assert [(await fetch(g.port, "GET", "/api/tags", headers=wrong)).status for g in gs] == [401] * 3
+        for g in gs:   # banned everywhere, the right key too, and nothing reached Ollama
+            r = await fetch(g.port, "GET", "/api/tags", headers=PHONE)
+            assert r.status == 429 and 599 <= int(r.header("retry-after") or 0) <= 600
+        assert len(fake.requests) == forwarded
+        # A ban learned from Redis is remembered: the next refusal costs no round trip.
+        assert (await fetch(gs[0].port, "GET", "/api/tags", headers=PHONE)).status == 429
+        shared_only(gs)
+
+
+async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path: Path, redis: RedisServer) -> None:
+    # A long lease_ttl polls once a second: a wake-up well before that came by pub/sub.
+    async with gates(fake.port, tmp_path, redis.url(), 3, lease_ttl=30.0, keys=keys(max_concurrent=2),
+                     limits=TrafficLimits(queue_timeout=10.0)) as gs:
+        most = 0
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal most
+            while sampling:
+                most = max(most, sum(g.state.occupancy.running.get("laptop", 0) for g in gs))
+                await asyncio.sleep(0)
+        sampler = asyncio.ensure_future(sample())
+        streams = [await open_stream(gs[i].port, LAPTOP, gen(100000, 0.01)) for i in range(2)]
+        for reader, _ in streams:
+            await reader.readuntil(b"tok0")
+        waiting = asyncio.ensure_future(fetch(gs[2].port, "POST", "/api/generate", gen(2), LAPTOP))
+        await until(lambda: gs[2].state.slots.queue.queued == 1)
+        # Another key is not held back by this one's limit.
+        assert (await fetch(gs[2].port, "POST", "/api/generate", gen(2), PHONE)).status == 200
+        streams[0][1].transport.abort()   # the hang-up ends the stream and frees its slot
+        t0 = time.monotonic()
+        r = await asyncio.wait_for(waiting, 10)
+        assert r.status == 200 and time.monotonic() - t0 < 0.8   # the poll would come after 1 s
+        assert gs[2].state.slots.freed >= 1
+        streams[1][1].transport.abort()
+        await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
+        await until_true(lambda: zcard(redis, "t:slots:all", 0))
+        sampling = False
+        await sampler
+        assert most == 2
+        shared_only(gs)
+
+
+async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: Path, redis: RedisServer) -> None:
+    async with gates(fake.port, tmp_path, redis.url(), 3, keys=keys(tokens=parse_budget("60/h"))) as gs:
+        r = await fetch(gs[0].port, "POST", "/api/generate", gen(20), LAPTOP)   # 26 prompt + 20 tokens
+        assert r.status == 200
+        r = await fetch(gs[1].port, "POST", "/api/generate", gen(20), LAPTOP)   # 92: this one overshoots
+        assert r.status == 200
+        for g in gs:   # FINISH is not awaited: it lands within a round trip
+            refused = await until_true(lambda g=g: refusal(g.port))   # type: ignore[misc]
+            assert json.loads(refused.body) == {"error": "token budget exceeded"}
+            assert 3540 <= int(refused.header("retry-after") or 0) <= 3600
+        # Not a generation: nothing to spend.  Another key: its own budget (none).
+        assert (await fetch(gs[2].port, "GET", "/api/tags", headers=LAPTOP)).status == 200
+        assert (await fetch(gs[2].port, "POST", "/api/generate", gen(1), PHONE)).status == 200
+        total = await redis.command("HVALS", "t:tokens:h:laptop")
+        assert isinstance(total, list) and sum(int(v) for v in total) == 92
+        # `usage` reads the budgets where the gates keep them.
+        report = await asyncio.to_thread(budget_report, gs[0].server.config)
+        row = next(line.split() for line in report.splitlines() if line.startswith("laptop"))
+        assert row[:4] == ["laptop", "60/h", "92", "0"] and re.fullmatch(r"59m\d\ds|1h00m", row[4])
+        shared_only(gs)
+
+
+async def refusal(port: int) -> RawResponse | None:
+    r = await fetch(port, "POST", "/api/generate", gen(1), LAPTOP)
+    return r if r.status == 429 else None
+
+
+async def zcard(redis: RedisServer, key: str, n: int) -> bool:
+    return await redis.command("ZCARD", key) == n

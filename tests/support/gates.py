@@ -1,0 +1,79 @@
+"""Several guardproxy instances (GuardServer objects in this process) sharing one redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from conftest import Proxy, make_config
+from guardproxy.config.model import Cluster
+from guardproxy.engine.accesslog import AccessLog
+from guardproxy.engine.server import GuardServer
+from guardproxy.engine.state.cluster import RedisState
+from support.raw_http import request_bytes
+
+
+T = TypeVar("T")
+
+
+async def until_true(check: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
+    """The first truthy result of an async `check` (a request, a Redis command), within `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+    return value
+
+
+class Gate(Proxy):
+    @property
+    def state(self) -> RedisState:
+        state = self.server.state
+        assert isinstance(state, RedisState)
+        return state
+
+    @property
+    def said(self) -> str:
+        """What the state has logged (its log is a StringIO here)."""
+        log = self.state.log
+        assert isinstance(log, io.StringIO)
+        return log.getvalue()
+
+
+@asynccontextmanager
+async def gates(fake_port: int, tmp_path: Path, redis_url: str, n: int, *, lease_ttl: float = 1.0,
+                op_timeout: float = 0.05, rule: str = "local", **overrides: Any) -> AsyncIterator[list[Gate]]:
+    out: list[Gate] = []
+    try:
+        for i in range(n):
+            log_path = tmp_path / f"access-{i}.log"
+            config = make_config(fake_port, access_log=str(log_path),
+                                 cluster=Cluster(redis_url, "t:", lease_ttl, op_timeout, rule), **overrides)
+            server = GuardServer(config, access_log=AccessLog(str(log_path)))
+            state = server.state
+            assert isinstance(state, RedisState)
+            state.log = io.StringIO()
+            await server.start()
+            out.append(Gate(server, log_path))
+        yield out
+    finally:
+        for g in out:
+            await g.server.stop(grace=0)
+            g.server.access_log.close()
+
+
+def gen(n: int = 3, delay: float = 0.0, model: str = "llama3.2") -> bytes:
+    return json.dumps({"model": model, "prompt": "hi", "options": {"num_predict": n}, "fake_delay": delay}).encode()
+
+
+async def open_stream(port: int, headers: dict[str, str], body: bytes) -> tuple[asyncio.StreamReader,
+                                                                                 asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes("POST", "/api/generate", body, headers))
+    await writer.drain()
+    return reader, writer
