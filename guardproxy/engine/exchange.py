@@ -28,8 +28,8 @@ from ..decisions import models, routes
 from ..decisions.auth import KeyRing
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.policy import Policies
-from ..decisions.routing import Request, model_of
-from ..wire.coding import decoded_body
+from ..decisions.body_checks import check_body
+from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
@@ -39,7 +39,7 @@ from .failures import ClientGone
 from .hosts import HostSet, Member
 from .metrics import PAGE_HEAD, Metrics
 from .relay import UpstreamConnection
-from .state.base import State
+from .state.base import State, Ticket
 from .tokens import usage_from_tail
 
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
@@ -171,7 +171,7 @@ class Exchange:
             body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
-            ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
+            ticket = await self._admit(key, client, slot, host_name)
             try:
                 if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
                     return await listing.merged(self, key, path)
@@ -190,6 +190,19 @@ class Exchange:
             self.record.status, self.record.outcome = 499, "client_gone"
             self.finish(None)
             return False
+
+    async def _admit(self, key: KeyEntry, client: str, slot: bool, host_name: str | None) -> Ticket:
+        """The state's last checks (budget, shared rates) and the generation's slot."""
+        state, route, hosts = self.server.state, self.route, self.server.hosts
+        if not (state.shares_hosts and route.generation and hosts.several):
+            return await state.admit(key, client, route.generation, self.conn.lost() if slot else None)
+        # Several gates share each host's max_concurrent: the host is chosen first, so that its
+        # lease is taken with the rest in the one round trip.
+        member, self.wanted = hosts.pick(route, self.model, host_name)
+        ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent)
+        hosts.take(member)
+        self.member = member
+        return ticket
 
     async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool,
                             routed: bool = False) -> bytes | None:
@@ -232,32 +245,14 @@ class Exchange:
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
-            try:
-                plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
-                name: str | None
-                if not (needs_model or routed):
-                    name = None
-                elif route.model == routes.FORM:
-                    name = models.form_model(plain, req.get(b"content-type"), req.target)
-                elif key.models is None and not (needs_model and models.could_name_cloud(plain)):
-                    # No check needs the model (only the cloud scope applies, and no string here can
-                    # name a cloud model): it is read the quick way, for routing and the log.
-                    name = model_of(plain, route.model == routes.BODY_OR_NAME) if routed else None
-                    if name is None:
-                        record.model = models.model_for_log(plain)
-                else:
-                    name = models.body_model(route, plain)
-            except BadRequest:
-                if needs_model or checks_keep_alive:
-                    raise
-                return body  # nothing to check: the host answers what it makes of it
-            if name is not None:
-                if needs_model:
-                    models.check_model(key, name)
-                record.model = cut(name)
-                self.model = name
-            if checks_keep_alive:
-                models.check_keep_alive(key, plain)
+            found = check_body(key, route, body, encoding=req.get(b"content-encoding"),
+                               content_type=req.get(b"content-type"), target=req.target,
+                               needs_model=needs_model, routed=routed, checks_keep_alive=checks_keep_alive)
+            if found.name is not None:
+                record.model = cut(found.name)
+                self.model = found.name
+            elif found.for_log is not None:
+                record.model = found.for_log
         return body
 
     # --- answers guardproxy gives itself --------------------------------------------
@@ -322,11 +317,12 @@ class Exchange:
         req, route = self.req, self.route
         assert req is not None
         server, conn, hosts = self.server, self.conn, self.server.hosts
-        member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
-        if member is None:
-            assert wanted is not None
-            member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
-        self.member, self.wanted = member, wanted
+        if self.member is None:  # (else chosen with its shared lease in _admit)
+            member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
+            if member is None:
+                assert wanted is not None
+                member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
+            self.member, self.wanted = member, wanted
         streamed = body is None and self.has_body
         if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
                 and len(conn.buf) >= (req.content_length or 0):

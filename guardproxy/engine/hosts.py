@@ -156,6 +156,23 @@ class HostSet:
             raise UnknownHost()
         raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
 
+    def pick(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
+        """With several hosts, the host for a generation whose host slot is a shared lease ([cluster]):
+        the best one now, full or not (the lease decides), its slot not taken here (see `take`)."""
+        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN, generation=True)
+        choice = self._place(wanted)
+        if choice is Verdict.WAIT:  # full here: the least busy of the full ones, warm first
+            choice = self._place(Request(wanted.model, target, wanted.admin_route, generation=False))
+        if isinstance(choice, Host):
+            return self.members[choice.name], wanted
+        if choice is Verdict.NO_SUCH_HOST:
+            raise UnknownHost()
+        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
+
+    def take(self, member: Member) -> None:
+        """The shared lease of `member` was granted: count the generation here too (for least-busy)."""
+        member.host.in_flight += 1
+
     async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]") -> Member:
         """Wait, in fair order across keys, for a host with room for `wanted`; 503 after `timeout`.
 

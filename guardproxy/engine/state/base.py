@@ -52,6 +52,7 @@ NO_TICKET = Ticket("")   # nothing to give back (the usual case: no slot, no bud
 
 
 class State(ABC):
+    shares_hosts = False  # a host's max_concurrent is a lease of this state, not counted by hosts.py alone
     errors = 0          # calls to shared state that failed or timed out (none in process)
     fallbacks = 0       # requests decided without shared state (by [cluster] on_redis_error)
 

@@ -92,6 +92,8 @@ class RedisState(State):
         self.slots.queue.max_queue = config.limits.max_queue
         self.slots.kick()   # limits may have grown
 
+    shares_hosts = True  # several gates in front of one host share its max_concurrent
+
     def waiting(self) -> int:
         return self.slots.queue.queued + self.policies.gate.queued  # (the second: while Redis is down)
 
