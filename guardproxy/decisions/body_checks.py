@@ -1,6 +1,6 @@
 """What a key's policy and routing read from a request body held whole: its model, its keep_alive.
 
-Pure: the body, the parsed head's fields, the route and the key in; the model
+Pure: the body, its parsed head, the route and the key in; the model
 out, or a refusal (BadRequest, Forbidden).
 """
 
@@ -11,6 +11,7 @@ from typing import NamedTuple
 from ..config.model import KeyEntry
 from ..wire.coding import decoded_body
 from ..wire.errors import BadRequest
+from ..wire.heads import RequestHead
 from . import models, routes
 from .routing import model_of
 
@@ -23,8 +24,7 @@ class BodyModel(NamedTuple):
 NOTHING = BodyModel(None, None)
 
 
-def check_body(key: KeyEntry, route: routes.Route, body: bytes, *, encoding: bytes | None,
-               content_type: bytes | None, target: bytes, needs_model: bool, routed: bool,
+def check_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes, needs_model: bool, routed: bool,
                checks_keep_alive: bool) -> BodyModel:
     """Check the body as the key's policy needs (`needs_model`: its model; `checks_keep_alive`)
     and read the model routing needs (`routed`).
@@ -33,12 +33,12 @@ def check_body(key: KeyEntry, route: routes.Route, body: bytes, *, encoding: byt
     for the host to answer (NOTHING).
     """
     try:
-        plain = decoded_body(body, encoding, zstd_allowed=route.zstd)
+        plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
         name: str | None
         if not (needs_model or routed):
             name = None
         elif route.model == routes.FORM:
-            name = models.form_model(plain, content_type, target)
+            name = models.form_model(plain, req.get(b"content-type"), req.target)
         elif key.models is None and not (needs_model and models.could_name_cloud(plain)):
             # No check needs the model (only the cloud scope applies, and no string here can
             # name a cloud model): it is read the quick way, for routing and the log.

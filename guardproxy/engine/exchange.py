@@ -171,7 +171,10 @@ class Exchange:
             body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
-            ticket = await self._admit(key, client, slot, host_name)
+            if state.shares_hosts and route.generation and server.hosts.several:
+                ticket = await self._admit_on_host(key, client, host_name)
+            else:
+                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
             try:
                 if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
                     return await listing.merged(self, key, path)
@@ -191,13 +194,10 @@ class Exchange:
             self.finish(None)
             return False
 
-    async def _admit(self, key: KeyEntry, client: str, slot: bool, host_name: str | None) -> Ticket:
-        """The state's last checks (budget, shared rates) and the generation's slot."""
+    async def _admit_on_host(self, key: KeyEntry, client: str, host_name: str | None) -> Ticket:
+        """Admission when several gates share each host's max_concurrent: the host is chosen
+        first, so that its lease is taken with the rest in the one round trip."""
         state, route, hosts = self.server.state, self.route, self.server.hosts
-        if not (state.shares_hosts and route.generation and hosts.several):
-            return await state.admit(key, client, route.generation, self.conn.lost() if slot else None)
-        # Several gates share each host's max_concurrent: the host is chosen first, so that its
-        # lease is taken with the rest in the one round trip.
         member, self.wanted = hosts.pick(route, self.model, host_name)
         ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent)
         hosts.take(member)
@@ -245,9 +245,7 @@ class Exchange:
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
-            found = check_body(key, route, body, encoding=req.get(b"content-encoding"),
-                               content_type=req.get(b"content-type"), target=req.target,
-                               needs_model=needs_model, routed=routed, checks_keep_alive=checks_keep_alive)
+            found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
             if found.name is not None:
                 record.model = cut(found.name)
                 self.model = found.name

@@ -33,6 +33,7 @@ UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of it
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
+_UNREAD: frozenset[str] = frozenset({"\0"})  # HostSet.models() is to be worked out again
 _NO_HOLD: frozenset[int] = frozenset()
 
 
@@ -85,6 +86,7 @@ class HostSet:
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
         self.listings: dict[bytes, bytes] = {}  # merged answers built from the current snapshot
+        self._models: frozenset[str] | None = _UNREAD  # models(), until the snapshot changes
         self.apply(config)
 
     # --- configuration ---------------------------------------------------------
@@ -267,6 +269,7 @@ class HostSet:
 
     def snapshot_changed(self) -> None:
         self.listings.clear()
+        self._models = _UNREAD
 
     # --- what the rest of the gate reads ----------------------------------------------
 
@@ -274,13 +277,16 @@ class HostSet:
         """Hosts up by their health checks: what /ready answers."""
         return self.hosts.up_count()
 
-    def models(self) -> frozenset[str]:
-        """The canonical names of the models any host lists (hosts whose list is unknown add none)."""
-        out: frozenset[str] = frozenset()
-        for m in self.members.values():
-            if m.host.models is not None:
-                out |= m.host.models
-        return out
+    def models(self) -> frozenset[str] | None:
+        """The canonical names of the models any host lists (hosts whose list is unknown add none);
+        None while no host's list is known.
+
+        The same object until the snapshot changes: the metrics read it at every request's end.
+        """
+        if self._models is _UNREAD:
+            lists = [m.host.models for m in self.members.values() if m.host.models is not None]
+            self._models = frozenset().union(*lists) if lists else None
+        return self._models
 
     def status(self) -> list[HostStatus]:
         """Per host, in configured order: name, up, generations in flight, max_concurrent."""

@@ -43,8 +43,7 @@ class ListedModels:
 
     def known(self) -> frozenset[str] | None:
         """The canonical names any host listed last; None while no host's list is known."""
-        lists = [m.host.models for m in self.hosts.members.values() if m.host.models is not None]
-        return frozenset().union(*lists) if lists else None
+        return self.hosts.models()
 
     def up(self, name: str) -> bool:
         """The host is up: by its health checks, or with the checks off, by its last list fetch."""
