@@ -12,18 +12,17 @@ import ipaddress
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar, overload
+from typing import Any, Mapping
 
 from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ON_REDIS_ERROR, Ban,
-                    Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Rate, Routing, TrafficLimits,
+                    Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
                     ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
+from .reader import Reader
 from .redis_url import ENV_URL, RedisAddress, redis_address
 from .source import parse_toml, read_config_text
-from .values import parse_budget, parse_duration, parse_hostport, parse_rate, parse_size, parse_upstream
+from .values import parse_budget, parse_duration, parse_hostport, parse_size, parse_upstream
 
 # --- loading ------------------------------------------------------------------
-
-T = TypeVar("T")
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
         "upstreams", "routing", "cluster"}
@@ -44,119 +43,9 @@ _TLS_FIELDS = {"cert", "key"}
 _CLUSTER_FIELDS = {f for f in Cluster.__dataclass_fields__}
 
 
-class _Reader:
-    """Validation helpers that know the file, so every error names it."""
-
-    def __init__(self, path: Path | None, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-
-    def fail(self, where: tuple[Any, ...], expected: str) -> ConfigError:
-        name = str(self.path) if self.path else "<config>"
-        line = self._locate(where)
-        loc = f"{name}:{line}" if line else name
-        return ConfigError(f"{loc}: {_dotted(where)}: expected {expected}")
-
-    def _locate(self, where: tuple[Any, ...]) -> int | None:
-        """Best-effort line number of a field, so a user can jump to it."""
-        table: tuple[Any, ...] = ()
-        counts: dict[str, int] = {}
-        target_table = tuple(where[:-1])
-        leaf = where[-1] if where else None
-        table_line = None
-        for i, raw in enumerate(self.lines, 1):
-            s = raw.strip()
-            if s.startswith("[["):
-                nm = s.strip("[]").strip()
-                counts[nm] = counts.get(nm, -1) + 1
-                table = (nm, counts[nm])
-            elif s.startswith("["):
-                table = (s.strip("[]").strip(),)
-            else:
-                m = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', s)
-                if m and table == target_table and m.group(1) == leaf:
-                    return i
-                continue
-            if table == tuple(where):
-                table_line = i
-        return table_line
-
-    def table(self, obj: Any, where: tuple[Any, ...], allowed: set[str]) -> Mapping[str, Any]:
-        if not isinstance(obj, dict):
-            raise self.fail(where, "a table")
-        for k in obj:
-            if k not in allowed:
-                raise self.fail(where + (k,), f"one of the known fields ({', '.join(sorted(allowed))}); "
-                                               f"unknown field")
-        return obj
-
-    def string(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: str | None = None) -> str:
-        v = obj.get(key, default)
-        if not isinstance(v, str):
-            raise self.fail(where + (key,), "a string")
-        return v
-
-    @overload
-    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: int,
-                minimum: int = 0) -> int: ...
-
-    @overload
-    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: None,
-                minimum: int = 0) -> int | None: ...
-
-    def integer(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: int | None,
-                minimum: int = 0) -> int | None:
-        """A whole number >= minimum; None only when absent with no default (TOML has no null)."""
-        v = obj.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(where + (key,), f"a whole number >= {minimum}")
-        return v
-
-    def flag(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> bool:
-        v = obj.get(key, False)
-        if not isinstance(v, bool):
-            raise self.fail(where + (key,), "true or false")
-        return v
-
-    def duration(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], default: float) -> float:
-        try:
-            return parse_duration(obj.get(key, default))
-        except ValueError as e:
-            raise self.fail(where + (key,), str(e)) from None
-
-    def optional(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], parse: Callable[[Any], T]) -> T | None:
-        """A field read by `parse` (a parser of values.py), or None when it is absent."""
-        if key not in obj:
-            return None
-        try:
-            return parse(obj[key])
-        except ValueError as e:
-            raise self.fail(where + (key,), str(e)) from None
-
-    def rate(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> Rate | None:
-        return self.optional(obj, key, where, parse_rate)
-
-    def strings(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...]) -> tuple[str, ...] | None:
-        if key not in obj:
-            return None
-        v = obj[key]
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            raise self.fail(where + (key,), "an array of non-empty strings, e.g. [\"a\", \"b\"]")
-        return tuple(x.strip() for x in v)
-
-
-def _dotted(where: tuple[Any, ...]) -> str:
-    out = ""
-    for part in where:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(file)"
-
-
 def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                  env_key: str | None = None) -> Config:
-    r = _Reader(path, text)
+    r = Reader(path, text)
     r.table(data, (), _TOP)
     listen = r.string(data, "listen", (), DEFAULT_LISTEN)
     try:
@@ -260,7 +149,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _upstreams(r: _Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
+def _upstreams(r: Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
     """[[upstreams]]: several Ollama hosts, instead of the one `upstream`."""
     if "upstreams" not in data:
         return ()
@@ -293,7 +182,7 @@ def _upstreams(r: _Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
     return tuple(hosts)
 
 
-def _routing(r: _Reader, data: Mapping[str, Any]) -> Routing:
+def _routing(r: Reader, data: Mapping[str, Any]) -> Routing:
     where = ("routing",)
     rt = r.table(data.get("routing", {}), where, _ROUTING_FIELDS)
     interval = r.duration(rt, "health_interval", where, Routing.health_interval)
@@ -303,7 +192,7 @@ def _routing(r: _Reader, data: Mapping[str, Any]) -> Routing:
                    max_attempts=r.integer(rt, "max_attempts", where, Routing.max_attempts, 1))
 
 
-def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
+def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     admin = r.flag(k, "admin", where)
     expires = k.get("expires")
     if isinstance(expires, datetime):
@@ -320,14 +209,14 @@ def _key_scopes(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dic
             "tokens": r.optional(k, "tokens", where, parse_budget)}
 
 
-def _sha256(r: _Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
+def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
     h = r.string(k, field, where)
     if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
         raise r.fail(where + (field,), "64 hexadecimal characters (a SHA-256)")
     return bytes.fromhex(h)
 
 
-def _key_lifecycle(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
+def _key_lifecycle(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     """revoked, and the previous key a rotation keeps valid for a while (written by `keys revoke/rotate`)."""
     revoked = k.get("revoked")
     if isinstance(revoked, datetime):
@@ -345,7 +234,7 @@ def _key_lifecycle(r: _Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> 
             "previous_valid_until": until}
 
 
-def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
+def _cors(r: Reader, data: Mapping[str, Any]) -> Cors:
     c = r.table(data.get("cors", {}), ("cors",), _CORS_FIELDS)
     origins = r.strings(c, "origins", ("cors",)) or ()
     for o in origins:
@@ -356,7 +245,7 @@ def _cors(r: _Reader, data: Mapping[str, Any]) -> Cors:
     return Cors(tuple(o.lower() if o != "*" else o for o in origins), max_age)
 
 
-def _limits(r: _Reader, data: Mapping[str, Any]) -> TrafficLimits:
+def _limits(r: Reader, data: Mapping[str, Any]) -> TrafficLimits:
     where = ("limits",)
     lt = r.table(data.get("limits", {}), where, _LIMIT_FIELDS)
     nets = r.strings(lt, "trusted_proxies", where) or ()
@@ -374,14 +263,14 @@ def _limits(r: _Reader, data: Mapping[str, Any]) -> TrafficLimits:
                          client_address_header=_client_address_header(r, lt, where))
 
 
-def _client_address_header(r: _Reader, lt: Mapping[str, Any], where: tuple[Any, ...]) -> str:
+def _client_address_header(r: Reader, lt: Mapping[str, Any], where: tuple[Any, ...]) -> str:
     value = r.string(lt, "client_address_header", where, TrafficLimits.client_address_header).strip().lower()
     if value not in CLIENT_ADDRESS_HEADERS:
         raise r.fail(where + ("client_address_header",), "one of " + ", ".join(f'"{h}"' for h in CLIENT_ADDRESS_HEADERS))
     return value
 
 
-def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
+def _ban(r: Reader, data: Mapping[str, Any]) -> Ban:
     where = ("ban",)
     if "ban" not in data:
         return Ban()
@@ -391,7 +280,7 @@ def _ban(r: _Reader, data: Mapping[str, Any]) -> Ban:
                duration=r.duration(b, "duration", where, Ban.duration))
 
 
-def _metrics(r: _Reader, data: Mapping[str, Any]) -> MetricsSettings:
+def _metrics(r: Reader, data: Mapping[str, Any]) -> MetricsSettings:
     where = ("metrics",)
     m = r.table(data.get("metrics", {}), where, _METRICS_FIELDS)
     if "listen" not in m:
@@ -405,7 +294,7 @@ def _metrics(r: _Reader, data: Mapping[str, Any]) -> MetricsSettings:
 _REDIS_URL = "a URL like \"redis://127.0.0.1:6379/0\" or \"rediss://:password@host:6380/0\""
 
 
-def _cluster(r: _Reader, data: Mapping[str, Any]) -> Cluster | None:
+def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     where = ("cluster",)
     if "cluster" not in data:
         return None

@@ -21,25 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Protocol
 
 from ..config.model import Config, KeyEntry
 from ..decisions import models, routes
-from ..decisions.auth import KeyRing
 from ..decisions.cors import header_bytes, is_preflight
-from ..decisions.policy import Policies
 from ..decisions.body_checks import check_body
 from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
-from .accesslog import AccessLog, LogRecord, cut
+from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
+from .gate import Gate
 from .hosts import HostSet, Member
-from .metrics import PAGE_HEAD, Metrics
+from .metrics import PAGE_HEAD
 from .relay import UpstreamConnection
-from .state.base import State, Ticket
+from .state.base import Ticket
 from .tokens import usage_from_tail
 
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
@@ -48,24 +46,6 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
            b"Cache-Control: no-store\r\n")
 _READY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
 _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
-
-
-class Gate(Protocol):
-    """What an exchange reads from the server that runs it (the server's state, not the server)."""
-
-    config: Config
-    keys: KeyRing
-    policies: Policies
-    state: State
-    hosts: HostSet
-    access_log: AccessLog
-    metrics: Metrics
-    clock: Callable[[], float]
-    closing: bool
-
-    @property
-    def scheme(self) -> bytes: ...
-    async def scrape(self) -> bytes: ...
 
 
 class Exchange:

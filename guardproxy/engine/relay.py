@@ -23,8 +23,9 @@ from ..wire.framing import ChunkedFraming, CloseFraming, Framing, FramingError, 
 from ..wire.heads import BadUpstreamHead, parse_response_head
 from .failures import ClientGone, FirstByteTimeout, UpstreamGone, UpstreamTimeout
 from .sinks import NOWHERE, Collector, Sink
-from .splice import AVAILABLE as SPLICE_AVAILABLE, SPLICE_MIN, Splice, socket_fd
+from .splice import Splice
 from .watch import Watch
+from .zero_copy import ZeroCopyBodies
 
 _TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
@@ -48,7 +49,7 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
     """One keep-alive connection to the upstream; splices each response to a client."""
 
     # Slots, not a __dict__: one of these lives per open stream, and past 30
@@ -367,42 +368,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(reusable=end == len(rest))
         else:
             self._sink.write(rh.head)
-
-    # --- zero-copy bodies (splice.py) ----------------------------------------
-
-    def _start_splice(self, framing: LengthFraming) -> None:
-        """Hand the rest of a long body to the kernel, all but the tail a generation keeps for its counts."""
-        count = framing.remaining - self._tail_budget
-        if count < SPLICE_MIN or not SPLICE_AVAILABLE:
-            return
-        sink = self._sink
-        buffered = getattr(sink, "get_write_buffer_size", None)
-        if buffered is None or buffered():
-            return  # not a socket's transport, or a client that still holds unsent bytes
-        dst, src = socket_fd(sink), socket_fd(self.transport)
-        if dst is None or src is None or self.transport is None:
-            return
-        self.transport.pause_reading()  # the kernel takes these bytes now, not the event loop
-        framing.remaining -= count
-        self._splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
-        self._splice.start()
-
-    def _spliced(self, n: int) -> None:
-        self.bytes_out += n
-        self.last_read = self.loop.time()
-
-    def _splice_done(self) -> None:
-        self._splice = None
-        framing = self._framing
-        if not self.closed and self.transport is not None and not self._paused_by_client:
-            self.transport.resume_reading()
-        if isinstance(framing, LengthFraming) and not framing.remaining:
-            framing.done = True
-            self._finish(reusable=True)
-
-    def _splice_failed(self, exc: BaseException, client_side: bool) -> None:
-        self._splice = None
-        self.fail(ClientGone() if client_side else UpstreamGone())
 
     def check_timeout(self, now: float) -> None:
         """Called by Watch: end the exchange if the upstream has been silent too long.
