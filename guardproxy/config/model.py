@@ -136,6 +136,11 @@ class Tls:
     key: Path    # PEM private key
 
 
+def url_host(host: str) -> str:
+    """A host as a URL or a Host header writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class Upstream:
     host: str
@@ -143,8 +148,7 @@ class Upstream:
 
     @property
     def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{url_host(self.host)}:{self.port}"
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

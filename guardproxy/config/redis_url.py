@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import quote, unquote, urlsplit
 
+from .model import url_host
+
 ENV_URL = "GUARDPROXY_REDIS_URL"
 DEFAULT_PORT = 6379
 
@@ -49,8 +51,7 @@ class RedisAddress:
         auth = ""
         if self.password is not None:
             auth = f"{quote(self.username or '', safe='')}:***@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{url_host(self.host)}:{self.port}/{self.db}"
 
 
 def redis_address(configured: str, environ: Mapping[str, str] = os.environ) -> RedisAddress:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from ..config.model import url_host
+
 DEFAULT_PROMPT = "Reply with one short sentence."
 GENERATION_TOKENS = 24
 
@@ -48,8 +50,7 @@ class Target:
 
     @property
     def display(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.prefix}"
+        return f"{self.scheme}://{url_host(self.host)}:{self.port}{self.prefix}"
 
 
 def parse_target(url: str) -> Target:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .. import __version__
-from ..config.model import ENV_KEY
+from ..config.model import ENV_KEY, url_host
 from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
 
 DEFAULT_URL = "http://127.0.0.1:11435"
@@ -65,8 +65,7 @@ def metrics_target(url: str) -> Target:
     path = parts.path.rstrip("/")
     if not path.endswith("/metrics"):
         path += "/metrics"
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return Target(f"{parts.scheme}://{host}:{port}{path}", parts.scheme == "https", parts.hostname, port, path)
+    return Target(f"{parts.scheme}://{url_host(parts.hostname)}:{port}{path}", parts.scheme == "https", parts.hostname, port, path)
 
 
 def fetch(target: Target, key: str | None, timeout: float = 5.0) -> str:

@@ -17,7 +17,7 @@ from guardproxy.config.model import KeyEntry, TrafficLimits
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.raw_http import fetch, read_response, request_bytes
-from support.upstreams import RecordingUpstream, read_request
+from support.upstreams import RecordingUpstream, held_upstream
 
 ORDINARY = "gp_surface-ordinary-0123456789abcdefghijklmn"
 ADMIN = "gp_surface-admin-0123456789abcdefghijklmnopq"
@@ -216,18 +216,6 @@ async def test_token_counts_of_every_shape_reach_the_log(gp: Proxy, fake: FakeOl
 
 
 # --- every generation holds a slot -------------------------------------------------------------
-
-async def held_upstream() -> tuple[RecordingUpstream, asyncio.Event]:
-    """An upstream that answers each request only once `release` is set."""
-    release = asyncio.Event()
-
-    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
-        while True:
-            await read_request(reader, up)
-            await release.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
-            await writer.drain()
-    return await RecordingUpstream.start(script), release
 
 
 GENERATIONS = [p for p in MODEL_ROUTES if p != "/api/show"]

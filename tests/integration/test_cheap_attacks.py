@@ -19,7 +19,7 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
 from support.raw_http import fetch, read_response, request_bytes
-from support.upstreams import RecordingUpstream, read_request
+from support.upstreams import RecordingUpstream, held_upstream, read_request
 
 AUTH = {"X-API-Key": KEY}
 LIMITED_KEY = "gp_limited-0123456789abcdefghijklmnopqrstuv"
@@ -125,17 +125,6 @@ async def test_long_model_names_are_400_and_client_strings_are_cut_in_the_log(fa
 
 
 # --- 4: queue ghosts ---------------------------------------------------------------------------------
-
-async def held_upstream() -> tuple[RecordingUpstream, asyncio.Event]:
-    release = asyncio.Event()
-
-    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
-        while True:
-            await read_request(reader, up)
-            await release.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-            await writer.drain()
-    return await RecordingUpstream.start(script), release
 
 
 GEN = b'{"model":"llama3.2","prompt":"x"}'

@@ -121,3 +121,16 @@ async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         await read_request(reader, up)
         writer.write(OK_RESPONSE)
         await writer.drain()
+
+
+async def held_upstream() -> tuple[RecordingUpstream, asyncio.Event]:
+    """An upstream that answers each request (200, "{}") only once `release` is set."""
+    release = asyncio.Event()
+
+    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await read_request(reader, up)
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+    return await RecordingUpstream.start(script), release
