@@ -6,11 +6,12 @@ import asyncio
 import os
 import ssl
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import trustme
 
-from conftest import KEY, start_proxy
+from conftest import KEY, Proxy, start_proxy
 from guardproxy.config.load import parse_config
 from guardproxy.config.model import ConfigError, Tls
 from guardproxy.testing.fake_ollama import FakeOllama
@@ -83,18 +84,28 @@ async def test_old_tls_and_plain_http_are_refused(fake: FakeOllama, tmp_path: Pa
         await p.server.stop(grace=0)
 
 
-async def test_certificate_files_reload_when_they_change(fake: FakeOllama, tmp_path: Path) -> None:
+async def gate_before_a_renewal(fake: FakeOllama, tmp_path: Path) -> tuple[Proxy, Callable[[], None], ssl.SSLContext]:
+    """A gate serving one CA's certificate; renew() writes another CA's to the same paths (as a
+    renewal does); the context trusts the new CA only."""
     old_ca, new_ca = trustme.CA(), trustme.CA()
     tls = write_pair(old_ca, tmp_path)
     p = await start_proxy(fake.port, tmp_path, tls=tls)
     trusts_new = ssl.create_default_context()
     new_ca.configure_trust(trusts_new)
+
+    def renew() -> None:
+        write_pair(new_ca, tmp_path)
+        st = os.stat(tls.cert)
+        os.utime(tls.cert, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    return p, renew, trusts_new
+
+
+async def test_certificate_files_reload_when_they_change(fake: FakeOllama, tmp_path: Path) -> None:
+    p, renew, trusts_new = await gate_before_a_renewal(fake, tmp_path)
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
             await fetch_tls(p.port, trusts_new, "/health")
-        write_pair(new_ca, tmp_path)  # what a renewal does: new files, same paths
-        st = os.stat(tls.cert)
-        os.utime(tls.cert, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        renew()
         assert p.server.tls is not None and p.server.tls.reload_if_changed()
         r, _ = await fetch_tls(p.port, trusts_new, "/health")
         assert r.status == 200
@@ -103,15 +114,9 @@ async def test_certificate_files_reload_when_they_change(fake: FakeOllama, tmp_p
 
 
 async def test_config_reload_takes_renewed_certificate_at_once(fake: FakeOllama, tmp_path: Path) -> None:
-    old_ca, new_ca = trustme.CA(), trustme.CA()
-    tls = write_pair(old_ca, tmp_path)
-    p = await start_proxy(fake.port, tmp_path, tls=tls)
-    trusts_new = ssl.create_default_context()
-    new_ca.configure_trust(trusts_new)
+    p, renew, trusts_new = await gate_before_a_renewal(fake, tmp_path)
     try:
-        write_pair(new_ca, tmp_path)
-        st = os.stat(tls.cert)
-        os.utime(tls.cert, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        renew()
         p.server.apply_config(p.server.config)  # what SIGHUP or a saved config does
         r, _ = await fetch_tls(p.port, trusts_new, "/health")
         assert r.status == 200
