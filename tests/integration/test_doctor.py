@@ -14,7 +14,8 @@ import trustme
 
 from conftest import KEY, Proxy
 from guardproxy import cli
-from guardproxy.ops.doctor import FAIL, OK, WARN, Finding, check_open_files, run_doctor
+from guardproxy.ops import systemd
+from guardproxy.ops.doctor import FAIL, INFO, OK, WARN, Finding, check_open_files, run_doctor
 from guardproxy.testing.fake_ollama import FakeOllama
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
@@ -176,14 +177,14 @@ def test_open_file_limit() -> None:
     assert check_open_files((-1, -1))[0].text == "open-file limit unlimited"
 
 
-def test_doctor_on_this_machine_says_nothing_of_systemd_where_it_does_not_run(tmp_path: Path) -> None:
-    from guardproxy.ops.systemd import has_systemd
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="doctor looks for systemd on Linux only")
+@pytest.mark.parametrize("systemd_runs", [True, False])
+def test_doctor_speaks_of_a_missing_systemd_unit_only_where_systemd_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemd_runs: bool) -> None:
+    monkeypatch.setattr(systemd, "has_systemd", lambda: systemd_runs)
     findings = run_doctor(str(tmp_path / "none.toml"), {}, service_name="guardproxy-no-such-unit-3f9c", table=False)
-    said = [f for f in findings if "systemd unit" in f.text]
-    if sys.platform.startswith("linux") and has_systemd():
-        assert [f.level for f in said] == ["info"]
-    else:
-        assert said == []
+    said = [(f.level, f.text) for f in findings if "systemd unit" in f.text]
+    assert said == ([(INFO, 'no systemd unit "guardproxy-no-such-unit-3f9c" installed')] if systemd_runs else [])
 
 
 @linux_only
