@@ -34,7 +34,6 @@ async def test_chunked_body_is_reframed_extensions_and_trailers_dropped(
     assert answer.startswith(b"HTTP/1.1 200 ")
     (head,) = upstream.heads
     assert without_request_id(head) == rebuilt(upstream.port, b"POST /api/generate HTTP/1.1", b"", b"Transfer-Encoding: chunked\r\n")
-    assert b"".join(upstream.bodies) != b""
     (wire_body,) = upstream.bodies
     assert wire_body.endswith(b"0\r\n\r\n") and b";" not in wire_body and b"Vary" not in wire_body
     assert _dechunk(wire_body) == b"hello world"

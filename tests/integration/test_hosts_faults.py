@@ -144,11 +144,11 @@ async def test_a_reload_adds_and_removes_hosts_while_streams_run(fakes: Fakes, t
     b = await fakes.start(1, models=["m"])
     c = await fakes.start(2, models=["m"])
     async with gate(tmp_path, (host(0, a), host(1, b))) as proxy:
-        server = server_ = proxy.server
+        server = proxy.server
         streams = [await Held.open(proxy.port, "m", KEY, tokens=30, delay=0.01) for _ in range(2)]
         assert len(work(a)) == 1 and len(work(b)) == 1
         server.apply_config(replace(server.config, upstreams=(host(1, b), host(2, c))))
-        assert [m.name for m in server_.hosts.members.values()] == ["gpu-b", "gpu-c"]
+        assert [m.name for m in server.hosts.members.values()] == ["gpu-b", "gpu-c"]
         for s in streams:  # both run to their end, the one on the removed host too
             rest = await s.rest()
             assert rest.endswith(b"0\r\n\r\n") and rest.count(b'"done":false') >= 29

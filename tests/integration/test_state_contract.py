@@ -49,29 +49,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @asynccontextmanager
-async def states(backend: str, tmp_path: Path, n: int = 1, **overrides: Any) -> AsyncIterator[list[State]]:
-    """`n` states of one backend, sharing their limits (n > 1: Redis only)."""
+async def a_state(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[State]:
+    """A started state of the backend, closed at the end."""
     if backend == "local":
         config = make_config(1, **overrides)
         state = open_state(config, Policies(config))
         await state.start()
         try:
-            yield [state]
+            yield state
         finally:
             await state.close()
         return
     async with redis_server(tmp_path) as redis:
         config = make_config(1, cluster=Cluster(redis.url(), "t:", lease_ttl=1.0), **overrides)
-        made = [open_state(config, Policies(config), log=io.StringIO()) for _ in range(n)]
-        for s in made:
-            await s.start()
+        shared = open_state(config, Policies(config), log=io.StringIO())
+        await shared.start()
         try:
-            yield made
+            yield shared
             # Every decision was Redis's: a fallback would pass these tests without it.
-            assert [(s.errors, s.fallbacks) for s in made] == [(0, 0)] * n
+            assert (shared.errors, shared.fallbacks) == (0, 0)
         finally:
-            for s in made:
-                await s.close()
+            await shared.close()
 
 
 async def attempt(state: State, key: KeyEntry | None, *, generation: bool = False, client: str = ADDR,
@@ -108,7 +106,7 @@ def refusal(result: tuple[int, Ticket | GuardError]) -> str:
 
 
 async def test_per_address_rate_counts_requests_with_and_without_a_key(backend: str, tmp_path: Path) -> None:
-    async with states(backend, tmp_path, limits=TrafficLimits(per_ip=Rate(3, 60.0))) as (s,):
+    async with a_state(backend, tmp_path, limits=TrafficLimits(per_ip=Rate(3, 60.0))) as s:
         assert [(await attempt(s, k))[0] for k in (A, None, B)] == [200, 401, 200]
         for k in (A, None):
             r = await attempt(s, k)
@@ -118,7 +116,7 @@ async def test_per_address_rate_counts_requests_with_and_without_a_key(backend: 
 
 async def test_per_key_rate_and_its_refill(backend: str, tmp_path: Path) -> None:
     fast = replace(A, rate=Rate(2, 0.4))
-    async with states(backend, tmp_path, keys=(fast, B)) as (s,):
+    async with a_state(backend, tmp_path, keys=(fast, B)) as s:
         t0 = time.monotonic()
         assert [(await attempt(s, fast))[0] for _ in range(2)] == [200, 200]
         r = await attempt(s, fast)
@@ -131,7 +129,7 @@ async def test_per_key_rate_and_its_refill(backend: str, tmp_path: Path) -> None
 
 
 async def test_bans_after_failures_stop_even_the_right_key(backend: str, tmp_path: Path) -> None:
-    async with states(backend, tmp_path, ban=Ban(after_failures=3, window=60.0, duration=900.0)) as (s,):
+    async with a_state(backend, tmp_path, ban=Ban(after_failures=3, window=60.0, duration=900.0)) as s:
         assert [(await attempt(s, None))[0] for _ in range(3)] == [401, 401, 401]
         for k in (A, None):
             r = await attempt(s, k)
@@ -142,7 +140,7 @@ async def test_bans_after_failures_stop_even_the_right_key(backend: str, tmp_pat
 
 async def test_per_key_slots_queue_and_hand_over(backend: str, tmp_path: Path) -> None:
     one = replace(A, max_concurrent=1)
-    async with states(backend, tmp_path, keys=(one, B), limits=TrafficLimits(queue_timeout=5.0)) as (s,):
+    async with a_state(backend, tmp_path, keys=(one, B), limits=TrafficLimits(queue_timeout=5.0)) as s:
         status, first = await attempt(s, one, generation=True)
         assert status == 200 and isinstance(first, Ticket) and first.slot
         assert (await attempt(s, one))[0] == 200            # not a generation: no slot needed
@@ -157,7 +155,7 @@ async def test_per_key_slots_queue_and_hand_over(backend: str, tmp_path: Path) -
 
 
 async def test_queue_timeout_and_a_client_that_hangs_up(backend: str, tmp_path: Path) -> None:
-    async with states(backend, tmp_path, limits=TrafficLimits(max_concurrent=1, queue_timeout=0.3)) as (s,):
+    async with a_state(backend, tmp_path, limits=TrafficLimits(max_concurrent=1, queue_timeout=0.3)) as s:
         _, held = await attempt(s, A, generation=True)
         r = await attempt(s, B, generation=True)
         assert r[0] == 503 and retry_after(r[1]) == 1
@@ -176,7 +174,7 @@ async def test_queue_timeout_and_a_client_that_hangs_up(backend: str, tmp_path: 
 
 async def test_the_queue_is_fair_across_keys(backend: str, tmp_path: Path) -> None:
     keys = tuple(KeyEntry(n, n.encode() * 16) for n in ("busy", "quiet"))
-    async with states(backend, tmp_path, keys=keys, limits=TrafficLimits(max_concurrent=1)) as (s,):
+    async with a_state(backend, tmp_path, keys=keys, limits=TrafficLimits(max_concurrent=1)) as s:
         busy, quiet = keys
         _, held = await attempt(s, busy, generation=True)
         order: list[str] = []
@@ -198,7 +196,7 @@ async def test_the_queue_is_fair_across_keys(backend: str, tmp_path: Path) -> No
 
 async def test_token_budget(backend: str, tmp_path: Path) -> None:
     small = replace(A, tokens=parse_budget("100/h"))
-    async with states(backend, tmp_path, keys=(small, B)) as (s,):
+    async with a_state(backend, tmp_path, keys=(small, B)) as s:
         _, t = await attempt(s, small, generation=True)
         assert isinstance(t, Ticket) and t.budget == Budget(100, 3600.0, "h")
         s.finish(t, Outcome(prompt_tokens=40, completion_tokens=59))   # 99: still under
@@ -219,7 +217,7 @@ async def test_token_budget(backend: str, tmp_path: Path) -> None:
 
 async def test_a_generation_without_final_counts_is_charged_an_estimate(backend: str, tmp_path: Path) -> None:
     small = replace(A, tokens=parse_budget("100/day"))
-    async with states(backend, tmp_path, keys=(small,)) as (s,):
+    async with a_state(backend, tmp_path, keys=(small,)) as s:
         _, t = await attempt(s, small, generation=True)
         assert isinstance(t, Ticket)
         s.finish(t, Outcome(status=499, bytes_in=200, bytes_out=5000))   # 50 + 50: the budget

@@ -1,8 +1,8 @@
 """The package's import rules, read from the source (imports under TYPE_CHECKING and inside functions count).
 
     config/      imports only config/
-    wire/        config.model at most; never asyncio, not even through another module
-    decisions/   wire/ and config/; never asyncio
+    wire/        config.model at most; never asyncio or sockets, not even through another module
+    decisions/   wire/ and config/; never asyncio or sockets
     engine/      anything but ops/, testing/, cli, app
     testing/     is imported by nothing in the product
 and no module imports itself back through others (no cycles).
@@ -87,11 +87,11 @@ def test_no_import_cycles() -> None:
 
 
 @pytest.mark.parametrize("folder", ["wire", "decisions"])
-def test_pure_folders_never_import_asyncio(folder: str) -> None:
+def test_pure_folders_never_import_asyncio_or_sockets(folder: str) -> None:
     for m in INNER:
         if _in(m, folder):
             reached = {m} | _closure(m)
-            assert not any("asyncio" in OUTER[r] or "uvloop" in OUTER[r] for r in reached), m
+            assert not any(OUTER[r] & {"asyncio", "uvloop", "socket", "selectors"} for r in reached), m
             assert not any(_in(r, f) for r in reached for f in ("engine", "ops", "testing")), m
 
 

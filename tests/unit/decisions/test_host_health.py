@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-from guardproxy.decisions import routing
 from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, choose,
                                           fail_over, trips_breaker)
@@ -198,12 +194,3 @@ def test_a_hosts_listing_snapshot_keeps_only_its_configured_models() -> None:
     assert [e["name"] for e in h.tags] == ["llama3.2:latest"]
     assert [e["name"] for e in h.ps] == ["llama3.2:latest"]
 
-
-# --- purity ---------------------------------------------------------------------------
-
-def test_the_module_imports_no_io() -> None:
-    tree = ast.parse(Path(routing.__file__).read_text())
-    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not {m for m in imported if m.split(".")[0] in {"asyncio", "socket", "selectors", "engine"}
-                or "engine" in m.split(".")}
