@@ -21,7 +21,7 @@ from guardproxy.config.model import Ban, Rate, TrafficLimits
 from guardproxy.config.values import parse_budget
 from guardproxy.ops.budgets import budget_report
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen, open_stream, until_true
+from support.gates import Gate, gates, gen, open_stream
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support_redis import RedisServer, redis_server
@@ -88,8 +88,6 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
                 await asyncio.sleep(0)
         sampler = asyncio.ensure_future(sample())
         streams = [await open_stream(gs[i].port, LAPTOP, gen(100000, 0.01)) for i in range(2)]
-        for reader, _ in streams:
-            await reader.readuntil(b"tok0")
         waiting = asyncio.ensure_future(fetch(gs[2].port, "POST", "/api/generate", gen(2), LAPTOP))
         await until(lambda: gs[2].state.slots.queue.queued == 1)
         # Another key is not held back by this one's limit.
@@ -101,7 +99,7 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
         assert gs[2].state.slots.freed >= 1
         streams[1][1].transport.abort()
         await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
-        await until_true(lambda: zcard(redis, "t:slots:all", 0))
+        await until(lambda: zcard(redis, "t:slots:all", 0))
         sampling = False
         await sampler
         assert most == 2
@@ -115,7 +113,7 @@ async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: P
         r = await fetch(gs[1].port, "POST", "/api/generate", gen(20), LAPTOP)   # 92: this one overshoots
         assert r.status == 200
         for g in gs:   # FINISH is not awaited: it lands within a round trip
-            refused = await until_true(lambda g=g: refusal(g.port))   # type: ignore[misc]
+            refused = await until(lambda g=g: refusal(g.port))   # type: ignore[misc]
             assert json.loads(refused.body) == {"error": "token budget exceeded"}
             assert 3540 <= int(refused.header("retry-after") or 0) <= 3600
         # Not a generation: nothing to spend.  Another key: its own budget (none).
@@ -151,8 +149,7 @@ async def test_a_hosts_max_concurrent_holds_across_instances(tmp_path: Path, red
         async with gates(a.port, tmp_path, redis.url(), 2, lease_ttl=30.0, upstreams=hosts,
                          limits=TrafficLimits(queue_timeout=10.0)) as gs:
             to_a = {**OWNER, "X-Guardproxy-Upstream": "gpu-a"}
-            reader, writer = await open_stream(gs[0].port, to_a, gen(100000, 0.01))
-            await reader.readuntil(b"tok0")
+            _, writer = await open_stream(gs[0].port, to_a, gen(100000, 0.01))
             assert await redis.command("ZCARD", "t:slots:host:gpu-a") == 1
             waiting = asyncio.ensure_future(fetch(gs[1].port, "POST", "/api/generate", gen(2), to_a))
             await until(lambda: gs[1].state.slots.queue.queued == 1)
@@ -164,7 +161,7 @@ async def test_a_hosts_max_concurrent_holds_across_instances(tmp_path: Path, red
             r = await asyncio.wait_for(waiting, 10)
             assert r.status == 200 and b'"done":true' in r.body
             await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
-            await until_true(lambda: zcard(redis, "t:slots:host:gpu-a", 0))
+            await until(lambda: zcard(redis, "t:slots:host:gpu-a", 0))
             assert [m.host.in_flight for g in gs for m in g.server.hosts.members.values()] == [0, 0, 0, 0]
             shared_only(gs)
     finally:

@@ -19,7 +19,7 @@ from conftest import KEY, OTHER_KEY, make_config
 from guardproxy.config.model import Rate
 from guardproxy.config.values import parse_budget
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen, until_true
+from support.gates import Gate, gates, gen
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support_redis import RedisServer, redis_server
@@ -104,7 +104,7 @@ async def test_debug_sleep_is_waited_out_for_op_timeout_only(fake: FakeOllama, t
     async with gates(fake.port, tmp_path, redis.url(), 1, op_timeout=OP_TIMEOUT, keys=laptop_rate()) as (g,):
         assert (await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status == 200
         sleeping = asyncio.ensure_future(redis.command("DEBUG", "SLEEP", "1", timeout=10))
-        await until_true(lambda: stalled(redis))
+        await until(lambda: stalled(redis))
         r, took = await timed(g.port, LAPTOP)
         assert r.status == 200 and took < OP_TIMEOUT + SLACK and g.state.fallbacks == 1
         await sleeping
@@ -122,7 +122,7 @@ async def test_tokens_counted_without_redis_reach_it_when_it_is_back(fake: FakeO
         assert (await fetch(g.port, "POST", "/api/generate", gen(20), LAPTOP)).status == 200   # 26 + 20
         assert g.state.unsent and g.state.fallbacks == 1
         await redis.start()
-        await until_true(lambda: tokens_in_redis(redis, 46), timeout=10)
+        await until(lambda: tokens_in_redis(redis, 46), timeout=10)
         assert not g.state.unsent
 
 

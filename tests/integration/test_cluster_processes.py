@@ -20,7 +20,8 @@ from conftest import KEY, OTHER_KEY
 from guardproxy.config.write import hash_key
 from guardproxy.engine.state.tokenfile import state_path
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import gen, open_stream, until_true
+from support.gates import gen, open_stream
+from support.polling import until
 from support.processes import launch
 from support.raw_http import fetch
 from support_redis import RedisServer, redis_server
@@ -86,10 +87,9 @@ async def test_a_killed_instance_frees_its_slot_within_lease_ttl(fake: FakeOllam
         statuses = [(await fetch(p.port, "GET", "/api/version", headers=PHONE)).status
                     for p in (first, second, first, second)]
         assert statuses == [200, 200, 200, 429]
-        reader, writer = await open_stream(first.port, LAPTOP, gen(100000, 0.01))
-        await reader.readuntil(b"tok0")
+        _, writer = await open_stream(first.port, LAPTOP, gen(100000, 0.01))
         waiting = asyncio.ensure_future(fetch(second.port, "POST", "/api/generate", gen(2), LAPTOP))
-        await until_true(lambda: queued(redis))   # the second instance waits for the one slot
+        await until(lambda: queued(redis))   # the second instance waits for the one slot
         assert not waiting.done()
         first.kill()   # holding the slot: nobody releases it
         killed = time.monotonic()
@@ -118,7 +118,7 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
         assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 26 + 10
         assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 72: overshoots
         assert (await fetch(one.port, "POST", "/api/generate", gen(1), LAPTOP)).status == 429
-        await until_true(lambda: saved(state, 72))   # written within a second, without a clean stop
+        await until(lambda: saved(state, 72))   # written within a second, without a clean stop
     finally:
         one.kill()
     two = await Instance.start(cfg)

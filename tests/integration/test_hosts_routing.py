@@ -77,7 +77,7 @@ async def test_when_every_host_is_full_a_generation_waits_for_the_first_one_that
         await until(lambda: proxy.server.hosts.waiting.queued == 1)
         assert len(work(warm)) == 1 and len(work(cold)) == 1
         on_cold.close()
-        assert (await waiting).status == 200
+        assert (await asyncio.wait_for(waiting, 10)).status == 200
         assert len(work(cold)) == 2 and len(work(warm)) == 1
         on_warm.close()
 

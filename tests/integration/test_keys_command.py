@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pty
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from guardproxy.engine.server import GuardServer
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
 from support.raw_http import fetch
+from support.terminals import open_terminal, read_until
 
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])
 
@@ -131,6 +131,7 @@ async def test_a_rotated_key_works_during_its_grace_and_not_after(gate: Gate) ->
     assert "previous_" not in gate.path.read_text()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 @one_loop
 async def test_keys_list_when_piped_and_on_a_narrow_terminal(gate: Gate, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
@@ -151,34 +152,29 @@ async def test_keys_list_when_piped_and_on_a_narrow_terminal(gate: Gate, tmp_pat
     assert rows[2] == ["phone", "revoked", "no", "no", "no", "all", "-", "-", "-", "-", "-"]
     assert 'the old value of "app" works until ' in r.stdout
     # A 40-column terminal: one short paragraph per key, no line wider than the terminal.
-    out = await asyncio.to_thread(_on_terminal, ["keys", "list", "--config", str(gate.path)], 40, tmp_path)
+    out = await _on_terminal(["keys", "list", "--config", str(gate.path)], 40, tmp_path)
     assert out and all(len(line) <= 40 for line in out.splitlines()), out
     assert "app  rotating  last use:" in out and "rate: 600/min" in out and "phone  revoked" in out
 
 
-def _on_terminal(args: list[str], columns: int, cwd: Path) -> str:
+async def _on_terminal(args: list[str], columns: int, cwd: Path) -> str:
     """Run with stdout on a pseudo-terminal `columns` wide; what it printed."""
-    import fcntl
-    import struct
-    import termios
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    master, slave = open_terminal(24, columns)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_") and k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-m", "guardproxy", *args], cwd=cwd, env=env, stdout=follower,
-                            stderr=subprocess.PIPE)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its side
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
-    return b"".join(chunks).decode().replace("\r\n", "\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", *args, cwd=cwd, env=env,
+                                                stdout=slave, stderr=asyncio.subprocess.PIPE)
+    os.close(slave)
+    try:
+        # Until the child has exited and closed its side (EIO), or 20 s.
+        raw = await read_until(master, lambda _: False, asyncio.get_running_loop().time() + 20)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(master)
+    assert proc.returncode == 0, err.decode()
+    return raw.decode().replace("\r\n", "\n")
 
 
 @one_loop

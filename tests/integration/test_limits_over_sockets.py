@@ -19,8 +19,9 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.reload import Reloader
 from guardproxy.engine.server import GuardServer
+from support.gates import open_stream
 from support.polling import until
-from support.raw_http import fetch, request_bytes
+from support.raw_http import fetch
 from support.policy_gate import APP, PHONE, ADMIN, KEYS, FakeClock, start, gp, stop, gen  # noqa: F401 (gp: a fixture)
 
 
@@ -102,19 +103,11 @@ async def test_ban_then_unban(fake: FakeOllama, tmp_path: Path) -> None:
 
 # --- concurrency -----------------------------------------------------------------------
 
-async def open_stream(port: int, headers: dict[str, str], body: bytes):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request_bytes("POST", "/api/generate", body, headers))
-    await writer.drain()
-    return reader, writer
-
-
 async def test_queue_is_fair_across_keys_and_slot_freed_on_disconnect(fake: FakeOllama, tmp_path: Path) -> None:
     p = await start(fake.port, tmp_path, limits=Limits(max_concurrent=1, queue_timeout=10.0))
     gate = p.server.policies.gate
     try:
-        r1, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
-        await r1.readuntil(b"tok0")
+        _, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
         waiting = []
         for i, (who, model) in enumerate([(PHONE, "phone-2"), (PHONE, "phone-3"), (PHONE, "phone-4"), (ADMIN, "admin-1")]):
             waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen(model, 1), who)))
@@ -134,8 +127,7 @@ async def test_queue_timeout_is_503(fake: FakeOllama, tmp_path: Path) -> None:
     keys = (replace(KEYS[1], max_concurrent=1), KEYS[2])
     p = await start(fake.port, tmp_path, keys=keys, limits=Limits(queue_timeout=0.2))
     try:
-        r1, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
-        await r1.readuntil(b"tok0")
+        _, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
         opened = fake.connections_opened
         r = await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), PHONE)
         assert r.status == 503 and r.header("retry-after") == "1"
@@ -206,7 +198,6 @@ async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: 
     reloader = Reloader(server, path)
     try:
         reader, writer = await open_stream(server.port, APP, gen("llama3.2", 60, 0.01))
-        await reader.readuntil(b"tok0")
         assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 401
         path.write_text(CONFIG.format(port=fake.port, keys=key_block("b", OTHER_KEY)))
         assert reloader.reload()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.polling import until
 from support.raw_http import fetch
 
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])
@@ -42,15 +43,14 @@ async def run_until_up(tmp_path: Path, level: str | None, *args: str, journal: b
                                                         "--loop", "asyncio", *args, cwd=tmp_path, env=env,
                                                         stdout=asyncio.subprocess.DEVNULL, stderr=err)
             try:
-                async def up() -> bool:
+                async def up_or_ended() -> bool:
+                    if proc.returncode is not None:
+                        return True
                     try:
                         return (await fetch(port, "GET", "/health")).status == 200
                     except OSError:
                         return False
-                for _ in range(200):
-                    if await up() or proc.returncode is not None:
-                        break
-                    await asyncio.sleep(0.05)
+                await until(up_or_ended, timeout=10, interval=0.05)
                 assert proc.returncode is None, err_path.read_text()
             finally:
                 if proc.returncode is None:

@@ -14,6 +14,7 @@ from guardproxy.config.redis_url import RedisAddress, redis_address
 from guardproxy.engine.state.commands import Script
 from guardproxy.engine.state.pubsub import RedisSubscriber
 from guardproxy.engine.state.resp import RedisClient, RedisReplyError, RedisTimeout, RedisUnavailable
+from support.polling import until
 from support_redis import RedisServer, free_port, redis_server, tls_files
 
 ECHO = Script("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
@@ -113,7 +114,8 @@ async def test_a_cancelled_call_does_not_shift_the_replies(redis: RedisServer) -
     async with client_for(redis.url(), timeout=5.0) as client:
         slow = asyncio.create_task(client.call("DEBUG", "SLEEP", "0.2"))
         behind = asyncio.create_task(client.call("INCR", "n"))
-        await asyncio.sleep(0)          # both are written in the same turn
+        # Both queued on the connection (one write carries them): the INCR goes out, whatever happens to its caller.
+        await until(lambda: client._conn is not None and len(client._conn.pending) == 2)
         behind.cancel()
         assert await slow == b"OK"
         assert await client.call("INCR", "n") == 2   # the cancelled INCR ran; its reply was dropped

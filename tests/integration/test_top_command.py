@@ -9,7 +9,6 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -19,6 +18,7 @@ from guardproxy.config.model import KeyEntry
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.raw_http import fetch, read_response, request_bytes
+from support.terminals import open_terminal, read_until
 from topmetrics import metrics_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,33 +113,6 @@ async def test_piped_nothing_listening_is_connection_refused() -> None:
     assert err == f"guardproxy top: cannot connect to 127.0.0.1 port {port}: connection refused (is guardproxy running there?)\n"
 
 
-async def read_until(fd: int, done: Callable[[bytes], bool], deadline: float) -> bytes:
-    """Read a pty master until `done(bytes so far)` is true, the child closes it, or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    ready = asyncio.Event()
-    loop.add_reader(fd, ready.set)
-    try:
-        while not done(bytes(buf)) and loop.time() < deadline:
-            try:
-                await asyncio.wait_for(ready.wait(), deadline - loop.time())
-            except TimeoutError:
-                break
-            ready.clear()
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:  # EIO: every copy of the slave side is closed
-                break
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        loop.remove_reader(fd)
-    return bytes(buf)
-
-
 def screen_text(raw: bytes) -> str:
     return ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "")
 
@@ -147,14 +120,7 @@ def screen_text(raw: bytes) -> str:
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 @pytest.mark.parametrize("columns, rows", [(100, 40), (30, 12)])
 async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int) -> None:
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    os.set_blocking(master, False)
+    master, slave = open_terminal(rows, columns)
     loop = asyncio.get_running_loop()
     async with MetricsServer() as server:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy.ops.top", server.url,

@@ -7,7 +7,7 @@ import io
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator
 
 from conftest import Proxy, make_config
 from guardproxy.config.model import Cluster
@@ -15,19 +15,6 @@ from guardproxy.engine.accesslog import AccessLog
 from guardproxy.engine.server import GuardServer
 from guardproxy.engine.state.cluster import RedisState
 from support.raw_http import request_bytes
-
-
-T = TypeVar("T")
-
-
-async def until_true(check: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
-    """The first truthy result of an async `check` (a request, a Redis command), within `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := await check()):
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-    return value
 
 
 class Gate(Proxy):
@@ -73,7 +60,9 @@ def gen(n: int = 3, delay: float = 0.0, model: str = "llama3.2") -> bytes:
 
 async def open_stream(port: int, headers: dict[str, str], body: bytes) -> tuple[asyncio.StreamReader,
                                                                                  asyncio.StreamWriter]:
+    """A streamed generation, once its first token has arrived: it holds its slot until it ends."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request_bytes("POST", "/api/generate", body, headers))
     await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
     return reader, writer

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, TypeVar
+import inspect
+from typing import Awaitable, Callable, TypeVar, overload
 
 T = TypeVar("T")
 
 
-async def until(cond: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T:
+@overload
+async def until(cond: Callable[[], Awaitable[T]], timeout: float = 5.0, interval: float = 0.005) -> T: ...
+@overload
+async def until(cond: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T: ...
+
+
+async def until(cond: Callable[[], object], timeout: float = 5.0, interval: float = 0.005) -> object:
     """The first truthy value of `cond()`; fails the test when `timeout` seconds pass without one.
 
     For state that has no event to wait on (a counter in the server, a file
     another thread writes); everything that has an event waits on the event.
+    An awaitable result (a request, a Redis command) is awaited, within the same deadline.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not (value := cond()):
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await asyncio.wait_for(value, max(deadline - loop.time(), interval))
+        if value:
+            return value
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(interval)
-    return value
