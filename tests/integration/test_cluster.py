@@ -78,20 +78,19 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
     # A long lease_ttl polls once a second: a wake-up well before that came by pub/sub.
     async with gates(fake.port, tmp_path, redis.url(), 3, lease_ttl=30.0, keys=keys(max_concurrent=2),
                      limits=TrafficLimits(queue_timeout=10.0)) as gs:
-        most = 0
-        sampling = True
+        def running() -> int:
+            """The laptop key's slots, held over the three gates."""
+            return sum(g.state.occupancy.running.get("laptop", 0) for g in gs)
 
-        async def sample() -> None:
-            nonlocal most
-            while sampling:
-                most = max(most, sum(g.state.occupancy.running.get("laptop", 0) for g in gs))
-                await asyncio.sleep(0)
-        sampler = asyncio.ensure_future(sample())
         streams = [await open_stream(gs[i].port, LAPTOP, gen(100000, 0.01)) for i in range(2)]
+        assert running() == 2
         waiting = asyncio.ensure_future(fetch(gs[2].port, "POST", "/api/generate", gen(2), LAPTOP))
         await until(lambda: gs[2].state.slots.queue.queued == 1)
         # Another key is not held back by this one's limit.
         assert (await fetch(gs[2].port, "POST", "/api/generate", gen(2), PHONE)).status == 200
+        # Until a slot frees, the third generation has neither run (it would hold a third slot or be
+        # answered already) nor left the queue.
+        assert running() == 2 and not waiting.done() and gs[2].state.slots.queue.queued == 1
         streams[0][1].transport.abort()   # the hang-up ends the stream and frees its slot
         t0 = time.monotonic()
         r = await asyncio.wait_for(waiting, 10)
@@ -100,9 +99,6 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
         streams[1][1].transport.abort()
         await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
         await until(lambda: zcard(redis, "t:slots:all", 0))
-        sampling = False
-        await sampler
-        assert most == 2
         shared_only(gs)
 
 
