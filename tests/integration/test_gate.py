@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ADMIN_KEY, KEY, OTHER_KEY, Proxy, start_proxy
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.polling import until
+from support.polling import until, until_still
 from support.raw_http import exchange, fetch, request_bytes, without_request_id
 
 AUTH = {"X-API-Key": KEY}
@@ -197,16 +197,8 @@ async def test_slow_reader_keeps_memory_bounded(proxy: Proxy, fake: FakeOllama) 
     writer.write(request_bytes("GET", f"/fake/blob?size={total}", headers=ADMIN))
     await reader.readuntil(b"\r\n\r\n")
     # Stop reading.  The upstream must stall: wait until its progress stops.
-    last, still = -1, 0
-    for _ in range(300):
-        await asyncio.sleep(0.01)
-        now = fake.bytes_sent_last_stream
-        still = still + 1 if now == last else 0
-        last = now
-        if still >= 20:
-            break
-    assert still >= 20, "the upstream never stalled: nothing pushed back"
-    assert last < total // 2
+    last = await until_still(lambda: fake.bytes_sent_last_stream)
+    assert last < total // 2, "nothing pushed back on the upstream"
     (conn,) = proxy.server.connections
     # guardproxy's own buffer for this stream: at most the write high-water mark plus one read.
     assert conn.transport.get_write_buffer_size() <= 64 * 1024 + 256 * 1024

@@ -32,3 +32,16 @@ async def until(cond: Callable[[], object], timeout: float = 5.0, interval: floa
             return value
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(interval)
+
+
+async def until_still(value: Callable[[], T], samples: int = 20, interval: float = 0.01, timeout: float = 5.0) -> T:
+    """`value()` once it has stayed the same over `samples` samples in a row (a stalled transfer's progress)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, still = value(), 0
+    while still < samples:
+        assert loop.time() < deadline, f"still changing after {timeout} s: {last!r}"
+        await asyncio.sleep(interval)
+        now = value()
+        still, last = (still + 1 if now == last else 0), now
+    return last
