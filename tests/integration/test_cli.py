@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import stat
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -16,34 +12,11 @@ import pytest
 from guardproxy import __version__
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.processes import launch
+from support.processes import Running, gp
 from support.raw_http import read_response, request_bytes
 
 # Subprocess tests do not depend on the event loop of the test itself.
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])
-
-
-def gp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "guardproxy", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-class Running:
-    """guardproxy as a child process, stopped by SIGTERM."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, banner: str) -> None:
-        self.proc, self.port, self.banner = proc, port, banner
-
-    @classmethod
-    async def start(cls, *args: str, cwd: Path, env: dict[str, str] | None = None) -> "Running":
-        return cls(*await launch(*args, cwd=cwd, env=env))
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 20)
 
 
 async def get(port: int, path: str, headers: dict[str, str] | None = None):

@@ -6,7 +6,6 @@ Each instance is `python -m guardproxy run --config FILE`, as a user starts it.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from guardproxy.engine.state.tokenfile import state_path
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import gen, open_stream
 from support.polling import until
-from support.processes import launch
+from support.processes import Running
 from support.raw_http import fetch
 from support_redis import RedisServer, redis_server
 
@@ -50,25 +49,6 @@ rate = "3/min"
 {tail}"""
 
 
-class Instance:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc, self.port = proc, port
-
-    @classmethod
-    async def start(cls, config: Path) -> "Instance":
-        proc, port, _ = await launch("run", "--config", str(config))
-        return cls(proc, port)
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(self.proc.wait(), 20)
-
-
 @pytest.fixture
 async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     async with redis_server(tmp_path) as server:
@@ -81,7 +61,7 @@ async def test_a_killed_instance_frees_its_slot_within_lease_ttl(fake: FakeOllam
     cfg = tmp_path / "g.toml"
     cfg.write_text(config_text(fake.port, laptop="max_concurrent = 1",
                                tail=f'[cluster]\nredis = "{redis.url()}"\nkey_prefix = "p:"\nlease_ttl = "{LEASE_TTL}s"\n'))
-    first, second = await Instance.start(cfg), await Instance.start(cfg)
+    first, second = await Running.start("run", "--config", str(cfg)), await Running.start("run", "--config", str(cfg))
     try:
         # Rates hold across the processes: 3/min in all.
         statuses = [(await fetch(p.port, "GET", "/api/version", headers=PHONE)).status
@@ -113,7 +93,7 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
     cfg = tmp_path / "g.toml"
     cfg.write_text(config_text(fake.port, laptop='tokens = "40/day"', access=str(tmp_path / "access.log")))
     state = state_path(cfg)
-    one = await Instance.start(cfg)
+    one = await Running.start("run", "--config", str(cfg))
     try:
         assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 26 + 10
         assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 72: overshoots
@@ -121,7 +101,7 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
         await until(lambda: saved(state, 72))   # written within a second, without a clean stop
     finally:
         one.kill()
-    two = await Instance.start(cfg)
+    two = await Running.start("run", "--config", str(cfg))
     try:
         r = await fetch(two.port, "POST", "/api/generate", gen(1), LAPTOP)
         assert r.status == 429 and 1 <= int(r.header("retry-after") or 0) <= 86400

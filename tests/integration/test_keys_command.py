@@ -23,6 +23,7 @@ from guardproxy.engine.reload import POLL_INTERVAL, Reloader
 from guardproxy.engine.server import GuardServer
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
+from support.processes import child_env, gp
 from support.raw_http import fetch
 from support.terminals import open_terminal, read_until
 
@@ -47,12 +48,6 @@ rate = "600/min"
 name = "phone"
 key_sha256 = "{phone}"
 """.replace("\n", "\r\n")
-
-
-def gp(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
-    return subprocess.run([sys.executable, "-m", "guardproxy", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 class Gate:
@@ -160,7 +155,7 @@ async def test_keys_list_when_piped_and_on_a_narrow_terminal(gate: Gate, tmp_pat
 async def _on_terminal(args: list[str], columns: int, cwd: Path) -> str:
     """Run with stdout on a pseudo-terminal `columns` wide; what it printed."""
     master, slave = open_terminal(24, columns)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_") and k not in ("COLUMNS", "LINES")}
+    env = {k: v for k, v in child_env().items() if k not in ("COLUMNS", "LINES")}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", *args, cwd=cwd, env=env,
                                                 stdout=slave, stderr=asyncio.subprocess.PIPE)
     os.close(slave)
