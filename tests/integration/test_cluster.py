@@ -12,9 +12,7 @@ import re
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator
 
-import pytest
 
 from conftest import ADMIN_KEY, KEY, OTHER_KEY, make_config
 from guardproxy.config.model import Ban, Rate, TrafficLimits
@@ -24,15 +22,9 @@ from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import Gate, gates, gen, open_stream
 from support.polling import until
 from support.raw_http import RawResponse, fetch
-from support_redis import RedisServer, redis_server
+from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
 
 LAPTOP, PHONE, OWNER = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY}
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with redis_server(tmp_path) as server:
-        yield server
 
 
 def keys(**laptop: object) -> tuple[object, ...]:

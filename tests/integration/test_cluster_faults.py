@@ -11,7 +11,6 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -22,18 +21,12 @@ from guardproxy.testing.fake_ollama import FakeOllama
 from support.gates import Gate, gates, gen
 from support.polling import until
 from support.raw_http import RawResponse, fetch
-from support_redis import RedisServer, redis_server
+from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
 
 LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
 OP_TIMEOUT = 0.05
 SLACK = 0.3   # a busy 2-core machine; a stalled call would wait for the whole connect timeout (1 s)
 RULES = ["local", "open", "closed"]
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with redis_server(tmp_path) as server:
-        yield server
 
 
 def laptop_rate() -> tuple[object, ...]:

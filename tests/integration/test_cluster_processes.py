@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -23,7 +22,7 @@ from support.gates import gen, open_stream
 from support.polling import until
 from support.processes import Running
 from support.raw_http import fetch
-from support_redis import RedisServer, redis_server
+from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
 
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])   # the processes run their own loops
 LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
@@ -47,12 +46,6 @@ name = "phone"
 key_sha256 = "{hash_key(OTHER_KEY)}"
 rate = "3/min"
 {tail}"""
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with redis_server(tmp_path) as server:
-        yield server
 
 
 @one_loop

@@ -12,6 +12,7 @@ import pytest
 from conftest import ADMIN_KEY, KEY, Proxy, start_proxy
 from guardproxy.config.model import Timeouts
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.ports import free_port
 from support.raw_http import exchange, fetch, read_response, request_bytes
 
 AUTH = {"X-API-Key": KEY}
@@ -23,10 +24,7 @@ ADMIN = {"X-API-Key": ADMIN_KEY}  # the fake's /fake/blob is not an Ollama route
 
 @pytest.mark.perf
 async def test_upstream_refused_is_fast_502(tmp_path) -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there
     p = await start_proxy(port, tmp_path)
     try:
         t0 = time.monotonic()

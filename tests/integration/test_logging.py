@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -13,16 +12,12 @@ import pytest
 
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.polling import until
+from support.ports import free_port
+from support.processes import child_env
 from support.raw_http import fetch
 
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])
 PLAIN = "a-hand-written-plaintext-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run_until_up(tmp_path: Path, level: str | None, *args: str, journal: bool = False) -> str:
@@ -35,7 +30,7 @@ async def run_until_up(tmp_path: Path, level: str | None, *args: str, journal: b
                        + f'[[keys]]\nname = "old"\nkey = "{PLAIN}"\n')
         err_path = tmp_path / "stderr"
         with open(err_path, "w") as err:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
+            env = child_env()
             if journal:
                 st = os.fstat(err.fileno())
                 env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"

@@ -22,6 +22,7 @@ from guardproxy.config.write import hash_key
 from guardproxy.engine.metrics import BUCKETS, REASONS
 from guardproxy.testing.fake_ollama import FakeOllama
 from support.metric_names import HISTOGRAMS, SERIES
+from support.ports import free_port
 from support.raw_http import fetch, read_response, request_bytes
 
 METRICS_KEY = "gp_metrics-key-0123456789abcdefghijklmnop"
@@ -208,10 +209,7 @@ async def test_a_running_stream_and_its_upstream_call_show_while_they_last(gate:
 
 
 async def test_an_upstream_that_does_not_answer_is_down(tmp_path: Path) -> None:
-    import socket
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     p = await start_proxy(port, tmp_path, keys=KEYS)
     try:
         assert value(await scrape(p.port), "guardproxy_upstream_up", upstream=f"127.0.0.1:{port}") == 0

@@ -1,4 +1,4 @@
-"""guardproxy's Redis client against a real redis-server (tests/support_redis.py starts one per test)."""
+"""guardproxy's Redis client against a real redis-server (tests/support/redis_server.py starts one per test)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ from guardproxy.engine.state.commands import Script
 from guardproxy.engine.state.pubsub import RedisSubscriber
 from guardproxy.engine.state.resp import RedisClient, RedisReplyError, RedisTimeout, RedisUnavailable
 from support.polling import until
-from support_redis import RedisServer, free_port, redis_server, tls_files
+from support.ports import free_port
+from support.redis_server import RedisServer, redis, redis_server, tls_files  # noqa: F401 (redis: a fixture)
 
 ECHO = Script("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
 SLACK = 0.1   # scheduling on a busy 2-core machine; a stalled call would take the whole second
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with redis_server(tmp_path) as server:
-        yield server
 
 
 @asynccontextmanager

@@ -28,7 +28,7 @@ from guardproxy.engine.state.cluster import RedisState
 from guardproxy.engine.state.local import LocalState
 from guardproxy.wire.errors import GuardError
 from support.polling import until
-from support_redis import redis_server
+from support.redis_server import redis_server
 
 A, B = KeyEntry("a", b"a" * 32), KeyEntry("b", b"b" * 32)
 ADDR = "198.51.100.7"

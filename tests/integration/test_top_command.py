@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,9 +16,10 @@ from guardproxy import __version__
 from guardproxy.config.model import KeyEntry
 from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.ports import free_port
 from support.raw_http import fetch, read_response, request_bytes
 from support.terminals import open_terminal, read_until
-from topmetrics import metrics_text
+from support.topmetrics import metrics_text
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "gp_top-test-key-0123456789abcdefghijklmnopq"
@@ -105,9 +105,7 @@ async def test_piped_a_failed_scrape_is_one_clear_line_and_exit_1(status: int, b
 
 
 async def test_piped_nothing_listening_is_connection_refused() -> None:
-    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # free a moment ago, no listener now
     code, out, err = await run_piped(f"127.0.0.1:{port}", "--key", KEY)
     assert (code, out) == (1, "")
     assert err == f"guardproxy top: cannot connect to 127.0.0.1 port {port}: connection refused (is guardproxy running there?)\n"

@@ -7,7 +7,7 @@ import pytest
 from guardproxy.ops.top import TopError, _frame, metrics_target, render_error
 from guardproxy.ops.topview import (NotMetrics, Snapshot, fmt_rate, interval_quantile, parse_metrics, rates,
                                     render, table)
-from topmetrics import metrics_text
+from support.topmetrics import metrics_text
 
 SOURCE = "http://127.0.0.1:11435/metrics"
 

@@ -6,8 +6,8 @@
         server.kill(); await server.start()               # same port again
         server.pause(); ...; server.resume()              # SIGSTOP / SIGCONT
 
-Tests call `need_redis_server()` (or use the context manager, which calls it) to be skipped,
-with the reason, when Debian's redis-server is not installed.
+Tests call `need_redis_server()` (or use the context manager or the `redis` fixture, which call it)
+to be skipped, with the reason, when Debian's redis-server is not installed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +27,8 @@ from typing import AsyncIterator, Sequence
 import hiredis
 import pytest
 
+from .ports import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 10.0
 
@@ -36,12 +37,6 @@ def need_redis_server() -> str:
     if not os.access(REDIS_SERVER, os.X_OK):
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
     return REDIS_SERVER
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -149,6 +144,13 @@ async def redis_server(workdir: Path, *, password: str | None = None, tls: TLSFi
         yield server
     finally:
         server.kill()   # SIGKILL ends a stopped process too
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own."""
+    async with redis_server(tmp_path) as server:
+        yield server
 
 
 def tls_files(workdir: Path) -> TLSFiles:
