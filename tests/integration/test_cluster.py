@@ -10,26 +10,21 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
-from conftest import ADMIN_KEY, KEY, OTHER_KEY, make_config
+from conftest import ADMIN_KEY, KEY, OTHER_KEY
 from guardproxy.config.model import Ban, Rate, TrafficLimits
 from guardproxy.config.values import parse_budget
 from guardproxy.ops.budgets import budget_report
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen, open_stream
+from support.gates import Gate, gates, gen, keys, open_stream
+from support.hosts import Fakes, fakes, host  # noqa: F401 (fakes: a fixture)
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
 
 LAPTOP, PHONE, OWNER = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY}
-
-
-def keys(**laptop: object) -> tuple[object, ...]:
-    base = make_config(1).keys
-    return (replace(base[0], **laptop), *base[1:])  # type: ignore[arg-type]
 
 
 def shared_only(gs: list[Gate]) -> None:
@@ -125,32 +120,27 @@ async def zcard(redis: RedisServer, key: str, n: int) -> bool:
     return await redis.command("ZCARD", key) == n
 
 
-async def test_a_hosts_max_concurrent_holds_across_instances(tmp_path: Path, redis: RedisServer) -> None:
+async def test_a_hosts_max_concurrent_holds_across_instances(fakes: Fakes, tmp_path: Path, redis: RedisServer) -> None:
     """[[upstreams]] max_concurrent is a shared lease: a generation sent through another gate to a
     host that is full waits for it, and goes on as soon as the host frees."""
-    from support.hosts import Fakes, host
-    fakes = Fakes()
-    try:
-        a = await fakes.start(0, models=["llama3.2"])
-        b = await fakes.start(1, models=["llama3.2"])
-        hosts = (host(0, a, max_concurrent=1), host(1, b, max_concurrent=1))
-        async with gates(a.port, tmp_path, redis.url(), 2, lease_ttl=30.0, upstreams=hosts,
-                         limits=TrafficLimits(queue_timeout=10.0)) as gs:
-            to_a = {**OWNER, "X-Guardproxy-Upstream": "gpu-a"}
-            _, writer = await open_stream(gs[0].port, to_a, gen(100000, 0.01))
-            assert await redis.command("ZCARD", "t:slots:host:gpu-a") == 1
-            waiting = asyncio.ensure_future(fetch(gs[1].port, "POST", "/api/generate", gen(2), to_a))
-            await until(lambda: gs[1].state.slots.queue.queued == 1)
-            # The other host is not held back, on either gate.
-            assert (await fetch(gs[1].port, "POST", "/api/generate", gen(2),
-                                {**OWNER, "X-Guardproxy-Upstream": "gpu-b"})).status == 200
-            assert not waiting.done()
-            writer.transport.abort()
-            r = await asyncio.wait_for(waiting, 10)
-            assert r.status == 200 and b'"done":true' in r.body
-            await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
-            await until(lambda: zcard(redis, "t:slots:host:gpu-a", 0))
-            assert [m.host.in_flight for g in gs for m in g.server.hosts.members.values()] == [0, 0, 0, 0]
-            shared_only(gs)
-    finally:
-        await fakes.close()
+    a = await fakes.start(0, models=["llama3.2"])
+    b = await fakes.start(1, models=["llama3.2"])
+    hosts = (host(0, a, max_concurrent=1), host(1, b, max_concurrent=1))
+    async with gates(a.port, tmp_path, redis.url(), 2, lease_ttl=30.0, upstreams=hosts,
+                     limits=TrafficLimits(queue_timeout=10.0)) as gs:
+        to_a = {**OWNER, "X-Guardproxy-Upstream": "gpu-a"}
+        _, writer = await open_stream(gs[0].port, to_a, gen(100000, 0.01))
+        assert await redis.command("ZCARD", "t:slots:host:gpu-a") == 1
+        waiting = asyncio.ensure_future(fetch(gs[1].port, "POST", "/api/generate", gen(2), to_a))
+        await until(lambda: gs[1].state.slots.queue.queued == 1)
+        # The other host is not held back, on either gate.
+        assert (await fetch(gs[1].port, "POST", "/api/generate", gen(2),
+                            {**OWNER, "X-Guardproxy-Upstream": "gpu-b"})).status == 200
+        assert not waiting.done()
+        writer.transport.abort()
+        r = await asyncio.wait_for(waiting, 10)
+        assert r.status == 200 and b'"done":true' in r.body
+        await until(lambda: all(g.state.occupancy.total == 0 for g in gs))
+        await until(lambda: zcard(redis, "t:slots:host:gpu-a", 0))
+        assert [m.host.in_flight for g in gs for m in g.server.hosts.members.values()] == [0, 0, 0, 0]
+        shared_only(gs)

@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import KEY, OTHER_KEY, make_config
+from conftest import KEY, OTHER_KEY
 from guardproxy.config.model import Rate
 from guardproxy.config.values import parse_budget
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen
+from support.gates import Gate, gates, gen, keys
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
@@ -27,11 +26,6 @@ LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
 OP_TIMEOUT = 0.05
 SLACK = 0.3   # a busy 2-core machine; a stalled call would wait for the whole connect timeout (1 s)
 RULES = ["local", "open", "closed"]
-
-
-def laptop_rate() -> tuple[object, ...]:
-    base = make_config(1).keys
-    return (replace(base[0], rate=Rate(4, 60.0)), *base[1:])
 
 
 async def timed(port: int, headers: dict[str, str], path: str = "/api/version") -> tuple[RawResponse, float]:
@@ -69,7 +63,7 @@ async def shared_again(redis: RedisServer, gs: list[Gate]) -> None:
 @pytest.mark.parametrize("rule", RULES)
 async def test_redis_killed_and_restarted(fake: FakeOllama, tmp_path: Path, redis: RedisServer, rule: str) -> None:
     async with gates(fake.port, tmp_path, redis.url(), 2, rule=rule, lease_ttl=0.6, op_timeout=OP_TIMEOUT,
-                     keys=laptop_rate()) as gs:
+                     keys=keys(rate=Rate(4, 60.0))) as gs:
         await until(lambda: all(g.state.instances == 2 for g in gs))
         redis.kill()
         await until(lambda: not any(g.state.connected for g in gs))
@@ -81,7 +75,7 @@ async def test_redis_killed_and_restarted(fake: FakeOllama, tmp_path: Path, redi
 @pytest.mark.parametrize("rule", RULES)
 async def test_redis_paused_then_resumed(fake: FakeOllama, tmp_path: Path, redis: RedisServer, rule: str) -> None:
     async with gates(fake.port, tmp_path, redis.url(), 2, rule=rule, lease_ttl=0.6, op_timeout=OP_TIMEOUT,
-                     keys=laptop_rate()) as gs:
+                     keys=keys(rate=Rate(4, 60.0))) as gs:
         await until(lambda: all(g.state.instances == 2 for g in gs))
         redis.pause()   # SIGSTOP: connections stay open, nothing answers
         try:
@@ -94,7 +88,7 @@ async def test_redis_paused_then_resumed(fake: FakeOllama, tmp_path: Path, redis
 
 async def test_debug_sleep_is_waited_out_for_op_timeout_only(fake: FakeOllama, tmp_path: Path,
                                                             redis: RedisServer) -> None:
-    async with gates(fake.port, tmp_path, redis.url(), 1, op_timeout=OP_TIMEOUT, keys=laptop_rate()) as (g,):
+    async with gates(fake.port, tmp_path, redis.url(), 1, op_timeout=OP_TIMEOUT, keys=keys(rate=Rate(4, 60.0))) as (g,):
         assert (await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status == 200
         sleeping = asyncio.ensure_future(redis.command("DEBUG", "SLEEP", "1", timeout=10))
         await until(lambda: stalled(redis))
@@ -107,9 +101,7 @@ async def test_debug_sleep_is_waited_out_for_op_timeout_only(fake: FakeOllama, t
 
 async def test_tokens_counted_without_redis_reach_it_when_it_is_back(fake: FakeOllama, tmp_path: Path,
                                                                      redis: RedisServer) -> None:
-    base = make_config(1).keys
-    keys = (replace(base[0], tokens=parse_budget("1000/h")), *base[1:])
-    async with gates(fake.port, tmp_path, redis.url(), 1, keys=keys) as (g,):
+    async with gates(fake.port, tmp_path, redis.url(), 1, keys=keys(tokens=parse_budget("1000/h"))) as (g,):
         redis.kill()
         await until(lambda: not g.state.connected)
         assert (await fetch(g.port, "POST", "/api/generate", gen(20), LAPTOP)).status == 200   # 26 + 20

@@ -122,8 +122,7 @@ async def test_ready_counts_the_hosts_that_are_up(fakes: Fakes, tmp_path: Path) 
         assert (await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": KEY})).status == 503
 
 
-async def test_ready_with_the_single_upstream(tmp_path: Path) -> None:
-    fake = await FakeOllama.start()
+async def test_ready_with_the_single_upstream(fake: FakeOllama, tmp_path: Path) -> None:
     proxy = await start_proxy(fake.port, tmp_path, routing=Routing(health_interval=0.1))
     try:
         await asyncio.wait_for(proxy.server.health.next_round(), 5)
@@ -136,7 +135,6 @@ async def test_ready_with_the_single_upstream(tmp_path: Path) -> None:
         assert (await generate(proxy.port, "llama3.2", KEY)).status == 502
     finally:
         await proxy.server.stop(grace=0)
-        await fake.close()
 
 
 async def test_a_reload_adds_and_removes_hosts_while_streams_run(fakes: Fakes, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from guardproxy.config.model import KeyEntry, MetricsSettings
 from guardproxy.config.write import hash_key
 from guardproxy.engine.metrics import BUCKETS, REASONS
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.hosts import Fakes, Held, fakes, gate as hosts_gate, host  # noqa: F401 (fakes: a fixture)
 from support.metric_names import HISTOGRAMS, SERIES
 from support.ports import free_port
 from support.raw_http import fetch, read_response, request_bytes
@@ -247,29 +248,24 @@ async def test_the_separate_listener_needs_no_key_and_serves_nothing_else(fake: 
         await asyncio.open_connection("127.0.0.1", port)
 
 
-async def test_each_host_has_its_own_series_by_name(tmp_path: Path) -> None:
+async def test_each_host_has_its_own_series_by_name(fakes: Fakes, tmp_path: Path) -> None:
     """With [[upstreams]] the `upstream` label is the host's name, up from its health checks,
     and the models of every host's list are labels."""
-    from support.hosts import Fakes, Held, gate as hosts_gate, host
-    fakes = Fakes()
-    try:
-        a = await fakes.start(0, models=["llama3.2"])
-        b = await fakes.start(1, models=["qwen3:8b"])
-        async with hosts_gate(tmp_path, (host(0, a), host(1, b)), keys=KEYS) as p:
-            held = await Held.open(p.port, "qwen3:8b", KEY)
-            during = await scrape(p.port)
-            assert value(during, "guardproxy_upstream_up", upstream="gpu-a") == 1
-            assert value(during, "guardproxy_upstream_up", upstream="gpu-b") == 1
-            assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-b") == 1
-            assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-a") == 0
-            held.writer.close()
-            await post_many(p.port, KEY, "/api/generate", [generate("llama3.2", 3), generate("qwen3:8b", 4)])
-            await a.close()  # refused connections take gpu-a down at its next check
-            await asyncio.wait_for(p.server.health.next_round(2), 5)
-            after = await scrape(p.port)
-            assert value(after, "guardproxy_upstream_up", upstream="gpu-a") == 0
-            assert value(after, "guardproxy_upstream_up", upstream="gpu-b") == 1
-            assert value(after, "guardproxy_tokens_total", key="laptop", model="llama3.2:latest", kind="completion") == 3
-            assert value(after, "guardproxy_tokens_total", key="laptop", model="qwen3:8b", kind="completion") == 4
-    finally:
-        await fakes.close()
+    a = await fakes.start(0, models=["llama3.2"])
+    b = await fakes.start(1, models=["qwen3:8b"])
+    async with hosts_gate(tmp_path, (host(0, a), host(1, b)), keys=KEYS) as p:
+        held = await Held.open(p.port, "qwen3:8b", KEY)
+        during = await scrape(p.port)
+        assert value(during, "guardproxy_upstream_up", upstream="gpu-a") == 1
+        assert value(during, "guardproxy_upstream_up", upstream="gpu-b") == 1
+        assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-b") == 1
+        assert value(during, "guardproxy_upstream_in_flight", upstream="gpu-a") == 0
+        held.writer.close()
+        await post_many(p.port, KEY, "/api/generate", [generate("llama3.2", 3), generate("qwen3:8b", 4)])
+        await a.close()  # refused connections take gpu-a down at its next check
+        await asyncio.wait_for(p.server.health.next_round(2), 5)
+        after = await scrape(p.port)
+        assert value(after, "guardproxy_upstream_up", upstream="gpu-a") == 0
+        assert value(after, "guardproxy_upstream_up", upstream="gpu-b") == 1
+        assert value(after, "guardproxy_tokens_total", key="laptop", model="llama3.2:latest", kind="completion") == 3
+        assert value(after, "guardproxy_tokens_total", key="laptop", model="qwen3:8b", kind="completion") == 4

@@ -6,15 +6,22 @@ import asyncio
 import io
 import json
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from conftest import Proxy, make_config
-from guardproxy.config.model import Cluster
+from guardproxy.config.model import Cluster, KeyEntry
 from guardproxy.engine.accesslog import AccessLog
 from guardproxy.engine.server import GuardServer
 from guardproxy.engine.state.cluster import RedisState
 from support.raw_http import request_bytes
+
+
+def keys(**laptop: Any) -> tuple[KeyEntry, ...]:
+    """The test keys (conftest.py), the laptop's with these settings: a rate, max_concurrent, tokens."""
+    base = make_config(1).keys
+    return (replace(base[0], **laptop), *base[1:])
 
 
 class Gate(Proxy):
