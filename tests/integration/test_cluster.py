@@ -18,7 +18,8 @@ from guardproxy.config.model import Ban, Rate, TrafficLimits
 from guardproxy.config.values import parse_budget
 from guardproxy.ops.budgets import budget_report
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen, keys, open_stream
+from support.bodies import gen_body
+from support.gates import Gate, gates, keys, open_stream
 from support.hosts import Fakes, fakes, host  # noqa: F401 (fakes: a fixture)
 from support.polling import until
 from support.raw_http import RawResponse, fetch
@@ -69,12 +70,12 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
             """The laptop key's slots, held over the three gates."""
             return sum(g.state.occupancy.running.get("laptop", 0) for g in gs)
 
-        streams = [await open_stream(gs[i].port, LAPTOP, gen(100000, 0.01)) for i in range(2)]
+        streams = [await open_stream(gs[i].port, LAPTOP, gen_body(tokens=100000, delay=0.01)) for i in range(2)]
         assert running() == 2
-        waiting = asyncio.ensure_future(fetch(gs[2].port, "POST", "/api/generate", gen(2), LAPTOP))
+        waiting = asyncio.ensure_future(fetch(gs[2].port, "POST", "/api/generate", gen_body(tokens=2), LAPTOP))
         await until(lambda: gs[2].state.slots.queue.queued == 1)
         # Another key is not held back by this one's limit.
-        assert (await fetch(gs[2].port, "POST", "/api/generate", gen(2), PHONE)).status == 200
+        assert (await fetch(gs[2].port, "POST", "/api/generate", gen_body(tokens=2), PHONE)).status == 200
         # Until a slot frees, the third generation has neither run (it would hold a third slot or be
         # answered already) nor left the queue.
         assert running() == 2 and not waiting.done() and gs[2].state.slots.queue.queued == 1
@@ -91,9 +92,9 @@ async def test_max_concurrent_holds_across_instances(fake: FakeOllama, tmp_path:
 
 async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: Path, redis: RedisServer) -> None:
     async with gates(fake.port, tmp_path, redis.url(), 3, keys=keys(tokens=parse_budget("60/h"))) as gs:
-        r = await fetch(gs[0].port, "POST", "/api/generate", gen(20), LAPTOP)   # 26 prompt + 20 tokens
+        r = await fetch(gs[0].port, "POST", "/api/generate", gen_body(tokens=20), LAPTOP)   # 26 prompt + 20 tokens
         assert r.status == 200
-        r = await fetch(gs[1].port, "POST", "/api/generate", gen(20), LAPTOP)   # 92: this one overshoots
+        r = await fetch(gs[1].port, "POST", "/api/generate", gen_body(tokens=20), LAPTOP)   # 92: this one overshoots
         assert r.status == 200
         for g in gs:   # FINISH is not awaited: it lands within a round trip
             refused = await until(lambda g=g: refusal(g.port))   # type: ignore[misc]
@@ -101,7 +102,7 @@ async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: P
             assert 3540 <= int(refused.header("retry-after") or 0) <= 3600
         # Not a generation: nothing to spend.  Another key: its own budget (none).
         assert (await fetch(gs[2].port, "GET", "/api/tags", headers=LAPTOP)).status == 200
-        assert (await fetch(gs[2].port, "POST", "/api/generate", gen(1), PHONE)).status == 200
+        assert (await fetch(gs[2].port, "POST", "/api/generate", gen_body(tokens=1), PHONE)).status == 200
         total = await redis.command("HVALS", "t:tokens:h:laptop")
         assert isinstance(total, list) and sum(int(v) for v in total) == 92
         # `usage` reads the budgets where the gates keep them.
@@ -112,7 +113,7 @@ async def test_token_budget_holds_across_instances(fake: FakeOllama, tmp_path: P
 
 
 async def refusal(port: int) -> RawResponse | None:
-    r = await fetch(port, "POST", "/api/generate", gen(1), LAPTOP)
+    r = await fetch(port, "POST", "/api/generate", gen_body(tokens=1), LAPTOP)
     return r if r.status == 429 else None
 
 
@@ -129,12 +130,12 @@ async def test_a_hosts_max_concurrent_holds_across_instances(fakes: Fakes, tmp_p
     async with gates(a.port, tmp_path, redis.url(), 2, lease_ttl=30.0, upstreams=hosts,
                      limits=TrafficLimits(queue_timeout=10.0)) as gs:
         to_a = {**OWNER, "X-Guardproxy-Upstream": "gpu-a"}
-        _, writer = await open_stream(gs[0].port, to_a, gen(100000, 0.01))
+        _, writer = await open_stream(gs[0].port, to_a, gen_body(tokens=100000, delay=0.01))
         assert await redis.command("ZCARD", "t:slots:host:gpu-a") == 1
-        waiting = asyncio.ensure_future(fetch(gs[1].port, "POST", "/api/generate", gen(2), to_a))
+        waiting = asyncio.ensure_future(fetch(gs[1].port, "POST", "/api/generate", gen_body(tokens=2), to_a))
         await until(lambda: gs[1].state.slots.queue.queued == 1)
         # The other host is not held back, on either gate.
-        assert (await fetch(gs[1].port, "POST", "/api/generate", gen(2),
+        assert (await fetch(gs[1].port, "POST", "/api/generate", gen_body(tokens=2),
                             {**OWNER, "X-Guardproxy-Upstream": "gpu-b"})).status == 200
         assert not waiting.done()
         writer.transport.abort()

@@ -17,7 +17,8 @@ from conftest import KEY, OTHER_KEY
 from guardproxy.config.model import Rate
 from guardproxy.config.values import parse_budget
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import Gate, gates, gen, keys
+from support.bodies import gen_body
+from support.gates import Gate, gates, keys
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
@@ -104,7 +105,7 @@ async def test_tokens_counted_without_redis_reach_it_when_it_is_back(fake: FakeO
     async with gates(fake.port, tmp_path, redis.url(), 1, keys=keys(tokens=parse_budget("1000/h"))) as (g,):
         redis.kill()
         await until(lambda: not g.state.connected)
-        assert (await fetch(g.port, "POST", "/api/generate", gen(20), LAPTOP)).status == 200   # 26 + 20
+        assert (await fetch(g.port, "POST", "/api/generate", gen_body(tokens=20), LAPTOP)).status == 200   # 26 + 20
         assert g.state.unsent and g.state.fallbacks == 1
         await redis.start()
         await until(lambda: tokens_in_redis(redis, 46), timeout=10)

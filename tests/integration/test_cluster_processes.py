@@ -18,7 +18,8 @@ from conftest import KEY, OTHER_KEY
 from guardproxy.config.write import hash_key
 from guardproxy.engine.state.tokenfile import state_path
 from guardproxy.testing.fake_ollama import FakeOllama
-from support.gates import gen, open_stream
+from support.bodies import gen_body
+from support.gates import open_stream
 from support.polling import until
 from support.processes import Running
 from support.raw_http import fetch
@@ -60,8 +61,8 @@ async def test_a_killed_instance_frees_its_slot_within_lease_ttl(fake: FakeOllam
         statuses = [(await fetch(p.port, "GET", "/api/version", headers=PHONE)).status
                     for p in (first, second, first, second)]
         assert statuses == [200, 200, 200, 429]
-        _, writer = await open_stream(first.port, LAPTOP, gen(100000, 0.01))
-        waiting = asyncio.ensure_future(fetch(second.port, "POST", "/api/generate", gen(2), LAPTOP))
+        _, writer = await open_stream(first.port, LAPTOP, gen_body(tokens=100000, delay=0.01))
+        waiting = asyncio.ensure_future(fetch(second.port, "POST", "/api/generate", gen_body(tokens=2), LAPTOP))
         await until(lambda: queued(redis))   # the second instance waits for the one slot
         assert not waiting.done()
         first.kill()   # holding the slot: nobody releases it
@@ -88,17 +89,17 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
     state = state_path(cfg)
     one = await Running.start("run", "--config", str(cfg))
     try:
-        assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 26 + 10
-        assert (await fetch(one.port, "POST", "/api/generate", gen(10), LAPTOP)).status == 200   # 72: overshoots
-        assert (await fetch(one.port, "POST", "/api/generate", gen(1), LAPTOP)).status == 429
+        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 26 + 10
+        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 72: overshoots
+        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=1), LAPTOP)).status == 429
         await until(lambda: saved(state, 72))   # written within a second, without a clean stop
     finally:
         one.kill()
     two = await Running.start("run", "--config", str(cfg))
     try:
-        r = await fetch(two.port, "POST", "/api/generate", gen(1), LAPTOP)
+        r = await fetch(two.port, "POST", "/api/generate", gen_body(tokens=1), LAPTOP)
         assert r.status == 429 and 1 <= int(r.header("retry-after") or 0) <= 86400
-        assert (await fetch(two.port, "POST", "/api/generate", gen(1), PHONE)).status == 200
+        assert (await fetch(two.port, "POST", "/api/generate", gen_body(tokens=1), PHONE)).status == 200
         usage = subprocess.run([sys.executable, "-m", "guardproxy", "usage", "--config", str(cfg), "--since", "all"],
                                capture_output=True, text=True, timeout=20)
         assert usage.returncode == 0, usage.stderr

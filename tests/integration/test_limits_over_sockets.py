@@ -19,10 +19,11 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.reload import Reloader
 from guardproxy.engine.server import GuardServer
+from support.bodies import gen_body
 from support.gates import open_stream
 from support.polling import until
 from support.raw_http import fetch
-from support.policy_gate import APP, PHONE, ADMIN, KEYS, FakeClock, start, gp, stop, gen  # noqa: F401 (gp: a fixture)
+from support.policy_gate import APP, PHONE, ADMIN, KEYS, FakeClock, start, gp, stop  # noqa: F401 (gp: a fixture)
 
 
 # --- rates and bans ---------------------------------------------------------------------
@@ -107,10 +108,10 @@ async def test_queue_is_fair_across_keys_and_slot_freed_on_disconnect(fake: Fake
     p = await start(fake.port, tmp_path, limits=Limits(max_concurrent=1, queue_timeout=10.0))
     gate = p.server.policies.gate
     try:
-        _, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
+        _, w1 = await open_stream(p.port, PHONE, gen_body("llama3.2", tokens=100000, delay=0.01))
         waiting = []
         for i, (who, model) in enumerate([(PHONE, "phone-2"), (PHONE, "phone-3"), (PHONE, "phone-4"), (ADMIN, "admin-1")]):
-            waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen(model, 1), who)))
+            waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen_body(model, tokens=1), who)))
             await until(lambda n=i + 1: gate.queued == n)
         w1.transport.abort()  # the hang-up ends the stream and frees its slot
         results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
@@ -127,16 +128,16 @@ async def test_queue_timeout_is_503(fake: FakeOllama, tmp_path: Path) -> None:
     keys = (replace(KEYS[1], max_concurrent=1), KEYS[2])
     p = await start(fake.port, tmp_path, keys=keys, limits=Limits(queue_timeout=0.2))
     try:
-        _, w1 = await open_stream(p.port, PHONE, gen("llama3.2", 100000, 0.01))
+        _, w1 = await open_stream(p.port, PHONE, gen_body("llama3.2", tokens=100000, delay=0.01))
         opened = fake.connections_opened
-        r = await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), PHONE)
+        r = await fetch(p.port, "POST", "/api/generate", gen_body("llama3.2", tokens=1), PHONE)
         assert r.status == 503 and r.header("retry-after") == "1"
         assert fake.connections_opened == opened
         # The per-key limit does not hold back another key.
-        assert (await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), ADMIN)).status == 200
+        assert (await fetch(p.port, "POST", "/api/generate", gen_body("llama3.2", tokens=1), ADMIN)).status == 200
         w1.transport.abort()
         await until(lambda: p.server.policies.gate.total == 0)
-        assert (await fetch(p.port, "POST", "/api/generate", gen("llama3.2", 1), PHONE)).status == 200
+        assert (await fetch(p.port, "POST", "/api/generate", gen_body("llama3.2", tokens=1), PHONE)).status == 200
     finally:
         await stop(p)
 
@@ -144,7 +145,7 @@ async def test_queue_timeout_is_503(fake: FakeOllama, tmp_path: Path) -> None:
 # --- usage ---------------------------------------------------------------------------------
 
 async def test_token_counts_in_log_equal_upstream_eval_count(gp: Proxy, fake: FakeOllama) -> None:
-    r = await fetch(gp.port, "POST", "/api/generate", gen("llama3.2", 17), PHONE)
+    r = await fetch(gp.port, "POST", "/api/generate", gen_body("llama3.2", tokens=17), PHONE)
     final = json.loads(r.chunks[-1])
     chat = await fetch(gp.port, "POST", "/api/chat",
                        b'{"model":"qwen3:8b","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":9}}', APP)
@@ -197,7 +198,7 @@ async def test_reload_adds_and_revokes_a_key_while_a_stream_keeps_running(fake: 
     await server.start()
     reloader = Reloader(server, path)
     try:
-        reader, writer = await open_stream(server.port, APP, gen("llama3.2", 60, 0.01))
+        reader, writer = await open_stream(server.port, APP, gen_body("llama3.2", tokens=60, delay=0.01))
         assert (await fetch(server.port, "GET", "/api/version", headers=PHONE)).status == 401
         path.write_text(CONFIG.format(port=fake.port, keys=key_block("b", OTHER_KEY)))
         assert reloader.reload()

@@ -21,6 +21,7 @@ from guardproxy.config.model import KeyEntry, MetricsSettings
 from guardproxy.config.write import hash_key
 from guardproxy.engine.metrics import BUCKETS, REASONS
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.bodies import gen_body
 from support.hosts import Fakes, Held, fakes, gate as hosts_gate, host  # noqa: F401 (fakes: a fixture)
 from support.metric_names import HISTOGRAMS, SERIES
 from support.ports import free_port
@@ -74,9 +75,9 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - before.get(name, {}).get(frozenset(labels.items()), 0.0)
 
 
-def generate(model: str, n: int, *, stream: bool = False, delay: float = 0.0) -> bytes:
-    return json.dumps({"model": model, "prompt": "hi", "stream": stream, "fake_delay": delay,
-                       "options": {"num_predict": n}}).encode()
+def generate(model: str, tokens: int) -> bytes:
+    """Not streamed: post_many reads each answer whole before sending the next."""
+    return gen_body(model, tokens=tokens, stream=False)
 
 
 async def post_many(port: int, key: str, path: str, bodies: list[bytes]) -> list[int]:
@@ -194,7 +195,7 @@ async def test_tokens_counted_before_the_first_scrape_get_their_labels(gate: Pro
 
 async def test_a_running_stream_and_its_upstream_call_show_while_they_last(gate: Proxy, fake: FakeOllama) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
-    writer.write(request_bytes("POST", "/api/generate", generate("llama3.2", 30, stream=True, delay=0.02),
+    writer.write(request_bytes("POST", "/api/generate", gen_body("llama3.2", tokens=30, delay=0.02, stream=True),
                                {"X-API-Key": KEY, "Connection": "close"}))
     await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
     during = await scrape(gate.port)

@@ -11,8 +11,9 @@ import pytest
 from conftest import KEY, Proxy
 from guardproxy.config.model import Cors, KeyEntry
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.bodies import gen_body
 from support.raw_http import exchange, fetch, read_response, request_bytes, without_request_id
-from support.policy_gate import APP, PHONE, ADMIN, digest, start, gp, stop, gen  # noqa: F401 (gp: a fixture)
+from support.policy_gate import APP, PHONE, ADMIN, digest, start, gp, stop  # noqa: F401 (gp: a fixture)
 
 
 # --- admin endpoints and paths -------------------------------------------------------
@@ -52,7 +53,7 @@ async def test_path_bypass_variants_refused_and_never_forwarded(gp: Proxy, fake:
 # --- models ------------------------------------------------------------------------------
 
 async def test_disallowed_model_is_403_and_never_forwarded(gp: Proxy, fake: FakeOllama) -> None:
-    for path, body in [("/api/generate", gen("mistral:7b")),
+    for path, body in [("/api/generate", gen_body("mistral:7b")),
                        ("/api/chat", b'{"MODEL":"mistral:7b","messages":[]}'),
                        ("/v1/chat/completions", b'{"model":"mistral:7b","messages":[]}'),
                        ("/api/show", b'{"name":"mistral:7b"}')]:
@@ -62,7 +63,7 @@ async def test_disallowed_model_is_403_and_never_forwarded(gp: Proxy, fake: Fake
 
 
 async def test_allowed_model_body_forwarded_exactly_with_length(gp: Proxy, fake: FakeOllama) -> None:
-    body = gen("llama3.2", 4)
+    body = gen_body("llama3.2", tokens=4)
     r = await fetch(gp.port, "POST", "/api/generate", body, APP)
     assert r.status == 200 and json.loads(r.chunks[-1])["eval_count"] == 4
     # A chunked body is read whole (it is small) and forwarded with its length.
@@ -132,12 +133,12 @@ async def test_preflight_disallowed_or_null_origin_gets_no_cors(gp: Proxy, fake:
 async def test_cors_on_proxied_responses_and_errors_origin_not_forwarded(gp: Proxy, fake: FakeOllama) -> None:
     origin = {"Origin": "https://app.example"}
     # The fake answers 403 to a non-local Origin, as Ollama does: a 200 proves it was not forwarded.
-    r = await fetch(gp.port, "POST", "/api/generate", gen("llama3.2", 2), {**APP, **origin})
+    r = await fetch(gp.port, "POST", "/api/generate", gen_body("llama3.2", tokens=2), {**APP, **origin})
     assert r.status == 200 and r.header("access-control-allow-origin") == "https://app.example"
     assert "Origin" in r.header("vary")
     assert all(rec.header("origin") is None for rec in fake.requests)
     for headers, status in [({}, 401), (APP, 403)]:
-        e = await fetch(gp.port, "POST", "/api/generate", gen("mistral:7b"), {**headers, **origin})
+        e = await fetch(gp.port, "POST", "/api/generate", gen_body("mistral:7b"), {**headers, **origin})
         assert e.status == status and e.header("access-control-allow-origin") == "https://app.example"
     evil = await fetch(gp.port, "GET", "/api/tags", headers={**PHONE, "Origin": "https://evil.example"})
     assert evil.status == 200 and evil.header("access-control-allow-origin") is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -59,10 +58,6 @@ async def gates(fake_port: int, tmp_path: Path, redis_url: str, n: int, *, lease
         for g in out:
             await g.server.stop(grace=0)
             g.server.access_log.close()
-
-
-def gen(n: int = 3, delay: float = 0.0, model: str = "llama3.2") -> bytes:
-    return json.dumps({"model": model, "prompt": "hi", "options": {"num_predict": n}, "fake_delay": delay}).encode()
 
 
 async def open_stream(port: int, headers: dict[str, str], body: bytes) -> tuple[asyncio.StreamReader,

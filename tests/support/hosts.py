@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -13,6 +12,7 @@ import pytest
 from guardproxy.config.model import Routing, Upstream, UpstreamHost
 from guardproxy.testing.fake_ollama import FakeOllama, RecordedRequest
 
+from .bodies import gen_body
 from .raw_http import RawResponse, fetch, read_response, request_bytes
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -75,13 +75,9 @@ async def gate(tmp_path: Path, hosts: tuple[UpstreamHost, ...], *, interval: flo
         proxy.server.access_log.close()
 
 
-def gen_body(model: str, tokens: int = 3, delay: float = 0.0, stream: bool = False) -> bytes:
-    return json.dumps({"model": model, "prompt": "hi", "stream": stream, "options": {"num_predict": tokens},
-                       "fake_delay": delay}).encode()
-
-
 async def generate(port: int, model: str, key: str, **headers: str) -> RawResponse:
-    return await fetch(port, "POST", "/api/generate", gen_body(model), {"X-API-Key": key, **headers})
+    return await fetch(port, "POST", "/api/generate", gen_body(model, stream=False),
+                       {"X-API-Key": key, **headers})
 
 
 class Held:
@@ -93,7 +89,7 @@ class Held:
     @classmethod
     async def open(cls, port: int, model: str, key: str, *, tokens: int = 400, delay: float = 0.02) -> "Held":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request_bytes("POST", "/api/generate", gen_body(model, tokens, delay, stream=True),
+        writer.write(request_bytes("POST", "/api/generate", gen_body(model, tokens=tokens, delay=delay, stream=True),
                                    {"X-API-Key": key}))
         head = await asyncio.wait_for(read_response(reader, head_only=True), 5)
         return cls(reader, writer, head)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -61,7 +60,3 @@ async def gp(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Proxy]:
 async def stop(p: Proxy) -> None:
     await p.server.stop(grace=0)
     p.server.access_log.close()
-
-
-def gen(model: str = "llama3.2", n: int = 3, delay: float = 0.0) -> bytes:
-    return json.dumps({"model": model, "prompt": "hi", "options": {"num_predict": n}, "fake_delay": delay}).encode()
