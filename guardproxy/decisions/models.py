@@ -112,7 +112,11 @@ def _fold(name: str) -> str:
     return name.lower()
 
 
-def _top_level(body: bytes) -> list[tuple[str, Any]]:
+Pairs = list[tuple[str, Any]]  # a JSON object's members in order, as sent (repeats kept)
+
+
+def top_level(body: bytes) -> Pairs:
+    """The members of a JSON body's top-level object (BadRequest if it is not one)."""
     try:
         doc = json.loads(body, object_pairs_hook=lambda pairs: pairs)
     except (ValueError, RecursionError):
@@ -122,7 +126,11 @@ def _top_level(body: bytes) -> list[tuple[str, Any]]:
     return doc
 
 
-def json_field(pairs: list[tuple[str, Any]], field: str) -> Any:
+def _pairs(body: bytes | Pairs) -> Pairs:
+    return top_level(body) if isinstance(body, bytes) else body
+
+
+def json_field(pairs: Pairs, field: str) -> Any:
     """The value Ollama's decoder gives a struct field (None when absent); 400 when decoders could differ."""
     values = [v for k, v in pairs if _fold(k) == field]
     if not values:
@@ -132,9 +140,10 @@ def json_field(pairs: list[tuple[str, Any]], field: str) -> Any:
     return values[-1]
 
 
-def body_model(route: Route, body: bytes) -> str:
-    """The model Ollama will use from a JSON body (BadRequest if there is none or it is ambiguous)."""
-    pairs = _top_level(body)
+def body_model(route: Route, body: bytes | Pairs) -> str:
+    """The model Ollama will use from a JSON body, or its top_level() (BadRequest if there is none
+    or it is ambiguous)."""
+    pairs = _pairs(body)
     model = json_field(pairs, "model")
     if route.model == BODY_OR_NAME and (model is None or model == ""):
         model = json_field(pairs, "name")
@@ -241,12 +250,13 @@ def go_duration(text: str) -> float:
     return sign * total
 
 
-def check_keep_alive(key: KeyEntry, body: bytes) -> None:
-    """With a key's max_keep_alive: refuse a body that pins a model, unloads one, or keeps it longer."""
+def check_keep_alive(key: KeyEntry, body: bytes | Pairs) -> None:
+    """With a key's max_keep_alive: refuse a body (or its top_level()) that pins a model, unloads
+    one, or keeps it longer."""
     limit = key.max_keep_alive
     if limit is None:
         return
-    value = json_field(_top_level(body), "keep_alive")
+    value = json_field(_pairs(body), "keep_alive")
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):

@@ -46,17 +46,21 @@ def canonical_model(name: str) -> str:
     return _canonical_short(name)
 
 
-def model_of(body: bytes, or_name: bool = False) -> str | None:
-    """The model a JSON body names, read the quick way, to choose a host and nothing else.
+def model_of(body: bytes | Mapping[str, Any], or_name: bool = False) -> str | None:
+    """The model a JSON body (or its top-level object, parsed already) names, read the quick way,
+    to choose a host and nothing else.
 
     Not models.body_model's reading (which matches field names as Go does
     and refuses ambiguous bodies): a wrong guess here costs a host's 404 and
     a failover, never a check.  `or_name`: the older "name" (/api/show).
     """
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    if not isinstance(body, bytes):
+        doc: Any = body
+    else:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(doc, dict):
         return None
     name = doc.get("model")
