@@ -45,6 +45,18 @@ def test_mistakes_name_the_field(tmp_path: Path, table: dict, message: str) -> N
     assert str(e.value).startswith(f"{tmp_path / 'g.toml'}:2: ")
 
 
+@pytest.mark.parametrize("old,new,where", [
+    ("", "[timeouts]\nread = nan", "g.toml:26: timeouts.read"), ("", "[cluster]\nlease_ttl = nan", "g.toml:26: cluster.lease_ttl"),
+    ("", "[routing]\nhealth_interval = inf", "g.toml:26: routing.health_interval"),
+    ('queue_timeout = "30s"', "queue_timeout = inf", "g.toml:17: limits.queue_timeout"),
+    ('window = "10min"', "window = -inf", "g.toml:22: ban.window"),
+])
+def test_durations_are_finite(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(FULL.replace(old, new) if old else f"{FULL}\n{new}\n")
+    assert str(e.value).startswith(f"{where}: expected a duration") and "\n" not in str(e.value)
+
+
 def test_env_key_adds_a_key_named_env() -> None:
     cfg = parse_config({}, None, env_key="gp_abcdefghijklmnop")
     assert [k.name for k in cfg.keys] == ["env"]
