@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar, overload
 
 from .model import ConfigError, Rate
+from .source import split_lines, table_header
 from .values import parse_duration, parse_rate
 
 T = TypeVar("T")
@@ -18,7 +19,7 @@ class Reader:
 
     def __init__(self, path: Path | None, text: str) -> None:
         self.path = path
-        self.lines = text.splitlines()
+        self.lines = split_lines(text)
 
     def fail(self, where: tuple[Any, ...], expected: str) -> ConfigError:
         name = str(self.path) if self.path else "<config>"
@@ -35,14 +36,17 @@ class Reader:
         table_line = None
         for i, raw in enumerate(self.lines, 1):
             s = raw.strip()
-            if s.startswith("[["):
-                nm = s.strip("[]").strip()
-                counts[nm] = counts.get(nm, -1) + 1
-                table = (nm, counts[nm])
-            elif s.startswith("["):
-                table = (s.strip("[]").strip(),)
+            if s.startswith("["):
+                header = table_header(raw)
+                if header is None:
+                    table = (None,)  # a header this search cannot read: nothing under it is placed
+                elif header[1]:
+                    counts[header[0]] = counts.get(header[0], -1) + 1
+                    table = (header[0], counts[header[0]])
+                else:
+                    table = (header[0],)
             else:
-                m = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', s)
+                m = re.match(r'^["\']?([A-Za-z0-9_\-]+)["\']?\s*=', s)
                 if m and table == target_table and m.group(1) == leaf:
                     return i
                 continue

@@ -90,6 +90,32 @@ def test_config_mistakes_are_one_line_with_file_line_field(old: str, new: str, w
     assert str(e.value).startswith(where) and "\n" not in str(e.value)
 
 
+def test_a_mistake_under_a_commented_header_of_the_template_names_its_line() -> None:
+    from guardproxy.config.write import initial_config_text
+    text = initial_config_text("gp_" + "k" * 40).replace('duration = "15min"', 'duration = "a while"')
+    line = text.split("\n").index('duration = "a while"') + 1
+    assert "[ban]   " in text  # the header carries a comment
+    with pytest.raises(ConfigError, match=rf"^g.toml:{line}: ban.duration: expected a duration"):
+        load(text)
+
+
+@pytest.mark.parametrize("header", ['[ "ban" ]', "['ban']  # bans", '[ban]\t#'])
+def test_headers_are_found_quoted_spaced_and_commented(header: str) -> None:
+    text = FULL.replace("[ban]", header).replace('window = "10min"', 'window = "a while"')
+    with pytest.raises(ConfigError, match=r"^g.toml:22: ban.window: expected a duration"):
+        load(text)
+
+
+def test_line_numbers_count_newlines_only() -> None:
+    # A string may hold U+2028 or \x85: they end no line of the file.
+    text = FULL.replace('name = "vercel-app"', 'name = "vercel\u2028app\x85"')
+    with pytest.raises(ConfigError, match=r"^g.toml:22: ban.window: expected a duration"):
+        load(text.replace('window = "10min"', 'window = "a while"'))
+    bad_key = "\n[[keys]]\nname = \"two\"\nkey = \"0123456789abcdef-other\"\nrate = \"lots\"\n"
+    with pytest.raises(ConfigError, match=r"^g.toml:28: keys\[1\].rate: expected a rate"):
+        load(text + bad_key)
+
+
 def test_readme_policies_example_config_is_valid() -> None:
     import re
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
