@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import h11
 
 from .errors import BadRequest, GuardError, HeadTooLarge
-from .strict import MAX_BODY, MAX_HEADERS, check_head
+from .strict import check_head
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
 # client's key must never reach the upstream, Host is rewritten, and the
@@ -129,15 +129,13 @@ except ImportError:  # pragma: no cover - depends on the installed h11
     _h11_parse = _h11_public
 
 
-def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY,
-                       scanned: bool = False) -> RequestHead:
-    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError.
+def parse_request_head(data: bytes) -> RequestHead:
+    """Parse one complete request head, as strict.HeadScanner found it, or raise a GuardError.
 
     strict.check_head refuses first what h11 would let through; h11 then
     parses what is left, so both parsers agree on every head that passes.
-    `scanned`: strict.HeadScanner has already checked the line endings and sizes.
     """
-    facts = check_head(data, max_headers=max_headers, max_body=max_body, scanned=scanned)
+    facts = check_head(data)
     try:
         method, target, version, headers = _h11_parse(data)
     except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
