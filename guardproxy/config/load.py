@@ -97,7 +97,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
     access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
-    level = r.string(log, "level", ("log",), "info").strip().lower()
+    level = r.string(log, "level", ("log",), Config.log_level).strip().lower()
     if level not in LOG_LEVELS:
         raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
 
@@ -174,7 +174,7 @@ def _upstreams(r: Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
         if "max_concurrent" not in u:
             raise r.fail(where, "max_concurrent = <the generations this host runs at once, "
                                 "OLLAMA_NUM_PARALLEL x models>, e.g. 4")
-        weight = u.get("weight", 1.0)
+        weight = u.get("weight", UpstreamHost.weight)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
             raise r.fail(where + ("weight",), "a number above 0, e.g. 1 or 2.5")
         hosts.append(UpstreamHost(name, address, r.integer(u, "max_concurrent", where, 1, 1), float(weight),
@@ -299,7 +299,7 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     if "cluster" not in data:
         return None
     c = r.table(data["cluster"], where, _CLUSTER_FIELDS)
-    url = r.string(c, "redis", where, "")
+    url = r.string(c, "redis", where, Cluster.redis)
     if url:
         try:
             RedisAddress.from_url(url)

@@ -25,7 +25,6 @@ DOWN_AFTER = 3        # failed health checks in a row
 UP_AFTER = 2          # good health checks in a row
 FIRST_BACKOFF = 1.0   # seconds out after the first failure before a first byte
 MAX_BACKOFF = 60.0
-MAX_ATTEMPTS = 2      # hosts one request may try
 
 
 # --- model names ----------------------------------------------------------------------
@@ -100,7 +99,7 @@ def trips_breaker(failure: Failure, status: int = 0) -> bool:
     return failure in _CONNECTION_FAILURES or (failure is Failure.STATUS and status in _BREAKER_STATUSES)
 
 
-def fail_over(failure: Failure, status: int = 0, *, attempts: int, max_attempts: int = MAX_ATTEMPTS,
+def fail_over(failure: Failure, status: int = 0, *, attempts: int, max_attempts: int,
               listed: bool = False) -> bool:
     """Whether to try another host after `attempts` hosts have failed this request before its first byte.
 

@@ -124,7 +124,7 @@ def test_olla_144_a_host_that_fails_fast_does_not_win_least_busy() -> None:
                 first_tries[h.name] += 1
             if h is bad:
                 h.failed(Failure.STATUS, 503, now=now, sent_at=now)
-                assert fail_over(Failure.STATUS, 503, attempts=attempts, listed=True)
+                assert fail_over(Failure.STATUS, 503, attempts=attempts, max_attempts=2, listed=True)
                 req = req.after(h)
                 continue
             h.succeeded(sent_at=now)
@@ -151,8 +151,8 @@ def test_olla_144_a_host_that_fails_fast_does_not_win_least_busy() -> None:
     (Failure.STARTED, 0, True, False),
 ])
 def test_failover_before_the_first_byte(failure: Failure, status: int, listed: bool, retry: bool) -> None:
-    assert fail_over(failure, status, attempts=1, listed=listed) is retry
-    assert fail_over(failure, status, attempts=2, listed=listed) is False           # default max_attempts 2
+    assert fail_over(failure, status, attempts=1, max_attempts=2, listed=listed) is retry
+    assert fail_over(failure, status, attempts=2, max_attempts=2, listed=listed) is False
     assert fail_over(failure, status, attempts=2, max_attempts=3, listed=listed) is retry
 
 
