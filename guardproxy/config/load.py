@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -102,25 +102,15 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
 
     t = r.table(data.get("timeouts", {}), ("timeouts",), _TIMEOUT_FIELDS)
-    tv: dict[str, float] = {}
-    for k, v in t.items():
-        try:
-            tv[k] = parse_duration(v)
-        except ValueError as e:
-            raise r.fail(("timeouts", k), str(e)) from None
+    tv = {k: r.duration(t, k, ("timeouts",), 0.0) for k in t}
 
     sv = r.table(data.get("server", {}), ("server",), _SERVER_FIELDS)
     limits: dict[str, Any] = {}
     for k, v in sv.items():
         if k == "zero_copy":
-            if not isinstance(v, bool):
-                raise r.fail(("server", k), "true or false")
-            limits[k] = v
+            limits[k] = r.flag(sv, k, ("server",))
         elif k in ("max_body", "max_blob"):
-            try:
-                limits[k] = parse_size(v)
-            except ValueError as e:
-                raise r.fail(("server", k), str(e)) from None
+            limits[k] = r.optional(sv, k, ("server",), parse_size)
         elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
             limits[k] = v
         else:
@@ -194,13 +184,9 @@ def _routing(r: Reader, data: Mapping[str, Any]) -> Routing:
 
 def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     admin = r.flag(k, "admin", where)
-    expires = k.get("expires")
-    if isinstance(expires, datetime):
-        expires = expires.date()
-    if expires is not None and not isinstance(expires, date):
-        raise r.fail(where + ("expires",), "a date like 2027-01-31 (no quotes)")
+    expires = r.date(k, "expires", where, "2027-01-31")
     cloud, metrics = r.flag(k, "cloud", where), r.flag(k, "metrics", where)
-    keep_alive = r.duration(k, "max_keep_alive", where, 0.0) if "max_keep_alive" in k else None
+    keep_alive = r.optional(k, "max_keep_alive", where, parse_duration)
     if keep_alive == 0.0:
         raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
@@ -218,11 +204,7 @@ def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...])
 
 def _key_lifecycle(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     """revoked, and the previous key a rotation keeps valid for a while (written by `keys revoke/rotate`)."""
-    revoked = k.get("revoked")
-    if isinstance(revoked, datetime):
-        revoked = revoked.date()
-    if revoked is not None and not isinstance(revoked, date):
-        raise r.fail(where + ("revoked",), "a date like 2026-11-29 (no quotes)")
+    revoked = r.date(k, "revoked", where, "2026-11-29")
     if ("previous_key_sha256" in k) != ("previous_valid_until" in k):
         raise r.fail(where, "previous_key_sha256 and previous_valid_until together (or neither)")
     if "previous_key_sha256" not in k:

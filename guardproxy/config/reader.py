@@ -4,6 +4,7 @@ the file, the line (when it can be found) and the field."""
 from __future__ import annotations
 
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar, overload
 
@@ -98,6 +99,15 @@ class Reader:
             return parse_duration(obj.get(key, default))
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
+
+    def date(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], example: str) -> date | None:
+        """A TOML date (a date-time counts as its day), or None when absent."""
+        v = obj.get(key)
+        if isinstance(v, datetime):
+            return v.date()
+        if v is not None and not isinstance(v, date):
+            raise self.fail(where + (key,), f"a date like {example} (no quotes)")
+        return v
 
     def optional(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], parse: Callable[[Any], T]) -> T | None:
         """A field read by `parse` (a parser of values.py), or None when it is absent."""
