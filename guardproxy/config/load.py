@@ -18,7 +18,7 @@ from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREA
                     Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
                     ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
 from .reader import Reader
-from .redis_url import ENV_URL, RedisAddress, redis_address
+from .redis_url import ENV_URL, RedisAddress
 from .source import parse_toml, read_config_text
 from .values import parse_budget, parse_duration, parse_hostport, parse_size, parse_upstream
 
@@ -300,16 +300,23 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     return Cluster(url, prefix, lease_ttl, op_timeout, rule)
 
 
-def cluster_address(cluster: Cluster, environ: Mapping[str, str]) -> RedisAddress:
-    """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else `redis`."""
-    url = environ.get(ENV_URL) or cluster.redis
-    if not url:
-        raise ConfigError(f"cluster.redis: expected {_REDIS_URL} (or the {ENV_URL} environment variable)")
+def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
+    """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else
+    [cluster] redis."""
+    assert config.cluster is not None
+    from_env = environ.get(ENV_URL)
+    if from_env:
+        try:
+            return RedisAddress.from_url(from_env)
+        except ValueError as e:
+            raise ConfigError(f"{ENV_URL} (environment variable): expected {_REDIS_URL} ({e})") from None
+    r, where = Reader(config.path, ""), ("cluster", "redis")
+    if not config.cluster.redis:
+        raise r.fail(where, f"{_REDIS_URL} (or the {ENV_URL} environment variable)")
     try:
-        return redis_address(cluster.redis, environ)
+        return RedisAddress.from_url(config.cluster.redis)
     except ValueError as e:
-        where = f"{ENV_URL} (environment variable)" if environ.get(ENV_URL) else "cluster.redis"
-        raise ConfigError(f"{where}: expected {_REDIS_URL} ({e})") from None
+        raise r.fail(where, f"{_REDIS_URL} ({e})") from None
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:
