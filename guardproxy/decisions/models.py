@@ -13,7 +13,7 @@ import json
 import re
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
 from ..config.model import KeyEntry
@@ -35,6 +35,16 @@ def canonical(name: str) -> str:
     return n
 
 
+def tagged(name: str) -> str:
+    """The name with its tag: Ollama's default tag is "latest" (`llama3.2` is `llama3.2:latest`)."""
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def entry_name(entry: Mapping[str, Any]) -> str:
+    """The model an entry of /api/tags or /api/ps names."""
+    return str(entry.get("name") or entry.get("model") or "")
+
+
 def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
     if patterns is None:
         return True
@@ -44,10 +54,10 @@ def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
 @lru_cache(maxsize=4096)  # bounded: names come from clients
 def _matches(patterns: tuple[str, ...], name: str) -> bool:
     n = canonical(name)
-    names = {n, n + ":latest"} if ":" not in n.rsplit("/", 1)[-1] else {n}
+    names = {n, tagged(n)}
     for pat in patterns:
         p = canonical(pat)
-        pats = (p, p + ":latest") if ":" not in p.rsplit("/", 1)[-1] and "*" not in p else (p,)
+        pats = (p, tagged(p)) if "*" not in p else (p,)
         if any(fnmatchcase(x, q) for x in names for q in pats):
             return True
     return False
@@ -286,5 +296,5 @@ def filter_listing(path: bytes, key: KeyEntry, body: bytes) -> bytes:
         data["data"] = [m for m in data.get("data") or [] if isinstance(m, dict) and ok(str(m.get("id", "")))]
     else:
         data["models"] = [m for m in data.get("models") or [] if isinstance(m, dict)
-                          and ok(str(m.get("name") or m.get("model") or ""))]
+                          and ok(entry_name(m))]
     return json.dumps(data, separators=(",", ":")).encode()

@@ -19,7 +19,7 @@ import json
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from .models import _matches, canonical as _canonical
+from .models import _matches, canonical as _canonical, entry_name, tagged
 
 DOWN_AFTER = 3        # failed health checks in a row
 UP_AFTER = 2          # good health checks in a row
@@ -29,19 +29,15 @@ MAX_BACKOFF = 60.0
 
 # --- model names ----------------------------------------------------------------------
 
-def _tagged(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-
-
 @lru_cache(maxsize=4096)
 def _canonical_short(name: str) -> str:
-    return _tagged(_canonical(name))
+    return tagged(_canonical(name))
 
 
 def canonical_model(name: str) -> str:
     """The one spelling of a model Ollama would resolve `name` to: `Library/Llama3.2` -> `llama3.2:latest`."""
     if len(name) > 512:  # names come from clients: only short ones go into the cache
-        return _tagged(_canonical(name))
+        return tagged(_canonical(name))
     return _canonical_short(name)
 
 
@@ -66,10 +62,6 @@ def model_of(body: bytes | Mapping[str, Any], or_name: bool = False) -> str | No
     if or_name and not name:
         name = doc.get("name")
     return name if isinstance(name, str) and name.strip() else None
-
-
-def entry_name(entry: Mapping[str, Any]) -> str:
-    return str(entry.get("name") or entry.get("model") or "")
 
 
 # --- one host -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guardproxy.decisions import routing
-from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
+from guardproxy.decisions.listings import merge_ps, merge_tags, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, choose,
                                           fail_over, trips_breaker)
 from support.routing_hosts import NOW, entry, host, pick
@@ -175,10 +175,10 @@ def test_merged_ps_names_each_entrys_host() -> None:
         ("llama3.2:latest", "gpu-a"), ("llama3.2:latest", "gpu-b"), ("qwen2.5:7b", "gpu-b")]
 
 
-def test_merged_v1_models_name_each_model_once() -> None:
-    a = [{"id": "llama3.2:latest", "object": "model"}]
-    b = [{"id": "llama3.2", "object": "model"}, {"id": "qwen2.5:7b", "object": "model"}]
-    assert [m["id"] for m in merge_v1_models([a, b])] == ["llama3.2:latest", "qwen2.5:7b"]
+def test_merged_tags_read_the_model_when_an_entry_has_no_name() -> None:
+    a = [{"model": "llama3.2:latest"}]
+    b = [{"model": "llama3.2"}, {"model": "qwen2.5:7b"}]
+    assert [m["model"] for m in merge_tags([a, b])] == ["llama3.2:latest", "qwen2.5:7b"]
 
 
 def test_v1_models_from_the_tags_snapshot() -> None:
