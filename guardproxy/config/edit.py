@@ -38,6 +38,13 @@ def _field(name: str) -> re.Pattern[str]:
     return re.compile(rf"""([ \t]*)(?:{name}|"{name}"|'{name}')[ \t]*=""")
 
 
+def _with_value(line: str, field: str, value: str, indent: str) -> str:
+    """The field's line with a new value, keeping how the name is written, its spacing and its comment."""
+    m = re.fullmatch(rf"""([ \t]*(?:{field}|"{field}"|'{field}')[ \t]*=[ \t]*)"""
+                     r"""("(?:[^"\\]|\\.)*"|'[^']*'|[^#]*?)([ \t]*(?:#.*)?)""", _bare(line))
+    return f"{m.group(1)}{value}{m.group(3)}" if m else f"{indent}{field} = {value}"
+
+
 def _ending(line: str) -> str:
     return "\r\n" if line.endswith("\r\n") else "\n" if line.endswith("\n") else ""
 
@@ -216,7 +223,7 @@ def rotate_key(path: Path, name: str, new_key: str, *, grace: float, now: dateti
         new_entry.update(previous_key_sha256=old_hash, previous_valid_until=until)
         if len(old_lines) == len(PREVIOUS):
             for field, i in zip(PREVIOUS, old_lines):
-                s.replace(i, f"{indent}{field} = {values[field]}")
+                s.replace(i, _with_value(s.lines[i], field, values[field], indent))
         else:
             old_lines.sort(reverse=True)
             for i in old_lines:
