@@ -14,7 +14,7 @@ from guardproxy.wire.errors import BadRequest, Forbidden
 from guardproxy.wire.heads import RequestHead
 
 CHAT = route_for(b"POST", b"/api/chat")
-REQ = RequestHead(b"POST", b"/api/chat", b"HTTP/1.1", [], True, None, False, False, b"localhost")
+REQ = RequestHead(b"POST", b"/api/chat", b"HTTP/1.1", [], True, None, False, False, b"localhost", frozenset())
 LISTED = KeyEntry("k", b"", models=("llama3.2",), max_keep_alive=1800.0)  # the model is checked
 CLOUD = KeyEntry("k", b"", cloud=True, max_keep_alive=1800.0)  # the model is read the quick way
 
