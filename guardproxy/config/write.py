@@ -139,7 +139,24 @@ def write_atomic(path: Path, text: str, *, private: bool) -> Path:
         if isinstance(e, OSError):
             raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+    _sync_directory(target.parent)
     return target
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable: on POSIX it lives in the directory, which a crash could lose
+    unless the directory is synced too.  Where a directory cannot be opened so (Windows), the
+    rename is already as durable as the system makes it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checked(source: ConfigText, new_text: str, expected: dict[str, Any], what: str, by_hand: str = "") -> Path:
