@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .model import ENV_KEY, ConfigError
-from .source import ConfigText, parse_toml, read_config_text
+from .source import ConfigText, parse_toml, read_config_text, split_lines, table_header
 from .write import hash_key, key_block, save_checked, toml_value
 
 _HEADER = re.compile(r"[ \t]*\[")  # a table or array-of-tables header
-_KEYS_HEADER = re.compile(r"[ \t]*\[\[[ \t]*(keys|\"keys\"|'keys')[ \t]*\]\][ \t]*(#.*)?")
 _PLAIN_KEY = re.compile(r"""([ \t]*(?:key|"key"|'key')[ \t]*=[ \t]*)("(?:[^"\\]|\\.)*"|'[^']*')([ \t]*(?:#.*)?)""")
 _HASH = re.compile(r"""([ \t]*(?:key_sha256|"key_sha256"|'key_sha256')[ \t]*=[ \t]*)(["'])[0-9a-fA-F]{64}\2(.*)""")
 PREVIOUS = ("previous_key_sha256", "previous_valid_until")
@@ -39,9 +38,11 @@ def _field(name: str) -> re.Pattern[str]:
     return re.compile(rf"""([ \t]*)(?:{name}|"{name}"|'{name}')[ \t]*=""")
 
 
-def _split(text: str) -> list[str]:
-    """Lines with their own endings ("\\n" only: str.splitlines also splits inside strings at \\x0c, U+2028...)."""
-    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+def _with_value(line: str, field: str, value: str, indent: str) -> str:
+    """The field's line with a new value, keeping how the name is written, its spacing and its comment."""
+    m = re.fullmatch(rf"""([ \t]*(?:{field}|"{field}"|'{field}')[ \t]*=[ \t]*)"""
+                     r"""("(?:[^"\\]|\\.)*"|'[^']*'|[^#]*?)([ \t]*(?:#.*)?)""", _bare(line))
+    return f"{m.group(1)}{value}{m.group(3)}" if m else f"{indent}{field} = {value}"
 
 
 def _ending(line: str) -> str:
@@ -58,7 +59,7 @@ class _Session:
     def __init__(self, path: Path, command: str) -> None:
         self.source: ConfigText = read_config_text(path)
         self.data: dict[str, Any] = parse_toml(self.source)
-        self.lines = _split(self.source.text)
+        self.lines = split_lines(self.source.text)
         self._before = list(self.lines)
         self.command = command
         self._refuse_inline_keys()
@@ -95,7 +96,7 @@ class _Session:
         index = names.index(name)
         headers = [i for i, line in enumerate(self.lines) if _HEADER.match(line)]
         blocks = [(i, headers[n + 1] if n + 1 < len(headers) else len(self.lines))
-                  for n, i in enumerate(headers) if _KEYS_HEADER.fullmatch(_bare(self.lines[i]))]
+                  for n, i in enumerate(headers) if table_header(self.lines[i]) == ("keys", True)]
         if len(blocks) != len(keys):
             raise ConfigError(f"{self.path}: could not find the [[keys]] block of \"{name}\" (the file's layout "
                               f"is unusual); the file was not changed")
@@ -162,7 +163,7 @@ def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> KeyEd
     if text and not text.endswith("\n"):
         text += s.source.newline
     block = key_block(name, key, admin=admin, newline=s.source.newline)
-    s.lines = _split(text + block)
+    s.lines = split_lines(text + block)
     entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key)}
     if admin:
         entry["admin"] = True
@@ -222,7 +223,7 @@ def rotate_key(path: Path, name: str, new_key: str, *, grace: float, now: dateti
         new_entry.update(previous_key_sha256=old_hash, previous_valid_until=until)
         if len(old_lines) == len(PREVIOUS):
             for field, i in zip(PREVIOUS, old_lines):
-                s.replace(i, f"{indent}{field} = {values[field]}")
+                s.replace(i, _with_value(s.lines[i], field, values[field], indent))
         else:
             old_lines.sort(reverse=True)
             for i in old_lines:

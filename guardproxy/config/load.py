@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +18,7 @@ from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREA
                     Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
                     ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
 from .reader import Reader
-from .redis_url import ENV_URL, RedisAddress, redis_address
+from .redis_url import ENV_URL, RedisAddress
 from .source import parse_toml, read_config_text
 from .values import parse_budget, parse_duration, parse_hostport, parse_size, parse_upstream
 
@@ -97,30 +97,20 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
     access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
-    level = r.string(log, "level", ("log",), "info").strip().lower()
+    level = r.string(log, "level", ("log",), Config.log_level).strip().lower()
     if level not in LOG_LEVELS:
         raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
 
     t = r.table(data.get("timeouts", {}), ("timeouts",), _TIMEOUT_FIELDS)
-    tv: dict[str, float] = {}
-    for k, v in t.items():
-        try:
-            tv[k] = parse_duration(v)
-        except ValueError as e:
-            raise r.fail(("timeouts", k), str(e)) from None
+    tv = {k: r.duration(t, k, ("timeouts",), 0.0) for k in t}
 
     sv = r.table(data.get("server", {}), ("server",), _SERVER_FIELDS)
     limits: dict[str, Any] = {}
     for k, v in sv.items():
         if k == "zero_copy":
-            if not isinstance(v, bool):
-                raise r.fail(("server", k), "true or false")
-            limits[k] = v
+            limits[k] = r.flag(sv, k, ("server",))
         elif k in ("max_body", "max_blob"):
-            try:
-                limits[k] = parse_size(v)
-            except ValueError as e:
-                raise r.fail(("server", k), str(e)) from None
+            limits[k] = r.optional(sv, k, ("server",), parse_size)
         elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
             limits[k] = v
         else:
@@ -174,7 +164,7 @@ def _upstreams(r: Reader, data: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
         if "max_concurrent" not in u:
             raise r.fail(where, "max_concurrent = <the generations this host runs at once, "
                                 "OLLAMA_NUM_PARALLEL x models>, e.g. 4")
-        weight = u.get("weight", 1.0)
+        weight = u.get("weight", UpstreamHost.weight)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
             raise r.fail(where + ("weight",), "a number above 0, e.g. 1 or 2.5")
         hosts.append(UpstreamHost(name, address, r.integer(u, "max_concurrent", where, 1, 1), float(weight),
@@ -194,13 +184,9 @@ def _routing(r: Reader, data: Mapping[str, Any]) -> Routing:
 
 def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     admin = r.flag(k, "admin", where)
-    expires = k.get("expires")
-    if isinstance(expires, datetime):
-        expires = expires.date()
-    if expires is not None and not isinstance(expires, date):
-        raise r.fail(where + ("expires",), "a date like 2027-01-31 (no quotes)")
+    expires = r.date(k, "expires", where, "2027-01-31")
     cloud, metrics = r.flag(k, "cloud", where), r.flag(k, "metrics", where)
-    keep_alive = r.duration(k, "max_keep_alive", where, 0.0) if "max_keep_alive" in k else None
+    keep_alive = r.optional(k, "max_keep_alive", where, parse_duration)
     if keep_alive == 0.0:
         raise r.fail(where + ("max_keep_alive",), "a duration above zero, like \"30m\"")
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
@@ -218,11 +204,7 @@ def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...])
 
 def _key_lifecycle(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict[str, Any]:
     """revoked, and the previous key a rotation keeps valid for a while (written by `keys revoke/rotate`)."""
-    revoked = k.get("revoked")
-    if isinstance(revoked, datetime):
-        revoked = revoked.date()
-    if revoked is not None and not isinstance(revoked, date):
-        raise r.fail(where + ("revoked",), "a date like 2026-11-29 (no quotes)")
+    revoked = r.date(k, "revoked", where, "2026-11-29")
     if ("previous_key_sha256" in k) != ("previous_valid_until" in k):
         raise r.fail(where, "previous_key_sha256 and previous_valid_until together (or neither)")
     if "previous_key_sha256" not in k:
@@ -299,7 +281,7 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     if "cluster" not in data:
         return None
     c = r.table(data["cluster"], where, _CLUSTER_FIELDS)
-    url = r.string(c, "redis", where, "")
+    url = r.string(c, "redis", where, Cluster.redis)
     if url:
         try:
             RedisAddress.from_url(url)
@@ -318,16 +300,23 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     return Cluster(url, prefix, lease_ttl, op_timeout, rule)
 
 
-def cluster_address(cluster: Cluster, environ: Mapping[str, str]) -> RedisAddress:
-    """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else `redis`."""
-    url = environ.get(ENV_URL) or cluster.redis
-    if not url:
-        raise ConfigError(f"cluster.redis: expected {_REDIS_URL} (or the {ENV_URL} environment variable)")
+def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
+    """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else
+    [cluster] redis."""
+    assert config.cluster is not None
+    from_env = environ.get(ENV_URL)
+    if from_env:
+        try:
+            return RedisAddress.from_url(from_env)
+        except ValueError as e:
+            raise ConfigError(f"{ENV_URL} (environment variable): expected {_REDIS_URL} ({e})") from None
+    r, where = Reader(config.path, ""), ("cluster", "redis")
+    if not config.cluster.redis:
+        raise r.fail(where, f"{_REDIS_URL} (or the {ENV_URL} environment variable)")
     try:
-        return redis_address(cluster.redis, environ)
+        return RedisAddress.from_url(config.cluster.redis)
     except ValueError as e:
-        where = f"{ENV_URL} (environment variable)" if environ.get(ENV_URL) else "cluster.redis"
-        raise ConfigError(f"{where}: expected {_REDIS_URL} ({e})") from None
+        raise r.fail(where, f"{_REDIS_URL} ({e})") from None
 
 
 def load_config(path: Path, *, env_key: str | None = None) -> Config:

@@ -4,10 +4,12 @@ the file, the line (when it can be found) and the field."""
 from __future__ import annotations
 
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar, overload
 
 from .model import ConfigError, Rate
+from .source import split_lines, table_header
 from .values import parse_duration, parse_rate
 
 T = TypeVar("T")
@@ -18,7 +20,7 @@ class Reader:
 
     def __init__(self, path: Path | None, text: str) -> None:
         self.path = path
-        self.lines = text.splitlines()
+        self.lines = split_lines(text)
 
     def fail(self, where: tuple[Any, ...], expected: str) -> ConfigError:
         name = str(self.path) if self.path else "<config>"
@@ -35,14 +37,17 @@ class Reader:
         table_line = None
         for i, raw in enumerate(self.lines, 1):
             s = raw.strip()
-            if s.startswith("[["):
-                nm = s.strip("[]").strip()
-                counts[nm] = counts.get(nm, -1) + 1
-                table = (nm, counts[nm])
-            elif s.startswith("["):
-                table = (s.strip("[]").strip(),)
+            if s.startswith("["):
+                header = table_header(raw)
+                if header is None:
+                    table = (None,)  # a header this search cannot read: nothing under it is placed
+                elif header[1]:
+                    counts[header[0]] = counts.get(header[0], -1) + 1
+                    table = (header[0], counts[header[0]])
+                else:
+                    table = (header[0],)
             else:
-                m = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', s)
+                m = re.match(r'^["\']?([A-Za-z0-9_\-]+)["\']?\s*=', s)
                 if m and table == target_table and m.group(1) == leaf:
                     return i
                 continue
@@ -94,6 +99,15 @@ class Reader:
             return parse_duration(obj.get(key, default))
         except ValueError as e:
             raise self.fail(where + (key,), str(e)) from None
+
+    def date(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], example: str) -> date | None:
+        """A TOML date (a date-time counts as its day), or None when absent."""
+        v = obj.get(key)
+        if isinstance(v, datetime):
+            return v.date()
+        if v is not None and not isinstance(v, date):
+            raise self.fail(where + (key,), f"a date like {example} (no quotes)")
+        return v
 
     def optional(self, obj: Mapping[str, Any], key: str, where: tuple[Any, ...], parse: Callable[[Any], T]) -> T | None:
         """A field read by `parse` (a parser of values.py), or None when it is absent."""

@@ -5,9 +5,7 @@ Pure (no sockets), so loading a config can check a URL without connecting.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 from .model import url_host
@@ -52,8 +50,3 @@ class RedisAddress:
         if self.password is not None:
             auth = f"{quote(self.username or '', safe='')}:***@"
         return f"{'rediss' if self.tls else 'redis'}://{auth}{url_host(self.host)}:{self.port}/{self.db}"
-
-
-def redis_address(configured: str, environ: Mapping[str, str] = os.environ) -> RedisAddress:
-    """$GUARDPROXY_REDIS_URL, when set, replaces the configured URL, so no password need sit in the config."""
-    return RedisAddress.from_url(environ.get(ENV_URL) or configured)

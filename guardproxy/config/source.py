@@ -7,6 +7,7 @@ editing commands can write back exactly the bytes they did not mean to change.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,24 @@ from typing import Any
 from .model import ConfigError
 
 BOM = "\ufeff"
+
+# A table header as TOML allows it: [name] or [[name]], the name bare or quoted, spaces around it,
+# and a comment after it (the template writes `[ban]   # ...`).  Dotted names are not matched.
+_TABLE_HEADER = re.compile(r"""[ \t]*\[(\[)?[ \t]*([A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')[ \t]*\](?(1)\])[ \t]*(?:#.*)?""")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines with their own endings ("\\n" only: str.splitlines also splits inside strings at \\x0c, U+2028...)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
+def table_header(line: str) -> tuple[str, bool] | None:
+    """(name, whether it is an [[array of tables]]) when the line (without its ending) is a table header."""
+    m = _TABLE_HEADER.fullmatch(line.rstrip("\r\n"))
+    if m is None:
+        return None
+    name = m.group(2)
+    return (name[1:-1] if name[0] in "\"'" else name), m.group(1) is not None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Any
 
@@ -14,17 +15,19 @@ _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, 
 
 def parse_duration(value: Any) -> float:
     """Seconds from 30, 2.5, "30s", "10min", "1h", "250ms"."""
-    if isinstance(value, bool):
-        raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
-    if isinstance(value, (int, float)):
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("a duration that is not negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    # TOML's nan and inf are floats too: a nan timeout fires at once and an infinite one overflows.
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError("a duration like \"30s\", \"10min\" or a number of seconds")
+    return seconds
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")

@@ -101,11 +101,12 @@ def key_block(name: str, key: str, *, admin: bool = False, newline: str = "\n") 
     return newline.join(lines) + newline
 
 
-def write_atomic(path: Path, text: str, *, private: bool) -> Path:
+def write_atomic(path: Path, text: str, *, private: bool, new: bool = False) -> Path:
     """Write via a temporary file and rename, so a crash never leaves half a file.
 
     A symlink is written through: the file it points at gets the new text and the
-    link stays.  Returns the file actually written.
+    link stays.  Returns the file actually written.  `new`: only if no file has
+    the name yet, however close another writer comes (FileExistsError otherwise).
     """
     target = Path(os.path.realpath(path))
     mode, owner = (0o600 if private else 0o644), None
@@ -130,16 +131,53 @@ def write_atomic(path: Path, text: str, *, private: bool) -> Path:
             except OSError:
                 pass
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        if new:
+            _name_new_file(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not (new and isinstance(e, FileExistsError)):
             raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+    _sync_directory(target.parent)
     return target
+
+
+def _name_new_file(tmp: str, target: Path) -> None:
+    """Give the written file the target's name unless a file already has it (FileExistsError)."""
+    try:
+        os.link(tmp, target)  # never replaces: the name is taken, or it is ours
+    except FileExistsError:
+        raise
+    except OSError:
+        # No hard links on this file system: claim the name first, then rename over the claim.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(tmp, target)
+        return
+    try:
+        os.unlink(tmp)  # the file has its name; this was only its temporary second one
+    except OSError:
+        pass
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable: on POSIX it lives in the directory, which a crash could lose
+    unless the directory is synced too.  Where a directory cannot be opened so (Windows), the
+    rename is already as durable as the system makes it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checked(source: ConfigText, new_text: str, expected: dict[str, Any], what: str, by_hand: str = "") -> Path:
@@ -167,8 +205,9 @@ def initial_config_text(key: str, name: str = "default", listen: str = DEFAULT_L
 
 def create_config(path: Path, key: str, name: str = "default", *, admin: bool = False) -> None:
     """A fresh config with one key; refuses to overwrite an existing file."""
-    if path.exists():
-        raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it")
     text = initial_config_text(key, name, admin=admin)
     parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
-    write_atomic(path, text, private=True)
+    try:
+        write_atomic(path, text, private=True, new=True)
+    except FileExistsError:
+        raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it") from None

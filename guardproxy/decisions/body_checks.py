@@ -32,6 +32,7 @@ def check_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes
     A body whose model cannot be read is refused only when a check needs it; else it goes on
     for the host to answer (NOTHING).
     """
+    pairs: models.Pairs | None = None  # the body's top level, parsed once for all that read it
     try:
         plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
         name: str | None
@@ -42,14 +43,18 @@ def check_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes
         elif key.models is None and not (needs_model and models.could_name_cloud(plain)):
             # No check needs the model (only the cloud scope applies, and no string here can
             # name a cloud model): it is read the quick way, for routing and the log.
-            name = model_of(plain, route.model == routes.BODY_OR_NAME) if routed else None
+            if checks_keep_alive:
+                pairs = models.top_level(plain)  # keep_alive is read from it: the quick way shares it
+            name = model_of(plain if pairs is None else dict(pairs), route.model == routes.BODY_OR_NAME) \
+                if routed else None
             if name is None:
                 for_log = models.model_for_log(plain)
                 if checks_keep_alive:
-                    models.check_keep_alive(key, plain)
+                    models.check_keep_alive(key, plain if pairs is None else pairs)
                 return BodyModel(None, for_log)
         else:
-            name = models.body_model(route, plain)
+            pairs = models.top_level(plain)
+            name = models.body_model(route, pairs)
     except BadRequest:
         if needs_model or checks_keep_alive:
             raise
@@ -57,5 +62,5 @@ def check_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes
     if name is not None and needs_model:
         models.check_model(key, name)
     if checks_keep_alive:
-        models.check_keep_alive(key, plain)
+        models.check_keep_alive(key, plain if pairs is None else pairs)
     return BodyModel(name, None)

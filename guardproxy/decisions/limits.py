@@ -153,7 +153,7 @@ class TrustedProxies:
             ip = ip.ipv4_mapped
         return any(ip in n for n in self.nets)
 
-    def client_address(self, peer: str, values: list[bytes], header: str = "x-forwarded-for") -> str:
+    def client_address(self, peer: str, values: list[bytes], header: str) -> str:
         """The socket peer, unless it is a trusted proxy: then the nearest untrusted hop it names.
 
         Only the one configured header is read (`values` are its fields in

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-from .routing import canonical_model, entry_name
+from .models import entry_name
+from .routing import canonical_model
+
 
 def merge_tags(lists: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """/api/tags `models` of several hosts, each model once (the first host's entry)."""
-    return _merge(lists, entry_name)
-
-
-def merge_v1_models(lists: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """/v1/models `data` of several hosts, each model once (the first host's entry)."""
-    return _merge(lists, lambda e: str(e.get("id") or ""))
-
-
-def _merge(lists: Iterable[Iterable[Mapping[str, Any]]],
-           name_of: Callable[[Mapping[str, Any]], str]) -> list[dict[str, Any]]:
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     for entries in lists:
         for e in entries:
-            key = canonical_model(name_of(e))
+            key = canonical_model(entry_name(e))
             if key not in seen:
                 seen.add(key)
                 out.append(dict(e))

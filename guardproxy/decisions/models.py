@@ -13,7 +13,7 @@ import json
 import re
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
 from ..config.model import KeyEntry
@@ -35,6 +35,16 @@ def canonical(name: str) -> str:
     return n
 
 
+def tagged(name: str) -> str:
+    """The name with its tag: Ollama's default tag is "latest" (`llama3.2` is `llama3.2:latest`)."""
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def entry_name(entry: Mapping[str, Any]) -> str:
+    """The model an entry of /api/tags or /api/ps names."""
+    return str(entry.get("name") or entry.get("model") or "")
+
+
 def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
     if patterns is None:
         return True
@@ -44,10 +54,10 @@ def model_allowed(patterns: tuple[str, ...] | None, name: str) -> bool:
 @lru_cache(maxsize=4096)  # bounded: names come from clients
 def _matches(patterns: tuple[str, ...], name: str) -> bool:
     n = canonical(name)
-    names = {n, n + ":latest"} if ":" not in n.rsplit("/", 1)[-1] else {n}
+    names = {n, tagged(n)}
     for pat in patterns:
         p = canonical(pat)
-        pats = (p, p + ":latest") if ":" not in p.rsplit("/", 1)[-1] and "*" not in p else (p,)
+        pats = (p, tagged(p)) if "*" not in p else (p,)
         if any(fnmatchcase(x, q) for x in names for q in pats):
             return True
     return False
@@ -112,7 +122,11 @@ def _fold(name: str) -> str:
     return name.lower()
 
 
-def _top_level(body: bytes) -> list[tuple[str, Any]]:
+Pairs = list[tuple[str, Any]]  # a JSON object's members in order, as sent (repeats kept)
+
+
+def top_level(body: bytes) -> Pairs:
+    """The members of a JSON body's top-level object (BadRequest if it is not one)."""
     try:
         doc = json.loads(body, object_pairs_hook=lambda pairs: pairs)
     except (ValueError, RecursionError):
@@ -122,7 +136,11 @@ def _top_level(body: bytes) -> list[tuple[str, Any]]:
     return doc
 
 
-def json_field(pairs: list[tuple[str, Any]], field: str) -> Any:
+def _pairs(body: bytes | Pairs) -> Pairs:
+    return top_level(body) if isinstance(body, bytes) else body
+
+
+def json_field(pairs: Pairs, field: str) -> Any:
     """The value Ollama's decoder gives a struct field (None when absent); 400 when decoders could differ."""
     values = [v for k, v in pairs if _fold(k) == field]
     if not values:
@@ -132,9 +150,10 @@ def json_field(pairs: list[tuple[str, Any]], field: str) -> Any:
     return values[-1]
 
 
-def body_model(route: Route, body: bytes) -> str:
-    """The model Ollama will use from a JSON body (BadRequest if there is none or it is ambiguous)."""
-    pairs = _top_level(body)
+def body_model(route: Route, body: bytes | Pairs) -> str:
+    """The model Ollama will use from a JSON body, or its top_level() (BadRequest if there is none
+    or it is ambiguous)."""
+    pairs = _pairs(body)
     model = json_field(pairs, "model")
     if route.model == BODY_OR_NAME and (model is None or model == ""):
         model = json_field(pairs, "name")
@@ -241,12 +260,13 @@ def go_duration(text: str) -> float:
     return sign * total
 
 
-def check_keep_alive(key: KeyEntry, body: bytes) -> None:
-    """With a key's max_keep_alive: refuse a body that pins a model, unloads one, or keeps it longer."""
+def check_keep_alive(key: KeyEntry, body: bytes | Pairs) -> None:
+    """With a key's max_keep_alive: refuse a body (or its top_level()) that pins a model, unloads
+    one, or keeps it longer."""
     limit = key.max_keep_alive
     if limit is None:
         return
-    value = json_field(_top_level(body), "keep_alive")
+    value = json_field(_pairs(body), "keep_alive")
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -276,5 +296,5 @@ def filter_listing(path: bytes, key: KeyEntry, body: bytes) -> bytes:
         data["data"] = [m for m in data.get("data") or [] if isinstance(m, dict) and ok(str(m.get("id", "")))]
     else:
         data["models"] = [m for m in data.get("models") or [] if isinstance(m, dict)
-                          and ok(str(m.get("name") or m.get("model") or ""))]
+                          and ok(entry_name(m))]
     return json.dumps(data, separators=(",", ":")).encode()

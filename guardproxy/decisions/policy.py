@@ -59,7 +59,7 @@ class Policies:
         lim = config.limits
         self.cors = CorsPolicy(config.cors)
         self.configured_per_ip = lim.per_ip
-        self.per_ip = lim.per_ip if lim.per_ip is None else rate_share(lim.per_ip, self.share)
+        self.set_share(self.share)
         self.proxies = TrustedProxies(lim.trusted_proxies)
         self.address_header_name = lim.client_address_header
         self.address_header = lim.client_address_header.encode()
@@ -103,6 +103,6 @@ class Policies:
 
     def after_auth(self, key: KeyEntry, now: float) -> None:
         if key.rate is not None:
-            wait = self.key_rates.hit(key.name, key.rate if self.share == 1 else rate_share(key.rate, self.share), now)
+            wait = self.key_rates.hit(key.name, rate_share(key.rate, self.share), now)
             if wait:
                 raise KeyRateLimited(headers=[retry_after_header(wait)])

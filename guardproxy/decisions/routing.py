@@ -19,54 +19,49 @@ import json
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from .models import _matches, canonical as _canonical
+from .models import _matches, canonical as _canonical, entry_name, tagged
 
 DOWN_AFTER = 3        # failed health checks in a row
 UP_AFTER = 2          # good health checks in a row
 FIRST_BACKOFF = 1.0   # seconds out after the first failure before a first byte
 MAX_BACKOFF = 60.0
-MAX_ATTEMPTS = 2      # hosts one request may try
 
 
 # --- model names ----------------------------------------------------------------------
 
-def _tagged(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-
-
 @lru_cache(maxsize=4096)
 def _canonical_short(name: str) -> str:
-    return _tagged(_canonical(name))
+    return tagged(_canonical(name))
 
 
 def canonical_model(name: str) -> str:
     """The one spelling of a model Ollama would resolve `name` to: `Library/Llama3.2` -> `llama3.2:latest`."""
     if len(name) > 512:  # names come from clients: only short ones go into the cache
-        return _tagged(_canonical(name))
+        return tagged(_canonical(name))
     return _canonical_short(name)
 
 
-def model_of(body: bytes, or_name: bool = False) -> str | None:
-    """The model a JSON body names, read the quick way, to choose a host and nothing else.
+def model_of(body: bytes | Mapping[str, Any], or_name: bool = False) -> str | None:
+    """The model a JSON body (or its top-level object, parsed already) names, read the quick way,
+    to choose a host and nothing else.
 
     Not models.body_model's reading (which matches field names as Go does
     and refuses ambiguous bodies): a wrong guess here costs a host's 404 and
     a failover, never a check.  `or_name`: the older "name" (/api/show).
     """
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    if not isinstance(body, bytes):
+        doc: Any = body
+    else:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(doc, dict):
         return None
     name = doc.get("model")
     if or_name and not name:
         name = doc.get("name")
     return name if isinstance(name, str) and name.strip() else None
-
-
-def entry_name(entry: Mapping[str, Any]) -> str:
-    return str(entry.get("name") or entry.get("model") or "")
 
 
 # --- one host -------------------------------------------------------------------------
@@ -96,7 +91,7 @@ def trips_breaker(failure: Failure, status: int = 0) -> bool:
     return failure in _CONNECTION_FAILURES or (failure is Failure.STATUS and status in _BREAKER_STATUSES)
 
 
-def fail_over(failure: Failure, status: int = 0, *, attempts: int, max_attempts: int = MAX_ATTEMPTS,
+def fail_over(failure: Failure, status: int = 0, *, attempts: int, max_attempts: int,
               listed: bool = False) -> bool:
     """Whether to try another host after `attempts` hosts have failed this request before its first byte.
 

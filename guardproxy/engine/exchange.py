@@ -101,9 +101,7 @@ class Exchange:
         try:
             server, conn, record = self.server, self.conn, self.record
             limits = server.config.server
-            # The head check allows the larger blob limit; the route's own limit is applied below.
-            self.req = req = parse_request_head(self.head, max_headers=limits.max_headers,
-                                                max_body=max(limits.max_body, limits.max_blob), scanned=True)
+            self.req = req = parse_request_head(self.head)
             self.head = b""  # only a head that fails to parse is looked at again (refuse)
             self.rid = req.request_id or self.rid
             record.method = cut(req.method.decode("latin-1"))

@@ -58,7 +58,7 @@ def budget_report(config: Config, environ: Mapping[str, str] = os.environ) -> st
 
 async def _from_redis(config: Config, environ: Mapping[str, str]) -> tuple[TokenBook, float]:
     assert config.cluster is not None
-    address = cluster_address(config.cluster, environ)
+    address = cluster_address(config, environ)
     client = RedisClient(address, timeout=REDIS_TIMEOUT, connect_timeout=REDIS_TIMEOUT)
     client.start()
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import h11
 
 from .errors import BadRequest, GuardError, HeadTooLarge
-from .strict import MAX_BODY, MAX_HEADERS, check_head
+from .strict import check_head
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
 # client's key must never reach the upstream, Host is rewritten, and the
@@ -67,6 +67,7 @@ class RequestHead:
     chunked: bool
     expect_continue: bool
     host: bytes
+    connection: frozenset[bytes]  # the Connection header's tokens, lower case: fields not to forward
     request_id: bytes | None = None  # the client's X-Request-Id, if it is a safe one
 
     @property
@@ -84,13 +85,14 @@ class RequestHead:
         headers = [h for h in self.headers if h[0] not in (b"content-length", b"transfer-encoding")]
         headers.append((b"content-length", b"Content-Length", b"%d" % length))
         return RequestHead(self.method, self.target, self.http_version, headers, self.keep_alive,
-                           length, False, False, self.host, self.request_id)
+                           length, False, False, self.host, self.connection, self.request_id)
 
     def without(self, name: bytes) -> "RequestHead":
         """The same request without the header fields called `name` (lower case)."""
         return RequestHead(self.method, self.target, self.http_version,
                            [h for h in self.headers if h[0] != name], self.keep_alive,
-                           self.content_length, self.chunked, self.expect_continue, self.host, self.request_id)
+                           self.content_length, self.chunked, self.expect_continue, self.host, self.connection,
+                           self.request_id)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -129,15 +131,13 @@ except ImportError:  # pragma: no cover - depends on the installed h11
     _h11_parse = _h11_public
 
 
-def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY,
-                       scanned: bool = False) -> RequestHead:
-    """Parse one complete request head (ending in CRLF CRLF) or raise a GuardError.
+def parse_request_head(data: bytes) -> RequestHead:
+    """Parse one complete request head, as strict.HeadScanner found it, or raise a GuardError.
 
     strict.check_head refuses first what h11 would let through; h11 then
     parses what is left, so both parsers agree on every head that passes.
-    `scanned`: strict.HeadScanner has already checked the line endings and sizes.
     """
-    facts = check_head(data, max_headers=max_headers, max_body=max_body, scanned=scanned)
+    facts = check_head(data)
     try:
         method, target, version, headers = _h11_parse(data)
     except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
@@ -165,7 +165,7 @@ def parse_request_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body:
     elif version == b"1.0" and b"keep-alive" in connection_tokens:
         keep_alive = True
     return RequestHead(method, target, version, headers, keep_alive, facts.content_length, facts.chunked,
-                       expect, host, request_id)
+                       expect, host, frozenset(connection_tokens), request_id)
 
 
 def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes,
@@ -177,10 +177,7 @@ def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, pr
     that the relay re-frames), so the upstream cannot read the message
     differently from the way guardproxy did.
     """
-    listed = set()
-    for name, _, value in req.headers:
-        if name == b"connection":
-            listed.update(_tokens(value))
+    listed = req.connection
     # An HTTP/1.0 client cannot read a chunked response, so ask the upstream
     # in its version; the upstream then frames the body in a way it can read.
     version = b"HTTP/1.0" if req.http_version == b"1.0" else b"HTTP/1.1"

@@ -8,7 +8,7 @@ get smuggled.  This module checks the raw bytes before h11 sees them:
 
 * HeadScanner finds the end of a head while it arrives, enforcing the size,
   line-ending and header-count limits whatever the segmentation.
-* check_head validates a complete head and returns its framing facts.
+* check_head validates the head the scanner found and returns its framing facts.
 
 Every violation raises a GuardError carrying its status; all of them close
 the connection.  Pure logic: no asyncio.
@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from ..config.model import ServerLimits
-from .errors import (BadRequest, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, PayloadTooLarge,
-                     UriTooLong, VersionNotSupported)
+from .errors import BadRequest, HeadTooLarge, MethodNotAllowed, NotImplementedCoding, UriTooLong, VersionNotSupported
 
 MAX_REQUEST_LINE = 8192   # 414 beyond this (nginx: large_client_header_buffers 8k)
 MAX_HEAD = 16384          # 431 beyond this, however the head is split into reads
 # The configurable limits' defaults live in one place, the config's dataclasses.
 MAX_HEADERS = ServerLimits.max_headers  # 431 beyond this (Apache LimitRequestFields)
-MAX_BODY = ServerLimits.max_body
 ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"DELETE", b"OPTIONS")
 ALLOW_HEADER = ", ".join(m.decode() for m in ALLOWED_METHODS)
 
@@ -120,28 +118,17 @@ class HeadFacts:
     chunked: bool
 
 
-def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY,
-               scanned: bool = False) -> HeadFacts:
-    """Validate one complete request head (ending in CRLF CRLF) or raise a GuardError.
+def check_head(data: bytes) -> HeadFacts:
+    """Validate one complete request head, as HeadScanner found it, or raise a GuardError.
 
-    The order decides which status a head with several faults gets: size and
-    syntax first (400/414/431), then the version (505), then framing
-    (400/501/413), then target form (400) and method (405).
+    The scanner has checked the line endings, the sizes and the field count
+    as the bytes arrived; this checks the rest.  The order decides which
+    status a head with several faults gets: syntax first (400), then the
+    version (505), then framing (400/501), then target form (400) and
+    method (405).  The body size is the route's to judge.
     """
-    if not scanned:  # (HeadScanner checks these as the bytes arrive)
-        if len(data) > MAX_HEAD:
-            raise HeadTooLarge()
-        if not data.endswith(b"\r\n\r\n"):
-            raise _bad("request head must end with CRLF CRLF")
-        if b"\n" in data[:-4].replace(b"\r\n", b""):
-            raise _bad("bare LF in request head")
     lines = data[:-4].split(b"\r\n")
     request_line = lines[0]
-    if not scanned:
-        if len(request_line) > MAX_REQUEST_LINE:
-            raise UriTooLong()
-        if len(lines) - 1 > max_headers:
-            raise HeadTooLarge("too many header fields")
     if b"\r" in request_line:
         raise _bad("bare CR in request line")
     parts = request_line.split(b" ")
@@ -203,6 +190,4 @@ def check_head(data: bytes, *, max_headers: int = MAX_HEADERS, max_body: int = M
         raise _bad("request target must be an absolute path")
     if method not in ALLOWED_METHODS:
         raise MethodNotAllowed(headers=[("Allow", ALLOW_HEADER)], close=True)
-    if content_length is not None and content_length > max_body:
-        raise PayloadTooLarge()
     return HeadFacts(content_length, chunked)

@@ -10,7 +10,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from guardproxy.config.redis_url import RedisAddress, redis_address
+from guardproxy.config.load import cluster_address, parse_config
+from guardproxy.config.redis_url import RedisAddress
 from guardproxy.engine.state.commands import Script
 from guardproxy.engine.state.pubsub import RedisSubscriber
 from guardproxy.engine.state.resp import RedisClient, RedisReplyError, RedisTimeout, RedisUnavailable
@@ -51,8 +52,9 @@ def test_urls() -> None:
 
 def test_the_environment_url_replaces_the_configured_one() -> None:
     env = {"GUARDPROXY_REDIS_URL": "redis://:secret@10.1.1.1:6390/1"}
-    assert redis_address("redis://127.0.0.1/0", env) == RedisAddress("10.1.1.1", 6390, False, None, "secret", 1)
-    assert redis_address("redis://127.0.0.1/0", {}) == RedisAddress("127.0.0.1")
+    config = parse_config({"keys": [{"name": "a", "key": "x" * 20}], "cluster": {"redis": "redis://127.0.0.1/0"}}, None)
+    assert cluster_address(config, env) == RedisAddress("10.1.1.1", 6390, False, None, "secret", 1)
+    assert cluster_address(config, {}) == RedisAddress("127.0.0.1")
 
 
 # ---------------------------------------------------------------- calls and scripts

@@ -18,4 +18,4 @@ def open_state(config: Config, policies: Policies, *, log: TextIO = sys.stderr,
                environ: Mapping[str, str] = os.environ) -> State:
     if config.cluster is None:
         return LocalState(config, policies, log=log)
-    return RedisState(config, policies, cluster_address(config.cluster, environ), log=log)
+    return RedisState(config, policies, cluster_address(config, environ), log=log)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guardproxy.config.load import cluster_address, parse_config
-from guardproxy.config.model import Budget, Cluster, ConfigError
+from guardproxy.config.model import Budget, Cluster, Config, ConfigError
 from guardproxy.config.redis_url import RedisAddress
 from guardproxy.config.values import parse_budget
 
@@ -60,13 +60,16 @@ def test_cluster_mistakes(table: dict[str, object], message: str) -> None:
         parse_config({**BASE, "cluster": table}, None)
 
 
-def test_the_environment_gives_the_url_and_keeps_a_password_out_of_the_file() -> None:
-    cluster = Cluster("redis://127.0.0.1:6379/0")
+def test_the_environment_gives_the_url_and_keeps_a_password_out_of_the_file(tmp_path: Path) -> None:
+    def config(url: str) -> Config:
+        return parse_config({**BASE, "cluster": {"redis": url}}, tmp_path / "g.toml")
+    cluster = config("redis://127.0.0.1:6379/0")
     assert cluster_address(cluster, {}) == RedisAddress("127.0.0.1")
     env = {"GUARDPROXY_REDIS_URL": "redis://:s3cret@10.0.0.9:6380/2"}
     assert cluster_address(cluster, env) == RedisAddress("10.0.0.9", 6380, False, None, "s3cret", 2)
-    assert cluster_address(Cluster(""), env).host == "10.0.0.9"
-    with pytest.raises(ConfigError, match=r"cluster.redis: expected a URL .*GUARDPROXY_REDIS_URL"):
-        cluster_address(Cluster(""), {})
+    assert cluster_address(config(""), env).host == "10.0.0.9"
+    with pytest.raises(ConfigError, match=r"cluster.redis: expected a URL .*GUARDPROXY_REDIS_URL") as e:
+        cluster_address(config(""), {})
+    assert str(e.value).startswith(f"{tmp_path / 'g.toml'}: cluster.redis: ")  # the file, like every config error
     with pytest.raises(ConfigError, match=r"GUARDPROXY_REDIS_URL \(environment variable\): expected a URL"):
         cluster_address(cluster, {"GUARDPROXY_REDIS_URL": "redis://:pw@h/notadb"})

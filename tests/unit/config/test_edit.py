@@ -141,6 +141,24 @@ def test_rotating_again_replaces_the_previous_lines_or_removes_them(cfg: Path) -
                       [f'  key_sha256 = "{hash_key(third)}"   # hand-written\r\n'.encode()])
 
 
+def test_rotating_again_keeps_how_the_previous_lines_are_written(cfg: Path) -> None:
+    first, second = generate_key(), generate_key()
+    _, until = rotate_key(cfg, "owner", first, grace=3600, now=NOW)
+    written = f"previous_valid_until = {until:%Y-%m-%dT%H:%M:%SZ}".encode()
+    by_hand = cfg.read_bytes().replace(b"previous_key_sha256 = ", b"  'previous_key_sha256'  =  ").replace(
+        written, written + b"   # the old key, for a day")
+    cfg.write_bytes(by_hand)
+    rotate_key(cfg, "owner", second, grace=60, now=NOW)
+    assert diff(by_hand, cfg.read_bytes()) == [
+        ("replace", [f'key_sha256 = "{hash_key(first)}"  # made 2026-01-02\r\n'.encode()],
+         [f'key_sha256 = "{hash_key(second)}"  # made 2026-01-02\r\n'.encode()]),
+        ("replace", [f"  'previous_key_sha256'  =  \"{hash_key(OWNER_KEY)}\"\r\n".encode(),
+                     written + b"   # the old key, for a day\r\n"],
+         [f"  'previous_key_sha256'  =  \"{hash_key(first)}\"\r\n".encode(),
+          b"previous_valid_until = 2026-11-29T12:01:01Z   # the old key, for a day\r\n"])]
+    assert ring_accepts(cfg, first) == "owner" and ring_accepts(cfg, OWNER_KEY) is None
+
+
 def test_a_plaintext_key_is_rotated_into_a_hash_and_its_old_value_kept_by_hash(cfg: Path) -> None:
     new = generate_key()
     rotate_key(cfg, "vercel-app", new, grace=600, now=NOW)

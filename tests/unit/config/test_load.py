@@ -45,6 +45,18 @@ def test_mistakes_name_the_field(tmp_path: Path, table: dict, message: str) -> N
     assert str(e.value).startswith(f"{tmp_path / 'g.toml'}:2: ")
 
 
+@pytest.mark.parametrize("old,new,where", [
+    ("", "[timeouts]\nread = nan", "g.toml:26: timeouts.read"), ("", "[cluster]\nlease_ttl = nan", "g.toml:26: cluster.lease_ttl"),
+    ("", "[routing]\nhealth_interval = inf", "g.toml:26: routing.health_interval"),
+    ('queue_timeout = "30s"', "queue_timeout = inf", "g.toml:17: limits.queue_timeout"),
+    ('window = "10min"', "window = -inf", "g.toml:22: ban.window"),
+])
+def test_durations_are_finite(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(FULL.replace(old, new) if old else f"{FULL}\n{new}\n")
+    assert str(e.value).startswith(f"{where}: expected a duration") and "\n" not in str(e.value)
+
+
 def test_env_key_adds_a_key_named_env() -> None:
     cfg = parse_config({}, None, env_key="gp_abcdefghijklmnop")
     assert [k.name for k in cfg.keys] == ["env"]
@@ -76,6 +88,32 @@ def test_config_mistakes_are_one_line_with_file_line_field(old: str, new: str, w
     with pytest.raises(ConfigError) as e:
         load(FULL.replace(old, new))
     assert str(e.value).startswith(where) and "\n" not in str(e.value)
+
+
+def test_a_mistake_under_a_commented_header_of_the_template_names_its_line() -> None:
+    from guardproxy.config.write import initial_config_text
+    text = initial_config_text("gp_" + "k" * 40).replace('duration = "15min"', 'duration = "a while"')
+    line = text.split("\n").index('duration = "a while"') + 1
+    assert "[ban]   " in text  # the header carries a comment
+    with pytest.raises(ConfigError, match=rf"^g.toml:{line}: ban.duration: expected a duration"):
+        load(text)
+
+
+@pytest.mark.parametrize("header", ['[ "ban" ]', "['ban']  # bans", '[ban]\t#'])
+def test_headers_are_found_quoted_spaced_and_commented(header: str) -> None:
+    text = FULL.replace("[ban]", header).replace('window = "10min"', 'window = "a while"')
+    with pytest.raises(ConfigError, match=r"^g.toml:22: ban.window: expected a duration"):
+        load(text)
+
+
+def test_line_numbers_count_newlines_only() -> None:
+    # A string may hold U+2028 or \x85: they end no line of the file.
+    text = FULL.replace('name = "vercel-app"', 'name = "vercel\u2028app\x85"')
+    with pytest.raises(ConfigError, match=r"^g.toml:22: ban.window: expected a duration"):
+        load(text.replace('window = "10min"', 'window = "a while"'))
+    bad_key = "\n[[keys]]\nname = \"two\"\nkey = \"0123456789abcdef-other\"\nrate = \"lots\"\n"
+    with pytest.raises(ConfigError, match=r"^g.toml:28: keys\[1\].rate: expected a rate"):
+        load(text + bad_key)
 
 
 def test_readme_policies_example_config_is_valid() -> None:

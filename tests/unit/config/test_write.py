@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,7 @@ import pytest
 from guardproxy.config.load import load_config, parse_config
 from guardproxy.config.model import Ban, ConfigError, Cors, ServerLimits, Timeouts, TrafficLimits
 from guardproxy.config.edit import append_key
-from guardproxy.config.write import create_config, generate_key, hash_key, initial_config_text
+from guardproxy.config.write import create_config, generate_key, hash_key, initial_config_text, write_atomic
 
 
 def test_generated_keys_are_long_and_unique() -> None:
@@ -31,6 +35,46 @@ def test_create_then_append_roundtrip(tmp_path: Path) -> None:
     assert [k.name for k in cfg.keys] == ["default", "second"]
     assert tomllib.loads(path.read_text())["keys"][1]["key_sha256"] == hash_key(k2)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_init_never_overwrites_a_file_made_while_it_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           hard_links: bool) -> None:
+    path = tmp_path / "g.toml"
+    mkstemp = tempfile.mkstemp
+
+    def meanwhile(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        made = mkstemp(*args, **kwargs)
+        path.write_text("# another writer's config\n")  # appears after any look before writing
+        return made
+    monkeypatch.setattr(tempfile, "mkstemp", meanwhile)
+    if not hard_links:
+        def no_link(src: str, dst: Path) -> None:
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    with pytest.raises(ConfigError, match="already exists"):
+        create_config(path, generate_key())
+    assert path.read_text() == "# another writer's config\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["g.toml"]  # no temporary file left
+    path.unlink()
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    create_config(path, generate_key())
+    assert [k.name for k in load_config(path).keys] == ["default"] and [p.name for p in tmp_path.iterdir()] == ["g.toml"]
+    if sys.platform != "win32":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX: a rename is durable once its directory is synced")
+def test_a_save_syncs_the_file_then_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[bool] = []  # per fsync: was it a directory
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", recording)
+    write_atomic(tmp_path / "g.toml", "listen = \"127.0.0.1:1\"\n", private=True)
+    assert synced == [False, True]
 
 
 def test_append_to_broken_file_changes_nothing(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guardproxy.decisions.listings import merge_ps, merge_tags, merge_v1_models, v1_models_from_tags
+from guardproxy.decisions.listings import merge_ps, merge_tags, v1_models_from_tags
 from guardproxy.decisions.routing import (Failure, Host, Hosts, Request, Verdict, choose,
                                           fail_over, trips_breaker)
 from support.routing_hosts import NOW, entry, host, pick
@@ -120,7 +120,7 @@ def test_olla_144_a_host_that_fails_fast_does_not_win_least_busy() -> None:
                 first_tries[h.name] += 1
             if h is bad:
                 h.failed(Failure.STATUS, 503, now=now, sent_at=now)
-                assert fail_over(Failure.STATUS, 503, attempts=attempts, listed=True)
+                assert fail_over(Failure.STATUS, 503, attempts=attempts, max_attempts=2, listed=True)
                 req = req.after(h)
                 continue
             h.succeeded(sent_at=now)
@@ -147,8 +147,8 @@ def test_olla_144_a_host_that_fails_fast_does_not_win_least_busy() -> None:
     (Failure.STARTED, 0, True, False),
 ])
 def test_failover_before_the_first_byte(failure: Failure, status: int, listed: bool, retry: bool) -> None:
-    assert fail_over(failure, status, attempts=1, listed=listed) is retry
-    assert fail_over(failure, status, attempts=2, listed=listed) is False           # default max_attempts 2
+    assert fail_over(failure, status, attempts=1, max_attempts=2, listed=listed) is retry
+    assert fail_over(failure, status, attempts=2, max_attempts=2, listed=listed) is False
     assert fail_over(failure, status, attempts=2, max_attempts=3, listed=listed) is retry
 
 
@@ -171,10 +171,10 @@ def test_merged_ps_names_each_entrys_host() -> None:
         ("llama3.2:latest", "gpu-a"), ("llama3.2:latest", "gpu-b"), ("qwen2.5:7b", "gpu-b")]
 
 
-def test_merged_v1_models_name_each_model_once() -> None:
-    a = [{"id": "llama3.2:latest", "object": "model"}]
-    b = [{"id": "llama3.2", "object": "model"}, {"id": "qwen2.5:7b", "object": "model"}]
-    assert [m["id"] for m in merge_v1_models([a, b])] == ["llama3.2:latest", "qwen2.5:7b"]
+def test_merged_tags_read_the_model_when_an_entry_has_no_name() -> None:
+    a = [{"model": "llama3.2:latest"}]
+    b = [{"model": "llama3.2"}, {"model": "qwen2.5:7b"}]
+    assert [m["model"] for m in merge_tags([a, b])] == ["llama3.2:latest", "qwen2.5:7b"]
 
 
 def test_v1_models_from_the_tags_snapshot() -> None:

@@ -44,11 +44,11 @@ def test_ban_and_unban_with_fake_clock() -> None:
 
 def test_client_address_trusts_only_trusted_peers() -> None:
     tp = TrustedProxies(["10.0.0.0/8"])
-    assert tp.client_address("203.0.113.9", [b"1.1.1.1"]) == "203.0.113.9"
-    assert tp.client_address("10.0.0.2", [b"6.6.6.6, 198.51.100.7"]) == "198.51.100.7"
-    assert tp.client_address("10.0.0.2", [b"198.51.100.7, 10.0.0.5"]) == "198.51.100.7"
+    assert tp.client_address("203.0.113.9", [b"1.1.1.1"], "x-forwarded-for") == "203.0.113.9"
+    assert tp.client_address("10.0.0.2", [b"6.6.6.6, 198.51.100.7"], "x-forwarded-for") == "198.51.100.7"
+    assert tp.client_address("10.0.0.2", [b"198.51.100.7, 10.0.0.5"], "x-forwarded-for") == "198.51.100.7"
     assert tp.client_address("10.0.0.2", [b'for="[2001:db8::1]:4711", for=10.1.1.1'], "forwarded") == "2001:db8::1"
-    assert tp.client_address("10.0.0.2", [b"garbage"]) == "10.0.0.2"
+    assert tp.client_address("10.0.0.2", [b"garbage"], "x-forwarded-for") == "10.0.0.2"
     assert tp.client_address("10.0.0.2", [b"7.7.7.7", b"198.51.100.9"], "x-real-ip") == "198.51.100.9"
 
 

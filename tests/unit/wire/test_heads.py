@@ -106,6 +106,15 @@ def test_upstream_head_has_guardproxys_framing_only() -> None:
     assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Kept: 1\r\n" in head
 
 
+def test_fields_the_client_names_in_connection_are_not_forwarded() -> None:
+    req = parse_request_head(b"POST /a HTTP/1.1\r\nHost: a\r\nConnection: X-Hop, keep-alive\r\nconnection: x-other\r\n"
+                             b"X-Hop: 1\r\nX-Other: 2\r\nX-Kept: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for r in (req, req.with_length(5), req.without(b"x-kept")):  # the body read whole, or a field dropped
+        head = build_upstream_head(r, b"127.0.0.1:11434", b"10.0.0.1", b"http", b"r").lower()
+        assert b"x-hop" not in head and b"x-other" not in head and b"connection" not in head
+    assert b"X-Kept: 3\r\n" in build_upstream_head(req.with_length(5), b"h", b"10.0.0.1", b"http", b"r")
+
+
 @pytest.mark.parametrize("head", [
     b"GET /api/tags HTTP/1.1\r\nHost: a\r\nX-API-Key: k\r\nUser-Agent: wrk\r\n\r\n",
     b"POST /api/chat?x=1 HTTP/1.0\r\nHost: a:1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
