@@ -1,7 +1,7 @@
 """Token budgets for `usage`: each key's budget, what its window holds now, and what is left.
 
 Read where the gate keeps them: Redis with [cluster] (on Redis's clock, as the gate decides),
-else the state file next to the config, read-only while the gate writes it.
+else the state file (next to the config, or in $STATE_DIRECTORY), read-only while the gate writes it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def budget_report(config: Config, environ: Mapping[str, str] = os.environ) -> st
     if config.path is None:
         return "token budgets: kept in memory only (no config file to keep them next to)\n"
     now = time.time()
-    return budget_table(config, read_book(state_path(config.path), BUDGET_WINDOWS, now), now)
+    return budget_table(config, read_book(state_path(config.path, environ), BUDGET_WINDOWS, now), now)
 
 
 async def _from_redis(config: Config, environ: Mapping[str, str]) -> tuple[TokenBook, float]:
