@@ -145,7 +145,8 @@ def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -
 def hosts_in(raw: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
     """The hosts a config file that does not load names, as far as they can be read."""
     hosts = []
-    for i, entry in enumerate(raw.get("upstreams") or []):
+    entries = raw.get("upstreams")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):  # a broken file: anything here
         if isinstance(entry, dict):
             try:
                 hosts.append(UpstreamHost(str(entry.get("name") or f"upstreams[{i}]"),
