@@ -27,6 +27,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..config.model import ENV_KEY, url_host
+from .check import positive_seconds
 from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
 
 DEFAULT_URL = "http://127.0.0.1:11435"
@@ -196,7 +197,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("url", nargs="?", default=DEFAULT_URL, metavar="URL",
                    help=f"guardproxy's address; /metrics is added (default {DEFAULT_URL})")
     p.add_argument("--key", help=f"an admin key or one with metrics = true (default: ${ENV_KEY})")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
                    help="seconds between scrapes (default 1)")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot and exit (the default when the output is not a terminal)")
@@ -207,14 +208,13 @@ def cmd_top(args: argparse.Namespace) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a key or model name the console's code page lacks
         sys.stdout.reconfigure(errors="replace")
     key = args.key or os.environ.get(ENV_KEY) or None
-    interval = args.interval if args.interval > 0 else 1.0
     try:
         target = metrics_target(args.url)
         if args.once or not sys.stdout.isatty():
             width = shutil.get_terminal_size((100, 24)).columns
-            once(target, key, interval, sys.stdout, width)
+            once(target, key, args.interval, sys.stdout, width)
         else:
-            live(target, key, interval, sys.stdout, enable_ansi())
+            live(target, key, args.interval, sys.stdout, enable_ansi())
     except TopError as e:
         print(f"guardproxy top: {e}", file=sys.stderr)
         return 1
