@@ -32,7 +32,7 @@ from .finding import FAIL, INFO, OK, WARN, Finding
 from .hostcheck import check_hosts, hosts_in
 from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
-from ..config.paths import CONFIG_HELP, find_config
+from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
 from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError
 from ..config.values import is_loopback_host, parse_hostport
 
@@ -41,16 +41,16 @@ FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (
 
 # --- config and keys -----------------------------------------------------------------
 
-def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, dict[str, Any], list[Finding]]:
-    env_key = environ.get(ENV_KEY) or None
+def check_config(path: Path | None, environ: Mapping[str, str],
+                 windows: bool) -> tuple[Config | None, dict[str, Any], list[Finding]]:
+    env_key = env_api_key(environ)
     if path is None:
-        fix = "run `guardproxy init` here" + (", or `guardproxy service install`" if sys.platform == "win32" else "")
+        fix = "run `guardproxy init` here" + (", or `guardproxy service install`" if windows else "")
         if env_key:
             return (parse_config({}, None, env_key=env_key), {},
                     [Finding(INFO, f"no config file; using defaults and the key in ${ENV_KEY}")])
-        return None, {}, [Finding(FAIL, "no config file found (./guardproxy.toml"
-                                  + (", %ProgramData%\\guardproxy\\guardproxy.toml" if sys.platform == "win32" else "")
-                                  + f") and ${ENV_KEY} is not set", fix)]
+        looked = ", ".join(config_candidates(None, environ, windows))
+        return None, {}, [Finding(FAIL, f"no config file found ({looked}) and ${ENV_KEY} is not set", fix)]
     try:
         config = load_config(path, env_key=env_key)
     except ConfigError as e:
@@ -238,9 +238,13 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     """Every check; `table=True` reads the system's socket table (tests may pass their own)."""
     environ = os.environ if environ is None else environ
     windows = sys.platform == "win32"
-    found, named = find_config(config_arg, environ, windows)
-    path = found if named or found.exists() else None
-    config, raw, findings = check_config(path, environ)
+    raw: dict[str, Any]
+    try:
+        path = existing_config(config_arg, environ, windows)
+    except ConfigError as e:   # --config or $GUARDPROXY_CONFIG names a file that is not there
+        path, config, raw, findings = None, None, {}, [Finding(FAIL, f"config: {e}")]
+    else:
+        config, raw, findings = check_config(path, environ, windows)
     if config is not None:
         findings += check_keys(config, raw)
         if config.path is not None:

@@ -27,6 +27,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..config.model import ENV_KEY, url_host
+from ..config.paths import env_api_key
 from .check import positive_seconds
 from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
 
@@ -207,7 +208,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_top(args: argparse.Namespace) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a key or model name the console's code page lacks
         sys.stdout.reconfigure(errors="replace")
-    key = args.key or os.environ.get(ENV_KEY) or None
+    key = args.key or env_api_key(os.environ)
     try:
         target = metrics_target(args.url)
         if args.once or not sys.stdout.isatty():
