@@ -29,11 +29,11 @@ from typing import Any, Mapping
 
 from . import listening, systemd
 from .finding import FAIL, INFO, OK, WARN, Finding
-from .hostcheck import check_hosts, hosts_in
+from .hostcheck import check_hosts, hosts_in, http_get
 from .winservice import sc as winservice
 from ..config.load import load_config, parse_config
 from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
-from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError
+from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, Upstream
 from ..config.values import is_loopback_host, parse_hostport
 
 __all__ = ["OK", "INFO", "WARN", "FAIL", "Finding", "run_doctor", "check_open_files"]
@@ -135,15 +135,10 @@ def check_listen_port(host: str, port: int) -> list[Finding]:
 def _guardproxy_answers(addr: str, port: int) -> bool:
     """Ask the loopback side of the port (never a LAN address) whether it is a guardproxy."""
     local = "::1" if ":" in addr else "127.0.0.1"
-    conn = http.client.HTTPConnection(local, port, timeout=2.0)
     try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        return resp.status == 200 and resp.read(16) == b"OK"
+        return http_get(Upstream(local, port), "/health", 16, 2.0) == (200, b"OK")
     except (OSError, http.client.HTTPException):
         return False
-    finally:
-        conn.close()
 
 
 def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
