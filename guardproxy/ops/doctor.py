@@ -23,7 +23,6 @@ import os
 import socket
 import ssl
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,9 +30,10 @@ from . import listening, systemd
 from .finding import FAIL, INFO, OK, WARN, Finding
 from .hostcheck import check_hosts, hosts_in, http_get
 from .winservice import sc as winservice
-from ..config.load import load_config, parse_config
+from ..config.load import parse_config
 from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
 from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, Upstream
+from ..config.source import parse_toml, read_config_text
 from ..config.values import is_loopback_host, parse_hostport
 
 __all__ = ["OK", "INFO", "WARN", "FAIL", "Finding", "run_doctor", "check_open_files"]
@@ -51,19 +51,15 @@ def check_config(path: Path | None, environ: Mapping[str, str],
                     [Finding(INFO, f"no config file; using defaults and the key in ${ENV_KEY}")])
         looked = ", ".join(config_candidates(None, environ, windows))
         return None, {}, [Finding(FAIL, f"no config file found ({looked}) and ${ENV_KEY} is not set", fix)]
+    # The plain TOML is kept as well: the checks that go on after an invalid config read what they can of it.
+    raw: dict[str, Any] = {}
     try:
-        config = load_config(path, env_key=env_key)
+        source = read_config_text(path)
+        raw = parse_toml(source)
+        config = parse_config(raw, path, source.text, env_key=env_key)
     except ConfigError as e:
-        return None, _raw_toml(path), [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
-    return config, _raw_toml(path), [Finding(OK, f"config valid: {path.resolve()}")]
-
-
-def _raw_toml(path: Path) -> dict[str, Any]:
-    """The file as plain TOML, for tables this version may not know yet (e.g. [tls])."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad saves "UTF-8 with BOM"
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return {}
+        return None, raw, [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
+    return config, raw, [Finding(OK, f"config valid: {path.resolve()}")]
 
 
 def check_keys(config: Config, raw: Mapping[str, Any]) -> list[Finding]:
