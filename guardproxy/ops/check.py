@@ -71,6 +71,14 @@ def parse_target(url: str) -> Target:
     return Target(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
 
+def connection(target: Target, timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """A new, not yet opened connection to the gate; https:// with `context` (else the system's trust store)."""
+    if target.scheme == "https":
+        return http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
+                                           context=context or ssl.create_default_context())
+    return http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+
+
 class _Client:
     """One fresh connection per request: a check must not depend on the previous one."""
 
@@ -83,14 +91,9 @@ class _Client:
 
     def open(self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None,
              timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        t = self.target
-        if self.context is not None:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                t.host, t.port, timeout=timeout or self.timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(t.host, t.port, timeout=timeout or self.timeout)
+        conn = connection(self.target, timeout or self.timeout, self.context)
         try:
-            conn.request(method, t.prefix + path, body=body, headers=dict(headers))
+            conn.request(method, self.target.prefix + path, body=body, headers=dict(headers))
             return conn, conn.getresponse()
         except BaseException:
             conn.close()

@@ -21,17 +21,17 @@ import ssl
 import sys
 import textwrap
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import TextIO
 
 from .. import __version__
-from ..config.model import ENV_KEY, url_host
+from ..config.model import ENV_KEY
 from ..config.paths import env_api_key
-from .check import positive_seconds
+from .check import Target, connection, parse_target, positive_seconds
 from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
 
 DEFAULT_URL = "http://127.0.0.1:11435"
+METRICS = "/metrics"
 MAX_BODY = 16 * 1024 * 1024  # far above any bounded-cardinality scrape; a larger body is not ours
 
 # Home, each line cleared to its end, the rest of the screen cleared: redrawing over the old
@@ -45,44 +45,33 @@ class TopError(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
-    url: str        # the full URL of /metrics, as shown
-    https: bool
-    host: str
-    port: int
-    path: str
+class MetricsTarget(Target):
+    """The gate whose /metrics is scraped."""
+
+    @property
+    def url(self) -> str:
+        """The full URL of /metrics, as shown."""
+        return self.display + METRICS
 
 
-def metrics_target(url: str) -> Target:
+def metrics_target(url: str) -> MetricsTarget:
     """guardproxy's address (`host:port`, `http://host:port`, a URL ending in /metrics) as a /metrics target."""
-    if "://" not in url:
-        url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TopError(f"{url}: expected an http:// or https:// address, e.g. {DEFAULT_URL}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise TopError(f"{url}: the port is not a number from 1 to 65535") from None
-    path = parts.path.rstrip("/")
-    if not path.endswith("/metrics"):
-        path += "/metrics"
-    return Target(f"{parts.scheme}://{url_host(parts.hostname)}:{port}{path}", parts.scheme == "https", parts.hostname, port, path)
+        gate = parse_target(url)
+    except ValueError as e:
+        raise TopError(str(e)) from None
+    prefix = gate.prefix[:-len(METRICS)] if gate.prefix.endswith(METRICS) else gate.prefix
+    return MetricsTarget(gate.scheme, gate.host, gate.port, prefix)
 
 
-def fetch(target: Target, key: str | None, timeout: float = 5.0) -> str:
+def fetch(target: MetricsTarget, key: str | None, timeout: float = 5.0) -> str:
     """The body of one GET of /metrics, or TopError saying in one line what went wrong."""
-    conn: http.client.HTTPConnection
-    if target.https:
-        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    conn = connection(target, timeout)
     headers = {"Accept": "text/plain;version=0.0.4", "User-Agent": f"guardproxy-top/{__version__}"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     try:
-        conn.request("GET", target.path, headers=headers)
+        conn.request("GET", target.prefix + METRICS, headers=headers)
         resp = conn.getresponse()
         body = resp.read(MAX_BODY + 1)
     except ssl.SSLCertVerificationError as e:
@@ -113,7 +102,7 @@ def fetch(target: Target, key: str | None, timeout: float = 5.0) -> str:
         raise TopError(f"{target.url}: not Prometheus text (not UTF-8)") from None
 
 
-def scrape(target: Target, key: str | None) -> Snapshot:
+def scrape(target: MetricsTarget, key: str | None) -> Snapshot:
     at = time.monotonic()  # when the scrape began, as Prometheus stamps its samples
     text = fetch(target, key)
     try:
@@ -122,7 +111,7 @@ def scrape(target: Target, key: str | None) -> Snapshot:
         raise TopError(f"{target.url}: {e}") from None
 
 
-def once(target: Target, key: str | None, interval: float, out: TextIO, width: int) -> None:
+def once(target: MetricsTarget, key: str | None, interval: float, out: TextIO, width: int) -> None:
     """One snapshot from two scrapes `interval` apart, so that it has rates."""
     first = scrape(target, key)
     time.sleep(max(0.0, interval - (time.monotonic() - first.at)))
@@ -155,7 +144,7 @@ def _frame(text: str, height: int, ansi: bool) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def live(target: Target, key: str | None, interval: float, out: TextIO, ansi: bool) -> None:
+def live(target: MetricsTarget, key: str | None, interval: float, out: TextIO, ansi: bool) -> None:
     """Redraw every `interval` seconds until interrupted; a failed scrape shows its error and is retried."""
     prev: Snapshot | None = None
     if ansi:
