@@ -18,6 +18,7 @@ from ..decisions.budget import TokenBook
 from ..engine.state.resp import RedisClient, RedisError
 from ..engine.state.scripts import tokens_key
 from ..engine.state.tokenfile import read_book, state_path
+from .columns import table
 
 REDIS_TIMEOUT = 5.0
 
@@ -31,9 +32,7 @@ def budget_table(config: Config, book: TokenBook, now: float) -> str:
         wait = book.retry_after(k.name, k.tokens, now)
         rows.append((k.name, str(k.tokens), str(used), str(max(0, k.tokens.tokens - used)),
                      _duration(wait) if wait else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = table(rows[0], rows[1:], 1)
     return "token budgets (prompt + completion tokens over a sliding window):\n" + "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ from ..config.values import parse_duration
 from ..config.write import create_config, generate_key
 from ..decisions.auth import key_state
 from ..engine.accesslog import LogRecord
+from .columns import table
 
 LOG_SCAN_LIMIT = 256 * 1024 * 1024  # bytes of access log read, newest first, to find each key's last use
 RELOAD_NOTE = "a running guardproxy applies the change within about a second of the save"
@@ -184,11 +185,9 @@ def _rotation_note(e: KeyEntry, state: str) -> str | None:
 
 def render_keys(rows: list[KeyRow], width: int | None, notes: Iterable[str] = ()) -> str:
     """A table when it fits `width` (None: no limit, as when piped); else one short paragraph per key."""
-    table = [COLUMNS, *(r.cells for r in rows)]
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(COLUMNS))]
+    lines = table(COLUMNS, [r.cells for r in rows], len(COLUMNS))
     all_notes = [n for n in (r.note for r in rows) if n] + list(notes)
-    if width is None or sum(widths) + 2 * (len(widths) - 1) <= width:
-        lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in table]
+    if width is None or max(map(len, lines)) <= width:
         return "\n".join(lines + [""] * bool(all_notes) + all_notes) + "\n"
     width = max(width, 20)
     lines = []

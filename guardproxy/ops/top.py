@@ -28,7 +28,8 @@ from .. import __version__
 from ..config.model import ENV_KEY
 from ..config.paths import env_api_key
 from .check import Target, connection, parse_target, positive_seconds
-from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
+from .columns import fit
+from .topview import NotMetrics, Snapshot, parse_metrics, render
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 METRICS = "/metrics"

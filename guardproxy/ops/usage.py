@@ -16,6 +16,7 @@ from ..config.paths import env_api_key, existing_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 from .budgets import budget_report
+from .columns import table
 
 
 def _parse_time(s: str) -> float | None:
@@ -53,10 +54,7 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
         r[2] += rec.completion_tokens or 0
         r[3] += 1 if rec.status >= 400 else 0
     header = (by, "requests", "prompt_tokens", "completion_tokens", "errors")
-    table = [header] + [(k, *map(str, v)) for k, v in sorted(rows.items(), key=lambda kv: -kv[1][0])]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    out = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-           for row in table]
+    out = table(header, [(k, *map(str, v)) for k, v in sorted(rows.items(), key=lambda kv: -kv[1][0])], 1)
     probes = sorted(((n, ip) for ip, n in unauthorized.items() if n >= probe_threshold), reverse=True)
     if probes:
         out.append("")
