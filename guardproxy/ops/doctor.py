@@ -32,7 +32,7 @@ from .hostcheck import check_hosts, hosts_in, http_get
 from .winservice import sc as winservice
 from ..config.load import parse_config
 from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
-from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, Upstream
+from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, Upstream, url_host
 from ..config.source import parse_toml, read_config_text
 from ..config.values import is_loopback_host, parse_hostport
 
@@ -105,7 +105,7 @@ def _bindable_family(host: str) -> tuple[socket.AddressFamily, str] | None:
 
 def check_listen_port(host: str, port: int) -> list[Finding]:
     target = _bindable_family(host)
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = f"{url_host(host)}:{port}"
     if target is None:
         return [Finding(INFO, f"listen address {shown} not tested (only loopback and wildcard addresses are)")]
     family, addr = target
