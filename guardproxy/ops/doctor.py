@@ -32,12 +32,12 @@ from .hostcheck import check_hosts, hosts_in, http_get
 from .winservice import sc as winservice
 from ..config.load import parse_config
 from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
-from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, Upstream, url_host
+from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, ServerLimits, Upstream, url_host
 from ..config.source import parse_toml, read_config_text
 from ..config.values import is_loopback_host, parse_hostport
+from ..engine.fdlimit import files_needed
 
 __all__ = ["OK", "INFO", "WARN", "FAIL", "Finding", "run_doctor", "check_open_files"]
-FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)
 
 # --- config and keys -----------------------------------------------------------------
 
@@ -173,7 +173,10 @@ def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
     return out
 
 
-def check_open_files(limits: tuple[int, int] | None = None) -> list[Finding]:
+def check_open_files(limits: tuple[int, int] | None = None,
+                     max_connections: int = ServerLimits.max_connections) -> list[Finding]:
+    """The (soft, hard) open-file limit against what server.max_connections needs, as `run` judges it: it
+    raises the soft limit towards the hard one itself (engine/fdlimit.py), so only a low hard limit is a problem."""
     if limits is None:
         try:
             import resource
@@ -181,12 +184,17 @@ def check_open_files(limits: tuple[int, int] | None = None) -> list[Finding]:
             return []  # Windows: no such per-process limit
         limits = resource.getrlimit(resource.RLIMIT_NOFILE)
     soft, hard = limits
-    if soft == -1 or soft >= FEW_FILES:
+    needed = files_needed(max_connections)
+    if soft == -1 or soft >= needed:
         shown = "unlimited" if soft == -1 else f"{soft} (about {soft // 2} simultaneous streams)"
         return [Finding(OK, f"open-file limit {shown}")]
-    return [Finding(WARN, f"open-file limit is {soft}: about {soft // 2} simultaneous streams",
-                    f"raise it: `ulimit -n {hard if hard != -1 else 65536}` before starting, "
-                    f"or LimitNOFILE=65536 in the systemd unit")]
+    if hard == -1 or hard >= needed:
+        return [Finding(OK, f"open-file limit {soft}, raised to {needed} at start-up "
+                            f"(server.max_connections = {max_connections})")]
+    return [Finding(WARN, f"open-file limit is {hard} at most (about {hard // 2} simultaneous streams), "
+                          f"but server.max_connections = {max_connections} needs about {needed}",
+                    f"raise the hard limit: LimitNOFILE={max(needed, 65536)} in the systemd unit, or "
+                    f"`ulimit -n {needed}` as root in the shell that starts guardproxy; or lower max_connections")]
 
 
 def check_windows_service(name: str, listen_host: str, port: int) -> list[Finding]:
@@ -252,7 +260,8 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     findings += check_listen_port(*listen)
     if path is not None:
         findings += check_tls(raw, path.resolve().parent)
-    findings += check_open_files()
+    findings += check_open_files(max_connections=config.server.max_connections if config is not None
+                                 else ServerLimits.max_connections)
     if windows:
         findings += check_windows_service(service_name, listen[0], listen[1])
     elif sys.platform.startswith("linux"):
