@@ -16,8 +16,8 @@ from typing import Mapping
 
 from . import __version__
 from .config.load import load_config, parse_config
-from .config.model import ENV_KEY, Config, ConfigError
-from .config.paths import find_config
+from .config.model import Config, ConfigError
+from .config.paths import env_api_key, existing_config, find_config
 from .config.values import is_loopback_host, parse_hostport, parse_upstream
 from .config.write import create_config, generate_key
 from .engine import logs
@@ -35,15 +35,14 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
     `config` is --config; `listen` and `upstream` override the file's values.
     """
     environ = os.environ if environ is None else environ
-    env_key = environ.get(ENV_KEY) or None
-    path, named = find_config(config, environ)
-    if path.exists() or named:
-        if not path.exists():
-            raise ConfigError(f"{path}: cannot read: no such file (create it with `python -m guardproxy init --config {path}`)")
+    env_key = env_api_key(environ)
+    path = existing_config(config, environ)
+    if path is not None:
         resolved = load_config(path, env_key=env_key)
     elif env_key:
         resolved = parse_config({}, None, env_key=env_key)
     else:
+        path = find_config(config, environ).path   # where the first run creates it
         key = generate_key()
         create_config(path, key)
         print(new_key_banner(key, path, "default"), file=sys.stderr)
@@ -123,7 +122,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     watch: asyncio.Task[None] | None = None
     if config.path is not None:
         from .engine.reload import Reloader
-        reloader = Reloader(server, config.path, env_key=os.environ.get(ENV_KEY) or None)
+        reloader = Reloader(server, config.path, env_key=env_api_key(os.environ))
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
     scheme = "https" if config.tls is not None else "http"

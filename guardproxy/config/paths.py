@@ -1,4 +1,4 @@
-"""Where the config file is: the one resolver that run, init, keygen, usage, doctor and the Windows service use.
+"""Where the config file is: the one resolver that run, init, keys, usage, doctor and the Windows service use.
 
 The rules, in order: --config; else $GUARDPROXY_CONFIG; else the first of
 ./guardproxy.toml and (on Windows) %ProgramData%\\guardproxy\\guardproxy.toml
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-from .model import DEFAULT_CONFIG_NAME, ENV_CONFIG
+from .model import DEFAULT_CONFIG_NAME, ENV_CONFIG, ENV_KEY, ConfigError
 
 # For argparse, which expands %-formats in help texts.
 CONFIG_HELP = (f"config file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME}; "
@@ -59,6 +59,39 @@ def find_config(explicit: str | None, environ: Mapping[str, str] | None = None,
             if Path(candidate).exists():
                 return ConfigLocation(Path(candidate), False)
     return ConfigLocation(Path(candidates[0]), named)
+
+
+def existing_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                    windows: bool | None = None) -> Path | None:
+    """The config file to read; None when there is none where one is looked for.
+
+    A file named by --config or $GUARDPROXY_CONFIG must exist: ConfigError (no such file) when it does not.
+    """
+    path, named = find_config(explicit, environ, windows)
+    if path.exists():
+        return path
+    if named:
+        raise no_such_config(path)
+    return None
+
+
+def required_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                    windows: bool | None = None) -> Path:
+    """The config file a command cannot do without (the key commands): ConfigError when there is none."""
+    path = existing_config(explicit, environ, windows)
+    if path is None:
+        raise no_such_config(find_config(explicit, environ, windows).path)
+    return path
+
+
+def no_such_config(path: Path) -> ConfigError:
+    return ConfigError(f"{path}: cannot read: no such file "
+                       f"(create it with `python -m guardproxy init --config {path}`)")
+
+
+def env_api_key(environ: Mapping[str, str]) -> str | None:
+    """The key $GUARDPROXY_API_KEY adds to the config's (an empty value is no key)."""
+    return environ.get(ENV_KEY) or None
 
 
 def service_config_path(explicit: str | None, environ: Mapping[str, str]) -> str:

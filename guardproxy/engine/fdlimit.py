@@ -14,13 +14,18 @@ from __future__ import annotations
 HEADROOM = 256
 
 
+def files_needed(max_connections: int) -> int:
+    """The open-file limit that lets server.max_connections be reached."""
+    return max_connections + HEADROOM
+
+
 def check_open_files(max_connections: int) -> str | None:
     """Raise the soft limit if it is lower than the cap needs; a warning (for the log) if it stays lower."""
     try:
         import resource
     except ImportError:  # Windows: no per-process descriptor limit of this kind
         return None
-    needed = max_connections + HEADROOM
+    needed = files_needed(max_connections)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return None

@@ -1,7 +1,7 @@
 """Token budgets for `usage`: each key's budget, what its window holds now, and what is left.
 
 Read where the gate keeps them: Redis with [cluster] (on Redis's clock, as the gate decides),
-else the state file next to the config, read-only while the gate writes it.
+else the state file (next to the config, or in $STATE_DIRECTORY), read-only while the gate writes it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..decisions.budget import TokenBook
 from ..engine.state.resp import RedisClient, RedisError
 from ..engine.state.scripts import tokens_key
 from ..engine.state.tokenfile import read_book, state_path
+from .columns import table
 
 REDIS_TIMEOUT = 5.0
 
@@ -31,9 +32,7 @@ def budget_table(config: Config, book: TokenBook, now: float) -> str:
         wait = book.retry_after(k.name, k.tokens, now)
         rows.append((k.name, str(k.tokens), str(used), str(max(0, k.tokens.tokens - used)),
                      _duration(wait) if wait else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = table(rows[0], rows[1:], 1)
     return "token budgets (prompt + completion tokens over a sliding window):\n" + "\n".join(lines) + "\n"
 
 
@@ -53,7 +52,7 @@ def budget_report(config: Config, environ: Mapping[str, str] = os.environ) -> st
     if config.path is None:
         return "token budgets: kept in memory only (no config file to keep them next to)\n"
     now = time.time()
-    return budget_table(config, read_book(state_path(config.path), BUDGET_WINDOWS, now), now)
+    return budget_table(config, read_book(state_path(config.path, environ), BUDGET_WINDOWS, now), now)
 
 
 async def _from_redis(config: Config, environ: Mapping[str, str]) -> tuple[TokenBook, float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import secrets
 import ssl
 import time
@@ -70,6 +71,14 @@ def parse_target(url: str) -> Target:
     return Target(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
 
+def connection(target: Target, timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """A new, not yet opened connection to the gate; https:// with `context` (else the system's trust store)."""
+    if target.scheme == "https":
+        return http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
+                                           context=context or ssl.create_default_context())
+    return http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+
+
 class _Client:
     """One fresh connection per request: a check must not depend on the previous one."""
 
@@ -82,14 +91,9 @@ class _Client:
 
     def open(self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None,
              timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        t = self.target
-        if self.context is not None:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                t.host, t.port, timeout=timeout or self.timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(t.host, t.port, timeout=timeout or self.timeout)
+        conn = connection(self.target, timeout or self.timeout, self.context)
         try:
-            conn.request(method, t.prefix + path, body=body, headers=dict(headers))
+            conn.request(method, self.target.prefix + path, body=body, headers=dict(headers))
             return conn, conn.getresponse()
         except BaseException:
             conn.close()
@@ -226,6 +230,8 @@ def read_ndjson_stream(lines: Any, clock: Callable[[], float], started: float) -
             continue
         now = clock() - started
         obj = json.loads(raw)
+        if not isinstance(obj, dict):
+            raise ValueError("not an Ollama stream line")
         if "error" in obj:
             raise ValueError(f"error in stream: {obj['error']}")
         if obj.get("response"):
@@ -300,6 +306,17 @@ def format_table(target: str, results: list[CheckResult]) -> str:
 
 # --- command line ---------------------------------------------------------------
 
+def positive_seconds(text: str) -> float:
+    """An argparse type for a duration in seconds: sockets and sleeps take nothing at or below zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, e.g. 5 or 0.5, not {text!r}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("check", help="run the verification checklist against a running gate",
                        description="Run the verification checklist against a running guardproxy and "
@@ -308,7 +325,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--key", required=True, help="an API key the gate accepts")
     p.add_argument("--origin", help="also check a CORS preflight from this browser origin")
     p.add_argument("--model", help="also stream a short generation from this model")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default 15)")
+    p.add_argument("--timeout", type=positive_seconds, default=15.0, help="seconds per request (default 15)")
     p.add_argument("--cafile", metavar="FILE", help="trust this CA certificate for an https:// URL")
     p.add_argument("--upstream", metavar="NAME", action="append", default=[],
                    help="also check this upstream host through the gate (a name of [[upstreams]]; an admin "

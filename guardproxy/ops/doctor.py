@@ -23,47 +23,43 @@ import os
 import socket
 import ssl
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import listening, systemd
 from .finding import FAIL, INFO, OK, WARN, Finding
-from .hostcheck import check_hosts, hosts_in
+from .hostcheck import check_hosts, hosts_in, http_get
 from .winservice import sc as winservice
-from ..config.load import load_config, parse_config
-from ..config.paths import CONFIG_HELP, find_config
-from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError
+from ..config.load import parse_config
+from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
+from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, ServerLimits, Upstream, url_host
+from ..config.source import parse_toml, read_config_text
 from ..config.values import is_loopback_host, parse_hostport
+from ..engine.fdlimit import files_needed
 
 __all__ = ["OK", "INFO", "WARN", "FAIL", "Finding", "run_doctor", "check_open_files"]
-FEW_FILES = 1024   # below this, a few hundred streams exhaust the descriptors (two per stream)
 
 # --- config and keys -----------------------------------------------------------------
 
-def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, dict[str, Any], list[Finding]]:
-    env_key = environ.get(ENV_KEY) or None
+def check_config(path: Path | None, environ: Mapping[str, str],
+                 windows: bool) -> tuple[Config | None, dict[str, Any], list[Finding]]:
+    env_key = env_api_key(environ)
     if path is None:
-        fix = "run `guardproxy init` here" + (", or `guardproxy service install`" if sys.platform == "win32" else "")
+        fix = "run `guardproxy init` here" + (", or `guardproxy service install`" if windows else "")
         if env_key:
             return (parse_config({}, None, env_key=env_key), {},
                     [Finding(INFO, f"no config file; using defaults and the key in ${ENV_KEY}")])
-        return None, {}, [Finding(FAIL, "no config file found (./guardproxy.toml"
-                                  + (", %ProgramData%\\guardproxy\\guardproxy.toml" if sys.platform == "win32" else "")
-                                  + f") and ${ENV_KEY} is not set", fix)]
+        looked = ", ".join(config_candidates(None, environ, windows))
+        return None, {}, [Finding(FAIL, f"no config file found ({looked}) and ${ENV_KEY} is not set", fix)]
+    # The plain TOML is kept as well: the checks that go on after an invalid config read what they can of it.
+    raw: dict[str, Any] = {}
     try:
-        config = load_config(path, env_key=env_key)
+        source = read_config_text(path)
+        raw = parse_toml(source)
+        config = parse_config(raw, path, source.text, env_key=env_key)
     except ConfigError as e:
-        return None, _raw_toml(path), [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
-    return config, _raw_toml(path), [Finding(OK, f"config valid: {path.resolve()}")]
-
-
-def _raw_toml(path: Path) -> dict[str, Any]:
-    """The file as plain TOML, for tables this version may not know yet (e.g. [tls])."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad saves "UTF-8 with BOM"
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return {}
+        return None, raw, [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
+    return config, raw, [Finding(OK, f"config valid: {path.resolve()}")]
 
 
 def check_keys(config: Config, raw: Mapping[str, Any]) -> list[Finding]:
@@ -109,7 +105,7 @@ def _bindable_family(host: str) -> tuple[socket.AddressFamily, str] | None:
 
 def check_listen_port(host: str, port: int) -> list[Finding]:
     target = _bindable_family(host)
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = f"{url_host(host)}:{port}"
     if target is None:
         return [Finding(INFO, f"listen address {shown} not tested (only loopback and wildcard addresses are)")]
     family, addr = target
@@ -135,15 +131,10 @@ def check_listen_port(host: str, port: int) -> list[Finding]:
 def _guardproxy_answers(addr: str, port: int) -> bool:
     """Ask the loopback side of the port (never a LAN address) whether it is a guardproxy."""
     local = "::1" if ":" in addr else "127.0.0.1"
-    conn = http.client.HTTPConnection(local, port, timeout=2.0)
     try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        return resp.status == 200 and resp.read(16) == b"OK"
+        return http_get(Upstream(local, port), "/health", 16, 2.0) == (200, b"OK")
     except (OSError, http.client.HTTPException):
         return False
-    finally:
-        conn.close()
 
 
 def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
@@ -182,7 +173,10 @@ def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
     return out
 
 
-def check_open_files(limits: tuple[int, int] | None = None) -> list[Finding]:
+def check_open_files(limits: tuple[int, int] | None = None,
+                     max_connections: int = ServerLimits.max_connections) -> list[Finding]:
+    """The (soft, hard) open-file limit against what server.max_connections needs, as `run` judges it: it
+    raises the soft limit towards the hard one itself (engine/fdlimit.py), so only a low hard limit is a problem."""
     if limits is None:
         try:
             import resource
@@ -190,12 +184,17 @@ def check_open_files(limits: tuple[int, int] | None = None) -> list[Finding]:
             return []  # Windows: no such per-process limit
         limits = resource.getrlimit(resource.RLIMIT_NOFILE)
     soft, hard = limits
-    if soft == -1 or soft >= FEW_FILES:
+    needed = files_needed(max_connections)
+    if soft == -1 or soft >= needed:
         shown = "unlimited" if soft == -1 else f"{soft} (about {soft // 2} simultaneous streams)"
         return [Finding(OK, f"open-file limit {shown}")]
-    return [Finding(WARN, f"open-file limit is {soft}: about {soft // 2} simultaneous streams",
-                    f"raise it: `ulimit -n {hard if hard != -1 else 65536}` before starting, "
-                    f"or LimitNOFILE=65536 in the systemd unit")]
+    if hard == -1 or hard >= needed:
+        return [Finding(OK, f"open-file limit {soft}, raised to {needed} at start-up "
+                            f"(server.max_connections = {max_connections})")]
+    return [Finding(WARN, f"open-file limit is {hard} at most (about {hard // 2} simultaneous streams), "
+                          f"but server.max_connections = {max_connections} needs about {needed}",
+                    f"raise the hard limit: LimitNOFILE={max(needed, 65536)} in the systemd unit, or "
+                    f"`ulimit -n {needed}` as root in the shell that starts guardproxy; or lower max_connections")]
 
 
 def check_windows_service(name: str, listen_host: str, port: int) -> list[Finding]:
@@ -238,9 +237,13 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     """Every check; `table=True` reads the system's socket table (tests may pass their own)."""
     environ = os.environ if environ is None else environ
     windows = sys.platform == "win32"
-    found, named = find_config(config_arg, environ, windows)
-    path = found if named or found.exists() else None
-    config, raw, findings = check_config(path, environ)
+    raw: dict[str, Any]
+    try:
+        path = existing_config(config_arg, environ, windows)
+    except ConfigError as e:   # --config or $GUARDPROXY_CONFIG names a file that is not there
+        path, config, raw, findings = None, None, {}, [Finding(FAIL, f"config: {e}")]
+    else:
+        config, raw, findings = check_config(path, environ, windows)
     if config is not None:
         findings += check_keys(config, raw)
         if config.path is not None:
@@ -257,7 +260,8 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     findings += check_listen_port(*listen)
     if path is not None:
         findings += check_tls(raw, path.resolve().parent)
-    findings += check_open_files()
+    findings += check_open_files(max_connections=config.server.max_connections if config is not None
+                                 else ServerLimits.max_connections)
     if windows:
         findings += check_windows_service(service_name, listen[0], listen[1])
     elif sys.platform.startswith("linux"):

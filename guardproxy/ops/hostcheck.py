@@ -18,24 +18,38 @@ from ..config.values import is_loopback_host, parse_upstream
 from .finding import FAIL, INFO, OK, WARN, Finding
 
 
-def check_hosts(hosts: tuple[UpstreamHost, ...], sockets: list[listening.Listener] | None) -> list[Finding]:
+def check_hosts(hosts: tuple[UpstreamHost, ...], sockets: list[listening.Listener] | None,
+                timeout: float = 5.0) -> list[Finding]:
     """Every check of every host; with several, each line says which host it is about."""
     out: list[Finding] = []
     for host in hosts:
         label = f"{host.name}: " if len(hosts) > 1 else ""
-        found = check_upstream(host.address) + check_models(host.address) + check_cloud(host.address)
+        found = check_upstream(host.address, timeout)
+        if found[0].level != FAIL:   # a host that did not answer as Ollama would only make the others wait too
+            found += check_models(host.address, timeout) + check_cloud(host.address, timeout)
         found += check_exposure(host.address, sockets)
         out += [Finding(f.level, label + f.text, f.fix) for f in found]
     return out
 
 
-def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
-    url = f"http://{upstream.authority}"
+def http_get(upstream: Upstream, path: str, limit: int, timeout: float) -> tuple[int, bytes]:
+    """One GET on a fresh connection: the status and at most `limit` bytes of the body.
+
+    Raises OSError or http.client.HTTPException when there is no answer.
+    """
     conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
     try:
-        conn.request("GET", "/api/version", headers={"Host": upstream.authority})
+        conn.request("GET", path, headers={"Host": upstream.authority})
         resp = conn.getresponse()
-        body = resp.read(65536)
+        return resp.status, resp.read(limit)
+    finally:
+        conn.close()
+
+
+def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+    url = f"http://{upstream.authority}"
+    try:
+        status, body = http_get(upstream, "/api/version", 65536, timeout)
     except ConnectionRefusedError:
         return [Finding(FAIL, f"nothing answers at {url}",
                         "start Ollama (the Ollama app, or `ollama serve`), or set `upstream` in the config")]
@@ -44,13 +58,11 @@ def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     except (OSError, http.client.HTTPException) as e:
         return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}",
                         "check `upstream` in the config")]
-    finally:
-        conn.close()
-    if resp.status == 403:
+    if status == 403:
         return [Finding(FAIL, f"{url} answered 403 to its own address as Host",
                         "point `upstream` at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
-    if resp.status != 200:
-        return [Finding(FAIL, f"{url}/api/version answered {resp.status}: this does not look like Ollama",
+    if status != 200:
+        return [Finding(FAIL, f"{url}/api/version answered {status}: this does not look like Ollama",
                         "set `upstream` to Ollama's address, usually http://127.0.0.1:11434")]
     try:
         version = json.loads(body)["version"]
@@ -61,21 +73,16 @@ def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
 
 def check_models(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     """The models the host's /api/tags lists (nothing when it does not answer: check_upstream says why)."""
-    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
     try:
-        conn.request("GET", "/api/tags", headers={"Host": upstream.authority})
-        resp = conn.getresponse()
-        body = resp.read(8 << 20)
+        status, body = http_get(upstream, "/api/tags", 8 << 20, timeout)
     except (OSError, http.client.HTTPException):
         return []
-    finally:
-        conn.close()
     try:
-        names = [str(m.get("name") or m.get("model")) for m in json.loads(body)["models"]] if resp.status == 200 else None
+        names = [str(m.get("name") or m.get("model")) for m in json.loads(body)["models"]] if status == 200 else None
     except (ValueError, KeyError, TypeError, AttributeError):
         names = None
     if names is None:
-        return [Finding(WARN, f"http://{upstream.authority}/api/tags answered {resp.status} without a model list")]
+        return [Finding(WARN, f"http://{upstream.authority}/api/tags answered {status} without a model list")]
     if not names:
         return [Finding(INFO, f"upstream http://{upstream.authority} has no models yet",
                         "pull one: `ollama pull llama3.2` on that machine")]
@@ -88,17 +95,12 @@ def check_cloud(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
     """Whether a local Ollama runs cloud models (GET /api/status, Ollama 0.12 and newer); loopback only."""
     if not is_loopback_host(upstream.host):
         return []
-    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
     try:
-        conn.request("GET", "/api/status", headers={"Host": upstream.authority})
-        resp = conn.getresponse()
-        body = resp.read(65536)
+        status, body = http_get(upstream, "/api/status", 65536, timeout)
     except (OSError, http.client.HTTPException):
         return []  # check_upstream has said what is wrong with the connection
-    finally:
-        conn.close()
     try:
-        cloud = json.loads(body)["cloud"] if resp.status == 200 else None
+        cloud = json.loads(body)["cloud"] if status == 200 else None
         disabled = cloud["disabled"] if isinstance(cloud, dict) else None
     except (ValueError, KeyError, TypeError):
         disabled = None
@@ -145,7 +147,8 @@ def check_exposure(upstream: Upstream, table: list[listening.Listener] | None) -
 def hosts_in(raw: Mapping[str, Any]) -> tuple[UpstreamHost, ...]:
     """The hosts a config file that does not load names, as far as they can be read."""
     hosts = []
-    for i, entry in enumerate(raw.get("upstreams") or []):
+    entries = raw.get("upstreams")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):  # a broken file: anything here
         if isinstance(entry, dict):
             try:
                 hosts.append(UpstreamHost(str(entry.get("name") or f"upstreams[{i}]"),

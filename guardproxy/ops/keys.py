@@ -19,13 +19,14 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..config.edit import KeyEdit, append_key, revoke_key, rotate_key
 from ..config.load import parse_config
-from ..config.model import ENV_KEY, Config, ConfigError, KeyEntry
-from ..config.paths import CONFIG_HELP, find_config
+from ..config.model import Config, ConfigError, KeyEntry
+from ..config.paths import CONFIG_HELP, env_api_key, find_config, required_config
 from ..config.source import parse_toml, read_config_text
 from ..config.values import parse_duration
 from ..config.write import create_config, generate_key
 from ..decisions.auth import key_state
 from ..engine.accesslog import LogRecord
+from .columns import table
 
 LOG_SCAN_LIMIT = 256 * 1024 * 1024  # bytes of access log read, newest first, to find each key's last use
 RELOAD_NOTE = "a running guardproxy applies the change within about a second of the save"
@@ -107,20 +108,13 @@ def _next_name(path: Path) -> str:
     return f"key-{n}"
 
 
-def _existing(config: str | None) -> Path:
-    path, _ = find_config(config)
-    if not path.exists():
-        raise ConfigError(f"{path}: cannot read: no such file (create it with `python -m guardproxy init`)")
-    return path
-
-
 def _say(what: str, path: Path, edit: KeyEdit) -> None:
     through = f" (through the link to {edit.target})" if path.is_symlink() else ""
     print(f"{what} in {path}{through}: {edit.summary}; nothing else changed", file=sys.stderr)
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    path = _existing(args.config)
+    path = required_config(args.config)
     edit = revoke_key(path, args.name, datetime.now(timezone.utc).date())
     if not edit.changed:
         print(f"key \"{args.name}\" in {path}: {edit.summary}", file=sys.stderr)
@@ -131,7 +125,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    path = _existing(args.config)
+    path = required_config(args.config)
     try:
         grace = parse_duration(args.grace)
     except ValueError as e:
@@ -191,11 +185,9 @@ def _rotation_note(e: KeyEntry, state: str) -> str | None:
 
 def render_keys(rows: list[KeyRow], width: int | None, notes: Iterable[str] = ()) -> str:
     """A table when it fits `width` (None: no limit, as when piped); else one short paragraph per key."""
-    table = [COLUMNS, *(r.cells for r in rows)]
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(COLUMNS))]
+    lines = table(COLUMNS, [r.cells for r in rows], len(COLUMNS))
     all_notes = [n for n in (r.note for r in rows) if n] + list(notes)
-    if width is None or sum(widths) + 2 * (len(widths) - 1) <= width:
-        lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in table]
+    if width is None or max(map(len, lines)) <= width:
         return "\n".join(lines + [""] * bool(all_notes) + all_notes) + "\n"
     width = max(width, 20)
     lines = []
@@ -258,10 +250,10 @@ def _last_use_for(config: Config) -> tuple[dict[str, str], str | None]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    path = _existing(args.config)
+    path = required_config(args.config)
     source = read_config_text(path)
     data = parse_toml(source)
-    config = parse_config(data, path, source.text, env_key=os.environ.get(ENV_KEY) or None)
+    config = parse_config(data, path, source.text, env_key=env_api_key(os.environ))
     last, note = _last_use_for(config)
     raw_keys = data.get("keys", [])
     rows = key_rows(config, raw_keys if isinstance(raw_keys, list) else [], datetime.now(timezone.utc), last)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from ..config.model import url_host
+
 _TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 
 
@@ -30,7 +32,7 @@ class Listener:
 
     @property
     def display(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        return f"{url_host(self.address)}:{self.port}"
 
 
 def _kernel_words(hexstr: str, byteorder: str) -> bytes:

@@ -21,15 +21,18 @@ import ssl
 import sys
 import textwrap
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import TextIO
 
 from .. import __version__
-from ..config.model import ENV_KEY, url_host
-from .topview import NotMetrics, Snapshot, fit, parse_metrics, render
+from ..config.model import ENV_KEY
+from ..config.paths import env_api_key
+from .check import Target, connection, parse_target, positive_seconds
+from .columns import fit
+from .topview import NotMetrics, Snapshot, parse_metrics, render
 
 DEFAULT_URL = "http://127.0.0.1:11435"
+METRICS = "/metrics"
 MAX_BODY = 16 * 1024 * 1024  # far above any bounded-cardinality scrape; a larger body is not ours
 
 # Home, each line cleared to its end, the rest of the screen cleared: redrawing over the old
@@ -43,44 +46,33 @@ class TopError(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
-    url: str        # the full URL of /metrics, as shown
-    https: bool
-    host: str
-    port: int
-    path: str
+class MetricsTarget(Target):
+    """The gate whose /metrics is scraped."""
+
+    @property
+    def url(self) -> str:
+        """The full URL of /metrics, as shown."""
+        return self.display + METRICS
 
 
-def metrics_target(url: str) -> Target:
+def metrics_target(url: str) -> MetricsTarget:
     """guardproxy's address (`host:port`, `http://host:port`, a URL ending in /metrics) as a /metrics target."""
-    if "://" not in url:
-        url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TopError(f"{url}: expected an http:// or https:// address, e.g. {DEFAULT_URL}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise TopError(f"{url}: the port is not a number from 1 to 65535") from None
-    path = parts.path.rstrip("/")
-    if not path.endswith("/metrics"):
-        path += "/metrics"
-    return Target(f"{parts.scheme}://{url_host(parts.hostname)}:{port}{path}", parts.scheme == "https", parts.hostname, port, path)
+        gate = parse_target(url)
+    except ValueError as e:
+        raise TopError(str(e)) from None
+    prefix = gate.prefix[:-len(METRICS)] if gate.prefix.endswith(METRICS) else gate.prefix
+    return MetricsTarget(gate.scheme, gate.host, gate.port, prefix)
 
 
-def fetch(target: Target, key: str | None, timeout: float = 5.0) -> str:
+def fetch(target: MetricsTarget, key: str | None, timeout: float = 5.0) -> str:
     """The body of one GET of /metrics, or TopError saying in one line what went wrong."""
-    conn: http.client.HTTPConnection
-    if target.https:
-        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    conn = connection(target, timeout)
     headers = {"Accept": "text/plain;version=0.0.4", "User-Agent": f"guardproxy-top/{__version__}"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     try:
-        conn.request("GET", target.path, headers=headers)
+        conn.request("GET", target.prefix + METRICS, headers=headers)
         resp = conn.getresponse()
         body = resp.read(MAX_BODY + 1)
     except ssl.SSLCertVerificationError as e:
@@ -111,7 +103,7 @@ def fetch(target: Target, key: str | None, timeout: float = 5.0) -> str:
         raise TopError(f"{target.url}: not Prometheus text (not UTF-8)") from None
 
 
-def scrape(target: Target, key: str | None) -> Snapshot:
+def scrape(target: MetricsTarget, key: str | None) -> Snapshot:
     at = time.monotonic()  # when the scrape began, as Prometheus stamps its samples
     text = fetch(target, key)
     try:
@@ -120,7 +112,7 @@ def scrape(target: Target, key: str | None) -> Snapshot:
         raise TopError(f"{target.url}: {e}") from None
 
 
-def once(target: Target, key: str | None, interval: float, out: TextIO, width: int) -> None:
+def once(target: MetricsTarget, key: str | None, interval: float, out: TextIO, width: int) -> None:
     """One snapshot from two scrapes `interval` apart, so that it has rates."""
     first = scrape(target, key)
     time.sleep(max(0.0, interval - (time.monotonic() - first.at)))
@@ -153,7 +145,7 @@ def _frame(text: str, height: int, ansi: bool) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def live(target: Target, key: str | None, interval: float, out: TextIO, ansi: bool) -> None:
+def live(target: MetricsTarget, key: str | None, interval: float, out: TextIO, ansi: bool) -> None:
     """Redraw every `interval` seconds until interrupted; a failed scrape shows its error and is retried."""
     prev: Snapshot | None = None
     if ansi:
@@ -196,7 +188,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("url", nargs="?", default=DEFAULT_URL, metavar="URL",
                    help=f"guardproxy's address; /metrics is added (default {DEFAULT_URL})")
     p.add_argument("--key", help=f"an admin key or one with metrics = true (default: ${ENV_KEY})")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
                    help="seconds between scrapes (default 1)")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot and exit (the default when the output is not a terminal)")
@@ -206,15 +198,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_top(args: argparse.Namespace) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a key or model name the console's code page lacks
         sys.stdout.reconfigure(errors="replace")
-    key = args.key or os.environ.get(ENV_KEY) or None
-    interval = args.interval if args.interval > 0 else 1.0
+    key = args.key or env_api_key(os.environ)
     try:
         target = metrics_target(args.url)
         if args.once or not sys.stdout.isatty():
             width = shutil.get_terminal_size((100, 24)).columns
-            once(target, key, interval, sys.stdout, width)
+            once(target, key, args.interval, sys.stdout, width)
         else:
-            live(target, key, interval, sys.stdout, enable_ansi())
+            live(target, key, args.interval, sys.stdout, enable_ansi())
     except TopError as e:
         print(f"guardproxy top: {e}", file=sys.stderr)
         return 1
@@ -224,15 +215,3 @@ def cmd_top(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="guardproxy")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["top", *(sys.argv[1:] if argv is None else argv)])
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .columns import fit, table
+
 Labels = tuple[tuple[str, str], ...]
 Series = Mapping[Labels, float]
 
@@ -122,38 +124,6 @@ def fmt_seconds(x: float | None) -> str:
     if x < 1:
         return f"{x * 1000:.0f}ms"
     return f"{x:.2f}s" if x < 60 else f"{x / 60:.1f}m"
-
-
-def fit(text: str, width: int) -> str:
-    """Cut to `width` characters, marking the cut with "~"."""
-    if len(text) <= width:
-        return text
-    return text[:width - 1] + "~" if width >= 2 else text[:max(width, 0)]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int, width: int) -> list[str]:
-    """Aligned columns, the first `text_columns` left-aligned, the numbers right-aligned.  When the
-    width is short, text columns give first (widest first, down to 8 characters), then the
-    numbers' headers, then text down to 3 characters and to 1; what is still too wide is cut."""
-    gap = 2
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    data = [max([1, *(len(r[i]) for r in rows)]) for i in range(len(headers))]
-    floors = ([min(w, 8) if i < text_columns else w for i, w in enumerate(widths)],
-              [min(w, 8) if i < text_columns else data[i] for i, w in enumerate(widths)],
-              [min(w, 3) if i < text_columns else data[i] for i, w in enumerate(widths)],
-              [1 if i < text_columns else data[i] for i in range(len(widths))])
-    for floor in floors:
-        while sum(widths) + gap * (len(widths) - 1) > width:
-            shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
-            if not shrinkable:
-                break
-            widths[max(shrinkable, key=lambda i: widths[i])] -= 1
-    lines = []
-    for cells in [list(headers), *rows]:
-        parts = [fit(c, w).ljust(w) if i < text_columns else fit(c, w).rjust(w)
-                 for i, (c, w) in enumerate(zip(cells, widths))]
-        lines.append((" " * gap).join(parts).rstrip())
-    return lines
 
 
 def _section(title: str, headers: Sequence[str], rows: list[list[str]], text_columns: int, width: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
@@ -11,10 +12,11 @@ from typing import Any, Callable, Iterable, TextIO
 
 from ..config.load import load_config
 from ..config.model import ConfigError
-from ..config.paths import find_config
+from ..config.paths import env_api_key, existing_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 from .budgets import budget_report
+from .columns import table
 
 
 def _parse_time(s: str) -> float | None:
@@ -52,10 +54,7 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
         r[2] += rec.completion_tokens or 0
         r[3] += 1 if rec.status >= 400 else 0
     header = (by, "requests", "prompt_tokens", "completion_tokens", "errors")
-    table = [header] + [(k, *map(str, v)) for k, v in sorted(rows.items(), key=lambda kv: -kv[1][0])]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    out = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-           for row in table]
+    out = table(header, [(k, *map(str, v)) for k, v in sorted(rows.items(), key=lambda kv: -kv[1][0])], 1)
     probes = sorted(((n, ip) for ip, n in unauthorized.items() if n >= probe_threshold), reverse=True)
     if probes:
         out.append("")
@@ -86,12 +85,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
         since = None if args.since == "all" else parse_duration(args.since)
     except ValueError as e:
         raise ConfigError(f"--since: expected {e}") from None
+    environ = os.environ
     log = args.log
     config = None
     if not log or args.config:   # with only --log, a config elsewhere is none of this report's business
-        path, _ = find_config(args.config)
-        config = load_config(path) if path.exists() else None
-        log = log or (config.access_log if config is not None else "")
+        path = existing_config(args.config, environ)
+        if path is None:
+            raise ConfigError("no config file found to read log.access from: pass --log FILE or --config FILE")
+        config = load_config(path, env_key=env_api_key(environ))
+        log = log or config.access_log
         if log in ("", "-"):
             raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
                               f"(or pass --log FILE)")
@@ -100,7 +102,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
     except OSError as e:
         raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
-    budgets = budget_report(config) if config is not None else ""
+    budgets = budget_report(config, environ) if config is not None else ""
     if budgets:
         sys.stdout.write("\n" + budgets)
     return 0

@@ -86,7 +86,7 @@ async def queued(redis: RedisServer) -> bool:
 async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_path: Path) -> None:
     cfg = tmp_path / "g.toml"
     cfg.write_text(config_text(fake.port, laptop='tokens = "40/day"', access=str(tmp_path / "access.log")))
-    state = state_path(cfg)
+    state = state_path(cfg, {})
     one = await Running.start("run", "--config", str(cfg))
     try:
         assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 26 + 10

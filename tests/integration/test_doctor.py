@@ -172,9 +172,18 @@ async def test_tls_files_are_checked_from_a_tls_table(fake: FakeOllama, tmp_path
 
 def test_open_file_limit() -> None:
     low = check_open_files((256, 4096))
-    assert low[0].level == WARN and "ulimit -n 4096" in low[0].fix and "about 128 simultaneous" in low[0].text
+    assert low[0].level == WARN and "LimitNOFILE=65536" in low[0].fix and "about 2048 simultaneous" in low[0].text
+    assert "server.max_connections = 10000 needs about 10256" in low[0].text
     assert check_open_files((65536, 65536))[0].level == OK
     assert check_open_files((-1, -1))[0].text == "open-file limit unlimited"
+
+
+def test_open_file_limit_is_judged_as_run_judges_it() -> None:
+    # run raises the soft limit towards the hard one, and needs max_connections plus its headroom.
+    assert check_open_files((256, 4096), max_connections=1000)[0].text == \
+        "open-file limit 256, raised to 1256 at start-up (server.max_connections = 1000)"
+    assert check_open_files((2048, 2048))[0].level == WARN
+    assert check_open_files((2048, 2048), max_connections=1792)[0].level == OK
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="doctor looks for systemd on Linux only")

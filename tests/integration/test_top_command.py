@@ -1,4 +1,4 @@
-"""`python -m guardproxy.ops.top` against a literal /metrics served on loopback: piped, and under a pseudo-terminal."""
+"""`python -m guardproxy top` against a literal /metrics served on loopback: piped, and under a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 async def run_piped(*args: str, **environ: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy.ops.top", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", "top", *args, cwd=ROOT,
                                                 env=env(**environ), stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -121,7 +121,7 @@ async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, row
     master, slave = open_terminal(rows, columns)
     loop = asyncio.get_running_loop()
     async with MetricsServer() as server:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy.ops.top", server.url,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", "top", server.url,
                                                     "--interval", "0.2", cwd=ROOT, env=env(GUARDPROXY_API_KEY=KEY, TERM="xterm"),
                                                     stdin=slave, stdout=slave, stderr=slave)
         os.close(slave)

@@ -17,5 +17,5 @@ from .local import LocalState
 def open_state(config: Config, policies: Policies, *, log: TextIO = sys.stderr,
                environ: Mapping[str, str] = os.environ) -> State:
     if config.cluster is None:
-        return LocalState(config, policies, log=log)
+        return LocalState(config, policies, log=log, environ=environ)
     return RedisState(config, policies, cluster_address(config, environ), log=log)

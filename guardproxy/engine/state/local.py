@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import sys
 import time
-from typing import TextIO
+from typing import Mapping, TextIO
 
 from ...config.model import Budget, Config, ConfigError, KeyEntry
 from ...config.values import BUDGET_WINDOWS
@@ -33,13 +33,13 @@ def spent(outcome: Outcome) -> int:
 
 
 class Budgets:
-    """This process's token windows, kept in the state file next to the config (in memory without one)."""
+    """This process's token windows, kept in the state file (state_path; in memory without a config file)."""
 
-    def __init__(self, config: Config, log: TextIO) -> None:
+    def __init__(self, config: Config, log: TextIO, environ: Mapping[str, str]) -> None:
         self.book = TokenBook()
         self.wall = time.time     # wall-clock time: windows outlive the process
         self.log = log
-        self.path = state_path(config.path) if config.path is not None else None
+        self.path = state_path(config.path, environ) if config.path is not None else None
         self.file: TokenFile | None = None
         self._flush: asyncio.TimerHandle | None = None
         if has_budgets(config):
@@ -101,9 +101,10 @@ class Budgets:
 
 
 class LocalState(State):
-    def __init__(self, config: Config, policies: Policies, *, log: TextIO = sys.stderr) -> None:
+    def __init__(self, config: Config, policies: Policies, *, log: TextIO = sys.stderr,
+                 environ: Mapping[str, str]) -> None:
         self.policies = policies
-        self.budgets = Budgets(config, log)
+        self.budgets = Budgets(config, log, environ)
 
     def before_auth(self, client: str, now: float) -> None:
         self.policies.before_auth(client, now)

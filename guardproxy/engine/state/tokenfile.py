@@ -1,4 +1,5 @@
-"""Token budget windows in a small sqlite3 file next to the config, so they survive a restart.
+"""Token budget windows in a small sqlite3 file next to the config (or in the state directory systemd
+gives a service), so they survive a restart.
 
 Chosen over rebuilding the windows from the access log at start-up: the log may be stdout or
 off, may be rotated away, and a month of it is millions of lines to parse before the first
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Mapping
 
 from ...decisions.budget import BUCKETS, TokenBook, bucket_seconds
 
@@ -20,9 +22,15 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS tokens (
     PRIMARY KEY (key, unit, bucket)) WITHOUT ROWID"""
 
 
-def state_path(config_path: Path) -> Path:
-    """guardproxy.toml -> guardproxy.state.sqlite3, in the same folder."""
-    return config_path.with_name(config_path.stem + ".state.sqlite3")
+def state_path(config_path: Path, environ: Mapping[str, str]) -> Path:
+    """guardproxy.toml -> guardproxy.state.sqlite3: in $STATE_DIRECTORY when it is set, else in the same folder.
+
+    systemd sets $STATE_DIRECTORY for a unit with StateDirectory= (colon-separated when it names several:
+    the first is used); the hardened unit may not write next to its config in /etc.
+    """
+    name = config_path.stem + ".state.sqlite3"
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state_dir) / name if state_dir else config_path.with_name(name)
 
 
 def read_book(path: Path, windows: dict[str, float], now: float) -> TokenBook:

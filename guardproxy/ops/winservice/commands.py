@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ...config.load import load_config
-from ...config.model import ConfigError
 from ...config.paths import service_config_path
 from ...config.write import create_config, generate_key
+from ..keys import new_key_banner
 from .host import host_service
 from .logfile import LOG_MAX_BYTES, service_log_paths
 from .sc import (DEFAULT_NAME, SC_ERRORS, firewall_add_args, firewall_delete_args, firewall_rule_exists,
@@ -98,13 +98,8 @@ def _install(args: argparse.Namespace, name: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         key = generate_key()
         create_config(path, key)
-        print(f"created {path}\nnew API key \"default\" (shown only this once; only its hash is stored):\n\n"
-              f"    {key}\n")
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        print(f"guardproxy: config error: {e}", file=sys.stderr)
-        return 2
+        print(new_key_banner(key, path, "default"))
+    config = load_config(path)   # a ConfigError is cli.main's to report
     command = service_command_line(sys.executable, frozen, str(path), name)
     ok, out = run_sc(sc_create_args(name, command))
     if not ok:

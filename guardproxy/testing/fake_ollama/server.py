@@ -8,15 +8,15 @@ import io
 import logging
 import signal
 import socket
-import sys
 import time
 from http import HTTPStatus
 from dataclasses import replace
-from typing import Callable
 
 import h11
 import zstandard
 
+from ...config.model import url_host
+from ...engine.loop import LOOPS, loop_factory
 from .checks import host_is_local, origin_is_local
 from .exchange import BadRequest, Exchange, PeerGone, RecordedRequest
 from .routes import route
@@ -82,8 +82,7 @@ class FakeOllama:
         )
         self.host = host
         self.port = self._server.sockets[0].getsockname()[1]
-        url_host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{url_host}:{self.port}"
+        self.url = f"http://{url_host(host)}:{self.port}"
         return self
 
     async def close(self) -> None:
@@ -361,27 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokens", type=int, default=5, help="tokens per response by default"
     )
-    parser.add_argument(
-        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto"
-    )
+    parser.add_argument("--loop", choices=LOOPS, default="auto")
     parser.add_argument("--models", help="comma-separated models /api/tags lists (others answer 404)")
     parser.add_argument("--loaded", help="comma-separated models /api/ps shows as loaded")
     args = parser.parse_args(argv)
 
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if args.loop != "asyncio" and sys.platform != "win32":
-        try:
-            import uvloop
-        except ImportError:
-            if args.loop == "uvloop":
-                parser.error("uvloop is not installed")
-        else:
-            loop_factory = uvloop.new_event_loop
-    elif args.loop == "uvloop":
-        parser.error("uvloop is not available on this platform")
+    try:
+        factory = loop_factory(args.loop)
+    except RuntimeError as e:
+        parser.error(str(e))
 
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(_run(args.host, args.port, args.token_delay, args.tokens, _names(args.models),
                             _names(args.loaded)))
     except KeyboardInterrupt:

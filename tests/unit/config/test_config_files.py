@@ -18,7 +18,7 @@ from guardproxy.cli import main
 from guardproxy.config.load import load_config, parse_config
 from guardproxy.config.model import ConfigError
 from guardproxy.config.write import hash_key
-from guardproxy.ops.doctor import _raw_toml
+from guardproxy.ops.doctor import check_config
 
 BOM = b"\xef\xbb\xbf"
 HASH = "0" * 64
@@ -87,7 +87,7 @@ def test_a_utf8_bom_is_accepted_everywhere_and_kept(tmp_path: Path, capsys: pyte
     path = tmp_path / "g.toml"
     path.write_bytes(BOM + ORIGINAL)
     assert [k.name for k in load_config(path).keys] == ["old"]
-    assert _raw_toml(path)["keys"][0]["name"] == "old"
+    assert check_config(path, {}, windows=False)[1]["keys"][0]["name"] == "old"
     code, key, err = keygen(path, capsys, "--name", "phone")
     assert code == 0, err
     assert path.read_bytes().startswith(BOM + ORIGINAL)

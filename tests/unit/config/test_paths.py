@@ -53,3 +53,17 @@ def test_a_named_config_is_the_only_candidate_even_when_missing(tmp_path: Path) 
     assert paths.find_config(missing, {}, windows=True) == (Path(missing), True)
     assert paths.find_config(None, {"GUARDPROXY_CONFIG": missing}, windows=False) == (Path(missing), True)
     assert paths.find_config("", {}, windows=False) == (Path("guardproxy.toml"), False)
+
+
+def test_existing_config_is_none_when_nothing_exists_and_refuses_a_missing_named_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert paths.existing_config(None, {}, windows=False) is None
+    missing = str(tmp_path / "nope.toml")
+    for explicit, env in ((missing, {}), (None, {"GUARDPROXY_CONFIG": missing})):
+        with pytest.raises(paths.ConfigError, match=r"nope.toml: cannot read: no such file \(create it with"):
+            paths.existing_config(explicit, env, windows=False)
+    with pytest.raises(paths.ConfigError, match="guardproxy.toml: cannot read: no such file"):
+        paths.required_config(None, {}, windows=False)
+    (tmp_path / "guardproxy.toml").write_text("")
+    assert paths.existing_config(None, {}, windows=False) == paths.required_config(None, {}) == Path("guardproxy.toml")

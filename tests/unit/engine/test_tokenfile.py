@@ -14,7 +14,14 @@ T0 = 1_800_000_000.0
 
 
 def test_state_path_is_next_to_the_config(tmp_path: Path) -> None:
-    assert state_path(tmp_path / "guardproxy.toml") == tmp_path / "guardproxy.state.sqlite3"
+    assert state_path(tmp_path / "guardproxy.toml", {}) == tmp_path / "guardproxy.state.sqlite3"
+
+
+def test_state_path_is_in_systemds_state_directory(tmp_path: Path) -> None:
+    # StateDirectory= with several directories sets a colon-separated list: the first is ours.
+    environ = {"STATE_DIRECTORY": f"{tmp_path / 'state'}:{tmp_path / 'other'}"}
+    assert state_path(Path("/etc/guardproxy/guardproxy.toml"), environ) == tmp_path / "state/guardproxy.state.sqlite3"
+    assert state_path(tmp_path / "g.toml", {"STATE_DIRECTORY": ""}) == tmp_path / "g.state.sqlite3"
 
 
 def test_additions_survive_a_reopen_and_old_buckets_go(tmp_path: Path) -> None:

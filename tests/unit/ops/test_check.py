@@ -64,3 +64,27 @@ def test_table_counts_passes_and_failures() -> None:
     text = format_table("http://x:1", [CheckResult("a", True, "200"), CheckResult("longer name", False, "got 200")])
     assert "  a            PASS  200" in text and "  longer name  FAIL  got 200" in text
     assert text.endswith("1 passed, 1 failed")
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]\n", b"5\n", b'"done"\n', b"null\n"])
+def test_stream_line_that_is_json_but_not_an_object_is_an_error(line: bytes) -> None:
+    with pytest.raises(ValueError, match="not an Ollama stream line"):
+        read_ndjson_stream([b'{"response":" a","done":false}\n', line], lambda: 0.0, 0.0)
+
+
+@pytest.mark.parametrize("argv", [["check", "http://x:1", "--key", "k", "--timeout", value]
+                                  for value in ("-1", "0", "nan", "inf", "soon")]
+                         + [["top", "--interval", value] for value in ("0", "-0.5", "nan")])
+def test_durations_at_or_below_zero_are_refused_by_the_parser(argv: list[str],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from guardproxy import cli
+    with pytest.raises(SystemExit) as exit:
+        cli._parser().parse_args(argv)
+    assert exit.value.code == 2
+    assert f"{argv[-2]}: expected a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_a_positive_duration_is_taken() -> None:
+    from guardproxy import cli
+    assert cli._parser().parse_args(["check", "http://x:1", "--key", "k", "--timeout", "0.5"]).timeout == 0.5
+    assert cli._parser().parse_args(["top", "--interval", "2"]).interval == 2.0

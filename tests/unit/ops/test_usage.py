@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from guardproxy.cli import main
 from guardproxy.ops.usage import summarise
 
 
@@ -20,3 +25,29 @@ def test_usage_report() -> None:
     assert "old" not in out and "6.6.6.6  6" in out and "1 lines were not JSON" in out
     by_model = summarise(lines, since=None, by="model", now=now)
     assert "llama3.2" in by_model and "qwen3:8b" in by_model
+
+
+def test_usage_names_a_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["usage", "--config", str(tmp_path / "none.toml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.toml'}: cannot read: no such file" in err and "log.access" not in err
+
+
+def test_usage_without_any_config_asks_for_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GUARDPROXY_CONFIG", raising=False)
+    assert main(["usage"]) == 2
+    assert "no config file found to read log.access from: pass --log FILE" in capsys.readouterr().err
+
+
+def test_usage_takes_a_config_whose_key_is_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # `run` accepts a config without [[keys]] when $GUARDPROXY_API_KEY holds the key: so does `usage`.
+    log = tmp_path / "access.log"
+    log.write_text('{"time":"2026-11-26T10:00:00Z","client":"1.1.1.1","status":200,"key":"env"}\n')
+    cfg = tmp_path / "guardproxy.toml"
+    cfg.write_text(f'[log]\naccess = "{log}"\n')
+    monkeypatch.setenv("GUARDPROXY_API_KEY", "gp_" + "k" * 40)
+    assert main(["usage", "--config", str(cfg), "--since", "all"]) == 0
+    assert "env " in capsys.readouterr().out
