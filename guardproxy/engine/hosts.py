@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Callable, NamedTuple
+from typing import Awaitable, Callable, NamedTuple
 
 from ..config.model import Config, UpstreamHost
 from ..decisions import routing
@@ -202,16 +202,32 @@ class HostSet:
             raise
         return waiter.result()
 
-    def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
-        """Another host for a request that failed on `failed` before its first byte, its slot moved there."""
+    async def elsewhere(self, failed: Member, wanted: Request, move: Callable[[Member], Awaitable[bool]] | None = None
+                        ) -> tuple[Member, Request] | None:
+        """Another host for a request that failed on `failed` before its first byte, its slot moved there.
+
+        `move`, for a generation whose host slot is a shared lease ([cluster]), takes the lease to a
+        host if it has room at once: the other hosts are tried in routing's order, full here or not
+        (the lease decides).  None: no host took it; the request's answer is the failed host's.
+        """
         wanted = wanted.after(failed.host)
-        choice = self._place(wanted)
-        if not isinstance(choice, Host):
-            return None  # (a full host is not waited for: the client has waited once already)
-        if wanted.generation:
-            choice.in_flight += 1
-            self.release(failed)
-        return self.members[choice.name], wanted
+        if move is None:
+            choice = self._place(wanted)
+            if not isinstance(choice, Host):
+                return None  # (a full host is not waited for: the client has waited once already)
+            if wanted.generation:
+                choice.in_flight += 1
+                self.release(failed)
+            return self.members[choice.name], wanted
+        search = Request(wanted.model, wanted.target, wanted.admin_route, generation=False, tried=wanted.tried)
+        while isinstance(choice := self._place(search), Host):
+            member = self.members[choice.name]
+            if await move(member):
+                self.take(member)
+                self.release(failed)
+                return member, wanted
+            search = search.after(choice)
+        return None
 
     def release(self, member: Member) -> None:
         """A generation on `member` has ended: its slot goes to whoever waits for it."""

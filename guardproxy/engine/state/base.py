@@ -78,6 +78,12 @@ class State(ABC):
         its concurrency limit, if it has one.
         """
 
+    async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
+        """A failover: move the host slot `admit` granted to `host`.  True when it is taken there and
+        given up where it was; False (nothing changed) when `host` has no room at once.  Called only
+        when `shares_hosts` (else hosts.py counts the host slots alone)."""
+        raise NotImplementedError("this state holds no host slots")
+
     @abstractmethod
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         """The request is over (however it ended): free its slot, count its tokens.  Never waits."""

@@ -4,6 +4,7 @@ and how their arguments are encoded (Calls).
     ADMIT        before forwarding: ban, per-address and per-key rate, token budget, a slot
     AUTH_FAILED  a refused key: ban, per-address rate, count the failure (may start a ban)
     TAKE         slots for waiting requests, in their fair order (a grant pass)
+    MOVE         a generation's host lease to another host (a failover), if that host has room
     FINISH       after a request: free its slot (wake waiters if any), add its tokens
     RENEW        every lease_ttl/3: this instance's heartbeat, its slots' leases; returns live instances
 
@@ -205,6 +206,19 @@ if waiting then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
 return out
 """)
 
+# KEYS: slots:host of the host it leaves, slots:host of the host it goes to, queued
+# ARGV: lease, the new host's limit, lease_ttl_ms, channel
+# Returns 1 (moved) or 0 (the new host is full: the lease stays where it was).
+MOVE = Script(_CLOCK + _SLOTS + """
+local now_ms = math.floor(now / 1000)
+if full(KEYS[2], tonumber(ARGV[2]), now_ms) then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+hold(KEYS[2], ARGV[1], now_ms + ttl, ttl)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], '1') end
+return 1
+""")
+
 # KEYS: slots:key, slots:host, slots:all, tokens, queued
 # ARGV: lease ('' when no slot), tokens, bucket_s, tokens_ttl_ms (the window and a twentieth), channel
 FINISH = Script(_CLOCK + """
@@ -302,6 +316,13 @@ class Calls:
                        key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
                        self.lease_ttl_ms, self.queued_ttl_ms))
         return keys, args
+
+    def move(self, lease: bytes, old: str, new: str,
+             new_limit: int | None) -> tuple[tuple[bytes, ...], tuple[bytes | int, ...]]:
+        """MOVE's keys and arguments: `lease` leaves host `old` for host `new`."""
+        host_slots = self.prefix + b"slots:host:"
+        return ((host_slots + old.encode(), host_slots + new.encode(), self.queued),
+                (lease, new_limit or 0, self.lease_ttl_ms, self.channel))
 
     def auth_failed(self, addr: str) -> tuple[int, bytes]:
         return 10, b"$1\r\n3\r\n" + _address_block(self.prefix, addr, True) + self._auth_args
