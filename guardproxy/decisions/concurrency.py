@@ -9,7 +9,7 @@ decision is Redis's and arrives later, so that backend uses the two parts on the
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 DEFAULT_HOST = "default"   # the upstream's name while there is one upstream
 
@@ -54,6 +54,10 @@ class FairQueue:
 
     def keys(self) -> list[str]:
         return list(self._queues)
+
+    def items(self, key: str) -> Sequence[Any]:
+        """The items of `key` in their order (to be read, not changed)."""
+        return self._queues.get(key, ())
 
     def head(self, key: str) -> Any:
         return self._queues[key][0]
