@@ -26,8 +26,8 @@ from ..decisions.hostqueue import TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
 from ..wire.errors import BadRequest, ServiceUnavailable
-from .failures import ClientGone
 from .pool import UpstreamPool
+from .slots import wait_granted
 
 UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of its own
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
@@ -186,20 +186,13 @@ class HostSet:
         except TooManyWaiting:
             raise HostQueueTimeout("too many requests are waiting for an upstream host",
                                    headers=[("Retry-After", "1")]) from None
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    raise ClientGone()
-        except BaseException as exc:
-            # A timeout, a hang-up, or the task cancelled: leave the queue, and
-            # hand on a host granted in the same instant (or it is lost for good).
+
+        def give_up() -> None:
+            # Leave the queue, or hand on a host granted in the same instant (or it is lost for good).
             if not self.waiting.cancel(key, waiter) and waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())
-            waiter.cancel()
-            if isinstance(exc, TimeoutError):
-                raise HostQueueTimeout(headers=[("Retry-After", "1")]) from None
-            raise
+
+        await wait_granted(waiter, timeout, gone, give_up, HostQueueTimeout)
         return waiter.result()
 
     async def elsewhere(self, failed: Member, wanted: Request, move: Callable[[Member], Awaitable[bool]] | None = None
@@ -240,11 +233,7 @@ class HostSet:
         if not self.waiting.queued:
             return
         for waiter, host in self.waiting.grant(self._place):
-            member = self.members[host.name]
-            if waiter.done():  # (cancelled, not yet out of the queue)
-                self.release(member)
-            else:
-                waiter.set_result(member)
+            waiter.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
 
     def _place(self, wanted: Request) -> Host | Verdict:
         self.turn += 1

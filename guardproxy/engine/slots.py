@@ -12,7 +12,7 @@ the Redis backend, whose answers arrive from a round trip instead of at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..decisions.concurrency import DEFAULT_HOST, ConcurrencyGate, QueueFull
 from ..wire.errors import ServiceUnavailable
@@ -27,9 +27,9 @@ def queue_full() -> QueueTimeout:
     return QueueTimeout("too many requests are waiting for a generation slot", headers=[("Retry-After", "1")])
 
 
-async def wait_granted(waiter: "asyncio.Future[None]", timeout: float, gone: "asyncio.Future[None] | None",
-                       give_up: Callable[[], None]) -> None:
-    """Wait until `waiter` is resolved (a slot granted); 503 after `timeout`.
+async def wait_granted(waiter: "asyncio.Future[Any]", timeout: float, gone: "asyncio.Future[None] | None",
+                       give_up: Callable[[], None], timed_out: type[ServiceUnavailable] = QueueTimeout) -> None:
+    """Wait until `waiter` is resolved (a slot granted); `timed_out` (a 503) after `timeout`.
 
     `gone` is done when the client hangs up: its place in the queue is given up at once
     (ClientGone), so hung-up clients never crowd out live ones.  On any way out but a grant,
@@ -52,7 +52,7 @@ async def wait_granted(waiter: "asyncio.Future[None]", timeout: float, gone: "as
         if not waiter.done():
             waiter.cancel()
         if isinstance(exc, TimeoutError):
-            raise QueueTimeout(headers=[("Retry-After", "1")]) from None
+            raise timed_out(headers=[("Retry-After", "1")]) from None
         raise
 
 
