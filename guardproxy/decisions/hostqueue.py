@@ -22,6 +22,12 @@ class Waiting(Generic[W]):
     key, a request whose hosts are all still full does not hold up one behind
     it that the freed host can take.  Waiters are opaque objects owned by the
     caller.
+
+    A pass stops as soon as no host has room (`room`), as the gate's does at
+    its global limit: placing a thousand waiters on full hosts costs a
+    thousand `choose` calls and finds nothing.  So a waiter whose model no
+    host lists any more (routing sends it to the least busy host, full or
+    not, for that host's own 404) waits for a free slot like the others.
     """
 
     def __init__(self, max_queue: int = 1024) -> None:
@@ -47,13 +53,13 @@ class Waiting(Generic[W]):
         """Remove a waiter that gave up; False if it was already granted a host."""
         return self.queue.remove(key, lambda item: item[0] is waiter) is not None
 
-    def grant(self, place: Callable[[Request], Host | Verdict]) -> list[tuple[W, Host]]:
+    def grant(self, place: Callable[[Request], Host | Verdict], room: Callable[[], bool]) -> list[tuple[W, Host]]:
         """The waiters that now have a host (wake them); each host's in_flight is counted at once,
-        so the next placement sees it."""
+        so the next placement sees it.  `room()`: some host that takes requests has a free slot."""
         granted: list[tuple[W, Host]] = []
         queue = self.queue
         progress = True
-        while progress and queue.queued:
+        while progress and queue.queued and room():
             progress = False
             for key in queue.keys():
                 for item in queue.items(key):

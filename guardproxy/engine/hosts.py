@@ -232,12 +232,17 @@ class HostSet:
         """Give hosts with room to the waiters they suit, in fair order."""
         if not self.waiting.queued:
             return
-        for waiter, host in self.waiting.grant(self._place):
+        for waiter, host in self.waiting.grant(self._place, self._room):
             waiter.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
 
     def _place(self, wanted: Request) -> Host | Verdict:
         self.turn += 1
         return choose(self.hosts, wanted, self.clock(), self.turn)
+
+    def _room(self) -> bool:
+        """Some host that takes requests now has a free slot (else no waiter can have one)."""
+        now = self.clock()
+        return any(h.in_flight < h.max_concurrent and h.available(now) for h in self.hosts.order)
 
     def _retry_after(self) -> int:
         """Seconds until a host may take requests again: the nearest breaker, else two health checks."""
