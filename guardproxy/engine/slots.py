@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Iterable
 
-from ..decisions.concurrency import DEFAULT_HOST, ConcurrencyGate, QueueFull
+from ..decisions.concurrency import ConcurrencyGate, QueueFull
 from ..wire.errors import ServiceUnavailable
 from .failures import ClientGone
 
@@ -57,20 +57,19 @@ async def wait_granted(waiter: "asyncio.Future[Any]", timeout: float, gone: "asy
 
 
 async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-                  gone: "asyncio.Future[None] | None" = None, host: str = DEFAULT_HOST,
-                  host_limit: int | None = None) -> None:
+                  gone: "asyncio.Future[None] | None" = None) -> None:
     """Wait, in fair order across keys, for a generation slot of the in-process gate."""
-    if gate.try_acquire(key, key_limit, host, host_limit):
+    if gate.try_acquire(key, key_limit):
         return
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        gate.enqueue(key, key_limit, waiter, host, host_limit)
+        gate.enqueue(key, key_limit, waiter)
     except QueueFull:
         raise queue_full() from None
 
     def give_up() -> None:
         if not gate.cancel(key, waiter):
-            wake(gate.release(key, host))   # granted in the same instant it gave up: hand the slot on
+            wake(gate.release(key))   # granted in the same instant it gave up: hand the slot on
 
     await wait_granted(waiter, timeout, gone, give_up)
 

@@ -74,8 +74,8 @@ class State(ABC):
         """Just before forwarding: what is left of the checks, and a slot for a generation.
 
         Raises a GuardError (429 rates, bans, budget; 503 queue timeout, limits unavailable)
-        or ClientGone (hung up while waiting).  `host` is the upstream's name; `host_limit`
-        its concurrency limit, if it has one.
+        or ClientGone (hung up while waiting).  `host` is the upstream's name and `host_limit`
+        its max_concurrent, given only when `shares_hosts` (else hosts.py counts host slots).
         """
 
     async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:

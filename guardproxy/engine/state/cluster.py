@@ -95,7 +95,7 @@ class RedisState(State):
     shares_hosts = True  # several gates in front of one host share its max_concurrent
 
     def waiting(self) -> int:
-        return self.slots.queue.queued + self.policies.gate.queued  # (the second: while Redis is down)
+        return self.slots.queue.queued   # with Redis or without (on_redis_error decides their grants)
 
     @property
     def connected(self) -> bool:
