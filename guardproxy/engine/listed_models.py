@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..decisions.models import canonical
+from ..decisions.routing import canonical_model
 from .health import TAGS, refresh
 from .hosts import HostSet
 
@@ -27,14 +27,8 @@ READY_WAIT = 2.0    # how long a scrape waits for those fetches
 def listed_name(name: str, known: frozenset[str]) -> str:
     """The label of a model name as a request or response wrote it: the listed name Ollama resolves
     it to ("llama3.2" is "llama3.2:latest"), or OTHER."""
-    n = canonical(name)
-    if n in known:
-        return n
-    if ":" not in n.rsplit("/", 1)[-1]:
-        n += ":latest"
-        if n in known:
-            return n
-    return OTHER
+    n = canonical_model(name)   # (the spelling the hosts' lists are kept in)
+    return n if n in known else OTHER
 
 
 class ListedModels:
