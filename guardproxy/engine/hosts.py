@@ -85,7 +85,8 @@ class HostSet:
         self.several = False
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
-        self.listings: dict[bytes, bytes] = {}  # merged answers built from the current snapshot
+        # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
+        self.listings: dict[bytes | tuple[bytes, tuple[str, ...], bool], bytes] = {}
         self._models: frozenset[str] | None = _UNREAD  # models(), until the snapshot changes
         self.apply(config)
 

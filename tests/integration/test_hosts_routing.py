@@ -170,6 +170,23 @@ async def test_merged_listings_each_model_once_ps_with_its_host_and_filtered_per
     assert tags.header("content-type") == "application/json; charset=utf-8"
 
 
+async def test_a_keys_cut_of_a_merged_listing_is_kept_until_the_snapshot_changes(fakes: Fakes,
+                                                                                   tmp_path: Path) -> None:
+    a = await fakes.start(0, models=["llama3.2", "qwen3:8b"])
+    narrow = "gp_narrow-key-0123456789abcdefghijklmnopqr"
+    keys = (KeyEntry("narrow", bytes.fromhex(hash_key(narrow)), models=("llama*",)),)
+    async with gate(tmp_path, (host(0, a),), interval=5.0, keys=keys) as proxy:
+        hosts = proxy.server.hosts
+        first = await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})
+        assert (b"/api/tags", ("llama*",), False) in hosts.listings
+        assert (await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})).body == first.body
+        hosts.members["gpu-a"].host.set_tags([{"name": "llama3.3"}, {"name": "qwen3:8b"}])
+        hosts.snapshot_changed()   # what a fresh /api/tags does
+        after = await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})
+    assert [m["name"] for m in json.loads(first.body)["models"]] == ["llama3.2"]
+    assert [m["name"] for m in json.loads(after.body)["models"]] == ["llama3.3"]
+
+
 async def test_the_access_log_names_the_host(fakes: Fakes, tmp_path: Path) -> None:
     a = await fakes.start(0, models=["m"])
     b = await fakes.start(1, models=["n"])
