@@ -33,7 +33,6 @@ UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of it
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
-_UNREAD: frozenset[str] = frozenset({"\0"})  # HostSet.models() is to be worked out again
 _NO_HOLD: frozenset[int] = frozenset()
 
 
@@ -87,7 +86,8 @@ class HostSet:
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
         self.listings: dict[bytes | tuple[bytes, tuple[str, ...], bool], bytes] = {}
-        self._models: frozenset[str] | None = _UNREAD  # models(), until the snapshot changes
+        self._models: frozenset[str] | None = None  # models(), until the snapshot changes
+        self._models_due = True                      # ... then worked out again
         self.apply(config)
 
     # --- configuration ---------------------------------------------------------
@@ -280,7 +280,7 @@ class HostSet:
 
     def snapshot_changed(self) -> None:
         self.listings.clear()
-        self._models = _UNREAD
+        self._models_due = True
 
     # --- what the rest of the gate reads ----------------------------------------------
 
@@ -292,11 +292,15 @@ class HostSet:
         """The canonical names of the models any host lists (hosts whose list is unknown add none);
         None while no host's list is known.
 
-        The same object until the snapshot changes: the metrics read it at every request's end.
+        The same object while the names stay the same: the metrics read it at every request's end,
+        and start their labels afresh when it is another.
         """
-        if self._models is _UNREAD:
+        if self._models_due:
+            self._models_due = False
             lists = [m.host.models for m in self.members.values() if m.host.models is not None]
-            self._models = frozenset().union(*lists) if lists else None
+            models = frozenset().union(*lists) if lists else None
+            if models != self._models:
+                self._models = models
         return self._models
 
     def status(self) -> list[HostStatus]:

@@ -187,6 +187,19 @@ async def test_a_keys_cut_of_a_merged_listing_is_kept_until_the_snapshot_changes
     assert [m["name"] for m in json.loads(after.body)["models"]] == ["llama3.3"]
 
 
+async def test_health_rounds_that_change_nothing_keep_what_was_built_from_the_snapshot(fakes: Fakes,
+                                                                                        tmp_path: Path) -> None:
+    a = await fakes.start(0, models=["llama3.2"], loaded=["llama3.2"])
+    async with gate(tmp_path, (host(0, a),), interval=0.05) as proxy:
+        hosts = proxy.server.hosts
+        assert (await fetch(proxy.port, "GET", "/api/ps", headers={"X-API-Key": KEY})).status == 200
+        known = hosts.models()
+        await asyncio.wait_for(proxy.server.health.next_round(2), 5)
+        assert b"/api/ps" in hosts.listings and hosts.models() is known
+        hosts.snapshot_changed()   # (something else changed: the names are the same, so is the object)
+        assert hosts.models() is known and known == {"llama3.2:latest"}
+
+
 async def test_the_access_log_names_the_host(fakes: Fakes, tmp_path: Path) -> None:
     a = await fakes.start(0, models=["m"])
     b = await fakes.start(1, models=["n"])
