@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Awaitable, Callable, NamedTuple
+from typing import Awaitable, Callable
 
 from ..config.model import Config, UpstreamHost
 from ..decisions import routing
@@ -46,13 +46,6 @@ class NoUpstream(ServiceUnavailable):
 
 class HostQueueTimeout(ServiceUnavailable):
     message = "every upstream host for this model is busy; try again later"
-
-
-class HostStatus(NamedTuple):
-    name: str
-    up: bool
-    in_flight: int
-    max_concurrent: int | None
 
 
 class Member:
@@ -302,11 +295,6 @@ class HostSet:
             if models != self._models:
                 self._models = models
         return self._models
-
-    def status(self) -> list[HostStatus]:
-        """Per host, in configured order: name, up, generations in flight, max_concurrent."""
-        return [HostStatus(m.name, m.host.up, m.host.in_flight, m.settings.max_concurrent)
-                for m in self.members.values()]
 
     def hold_for(self, member: Member, wanted: Request | None, attempts: int) -> frozenset[int]:
         """The statuses to keep from the client on this attempt: those another host may answer instead."""

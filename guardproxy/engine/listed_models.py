@@ -17,7 +17,7 @@ import asyncio
 
 from ..decisions.routing import canonical_model
 from .health import TAGS, refresh
-from .hosts import HostSet
+from .hosts import HostSet, Member
 
 OTHER = "other"
 REFRESH = 60.0      # seconds a list fetched for the metrics stays good (with the checks off)
@@ -35,13 +35,8 @@ class ListedModels:
     def __init__(self, hosts: HostSet) -> None:
         self.hosts = hosts
 
-    def known(self) -> frozenset[str] | None:
-        """The canonical names any host listed last; None while no host's list is known."""
-        return self.hosts.models()
-
-    def up(self, name: str) -> bool:
+    def up(self, m: Member) -> bool:
         """The host is up: by its health checks, or with the checks off, by its last list fetch."""
-        m = self.hosts.members[name]
         # ready() fetched every older list just before; one that is still old did not come.
         return m.host.up and (self.hosts.checks_on or m.tags_at >= self.hosts.clock() - REFRESH - READY_WAIT)
 
