@@ -104,9 +104,7 @@ class RedisState(State):
     # --- the request path ------------------------------------------------------------------
 
     def before_auth(self, client: str, now: float) -> None:
-        wait = self.fallback.bans.retry_after(address_bucket(client), now)
-        if wait:
-            raise Banned(headers=[retry_after_header(wait)])
+        self.fallback.check_ban(client, now)   # a ban known here (from Redis, or counted without it)
 
     async def auth_failed(self, client: str, now: float) -> None:
         if not (self.ban.after_failures or self.policies.per_ip):
