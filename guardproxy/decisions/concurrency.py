@@ -9,7 +9,7 @@ decision is Redis's and arrives later, so that backend uses the two parts on the
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 DEFAULT_HOST = "default"   # the upstream's name while there is one upstream
 
@@ -54,6 +54,10 @@ class FairQueue:
 
     def keys(self) -> list[str]:
         return list(self._queues)
+
+    def items(self, key: str) -> Sequence[Any]:
+        """The items of `key` in their order (to be read, not changed)."""
+        return self._queues.get(key, ())
 
     def head(self, key: str) -> Any:
         return self._queues[key][0]
@@ -123,9 +127,10 @@ class Occupancy:
 
 
 class ConcurrencyGate(Occupancy):
-    """Generations in flight: a global limit, per-key and per-host limits, and a fair queue.
+    """Generations in flight: a global limit, per-key limits, and a fair queue.
 
-    Waiters are opaque objects owned by the caller.
+    Waiters are opaque objects owned by the caller.  (In one process each
+    host's max_concurrent is counted by the engine's HostSet, not here.)
     """
 
     def __init__(self, max_total: int | None, max_queue: int = 1024) -> None:
@@ -145,24 +150,22 @@ class ConcurrencyGate(Occupancy):
     def max_queue(self, value: int) -> None:
         self.queue.max_queue = value
 
-    def try_acquire(self, key: str, key_limit: int | None, host: str = DEFAULT_HOST,
-                    host_limit: int | None = None) -> bool:
-        if key in self.queue or not self.fits(key, key_limit, host, host_limit, self.max_total):
+    def try_acquire(self, key: str, key_limit: int | None) -> bool:
+        if key in self.queue or not self.fits(key, key_limit, DEFAULT_HOST, None, self.max_total):
             return False  # someone of this key is already waiting: keep the order
-        self.take(key, host)
+        self.take(key)
         return True
 
-    def enqueue(self, key: str, key_limit: int | None, waiter: Any, host: str = DEFAULT_HOST,
-                host_limit: int | None = None) -> None:
-        self.queue.push(key, (waiter, key_limit, host, host_limit))
+    def enqueue(self, key: str, key_limit: int | None, waiter: Any) -> None:
+        self.queue.push(key, (waiter, key_limit))
 
     def cancel(self, key: str, waiter: Any) -> bool:
         """Remove a waiter that gave up; False if it was already granted a slot."""
         return self.queue.remove(key, lambda item: item[0] is waiter) is not None
 
-    def release(self, key: str, host: str = DEFAULT_HOST) -> list[Any]:
+    def release(self, key: str) -> list[Any]:
         """Free one slot of `key`; returns the waiters that now hold a slot (wake them)."""
-        self.drop(key, host)
+        self.drop(key)
         return self.grant()
 
     def grant(self) -> list[Any]:
@@ -172,13 +175,13 @@ class ConcurrencyGate(Occupancy):
         while progress and queue.queued:
             progress = False
             for key in queue.keys():
-                waiter, key_limit, host, host_limit = queue.head(key)
-                if not self.fits(key, key_limit, host, host_limit, self.max_total):
+                waiter, key_limit = queue.head(key)
+                if not self.fits(key, key_limit, DEFAULT_HOST, None, self.max_total):
                     if self.max_total is not None and self.total >= self.max_total:
                         return woken
                     continue
                 queue.pop(key)
-                self.take(key, host)
+                self.take(key)
                 woken.append(waiter)
                 progress = True
                 break

@@ -2,76 +2,73 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from typing import Callable, Generic, TypeVar
 
+from .concurrency import FairQueue, QueueFull
 from .routing import Host, Request, Verdict
 
 W = TypeVar("W")
 
-
-class TooManyWaiting(Exception):
-    pass
+TooManyWaiting = QueueFull   # the queue is at its max_queue
 
 
 class Waiting(Generic[W]):
     """Generations waiting for a host with room (choose said WAIT), served fairly across keys.
 
-    As limits.ConcurrencyGate: a queue per key, keys served in round-robin
-    order, so one key with a hundred waiting requests cannot starve a key
-    with one.  A freed slot goes to the first waiter, in that order, that
-    `place` now puts on a host; within a key, a request whose hosts are all
-    still full does not hold up one behind it that the freed host can take.
-    Waiters are opaque objects owned by the caller.
+    The fair queue of the concurrency gate (concurrency.FairQueue): a queue
+    per key, keys served in round-robin order, so one key with a hundred
+    waiting requests cannot starve a key with one.  A freed slot goes to the
+    first waiter, in that order, that `place` now puts on a host; within a
+    key, a request whose hosts are all still full does not hold up one behind
+    it that the freed host can take.  Waiters are opaque objects owned by the
+    caller.
+
+    A pass stops as soon as no host has room (`room`), as the gate's does at
+    its global limit: placing a thousand waiters on full hosts costs a
+    thousand `choose` calls and finds nothing.  So a waiter whose model no
+    host lists any more (routing sends it to the least busy host, full or
+    not, for that host's own 404) waits for a free slot like the others.
     """
 
     def __init__(self, max_queue: int = 1024) -> None:
-        self.max_queue = max_queue
-        self._queues: OrderedDict[str, deque[tuple[W, Request]]] = OrderedDict()
-        self.queued = 0
+        self.queue = FairQueue(max_queue)
+
+    @property
+    def queued(self) -> int:
+        return self.queue.queued
+
+    @property
+    def max_queue(self) -> int:
+        return self.queue.max_queue
+
+    @max_queue.setter
+    def max_queue(self, value: int) -> None:
+        self.queue.max_queue = value
 
     def enqueue(self, key: str, req: Request, waiter: W) -> None:
-        if self.queued >= self.max_queue:
-            raise TooManyWaiting()
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = deque()
-        q.append((waiter, req))
-        self.queued += 1
+        """Raises TooManyWaiting when the queue is full."""
+        self.queue.push(key, (waiter, req))
 
     def cancel(self, key: str, waiter: W) -> bool:
         """Remove a waiter that gave up; False if it was already granted a host."""
-        q = self._queues.get(key)
-        if q is None:
-            return False
-        for i, (w, _) in enumerate(q):
-            if w is waiter:
-                del q[i]
-                self.queued -= 1
-                if not q:
-                    del self._queues[key]
-                return True
-        return False
+        return self.queue.remove(key, lambda item: item[0] is waiter) is not None
 
-    def grant(self, place: Callable[[Request], Host | Verdict]) -> list[tuple[W, Host]]:
+    def grant(self, place: Callable[[Request], Host | Verdict], room: Callable[[], bool]) -> list[tuple[W, Host]]:
         """The waiters that now have a host (wake them); each host's in_flight is counted at once,
-        so the next placement sees it."""
+        so the next placement sees it.  `room()`: some host that takes requests has a free slot."""
         granted: list[tuple[W, Host]] = []
+        queue = self.queue
         progress = True
-        while progress and self._queues:
+        while progress and queue.queued and room():
             progress = False
-            for key, q in self._queues.items():
-                for i, (waiter, req) in enumerate(q):
-                    host = place(req)
+            for key in queue.keys():
+                for item in queue.items(key):
+                    host = place(item[1])
                     if isinstance(host, Host):
-                        del q[i]
-                        self.queued -= 1
+                        queue.remove(key, lambda x: x is item)
+                        queue.served(key)   # this key goes to the back of the round-robin order
                         host.in_flight += 1
-                        granted.append((waiter, host))
-                        # This key goes to the back of the round-robin order.
-                        del self._queues[key]
-                        if q:
-                            self._queues[key] = q
+                        granted.append((item[0], host))
                         progress = True
                         break
                 if progress:

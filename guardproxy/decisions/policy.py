@@ -87,14 +87,17 @@ class Policies:
         name = self.address_header
         return self.proxies.client_address(peer, [v for n, _, v in req.headers if n == name], self.address_header_name)
 
-    def before_auth(self, client: str, now: float) -> None:
-        """Bans first (before any key is looked at), then the per-address rate."""
-        client = address_bucket(client)
-        wait = self.bans.retry_after(client, now)
+    def check_ban(self, client: str, now: float) -> None:
+        """Banned while the address is."""
+        wait = self.bans.retry_after(address_bucket(client), now)
         if wait:
             raise Banned(headers=[retry_after_header(wait)])
+
+    def before_auth(self, client: str, now: float) -> None:
+        """Bans first (before any key is looked at), then the per-address rate."""
+        self.check_ban(client, now)
         if self.per_ip is not None:
-            wait = self.ip_rates.hit(client, self.per_ip, now)
+            wait = self.ip_rates.hit(address_bucket(client), self.per_ip, now)
             if wait:
                 raise RateLimited(headers=[retry_after_header(wait)])
 

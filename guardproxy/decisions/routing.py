@@ -170,19 +170,25 @@ class Host:
             return self._allowed(model)
         return model in self.models
 
-    def set_tags(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        """Take the `models` of an /api/tags answer."""
+    def set_tags(self, entries: Iterable[Mapping[str, Any]]) -> bool:
+        """Take the `models` of an /api/tags answer; True when the snapshot changed."""
         kept = tuple(e for e in entries if self._allowed(entry_name(e)))
-        self.tags = kept
-        self.models = frozenset(canonical_model(entry_name(e)) for e in kept) | self.loaded
+        models = frozenset(canonical_model(entry_name(e)) for e in kept) | self.loaded
+        changed = kept != self.tags or models != self.models
+        self.tags, self.models = kept, models
+        return changed
 
-    def set_ps(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        """Take the `models` of an /api/ps answer; a loaded model is also a model the host has."""
+    def set_ps(self, entries: Iterable[Mapping[str, Any]]) -> bool:
+        """Take the `models` of an /api/ps answer (a loaded model is also a model the host has);
+        True when the snapshot changed."""
         kept = tuple(e for e in entries if self._allowed(entry_name(e)))
-        self.ps = kept
-        self.loaded = frozenset(canonical_model(entry_name(e)) for e in kept)
-        if self.models is not None and not self.loaded <= self.models:
-            self.models |= self.loaded
+        loaded = frozenset(canonical_model(entry_name(e)) for e in kept)
+        changed = kept != self.ps or loaded != self.loaded
+        self.ps, self.loaded = kept, loaded
+        if self.models is not None and not loaded <= self.models:
+            self.models |= loaded
+            changed = True
+        return changed
 
     def forget(self, model: str) -> None:
         """The host answered 404 for `model` (canonical): stop sending it there before the next /api/tags."""

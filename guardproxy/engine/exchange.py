@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "rid")
+                 "member", "wanted", "lease", "rid")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -65,6 +65,7 @@ class Exchange:
         self.model: str | None = None      # the model Ollama will use, when a check or routing read it
         self.member: Member | None = None  # the host the request is on
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
+        self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
 
     # --- derived facts ---------------------------------------------------------
@@ -179,8 +180,14 @@ class Exchange:
         member, self.wanted = hosts.pick(route, self.model, host_name)
         ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent)
         hosts.take(member)
-        self.member = member
+        self.member, self.lease = member, ticket
         return ticket
+
+    async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
+        """Another host after a failure before the first byte (forwarding's), with a shared host slot."""
+        lease, state = self.lease, self.server.state
+        move = None if lease is None else lambda m: state.move(lease, m.name, m.settings.max_concurrent)
+        return await self.server.hosts.elsewhere(failed, wanted, move)
 
     async def _checked_body(self, key: KeyEntry, route: routes.Route, path: bytes, *, whole: bool,
                             routed: bool = False) -> bytes | None:

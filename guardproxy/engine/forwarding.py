@@ -49,6 +49,7 @@ class Trip(Protocol):
     @property
     def wants_continue(self) -> bool: ...
     def upstream_head(self, authority: bytes) -> bytes: ...
+    async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None: ...
 
 
 async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra: bytes, stream_body: bool,
@@ -111,7 +112,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
                 raise
             hosts.failed(member, failure, sent_at=sent_at)
             # With no connection, nothing of a streamed body has left either.
-            if not _elsewhere(trip, failure, 0, attempts, not stream_body or upstream is None):
+            if not await _elsewhere(trip, failure, 0, attempts, not stream_body or upstream is None):
                 raise
             attempts, fresh = attempts + 1, False
             continue
@@ -128,7 +129,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
             hosts.not_found(member, trip.wanted.model)
         else:
             hosts.failed(member, Failure.STATUS, status, sent_at=sent_at)
-        if _elsewhere(trip, Failure.STATUS, status, attempts, True):
+        if await _elsewhere(trip, Failure.STATUS, status, attempts, True):
             if reusable:
                 member.pool.release(upstream)
             else:
@@ -159,7 +160,7 @@ def _failure(exc: BaseException, upstream: UpstreamConnection | None) -> Failure
     return None
 
 
-def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replayable: bool) -> bool:
+async def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replayable: bool) -> bool:
     """Move the request to another host when routing says so; False: this attempt's outcome stands.
 
     `replayable`: the body can be sent again (it was read whole, or none of it has been sent).
@@ -171,7 +172,7 @@ def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replaya
     if not fail_over(failure, status, attempts=attempts, max_attempts=trip.config.routing.max_attempts,
                      listed=status == 404):
         return False
-    moved = trip.hosts.elsewhere(member, wanted)
+    moved = await trip.elsewhere(member, wanted)
     if moved is None:
         return False
     trip.member, trip.wanted = moved

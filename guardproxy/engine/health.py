@@ -81,12 +81,13 @@ async def _take(hosts: HostSet, member: Member, path: bytes) -> None:
         raise BadGateway(f"{path.decode()} answered {status}")
     entries = _models_of(body)
     if path == TAGS:
-        member.host.set_tags(entries)
+        changed = member.host.set_tags(entries)
         member.tags_at, member.tags_due = hosts.clock(), False
     else:
-        member.host.set_ps(entries)
+        changed = member.host.set_ps(entries)
         member.ps_at = hosts.clock()
-    hosts.snapshot_changed()
+    if changed:   # (most rounds change nothing: what was built from the snapshot stays)
+        hosts.snapshot_changed()
 
 
 async def refresh(hosts: HostSet, member: Member, path: bytes) -> None:

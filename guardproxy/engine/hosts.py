@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Callable, NamedTuple
+from typing import Awaitable, Callable
 
 from ..config.model import Config, UpstreamHost
 from ..decisions import routing
@@ -26,14 +26,13 @@ from ..decisions.hostqueue import TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
 from ..wire.errors import BadRequest, ServiceUnavailable
-from .failures import ClientGone
 from .pool import UpstreamPool
+from .slots import wait_granted
 
 UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of its own
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
-_UNREAD: frozenset[str] = frozenset({"\0"})  # HostSet.models() is to be worked out again
 _NO_HOLD: frozenset[int] = frozenset()
 
 
@@ -47,13 +46,6 @@ class NoUpstream(ServiceUnavailable):
 
 class HostQueueTimeout(ServiceUnavailable):
     message = "every upstream host for this model is busy; try again later"
-
-
-class HostStatus(NamedTuple):
-    name: str
-    up: bool
-    in_flight: int
-    max_concurrent: int | None
 
 
 class Member:
@@ -85,8 +77,10 @@ class HostSet:
         self.several = False
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
-        self.listings: dict[bytes, bytes] = {}  # merged answers built from the current snapshot
-        self._models: frozenset[str] | None = _UNREAD  # models(), until the snapshot changes
+        # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
+        self.listings: dict[bytes | tuple[bytes, tuple[str, ...], bool], bytes] = {}
+        self._models: frozenset[str] | None = None  # models(), until the snapshot changes
+        self._models_due = True                      # ... then worked out again
         self.apply(config)
 
     # --- configuration ---------------------------------------------------------
@@ -186,32 +180,41 @@ class HostSet:
         except TooManyWaiting:
             raise HostQueueTimeout("too many requests are waiting for an upstream host",
                                    headers=[("Retry-After", "1")]) from None
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    raise ClientGone()
-        except BaseException as exc:
-            # A timeout, a hang-up, or the task cancelled: leave the queue, and
-            # hand on a host granted in the same instant (or it is lost for good).
+
+        def give_up() -> None:
+            # Leave the queue, or hand on a host granted in the same instant (or it is lost for good).
             if not self.waiting.cancel(key, waiter) and waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())
-            waiter.cancel()
-            if isinstance(exc, TimeoutError):
-                raise HostQueueTimeout(headers=[("Retry-After", "1")]) from None
-            raise
+
+        await wait_granted(waiter, timeout, gone, give_up, HostQueueTimeout)
         return waiter.result()
 
-    def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
-        """Another host for a request that failed on `failed` before its first byte, its slot moved there."""
+    async def elsewhere(self, failed: Member, wanted: Request, move: Callable[[Member], Awaitable[bool]] | None = None
+                        ) -> tuple[Member, Request] | None:
+        """Another host for a request that failed on `failed` before its first byte, its slot moved there.
+
+        `move`, for a generation whose host slot is a shared lease ([cluster]), takes the lease to a
+        host if it has room at once: the other hosts are tried in routing's order, full here or not
+        (the lease decides).  None: no host took it; the request's answer is the failed host's.
+        """
         wanted = wanted.after(failed.host)
-        choice = self._place(wanted)
-        if not isinstance(choice, Host):
-            return None  # (a full host is not waited for: the client has waited once already)
-        if wanted.generation:
-            choice.in_flight += 1
-            self.release(failed)
-        return self.members[choice.name], wanted
+        if move is None:
+            choice = self._place(wanted)
+            if not isinstance(choice, Host):
+                return None  # (a full host is not waited for: the client has waited once already)
+            if wanted.generation:
+                choice.in_flight += 1
+                self.release(failed)
+            return self.members[choice.name], wanted
+        search = Request(wanted.model, wanted.target, wanted.admin_route, generation=False, tried=wanted.tried)
+        while isinstance(choice := self._place(search), Host):
+            member = self.members[choice.name]
+            if await move(member):
+                self.take(member)
+                self.release(failed)
+                return member, wanted
+            search = search.after(choice)
+        return None
 
     def release(self, member: Member) -> None:
         """A generation on `member` has ended: its slot goes to whoever waits for it."""
@@ -223,16 +226,17 @@ class HostSet:
         """Give hosts with room to the waiters they suit, in fair order."""
         if not self.waiting.queued:
             return
-        for waiter, host in self.waiting.grant(self._place):
-            member = self.members[host.name]
-            if waiter.done():  # (cancelled, not yet out of the queue)
-                self.release(member)
-            else:
-                waiter.set_result(member)
+        for waiter, host in self.waiting.grant(self._place, self._room):
+            waiter.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
 
     def _place(self, wanted: Request) -> Host | Verdict:
         self.turn += 1
         return choose(self.hosts, wanted, self.clock(), self.turn)
+
+    def _room(self) -> bool:
+        """Some host that takes requests now has a free slot (else no waiter can have one)."""
+        now = self.clock()
+        return any(h.in_flight < h.max_concurrent and h.available(now) for h in self.hosts.order)
 
     def _retry_after(self) -> int:
         """Seconds until a host may take requests again: the nearest breaker, else two health checks."""
@@ -269,7 +273,7 @@ class HostSet:
 
     def snapshot_changed(self) -> None:
         self.listings.clear()
-        self._models = _UNREAD
+        self._models_due = True
 
     # --- what the rest of the gate reads ----------------------------------------------
 
@@ -281,17 +285,16 @@ class HostSet:
         """The canonical names of the models any host lists (hosts whose list is unknown add none);
         None while no host's list is known.
 
-        The same object until the snapshot changes: the metrics read it at every request's end.
+        The same object while the names stay the same: the metrics read it at every request's end,
+        and start their labels afresh when it is another.
         """
-        if self._models is _UNREAD:
+        if self._models_due:
+            self._models_due = False
             lists = [m.host.models for m in self.members.values() if m.host.models is not None]
-            self._models = frozenset().union(*lists) if lists else None
+            models = frozenset().union(*lists) if lists else None
+            if models != self._models:
+                self._models = models
         return self._models
-
-    def status(self) -> list[HostStatus]:
-        """Per host, in configured order: name, up, generations in flight, max_concurrent."""
-        return [HostStatus(m.name, m.host.up, m.host.in_flight, m.settings.max_concurrent)
-                for m in self.members.values()]
 
     def hold_for(self, member: Member, wanted: Request | None, attempts: int) -> frozenset[int]:
         """The statuses to keep from the client on this attempt: those another host may answer instead."""

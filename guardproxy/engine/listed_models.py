@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ..decisions.models import canonical
+from ..decisions.routing import canonical_model
 from .health import TAGS, refresh
-from .hosts import HostSet
+from .hosts import HostSet, Member
 
 OTHER = "other"
 REFRESH = 60.0      # seconds a list fetched for the metrics stays good (with the checks off)
@@ -27,27 +27,16 @@ READY_WAIT = 2.0    # how long a scrape waits for those fetches
 def listed_name(name: str, known: frozenset[str]) -> str:
     """The label of a model name as a request or response wrote it: the listed name Ollama resolves
     it to ("llama3.2" is "llama3.2:latest"), or OTHER."""
-    n = canonical(name)
-    if n in known:
-        return n
-    if ":" not in n.rsplit("/", 1)[-1]:
-        n += ":latest"
-        if n in known:
-            return n
-    return OTHER
+    n = canonical_model(name)   # (the spelling the hosts' lists are kept in)
+    return n if n in known else OTHER
 
 
 class ListedModels:
     def __init__(self, hosts: HostSet) -> None:
         self.hosts = hosts
 
-    def known(self) -> frozenset[str] | None:
-        """The canonical names any host listed last; None while no host's list is known."""
-        return self.hosts.models()
-
-    def up(self, name: str) -> bool:
+    def up(self, m: Member) -> bool:
         """The host is up: by its health checks, or with the checks off, by its last list fetch."""
-        m = self.hosts.members[name]
         # ready() fetched every older list just before; one that is still old did not come.
         return m.host.up and (self.hosts.checks_on or m.tags_at >= self.hosts.clock() - REFRESH - READY_WAIT)
 

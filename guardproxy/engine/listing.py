@@ -31,9 +31,15 @@ class Lister(forwarding.Trip, Protocol):
 async def merged(ex: Lister, key: KeyEntry, path: bytes) -> bool:
     """The hosts' lists merged, from the snapshot (503 when no host is up)."""
     path = _PATHS[ex.route.name]  # (/api/tags/ is /api/tags)
-    raw = await health.listing(ex.hosts, path)
+    hosts = ex.hosts
+    raw = await health.listing(hosts, path)
     if key.models is not None:
-        raw = models.filter_listing(path, key, raw)
+        # Cut down once per model list and snapshot (hosts.listings is emptied when the snapshot changes).
+        seen_as = (path, key.models, models.may_use_cloud(key))
+        cut = hosts.listings.get(seen_as)
+        if cut is None:
+            cut = hosts.listings[seen_as] = models.filter_listing(path, key, raw)
+        raw = cut
     return ex.respond(200, _JSON + ex.extra_headers, raw)
 
 

@@ -56,7 +56,7 @@ class GuardServer:
         self.health = HealthChecker(self.hosts)
         self.access_log = access_log if access_log is not None else AccessLog(config.access_log)
         self.listed = ListedModels(self.hosts)
-        self.metrics = Metrics(self.known_models)
+        self.metrics = Metrics(self.hosts.models)  # a `model` label is a name some host lists
         self.metrics_listener: MetricsListener | None = None
         self.connections: set[ClientConnection] = set()
         self.per_ip: dict[str, int] = {}
@@ -81,15 +81,10 @@ class GuardServer:
         """X-Forwarded-Proto for the upstream."""
         return b"https" if self.tls is not None else b"http"
 
-    def known_models(self) -> frozenset[str] | None:
-        """The canonical names of the models some host lists (the metrics' `model` label);
-        None until they are known."""
-        return self.listed.known()
-
     async def scrape(self) -> bytes:
         """The metrics as Prometheus reads them."""
         await self.listed.ready()
-        hosts = tuple(UpstreamState(h.name, self.listed.up(h.name), h.in_flight) for h in self.hosts.status())
+        hosts = tuple(UpstreamState(m.name, self.listed.up(m), m.host.in_flight) for m in self.hosts.members.values())
         waiting = self.state.waiting() + self.hosts.waiting.queued
         return self.metrics.exposition(Gauges(len(self.connections), waiting, hosts,
                                               self.state.errors, self.state.fallbacks))

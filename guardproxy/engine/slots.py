@@ -12,9 +12,9 @@ the Redis backend, whose answers arrive from a round trip instead of at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from ..decisions.concurrency import DEFAULT_HOST, ConcurrencyGate, QueueFull
+from ..decisions.concurrency import ConcurrencyGate, QueueFull
 from ..wire.errors import ServiceUnavailable
 from .failures import ClientGone
 
@@ -27,9 +27,9 @@ def queue_full() -> QueueTimeout:
     return QueueTimeout("too many requests are waiting for a generation slot", headers=[("Retry-After", "1")])
 
 
-async def wait_granted(waiter: "asyncio.Future[None]", timeout: float, gone: "asyncio.Future[None] | None",
-                       give_up: Callable[[], None]) -> None:
-    """Wait until `waiter` is resolved (a slot granted); 503 after `timeout`.
+async def wait_granted(waiter: "asyncio.Future[Any]", timeout: float, gone: "asyncio.Future[None] | None",
+                       give_up: Callable[[], None], timed_out: type[ServiceUnavailable] = QueueTimeout) -> None:
+    """Wait until `waiter` is resolved (a slot granted); `timed_out` (a 503) after `timeout`.
 
     `gone` is done when the client hangs up: its place in the queue is given up at once
     (ClientGone), so hung-up clients never crowd out live ones.  On any way out but a grant,
@@ -52,25 +52,24 @@ async def wait_granted(waiter: "asyncio.Future[None]", timeout: float, gone: "as
         if not waiter.done():
             waiter.cancel()
         if isinstance(exc, TimeoutError):
-            raise QueueTimeout(headers=[("Retry-After", "1")]) from None
+            raise timed_out(headers=[("Retry-After", "1")]) from None
         raise
 
 
 async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-                  gone: "asyncio.Future[None] | None" = None, host: str = DEFAULT_HOST,
-                  host_limit: int | None = None) -> None:
+                  gone: "asyncio.Future[None] | None" = None) -> None:
     """Wait, in fair order across keys, for a generation slot of the in-process gate."""
-    if gate.try_acquire(key, key_limit, host, host_limit):
+    if gate.try_acquire(key, key_limit):
         return
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        gate.enqueue(key, key_limit, waiter, host, host_limit)
+        gate.enqueue(key, key_limit, waiter)
     except QueueFull:
         raise queue_full() from None
 
     def give_up() -> None:
         if not gate.cancel(key, waiter):
-            wake(gate.release(key, host))   # granted in the same instant it gave up: hand the slot on
+            wake(gate.release(key))   # granted in the same instant it gave up: hand the slot on
 
     await wait_granted(waiter, timeout, gone, give_up)
 

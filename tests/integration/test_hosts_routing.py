@@ -10,12 +10,16 @@ import asyncio
 import json
 from pathlib import Path
 
-from conftest import ADMIN_KEY, KEY
+from conftest import ADMIN_KEY, KEY, Proxy
 from guardproxy.config.model import KeyEntry, TrafficLimits
 from guardproxy.config.write import hash_key
 from support.hosts import Fakes, Held, fakes, gate, generate, host, models_asked, work  # noqa: F401 (fakes: a fixture)
 from support.polling import until
 from support.raw_http import fetch
+
+
+def in_flight(proxy: Proxy) -> dict[str, int]:
+    return {m.name: m.host.in_flight for m in proxy.server.hosts.members.values()}
 
 
 async def test_only_hosts_that_list_the_model_get_it(fakes: Fakes, tmp_path: Path) -> None:
@@ -55,13 +59,13 @@ async def test_least_busy_counts_in_flight_against_max_concurrent_times_weight(f
     # Shares: a 4 x 1, b 4 x 2.  Each stream goes where in-flight / share is lowest, so b takes two of three.
     async with gate(tmp_path, (host(0, a, 4), host(1, b, 4, weight=2.0))) as proxy:
         held = [await Held.open(proxy.port, "m", KEY) for _ in range(3)]
-        assert {s.name: s.in_flight for s in proxy.server.hosts.status()} == {"gpu-a": 1, "gpu-b": 2}
+        assert in_flight(proxy) == {"gpu-a": 1, "gpu-b": 2}
         held += [await Held.open(proxy.port, "m", KEY) for _ in range(3)]
-        assert {s.name: s.in_flight for s in proxy.server.hosts.status()} == {"gpu-a": 2, "gpu-b": 4}
+        assert in_flight(proxy) == {"gpu-a": 2, "gpu-b": 4}
         assert len(work(a)) == 2 and len(work(b)) == 4
         for h in held:
             h.close()
-        await until(lambda: all(s.in_flight == 0 for s in proxy.server.hosts.status()))
+        await until(lambda: not any(in_flight(proxy).values()))
 
 
 async def test_when_every_host_is_full_a_generation_waits_for_the_first_one_that_frees(fakes: Fakes,
@@ -158,7 +162,8 @@ async def test_merged_listings_each_model_once_ps_with_its_host_and_filtered_per
         assert [len(f.requests) for f in (a, b, c)] == asked
         # What the metrics read: every model any host lists, and each host's state.
         assert proxy.server.hosts.models() == {"llama3.2:latest", "qwen3:8b", "mistral:7b", "gemma2:2b"}
-        assert [(s.name, s.up, s.in_flight, s.max_concurrent) for s in proxy.server.hosts.status()] == [
+        assert [(m.name, m.host.up, m.host.in_flight, m.settings.max_concurrent)
+                for m in proxy.server.hosts.members.values()] == [
             ("gpu-a", True, 0, 2), ("gpu-b", True, 0, 2), ("gpu-c", True, 0, 2)]
     assert [m["name"] for m in json.loads(tags.body)["models"]] == ["llama3.2", "qwen3:8b", "mistral:7b",
                                                                    "gemma2:2b"]
@@ -168,6 +173,36 @@ async def test_merged_listings_each_model_once_ps_with_its_host_and_filtered_per
     assert [m["name"] for m in json.loads(mine.body)["models"]] == ["llama3.2"]
     assert head.status == 200 and head.header("content-length") == str(len(tags.body))
     assert tags.header("content-type") == "application/json; charset=utf-8"
+
+
+async def test_a_keys_cut_of_a_merged_listing_is_kept_until_the_snapshot_changes(fakes: Fakes,
+                                                                                   tmp_path: Path) -> None:
+    a = await fakes.start(0, models=["llama3.2", "qwen3:8b"])
+    narrow = "gp_narrow-key-0123456789abcdefghijklmnopqr"
+    keys = (KeyEntry("narrow", bytes.fromhex(hash_key(narrow)), models=("llama*",)),)
+    async with gate(tmp_path, (host(0, a),), interval=5.0, keys=keys) as proxy:
+        hosts = proxy.server.hosts
+        first = await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})
+        assert (b"/api/tags", ("llama*",), False) in hosts.listings
+        assert (await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})).body == first.body
+        hosts.members["gpu-a"].host.set_tags([{"name": "llama3.3"}, {"name": "qwen3:8b"}])
+        hosts.snapshot_changed()   # what a fresh /api/tags does
+        after = await fetch(proxy.port, "GET", "/api/tags", headers={"X-API-Key": narrow})
+    assert [m["name"] for m in json.loads(first.body)["models"]] == ["llama3.2"]
+    assert [m["name"] for m in json.loads(after.body)["models"]] == ["llama3.3"]
+
+
+async def test_health_rounds_that_change_nothing_keep_what_was_built_from_the_snapshot(fakes: Fakes,
+                                                                                        tmp_path: Path) -> None:
+    a = await fakes.start(0, models=["llama3.2"], loaded=["llama3.2"])
+    async with gate(tmp_path, (host(0, a),), interval=0.05) as proxy:
+        hosts = proxy.server.hosts
+        assert (await fetch(proxy.port, "GET", "/api/ps", headers={"X-API-Key": KEY})).status == 200
+        known = hosts.models()
+        await asyncio.wait_for(proxy.server.health.next_round(2), 5)
+        assert b"/api/ps" in hosts.listings and hosts.models() is known
+        hosts.snapshot_changed()   # (something else changed: the names are the same, so is the object)
+        assert hosts.models() is known and known == {"llama3.2:latest"}
 
 
 async def test_the_access_log_names_the_host(fakes: Fakes, tmp_path: Path) -> None:

@@ -74,9 +74,15 @@ class State(ABC):
         """Just before forwarding: what is left of the checks, and a slot for a generation.
 
         Raises a GuardError (429 rates, bans, budget; 503 queue timeout, limits unavailable)
-        or ClientGone (hung up while waiting).  `host` is the upstream's name; `host_limit`
-        its concurrency limit, if it has one.
+        or ClientGone (hung up while waiting).  `host` is the upstream's name and `host_limit`
+        its max_concurrent, given only when `shares_hosts` (else hosts.py counts host slots).
         """
+
+    async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
+        """A failover: move the host slot `admit` granted to `host`.  True when it is taken there and
+        given up where it was; False (nothing changed) when `host` has no room at once.  Called only
+        when `shares_hosts` (else hosts.py counts the host slots alone)."""
+        raise NotImplementedError("this state holds no host slots")
 
     @abstractmethod
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:

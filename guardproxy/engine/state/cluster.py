@@ -32,7 +32,7 @@ from .local import spent
 from .commands import Reply
 from .pubsub import RedisSubscriber
 from .resp import RedisClient, RedisError, RedisReplyError
-from .scripts import ADMIT, AUTH_FAILED, FINISH, RENEW, Calls, key_keys
+from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
@@ -95,7 +95,7 @@ class RedisState(State):
     shares_hosts = True  # several gates in front of one host share its max_concurrent
 
     def waiting(self) -> int:
-        return self.slots.queue.queued + self.policies.gate.queued  # (the second: while Redis is down)
+        return self.slots.queue.queued   # with Redis or without (on_redis_error decides their grants)
 
     @property
     def connected(self) -> bool:
@@ -104,9 +104,7 @@ class RedisState(State):
     # --- the request path ------------------------------------------------------------------
 
     def before_auth(self, client: str, now: float) -> None:
-        wait = self.fallback.bans.retry_after(address_bucket(client), now)
-        if wait:
-            raise Banned(headers=[retry_after_header(wait)])
+        self.fallback.check_ban(client, now)   # a ban known here (from Redis, or counted without it)
 
     async def auth_failed(self, client: str, now: float) -> None:
         if not (self.ban.after_failures or self.policies.per_ip):
@@ -197,6 +195,31 @@ class RedisState(State):
             self.hold(ticket)
             return ticket
         return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True)
+
+    async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
+        if self.leases.get(ticket.lease) is not ticket:
+            return False   # no slot held here
+        if self.connected:
+            try:
+                moved = await self.client.evalsha(MOVE, *self.calls.move(ticket.lease, ticket.host, host, host_limit))
+            except RedisError as e:
+                self.error(e)
+            else:
+                if moved == 1:
+                    self._moved(ticket, host)
+                return moved == 1
+        self.fallbacks += 1
+        if self.rule == "closed" or (self.rule == "local" and not self.occupancy.fits(
+                ticket.key, None, host, limit_share(host_limit, self.instances), None)):
+            return False
+        self._moved(ticket, host)   # (its lease in Redis, if any, runs out: renewals now name `host`)
+        return True
+
+    def _moved(self, ticket: Ticket, host: str) -> None:
+        self.occupancy.drop(ticket.key, ticket.host)
+        self.occupancy.take(ticket.key, host)
+        ticket.host = host
+        self.slots.released()   # the old host has room for whoever waits here
 
     def fits_locally(self, key: str, key_limit: int | None, host: str, host_limit: int | None) -> bool:
         n = self.instances

@@ -117,20 +117,21 @@ class LocalState(State):
 
     async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
                     host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+        # (`host` comes only when `shares_hosts`: in one process hosts.py counts the host slots.)
         if not generation:
             return NO_TICKET
         budget = key.tokens
         if budget is not None:
             self.budgets.check(key.name, budget)
         pol = self.policies
-        if not pol.slots_on and host_limit is None:
-            return NO_TICKET if budget is None else Ticket(key.name, host, False, budget)
-        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, host, host_limit)
-        return Ticket(key.name, host, True, budget)
+        if not pol.slots_on:
+            return NO_TICKET if budget is None else Ticket(key.name, budget=budget)
+        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone)
+        return Ticket(key.name, slot=True, budget=budget)
 
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         if ticket.slot:
-            slots.wake(self.policies.gate.release(ticket.key, ticket.host))
+            slots.wake(self.policies.gate.release(ticket.key))
         if ticket.budget is not None and outcome is not None:
             self.budgets.spend(ticket.key, ticket.budget, spent(outcome))
 

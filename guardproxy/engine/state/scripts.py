@@ -4,6 +4,7 @@ and how their arguments are encoded (Calls).
     ADMIT        before forwarding: ban, per-address and per-key rate, token budget, a slot
     AUTH_FAILED  a refused key: ban, per-address rate, count the failure (may start a ban)
     TAKE         slots for waiting requests, in their fair order (a grant pass)
+    MOVE         a generation's host lease to another host (a failover), if that host has room
     FINISH       after a request: free its slot (wake waiters if any), add its tokens
     RENEW        every lease_ttl/3: this instance's heartbeat, its slots' leases; returns live instances
 
@@ -106,6 +107,17 @@ local function hold(key, lease, until_ms, ttl_ms)
   redis.call('ZADD', key, until_ms, lease)
   redis.call('PEXPIRE', key, ttl_ms * 2)
 end
+-- A slot: `lease` into every set of `keys` if none is at its limit (0: none), else nothing.
+local function take(keys, limits, lease, now_ms, ttl_ms)
+  for i = 1, #keys do
+    if full(keys[i], limits[i], now_ms) then return false end
+  end
+  for i = 1, #keys do
+    count(keys[i], now_ms)
+    hold(keys[i], lease, now_ms + ttl_ms, ttl_ms)
+  end
+  return true
+end
 """
 
 # KEYS: ban, rate:ip, rate:key, tokens, slots:key, slots:host, slots:all, queued
@@ -138,13 +150,8 @@ end
 local slot = ARGV[1]
 if slot == '0' then return {0, 0, total} end
 local now_ms = math.floor(now / 1000)
-if slot == '1' and not full(KEYS[7], tonumber(ARGV[12]), now_ms) and not full(KEYS[5], tonumber(ARGV[10]), now_ms)
-    and not full(KEYS[6], tonumber(ARGV[11]), now_ms) then
-  local ttl = tonumber(ARGV[13])
-  for k = 5, 7 do
-    count(KEYS[k], now_ms)
-    hold(KEYS[k], ARGV[2], now_ms + ttl, ttl)
-  end
+if slot == '1' and take({KEYS[7], KEYS[5], KEYS[6]}, {tonumber(ARGV[12]), tonumber(ARGV[10]), tonumber(ARGV[11])},
+                        ARGV[2], now_ms, tonumber(ARGV[13])) then
   return {0, 0, total}
 end
 redis.call('SET', KEYS[8], '1', 'PX', ARGV[14])
@@ -187,14 +194,7 @@ local out, waiting = {}, false
 for i = 1, (#KEYS - 2) / 2 do
   local key_set, host_set = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   local lease, key_limit, host_limit = ARGV[1 + 3 * i], tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
-  if not full(KEYS[1], total_limit, now_ms) and not full(key_set, key_limit, now_ms)
-      and not full(host_set, host_limit, now_ms) then
-    count(key_set, now_ms)
-    count(KEYS[1], now_ms)
-    count(host_set, now_ms)
-    hold(key_set, lease, now_ms + ttl, ttl)
-    hold(KEYS[1], lease, now_ms + ttl, ttl)
-    hold(host_set, lease, now_ms + ttl, ttl)
+  if take({KEYS[1], key_set, host_set}, {total_limit, key_limit, host_limit}, lease, now_ms, ttl) then
     out[i] = 1
   else
     out[i] = 0
@@ -203,6 +203,16 @@ for i = 1, (#KEYS - 2) / 2 do
 end
 if waiting then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
 return out
+""")
+
+# KEYS: slots:host of the host it leaves, slots:host of the host it goes to, queued
+# ARGV: lease, the new host's limit, lease_ttl_ms, channel
+# Returns 1 (moved) or 0 (the new host is full: the lease stays where it was).
+MOVE = Script(_CLOCK + _SLOTS + """
+if not take({KEYS[2]}, {tonumber(ARGV[2])}, ARGV[1], math.floor(now / 1000), tonumber(ARGV[3])) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], '1') end
+return 1
 """)
 
 # KEYS: slots:key, slots:host, slots:all, tokens, queued
@@ -302,6 +312,13 @@ class Calls:
                        key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
                        self.lease_ttl_ms, self.queued_ttl_ms))
         return keys, args
+
+    def move(self, lease: bytes, old: str, new: str,
+             new_limit: int | None) -> tuple[tuple[bytes, ...], tuple[bytes | int, ...]]:
+        """MOVE's keys and arguments: `lease` leaves host `old` for host `new`."""
+        host_slots = self.prefix + b"slots:host:"
+        return ((host_slots + old.encode(), host_slots + new.encode(), self.queued),
+                (lease, new_limit or 0, self.lease_ttl_ms, self.channel))
 
     def auth_failed(self, addr: str) -> tuple[int, bytes]:
         return 10, b"$1\r\n3\r\n" + _address_block(self.prefix, addr, True) + self._auth_args

@@ -194,3 +194,14 @@ def test_a_hosts_listing_snapshot_keeps_only_its_configured_models() -> None:
     assert [e["name"] for e in h.tags] == ["llama3.2:latest"]
     assert [e["name"] for e in h.ps] == ["llama3.2:latest"]
 
+
+def test_a_list_taken_again_says_whether_the_snapshot_changed() -> None:
+    h = Host("a")
+    assert h.set_tags([entry("llama3.2"), entry("qwen3:8b")]) is True
+    assert h.set_tags([entry("llama3.2"), entry("qwen3:8b")]) is False
+    assert h.set_tags([entry("llama3.2")]) is True
+    assert h.set_ps([entry("llama3.2")]) is True and h.set_ps([entry("llama3.2")]) is False
+    assert h.set_ps([entry("mistral")]) is True and h.models == {"llama3.2:latest", "mistral:latest"}
+    h.forget("llama3.2:latest")   # a 404: the same list taken again brings it back
+    assert h.set_tags([entry("llama3.2")]) is True and "llama3.2:latest" in h.models
+

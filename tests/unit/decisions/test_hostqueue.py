@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -10,6 +10,7 @@ from guardproxy.decisions.hostqueue import TooManyWaiting, Waiting
 from guardproxy.decisions.routing import Host, Hosts, Request, Verdict, choose
 
 NOW = 100.0
+W = TypeVar("W")
 
 
 def full_host(name: str, models: list[str], max_concurrent: int = 1) -> Host:
@@ -23,6 +24,14 @@ def placer(hosts: Hosts) -> Callable[[Request], Host | Verdict]:
     return lambda req: choose(hosts, req, NOW, 0)
 
 
+def room(hosts: Hosts) -> Callable[[], bool]:
+    return lambda: any(h.in_flight < h.max_concurrent and h.available(NOW) for h in hosts.order)
+
+
+def grant(q: Waiting[W], hosts: Hosts) -> list[tuple[W, Host]]:
+    return q.grant(placer(hosts), room(hosts))
+
+
 def test_a_freed_slot_goes_round_robin_across_keys() -> None:
     a = full_host("a", ["m:latest"])
     hosts = Hosts([a])
@@ -30,11 +39,11 @@ def test_a_freed_slot_goes_round_robin_across_keys() -> None:
     for w in ("k1-1", "k1-2", "k1-3"):
         q.enqueue("k1", Request(model="m"), w)
     q.enqueue("k2", Request(model="m"), "k2-1")
-    assert q.grant(placer(hosts)) == []  # still full
+    assert grant(q, hosts) == []  # still full
     granted = []
     for _ in range(4):
         a.in_flight -= 1
-        (waiter, host), = q.grant(placer(hosts))
+        (waiter, host), = grant(q, hosts)
         assert host is a and a.in_flight == 1
         granted.append(waiter)
     assert granted == ["k1-1", "k2-1", "k1-2", "k1-3"]
@@ -48,9 +57,9 @@ def test_a_waiter_for_a_model_on_full_hosts_does_not_hold_up_one_the_freed_host_
     q.enqueue("k", Request(model="m"), "wants-m")
     q.enqueue("k", Request(model="other"), "wants-other")
     b.in_flight = 0
-    assert [(w, h.name) for w, h in q.grant(placer(hosts))] == [("wants-other", "b")]
+    assert [(w, h.name) for w, h in grant(q, hosts)] == [("wants-other", "b")]
     a.in_flight = 0
-    assert [(w, h.name) for w, h in q.grant(placer(hosts))] == [("wants-m", "a")]
+    assert [(w, h.name) for w, h in grant(q, hosts)] == [("wants-m", "a")]
 
 
 def test_one_grant_fills_every_freed_slot_and_no_more() -> None:
@@ -60,8 +69,40 @@ def test_one_grant_fills_every_freed_slot_and_no_more() -> None:
     for i in range(5):
         q.enqueue(f"k{i}", Request(model="m"), i)
     a.in_flight = 1
-    assert [w for w, _ in q.grant(placer(hosts))] == [0, 1]
+    assert [w for w, _ in grant(q, hosts)] == [0, 1]
     assert a.in_flight == 3 and q.queued == 3
+
+
+def test_a_pass_stops_once_no_host_has_room() -> None:
+    a = full_host("a", ["m:latest"])
+    hosts = Hosts([a])
+    q: Waiting[int] = Waiting()
+    for i in range(100):
+        q.enqueue(f"k{i}", Request(model="m"), i)
+    places: list[Request] = []
+
+    def place(req: Request) -> Host | Verdict:
+        places.append(req)
+        return choose(hosts, req, NOW, 0)
+    assert q.grant(place, room(hosts)) == [] and places == []   # all full: nobody is placed
+    a.in_flight = 0
+    assert [w for w, _ in q.grant(place, room(hosts))] == [0]
+    assert len(places) == 1 and q.queued == 99   # and the 99 behind it were not placed on a full host
+
+
+def test_a_waiter_whose_model_no_host_lists_any_more_waits_for_a_free_slot() -> None:
+    # It waited for a full host; that host's list has since lost the model.  Routing would put it
+    # on the least busy host, full or not (for that host's own 404); from the queue it takes a free slot.
+    a, b = full_host("a", ["m:latest"]), full_host("b", ["other:latest"])
+    hosts = Hosts([a, b])
+    q: Waiting[str] = Waiting()
+    q.enqueue("k", Request(model="m"), "w")
+    a.forget("m:latest")
+    assert isinstance(choose(hosts, Request(model="m"), NOW, 0), Host)
+    assert grant(q, hosts) == [] and q.queued == 1
+    b.in_flight = 0
+    assert [(w, h.name) for w, h in grant(q, hosts)] == [("w", "b")]
+    assert b.in_flight == 1 and q.queued == 0
 
 
 def test_cancel_and_the_queue_cap() -> None:
@@ -82,7 +123,7 @@ def test_an_unavailable_host_is_not_granted() -> None:
     a.in_flight = 0
     a.health_check(False, refused=True)
     assert choose(hosts, Request(model="m"), NOW, 0) is Verdict.UNAVAILABLE
-    assert q.grant(placer(hosts)) == [] and q.queued == 1
+    assert grant(q, hosts) == [] and q.queued == 1
 
 
 def test_configure_keeps_counters_and_a_new_glob_list_forgets_the_model_list() -> None:

@@ -95,12 +95,14 @@ def test_per_address_cap_counts_ipv4_and_ipv6_slash_64() -> None:
     assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
 
 
-def test_gate_host_limit() -> None:
-    g = ConcurrencyGate(None)
-    assert g.try_acquire("a", None, "gpu1", 1) and not g.try_acquire("b", None, "gpu1", 1)
-    assert g.try_acquire("b", None, "gpu2", 1)
-    g.enqueue("b", None, "w", "gpu1", 1)
-    assert g.release("a", "gpu1") == ["w"] and g.hosts == {"gpu1": 1, "gpu2": 1} and g.total == 2
+def test_occupancy_counts_hosts_for_the_shared_states_own_share() -> None:
+    from guardproxy.decisions.concurrency import Occupancy
+    o = Occupancy()
+    o.take("a", "gpu1")
+    assert not o.fits("b", None, "gpu1", 1, None) and o.fits("b", None, "gpu2", 1, None)
+    o.take("b", "gpu2")
+    o.drop("a", "gpu1")
+    assert o.hosts == {"gpu2": 1} and o.total == 1 and o.fits("a", None, "gpu1", 1, None)
 
 
 def test_fair_queue_order_for_a_grant_pass() -> None:
