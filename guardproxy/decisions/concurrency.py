@@ -95,6 +95,24 @@ class FairQueue:
         return out
 
 
+class HoldsQueue:
+    """An owner of a FairQueue, whose length and cap are read and set through it."""
+
+    queue: FairQueue
+
+    @property
+    def queued(self) -> int:
+        return self.queue.queued
+
+    @property
+    def max_queue(self) -> int:
+        return self.queue.max_queue
+
+    @max_queue.setter
+    def max_queue(self, value: int) -> None:
+        self.queue.max_queue = value
+
+
 class Occupancy:
     """Slots in use: per key, per upstream host, in all."""
 
@@ -126,7 +144,7 @@ class Occupancy:
         self.total -= 1
 
 
-class ConcurrencyGate(Occupancy):
+class ConcurrencyGate(Occupancy, HoldsQueue):
     """Generations in flight: a global limit, per-key limits, and a fair queue.
 
     Waiters are opaque objects owned by the caller.  (In one process each
@@ -137,18 +155,6 @@ class ConcurrencyGate(Occupancy):
         super().__init__()
         self.max_total = max_total
         self.queue = FairQueue(max_queue)
-
-    @property
-    def queued(self) -> int:
-        return self.queue.queued
-
-    @property
-    def max_queue(self) -> int:
-        return self.queue.max_queue
-
-    @max_queue.setter
-    def max_queue(self, value: int) -> None:
-        self.queue.max_queue = value
 
     def try_acquire(self, key: str, key_limit: int | None) -> bool:
         if key in self.queue or not self.fits(key, key_limit, DEFAULT_HOST, None, self.max_total):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from .concurrency import FairQueue, QueueFull
+from .concurrency import FairQueue, HoldsQueue, QueueFull
 from .routing import Host, Request, Verdict
 
 W = TypeVar("W")
@@ -12,7 +12,7 @@ W = TypeVar("W")
 TooManyWaiting = QueueFull   # the queue is at its max_queue
 
 
-class Waiting(Generic[W]):
+class Waiting(HoldsQueue, Generic[W]):
     """Generations waiting for a host with room (choose said WAIT), served fairly across keys.
 
     The fair queue of the concurrency gate (concurrency.FairQueue): a queue
@@ -32,18 +32,6 @@ class Waiting(Generic[W]):
 
     def __init__(self, max_queue: int = 1024) -> None:
         self.queue = FairQueue(max_queue)
-
-    @property
-    def queued(self) -> int:
-        return self.queue.queued
-
-    @property
-    def max_queue(self) -> int:
-        return self.queue.max_queue
-
-    @max_queue.setter
-    def max_queue(self, value: int) -> None:
-        self.queue.max_queue = value
 
     def enqueue(self, key: str, req: Request, waiter: W) -> None:
         """Raises TooManyWaiting when the queue is full."""
