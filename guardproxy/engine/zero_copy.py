@@ -53,9 +53,12 @@ class ZeroCopyBodies:
         dst, src = socket_fd(sink), socket_fd(self.transport)
         if dst is None or src is None or self.transport is None:
             return
+        try:
+            splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
+        except OSError:
+            return  # no descriptors to spare (EMFILE): the ordinary path carries the body
         self.transport.pause_reading()  # the kernel takes these bytes now, not the event loop
         framing.remaining -= count
-        splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
         self._splice = splice
         splice.start()
 
