@@ -27,7 +27,7 @@ from .splice import Splice
 from .watch import Watch
 from .zero_copy import ZeroCopyBodies
 
-_TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
+_TAIL_READS = 4  # past this many kept reads they are joined, and cut to the budget
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
@@ -58,7 +58,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
                  "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
-                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room",
+                 "_drain_waiter", "_extra_headers", "_tail", "_tail_budget", "_head", "_head_room",
                  "_splice", "_splice_write_timeout", "_hold", "held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
@@ -88,11 +88,10 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._extra_headers = b""
-        # The fewest last body reads that cover `_tail_budget` bytes (of a large
-        # read only its end), and for some shapes the first bytes of the body:
-        # tokens.py reads the token counts from them once the response has ended.
+        # The last few body reads, ending with `_tail_budget` bytes of the body or more (of
+        # a large read only its end), and for some shapes the body's first bytes: tokens.py
+        # reads the token counts from them once the response has ended.
         self._tail: list[bytes] = _NONE_KEPT  # (a list only while a generation keeps its end)
-        self._tail_size = 0
         self._tail_budget = 0   # 0: not a generation, nothing is kept
         self._head = b""
         self._head_room = 0
@@ -140,7 +139,6 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         # Only generations keep references to their last reads (for token counts),
         # so a bulk response never holds more than the transport's own buffer.
         self._tail = [] if tail else _NONE_KEPT
-        self._tail_size = 0
         self._tail_budget = tail
         self._head = b""
         self._head_room = head
@@ -268,25 +266,24 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             self._head += piece
             self._head_room -= len(piece)
         budget = self._tail_budget
-        # A token read is kept by reference; of a large read only its end is
-        # copied, so big buffers are freed (and their pages reused) at once.
         kept = self._tail
-        kept.append(data if len(data) <= budget else data[-budget:])
-        size = self._tail_size + len(kept[-1])
-        while size - len(kept[0]) >= budget:
-            size -= len(kept.pop(0))
+        if len(data) >= budget:
+            # Of a large read only its end is copied, so big buffers are freed
+            # (and their pages reused) at once; it replaces every earlier read.
+            kept[:] = [data[-budget:]]
+            return
+        # A token read is kept by reference, and only every few reads are they
+        # joined and cut to the budget: no sizes summed per read, and at most
+        # _TAIL_READS small reads (each under the budget) held.
+        kept.append(data)
         if len(kept) > _TAIL_READS:
-            joined = b"".join(kept)[-budget:]
-            kept[:] = [joined]
-            size = len(joined)
-        self._tail_size = size
+            kept[:] = [b"".join(kept)[-budget:]]
 
     def tail(self) -> tuple[bytes, bytes]:
         """(the body's start, its end) kept for token counts; then forgets them."""
         tail = b"".join(self._tail)[-self._tail_budget:] if self._tail else b""
         head = self._head
         self._tail = _NONE_KEPT
-        self._tail_size = 0
         self._head = b""
         return head, tail
 

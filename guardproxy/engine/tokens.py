@@ -1,7 +1,7 @@
 """Token counts from the end of a response (and, for one shape, its start).
 
-Pure logic: no asyncio.  The relay keeps references to the last reads of a
-generation's response, as few as cover TAIL_BYTES (no parsing per token);
+Pure logic: no asyncio.  The relay keeps references to the last few reads
+of a generation's response, which cover TAIL_BYTES (no parsing per token);
 when the response ends, `usage_from_tail` looks once at them for the shapes
 Ollama writes:
 
