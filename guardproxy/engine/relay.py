@@ -55,7 +55,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
     # Slots, not a __dict__: one of these lives per open stream, and past 30
     # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
     __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state",
-                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
+                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out", "_seen_out",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail", "_tail_budget", "_head", "_head_room",
@@ -75,6 +75,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.bytes_out = 0
+        self._seen_out = 0  # bytes_out at the last sweep that saw it change (check_timeout)
         self.head_at = 0.0
         self.last_read = 0.0
         self.read_timeout = 600.0
@@ -126,7 +127,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._buf = b""
         self.head_sent = False
         self.status = 0
-        self.bytes_out = 0
+        self.bytes_out = self._seen_out = 0
         self.head_at = 0.0  # (a pooled connection still holds its last response's)
         self.close_client = not keep_alive
         self._head_request = head_request
@@ -239,8 +240,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state == _BODY:
-            # The token path: one scan, one write, no allocation.
-            self.last_read = self.loop.time()
+            # The token path: one scan, one write, no allocation, no clock (check_timeout).
             try:
                 end = self._framing.feed(data)
             except FramingError:
@@ -372,10 +372,15 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         Until the response head arrives the clock is the first-byte timeout,
         after it the gap between reads.  A stalled client is not the
         upstream's fault: while the client holds the stream paused, the clock
-        restarts.
+        restarts.  Body reads are not timed one by one (a clock call per
+        token): a sweep that finds bytes_out changed counts as a read, so the
+        read timeout ends a stream never early and at most one tick late.
         """
         if self.state == _IDLE:
             return
+        if self.state == _BODY and self.bytes_out != self._seen_out:
+            self._seen_out = self.bytes_out
+            self.last_read = now
         splice = self._splice
         if splice is not None and splice.blocked_since:
             # Waiting on the client, not the upstream: the client's write deadline applies.

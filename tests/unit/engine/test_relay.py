@@ -226,6 +226,21 @@ async def test_first_byte_timeout_then_read_timeout() -> None:
         await asyncio.wait_for(result, 5)
 
 
+async def test_a_body_read_restarts_the_read_clock_at_the_sweep_that_sees_it() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink(), first_byte_timeout=60.0, read_timeout=10.0)
+    up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    t0 = up.last_read  # the head's read
+    up.check_timeout(t0 + 5)  # the sweep sees the head's bytes: the clock restarts here
+    up.data_received(chunk(b'{"response":" Hi","done":false}\n'))
+    up.check_timeout(t0 + 14)  # and here, for the token
+    up.check_timeout(t0 + 23.9)
+    assert not result.done()  # a read within the limit of every sweep that saw one
+    up.check_timeout(t0 + 24)  # silent for the whole limit since
+    with pytest.raises(UpstreamTimeout):
+        await result
+
+
 async def test_bytes_with_no_request_outstanding_abort() -> None:
     up, transport, idle = connection()
     up.data_received(b"HTTP/1.1 200 OK\r\n")
