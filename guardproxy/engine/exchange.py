@@ -212,16 +212,14 @@ class Exchange:
                 raise BadRequest("request body must name a model")
             return None
         limit = min(route.max_body, self.config.server.max_body)
-        length = req.content_length or 0
-        if not req.chunked and length <= limit and len(self.conn.buf) >= length:
-            body = self.conn.take(length)  # the usual small JSON body, here with its head already
-        else:
+        body = self._buffered_body(limit)
+        if body is None:
             if self.wants_continue:
                 self.conn.send(CONTINUE)
             timeouts = self.server.config.timeouts
             body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
                                                               limit=limit, total_timeout=timeouts.body_total))
-        record.bytes_in += len(body)
+            record.bytes_in += len(body)
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
@@ -232,6 +230,17 @@ class Exchange:
             elif found.for_log is not None:
                 record.model = found.for_log
         return body
+
+    def _buffered_body(self, limit: int) -> bytes | None:
+        """A Content-Length body of at most `limit` bytes wholly buffered already (the usual small
+        JSON request, read with its head), taken and counted; else None."""
+        req = self.req
+        assert req is not None
+        length = req.content_length or 0
+        if req.chunked or length > limit or len(self.conn.buf) < length:
+            return None
+        self.record.bytes_in += length
+        return self.conn.take(length)
 
     # --- answers guardproxy gives itself --------------------------------------------
 
@@ -302,13 +311,11 @@ class Exchange:
                 member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
             self.member, self.wanted = member, wanted
         streamed = body is None and self.has_body
-        if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
-                and len(conn.buf) >= (req.content_length or 0):
-            # Wholly here already and small: kept, so it can be sent again (a stale pooled
-            # connection, another host).
-            body = conn.take(req.content_length or 0)
-            self.record.bytes_in += len(body)
-            streamed = False
+        if streamed:
+            # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
+            # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
+            body = self._buffered_body(RETRY_BODY)
+            streamed = body is None
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None

@@ -177,16 +177,13 @@ def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replaya
     trip.member, trip.wanted = moved
     return True
 
-def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int] | None":
-    """Start the request body upstream: at once when it is all buffered, else in a task."""
+def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int]":
+    """Start copying the request body upstream, in a task (a body already wholly buffered
+    was taken by the exchange and goes out with the head)."""
     req, conn = trip.req, trip.conn
     assert req is not None
     if trip.wants_continue:
         conn.send(CONTINUE)
-    sent = bodies.send_buffered(conn, upstream, req)
-    if sent is not None:
-        trip.record.bytes_in += sent
-        return None
     config = trip.config
     blob = trip.route.blob
     # Blob uploads (gigabytes, admin keys) have no whole-body deadline; silence still counts.
