@@ -24,7 +24,7 @@ from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout
                        UpstreamGone)
 from .hosts import HostSet, Member
 from .relay import UpstreamConnection
-from .sinks import Collector, Sink
+from .sinks import Sink
 from .tokens import HEAD_BYTES, LONG_TAIL_BYTES, TAIL_BYTES
 
 _NO_HOLD: frozenset[int] = frozenset()
@@ -91,8 +91,6 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
                                     extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
                                     splice_write_timeout=timeouts.write if zero_copy else None, hold=hold)
             conn.upstream = upstream
-            if isinstance(sink, Collector):
-                sink.bind(upstream)
             if conn.closed:
                 upstream.client_lost()
             else:

@@ -122,6 +122,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         `hold`: statuses whose response is kept in `held`, whole, instead of going to `sink`.
         """
         self._sink = sink
+        if type(sink) is Collector:
+            sink.bind(self)  # past its limit, it ends this exchange
         self._splice_write_timeout = splice_write_timeout
         self.state = _HEAD
         self._buf = b""

@@ -292,8 +292,7 @@ async def test_head_keeps_the_start_for_anthropic_counts() -> None:
 async def test_collector_stops_a_response_past_its_limit() -> None:
     up, transport, _ = connection()
     sink = Collector(100, UpstreamGone("too large"))
-    result = begin(up, sink)
-    sink.bind(up)
+    result = begin(up, sink)  # (which binds the collector to the exchange)
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 200)
     with pytest.raises(UpstreamGone, match="too large"):
         await result
