@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "rid")
+                 "member", "wanted", "rid", "body_read")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -66,6 +66,7 @@ class Exchange:
         self.member: Member | None = None  # the host the request is on
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
+        self.body_read = False  # the request's body has been read whole off the connection
 
     # --- derived facts ---------------------------------------------------------
 
@@ -220,6 +221,7 @@ class Exchange:
             body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
                                                               limit=limit, total_timeout=timeouts.body_total))
             record.bytes_in += len(body)
+            self.body_read = True
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
@@ -232,14 +234,14 @@ class Exchange:
         return body
 
     def _buffered_body(self, limit: int) -> bytes | None:
-        """A Content-Length body of at most `limit` bytes wholly buffered already (the usual small
-        JSON request, read with its head), taken and counted; else None."""
+        """A Content-Length body of at most `limit` bytes, wholly buffered already: taken and counted; else None."""
         req = self.req
         assert req is not None
         length = req.content_length or 0
         if req.chunked or length > limit or len(self.conn.buf) < length:
             return None
         self.record.bytes_in += length
+        self.body_read = True
         return self.conn.take(length)
 
     # --- answers guardproxy gives itself --------------------------------------------
@@ -285,7 +287,7 @@ class Exchange:
             if len(parts) > 1:
                 record.path = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
         # Unread body bytes must never be parsed as a next request: close.
-        close = err.close or req is None or self.has_body or not self.keep_alive
+        close = err.close or req is None or (self.has_body and not self.body_read) or not self.keep_alive
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD",
                           extra_headers=[("X-Request-Id", self.rid.decode()), *self.cors])
         self.conn.linger = close
@@ -310,12 +312,11 @@ class Exchange:
                 assert wanted is not None
                 member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
             self.member, self.wanted = member, wanted
-        streamed = body is None and self.has_body
-        if streamed:
+        if body is None and self.has_body:
             # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
             body = self._buffered_body(RETRY_BODY)
-            streamed = body is None
+        streamed = body is None and self.has_body
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None
