@@ -23,11 +23,9 @@ from .client import ClientConnection
 from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout, FirstByteTimeout,
                        UpstreamGone)
 from .hosts import HostSet, Member
-from .relay import UpstreamConnection
+from .relay import NO_HOLD, UpstreamConnection
 from .sinks import Sink
 from .tokens import HEAD_BYTES, LONG_TAIL_BYTES, TAIL_BYTES
-
-_NO_HOLD: frozenset[int] = frozenset()
 
 
 class Trip(Protocol):
@@ -80,11 +78,12 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     while True:
         member = trip.member
         trip.record.upstream = member.name
-        hold = _NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
+        hold = NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
         sent_at = hosts.clock()
         upstream = trip.upstream = None
         try:
             pool = member.pool
+            # (pool.acquire written out: a pooled connection is had without creating a coroutine)
             upstream = trip.upstream = (None if fresh else pool.idle()) or await pool.connect()
             result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
                                     read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,

@@ -32,7 +32,7 @@ _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a respons
 
 MAX_RESPONSE_HEAD = 65536
 HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
-_NO_HOLD: frozenset[int] = frozenset()
+NO_HOLD: frozenset[int] = frozenset()  # no status is held back (begin's `hold`)
 
 # UpstreamConnection.state.  _IDLE means "no exchange attached": in the pool,
 # or between begin() calls.  (A ClientConnection's `idle` is another thing:
@@ -98,7 +98,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._head_room = 0
         self._splice: Splice | None = None
         self._splice_write_timeout: float | None = None  # None: this exchange never splices
-        self._hold = _NO_HOLD
+        self._hold = NO_HOLD
         # A response whose status was in `hold`: kept here whole instead of
         # reaching the client, which may then be answered by another host.
         self.held: Collector | None = None
@@ -112,7 +112,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
               first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
               head: int = 0, paused: bool = False, splice_write_timeout: float | None = None,
-              hold: frozenset[int] = _NO_HOLD) -> "asyncio.Future[bool]":
+              hold: frozenset[int] = NO_HOLD) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
         `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
