@@ -16,7 +16,7 @@ from typing import Mapping
 
 from . import __version__
 from .config.load import load_config, parse_config
-from .config.model import Config, ConfigError
+from .config.model import Config, ConfigError, url_host
 from .config.paths import env_api_key, existing_config, find_config
 from .config.values import is_loopback_host, parse_hostport, parse_upstream
 from .config.write import create_config, generate_key
@@ -125,13 +125,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         reloader = Reloader(server, config.path, env_key=env_api_key(os.environ))
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
-    scheme = "https" if config.tls is not None else "http"
     hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())
-    log.info("version %s listening on %s://%s:%s -> %s (%s, %d key%s)", __version__, scheme,
-             config.listen_host, server.port, hosts, loop_name(loop), len(config.keys),
+    log.info("version %s listening on %s://%s:%s -> %s (%s, %d key%s)", __version__, server.scheme.decode(),
+             url_host(config.listen_host), server.port, hosts, loop_name(loop), len(config.keys),
              "s" if len(config.keys) != 1 else "")
     if config.metrics.listen is not None and server.metrics_listener is not None:
-        log.info("metrics without a key on http://%s:%d/metrics", config.metrics.listen[0],
+        log.info("metrics without a key on http://%s:%d/metrics", url_host(config.metrics.listen[0]),
                  server.metrics_listener.port)
     try:
         await stop.wait()

@@ -62,6 +62,11 @@ class LogRecord:
     def new(cls, client: str, bytes_in: int) -> "LogRecord":
         return cls("", client, bytes_in=bytes_in, at=time.time())
 
+    def add_usage(self, counts: dict[str, Any]) -> None:
+        """A generation's token counts (engine/tokens.py), and its model as Ollama named it."""
+        self.model = counts.get("model", self.model)
+        self.prompt_tokens, self.completion_tokens = counts.get("prompt_tokens"), counts.get("completion_tokens")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "time": self.time or _utc(self.at), "client": self.client, "method": self.method, "path": self.path,

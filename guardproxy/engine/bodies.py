@@ -111,13 +111,3 @@ async def forward(body: RequestBody, upstream: UpstreamConnection) -> int:
         transport.write(b"0\r\n\r\n")
     return body.wire_bytes
 
-
-def send_buffered(conn: ClientConnection, upstream: UpstreamConnection, req: RequestHead) -> int | None:
-    """Send a Content-Length body that is already wholly buffered (the usual small JSON
-    request) with no task; None when it is not, and `forward` must copy it."""
-    n = req.content_length
-    if req.chunked or not n or len(conn.buf) < n or upstream.transport is None:
-        return None
-    upstream.transport.write(bytes(conn.buf[:n]))
-    conn.consume(n)
-    return n

@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "lease", "rid")
+                 "member", "wanted", "lease", "rid", "body_read")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -67,6 +67,7 @@ class Exchange:
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
         self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
+        self.body_read = False  # the request's body has been read whole off the connection
 
     # --- derived facts ---------------------------------------------------------
 
@@ -193,10 +194,9 @@ class Exchange:
                             routed: bool = False) -> bytes | None:
         """Check what the key's policy needs from the request: its model, its keep_alive.
 
-        The body is read whole (bounded, timed) when a check needs it, or when
-        `whole` (a generation must not take a slot before its body is complete);
-        then it is forwarded exactly as it came, with a Content-Length.
-        `routed`: routing needs the model even when no check does; a body
+        The body is read whole (bounded, timed) when a check needs it, or when `whole` (a generation
+        must not take a slot before its body is complete); then it is forwarded exactly as it came,
+        with a Content-Length.  `routed`: routing needs the model even when no check does; a body
         whose model cannot be read then goes on for the host to answer.
         """
         req, record = self.req, self.record
@@ -217,16 +217,15 @@ class Exchange:
                 raise BadRequest("request body must name a model")
             return None
         limit = min(route.max_body, self.config.server.max_body)
-        length = req.content_length or 0
-        if not req.chunked and length <= limit and len(self.conn.buf) >= length:
-            body = self.conn.take(length)  # the usual small JSON body, here with its head already
-        else:
+        body = self._buffered_body(limit)
+        if body is None:
             if self.wants_continue:
                 self.conn.send(CONTINUE)
             timeouts = self.server.config.timeouts
             body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
                                                               limit=limit, total_timeout=timeouts.body_total))
-        record.bytes_in += len(body)
+            record.bytes_in += len(body)
+            self.body_read = True
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
@@ -237,6 +236,17 @@ class Exchange:
             elif found.for_log is not None:
                 record.model = found.for_log
         return body
+
+    def _buffered_body(self, limit: int) -> bytes | None:
+        """A Content-Length body of at most `limit` bytes, wholly buffered already: taken and counted; else None."""
+        req = self.req
+        assert req is not None
+        length = req.content_length or 0
+        if req.chunked or length > limit or len(self.conn.buf) < length:
+            return None
+        self.record.bytes_in += length
+        self.body_read = True
+        return self.conn.take(length)
 
     # --- answers guardproxy gives itself --------------------------------------------
 
@@ -281,7 +291,7 @@ class Exchange:
             if len(parts) > 1:
                 record.path = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
         # Unread body bytes must never be parsed as a next request: close.
-        close = err.close or req is None or self.has_body or not self.keep_alive
+        close = err.close or req is None or (self.has_body and not self.body_read) or not self.keep_alive
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD",
                           extra_headers=[("X-Request-Id", self.rid.decode()), *self.cors])
         self.conn.linger = close
@@ -306,14 +316,11 @@ class Exchange:
                 assert wanted is not None
                 member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
             self.member, self.wanted = member, wanted
+        if body is None and self.has_body:
+            # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
+            # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
+            body = self._buffered_body(RETRY_BODY)
         streamed = body is None and self.has_body
-        if streamed and not req.chunked and (req.content_length or 0) <= RETRY_BODY \
-                and len(conn.buf) >= (req.content_length or 0):
-            # Wholly here already and small: kept, so it can be sent again (a stale pooled
-            # connection, another host).
-            body = conn.take(req.content_length or 0)
-            self.record.bytes_in += len(body)
-            streamed = False
         keep_alive = self.keep_alive
         usage = route.generation
         body_task: asyncio.Task[int] | None = None
@@ -371,11 +378,7 @@ class Exchange:
 
     def _count_tokens(self, upstream: UpstreamConnection) -> None:
         head, tail = upstream.tail()
-        counts = usage_from_tail(tail, head)
-        record = self.record
-        record.model = counts.get("model", record.model)
-        record.prompt_tokens = counts.get("prompt_tokens")
-        record.completion_tokens = counts.get("completion_tokens")
+        self.record.add_usage(usage_from_tail(tail, head))
 
     # --- the end ---------------------------------------------------------------------
 

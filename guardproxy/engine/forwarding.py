@@ -23,11 +23,9 @@ from .client import ClientConnection
 from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout, FirstByteTimeout,
                        UpstreamGone)
 from .hosts import HostSet, Member
-from .relay import UpstreamConnection
-from .sinks import Collector, Sink
+from .relay import NO_HOLD, UpstreamConnection
+from .sinks import Sink
 from .tokens import HEAD_BYTES, LONG_TAIL_BYTES, TAIL_BYTES
-
-_NO_HOLD: frozenset[int] = frozenset()
 
 
 class Trip(Protocol):
@@ -81,19 +79,18 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     while True:
         member = trip.member
         trip.record.upstream = member.name
-        hold = _NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
+        hold = NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
         sent_at = hosts.clock()
         upstream = trip.upstream = None
         try:
             pool = member.pool
+            # (pool.acquire written out: a pooled connection is had without creating a coroutine)
             upstream = trip.upstream = (None if fresh else pool.idle()) or await pool.connect()
             result = upstream.begin(sink, head_request=req.method == b"HEAD", keep_alive=keep_alive,
                                     read_timeout=timeouts.read, first_byte_timeout=timeouts.first_byte,
                                     extra_headers=extra, tail=tail, head=head_bytes, paused=conn.write_paused,
                                     splice_write_timeout=timeouts.write if zero_copy else None, hold=hold)
             conn.upstream = upstream
-            if isinstance(sink, Collector):
-                sink.bind(upstream)
             if conn.closed:
                 upstream.client_lost()
             else:
@@ -178,16 +175,13 @@ async def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, r
     trip.member, trip.wanted = moved
     return True
 
-def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int] | None":
-    """Start the request body upstream: at once when it is all buffered, else in a task."""
+def _send_body(trip: Trip, upstream: UpstreamConnection) -> "asyncio.Task[int]":
+    """Start copying the request body upstream, in a task (a body already wholly buffered
+    was taken by the exchange and goes out with the head)."""
     req, conn = trip.req, trip.conn
     assert req is not None
     if trip.wants_continue:
         conn.send(CONTINUE)
-    sent = bodies.send_buffered(conn, upstream, req)
-    if sent is not None:
-        trip.record.bytes_in += sent
-        return None
     config = trip.config
     blob = trip.route.blob
     # Blob uploads (gigabytes, admin keys) have no whole-body deadline; silence still counts.

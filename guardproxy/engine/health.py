@@ -17,7 +17,6 @@ from typing import Any
 
 from ..decisions.listings import merge_ps, merge_tags, v1_models_from_tags
 from ..wire.errors import BadGateway, GuardError
-from ..wire.framing import dechunk
 from .failures import ConnectRefused, UpstreamGone
 from .hosts import HostSet, Member, NoUpstream
 from .relay import MAX_RESPONSE_HEAD
@@ -44,7 +43,6 @@ async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, byte
         sink = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream answer too large"))
         result = conn.begin(sink, head_request=False, keep_alive=True, read_timeout=timeout,
                             first_byte_timeout=timeout)
-        sink.bind(conn)
         assert conn.transport is not None
         conn.transport.write(head)
         try:
@@ -60,10 +58,8 @@ async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, byte
             pool.release(conn)
         else:
             conn.close()
-        rh = sink.response
-        assert rh is not None
-        body = bytes(sink.data[len(rh.head):])
-        return rh.status, dechunk(body, MAX_LISTING) if rh.chunked else body
+        assert sink.response is not None
+        return sink.response.status, sink.body(MAX_LISTING)
     raise AssertionError("unreachable")
 
 

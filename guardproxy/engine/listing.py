@@ -13,7 +13,6 @@ from typing import Protocol
 from ..config.model import KeyEntry
 from ..decisions import models
 from ..wire.errors import BadGateway
-from ..wire.framing import dechunk
 from . import forwarding, health
 from .relay import MAX_RESPONSE_HEAD
 from .sinks import Collector
@@ -59,12 +58,10 @@ async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None
         upstream.close()
     rh = collector.response
     assert rh is not None
-    raw = bytes(collector.data[len(rh.head):])
-    if rh.chunked:
-        try:
-            raw = dechunk(raw, health.MAX_LISTING)
-        except ValueError:
-            raise BadGateway("upstream sent a malformed model list") from None
+    try:
+        raw = collector.body(health.MAX_LISTING)
+    except ValueError:
+        raise BadGateway("upstream sent a malformed model list") from None
     status = rh.status
     if status == 200:
         try:

@@ -27,12 +27,12 @@ from .splice import Splice
 from .watch import Watch
 from .zero_copy import ZeroCopyBodies
 
-_TAIL_READS = 16  # past this many kept reads they are joined into one (an upstream writing byte by byte)
+_TAIL_READS = 4  # past this many kept reads they are joined, and cut to the budget
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
 HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
-_NO_HOLD: frozenset[int] = frozenset()
+NO_HOLD: frozenset[int] = frozenset()  # no status is held back (begin's `hold`)
 
 # UpstreamConnection.state.  _IDLE means "no exchange attached": in the pool,
 # or between begin() calls.  (A ClientConnection's `idle` is another thing:
@@ -55,10 +55,10 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
     # Slots, not a __dict__: one of these lives per open stream, and past 30
     # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
     __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "state",
-                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out",
+                 "_sink", "_buf", "_framing", "result", "head_sent", "status", "bytes_out", "_seen_out",
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
-                 "_drain_waiter", "_extra_headers", "_tail", "_tail_size", "_tail_budget", "_head", "_head_room",
+                 "_drain_waiter", "_extra_headers", "_tail", "_tail_budget", "_head", "_head_room",
                  "_splice", "_splice_write_timeout", "_hold", "held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
@@ -75,6 +75,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.bytes_out = 0
+        self._seen_out = 0  # bytes_out at the last sweep that saw it change (check_timeout)
         self.head_at = 0.0
         self.last_read = 0.0
         self.read_timeout = 600.0
@@ -88,17 +89,16 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._extra_headers = b""
-        # The fewest last body reads that cover `_tail_budget` bytes (of a large
-        # read only its end), and for some shapes the first bytes of the body:
-        # tokens.py reads the token counts from them once the response has ended.
+        # The last few body reads, ending with `_tail_budget` bytes of the body or more (of
+        # a large read only its end), and for some shapes the body's first bytes: tokens.py
+        # reads the token counts from them once the response has ended.
         self._tail: list[bytes] = _NONE_KEPT  # (a list only while a generation keeps its end)
-        self._tail_size = 0
         self._tail_budget = 0   # 0: not a generation, nothing is kept
         self._head = b""
         self._head_room = 0
         self._splice: Splice | None = None
         self._splice_write_timeout: float | None = None  # None: this exchange never splices
-        self._hold = _NO_HOLD
+        self._hold = NO_HOLD
         # A response whose status was in `hold`: kept here whole instead of
         # reaching the client, which may then be answered by another host.
         self.held: Collector | None = None
@@ -112,7 +112,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
     def begin(self, sink: Sink, *, head_request: bool, keep_alive: bool, read_timeout: float,
               first_byte_timeout: float | None = None, extra_headers: bytes = b"", tail: int = 0,
               head: int = 0, paused: bool = False, splice_write_timeout: float | None = None,
-              hold: frozenset[int] = _NO_HOLD) -> "asyncio.Future[bool]":
+              hold: frozenset[int] = NO_HOLD) -> "asyncio.Future[bool]":
         """Start one exchange whose response goes to `sink`; the future says if the connection is reusable.
 
         `tail`/`head`: bytes of the body's end/start to keep for token counts (0: none).
@@ -122,12 +122,14 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         `hold`: statuses whose response is kept in `held`, whole, instead of going to `sink`.
         """
         self._sink = sink
+        if type(sink) is Collector:
+            sink.bind(self)  # past its limit, it ends this exchange
         self._splice_write_timeout = splice_write_timeout
         self.state = _HEAD
         self._buf = b""
         self.head_sent = False
         self.status = 0
-        self.bytes_out = 0
+        self.bytes_out = self._seen_out = 0
         self.head_at = 0.0  # (a pooled connection still holds its last response's)
         self.close_client = not keep_alive
         self._head_request = head_request
@@ -140,7 +142,6 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         # Only generations keep references to their last reads (for token counts),
         # so a bulk response never holds more than the transport's own buffer.
         self._tail = [] if tail else _NONE_KEPT
-        self._tail_size = 0
         self._tail_budget = tail
         self._head = b""
         self._head_room = head
@@ -241,8 +242,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state == _BODY:
-            # The token path: one scan, one write, no allocation.
-            self.last_read = self.loop.time()
+            # The token path: one scan, one write, no allocation, no clock (check_timeout).
             try:
                 end = self._framing.feed(data)
             except FramingError:
@@ -268,25 +268,24 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             self._head += piece
             self._head_room -= len(piece)
         budget = self._tail_budget
-        # A token read is kept by reference; of a large read only its end is
-        # copied, so big buffers are freed (and their pages reused) at once.
         kept = self._tail
-        kept.append(data if len(data) <= budget else data[-budget:])
-        size = self._tail_size + len(kept[-1])
-        while size - len(kept[0]) >= budget:
-            size -= len(kept.pop(0))
+        if len(data) >= budget:
+            # Of a large read only its end is copied, so big buffers are freed
+            # (and their pages reused) at once; it replaces every earlier read.
+            kept[:] = [data[-budget:]]
+            return
+        # A token read is kept by reference, and only every few reads are they
+        # joined and cut to the budget: no sizes summed per read, and at most
+        # _TAIL_READS small reads (each under the budget) held.
+        kept.append(data)
         if len(kept) > _TAIL_READS:
-            joined = b"".join(kept)[-budget:]
-            kept[:] = [joined]
-            size = len(joined)
-        self._tail_size = size
+            kept[:] = [b"".join(kept)[-budget:]]
 
     def tail(self) -> tuple[bytes, bytes]:
         """(the body's start, its end) kept for token counts; then forgets them."""
         tail = b"".join(self._tail)[-self._tail_budget:] if self._tail else b""
         head = self._head
         self._tail = _NONE_KEPT
-        self._tail_size = 0
         self._head = b""
         return head, tail
 
@@ -375,10 +374,15 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         Until the response head arrives the clock is the first-byte timeout,
         after it the gap between reads.  A stalled client is not the
         upstream's fault: while the client holds the stream paused, the clock
-        restarts.
+        restarts.  Body reads are not timed one by one (a clock call per
+        token): a sweep that finds bytes_out changed counts as a read, so the
+        read timeout ends a stream never early and at most one tick late.
         """
         if self.state == _IDLE:
             return
+        if self.state == _BODY and self.bytes_out != self._seen_out:
+            self._seen_out = self.bytes_out
+            self.last_read = now
         splice = self._splice
         if splice is not None and splice.blocked_since:
             # Waiting on the client, not the upstream: the client's write deadline applies.

@@ -3,7 +3,8 @@
 A reload parses the whole file first; a broken edit is refused with one
 warning and the running config stays.  Only the settings a running server can
 take are applied (keys, CORS, limits, bans, timeouts for new requests, the
-upstream hosts); running streams are never touched.
+upstream hosts); the others (server.RESTART_ONLY) are kept, and named in the
+log line; running streams are never touched.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config.load import load_config
 from ..config.model import ConfigError
 from . import logs
-
-if TYPE_CHECKING:
-    from .server import GuardServer
+from .server import RESTART_ONLY, GuardServer
 
 POLL_INTERVAL = 0.5  # a revoked key is refused within a second of the save
 
@@ -33,7 +31,7 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class Reloader:
-    def __init__(self, server: "GuardServer", path: Path, *, env_key: str | None = None) -> None:
+    def __init__(self, server: GuardServer, path: Path, *, env_key: str | None = None) -> None:
         self.server = server
         self.path = path
         self.env_key = env_key
@@ -51,15 +49,8 @@ class Reloader:
             logs.log.warning("%s: config not reloaded, the previous one keeps running: %s", why, e)
             return False
         old = self.server.config
-        notes = []
-        if (config.listen_host, config.listen_port) != (old.listen_host, old.listen_port):
-            notes.append("listen")
-        if config.access_log != old.access_log:
-            notes.append("log.access")
-        if config.metrics != old.metrics:
-            notes.append("metrics.listen")
-        if config.cluster != old.cluster:
-            notes.append("cluster")
+        notes = list(dict.fromkeys(name for field, name in RESTART_ONLY
+                                   if getattr(config, field) != getattr(old, field)))
         self.server.apply_config(config)
         logs.apply_level(config.log_level)
         self.reloads += 1

@@ -35,6 +35,11 @@ from .tls import CertReloader, PlainAcceptor
 
 log = logging.getLogger("guardproxy")
 
+# The settings a running server keeps until a restart (its sockets, its log file, its shared
+# state, its TLS set-up), each with its name in the file, which a reload's log line gives.
+RESTART_ONLY = (("listen_host", "listen"), ("listen_port", "listen"), ("access_log", "log.access"),
+                ("metrics", "metrics.listen"), ("tls", "tls"), ("cluster", "cluster"))
+
 
 class ListenError(OSError):
     """The metrics listener's address could not be taken (the main one raises the OSError itself)."""
@@ -92,11 +97,9 @@ class GuardServer:
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: keys, CORS, limits, timeouts, hosts.  Running streams keep going.
 
-        The listen address and [cluster] stay as they are (they need a restart).
+        The RESTART_ONLY settings stay as they are.
         """
-        config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port,
-                         access_log=self.config.access_log, metrics=self.config.metrics,
-                         cluster=self.config.cluster)
+        config = replace(config, **{field: getattr(self.config, field) for field, _ in RESTART_ONLY})
         self.keys = KeyRing(config.keys)
         self.state.apply(config)
         self.hosts.apply(config)

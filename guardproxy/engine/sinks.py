@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from ..wire.errors import GuardError
+from ..wire.framing import dechunk
 from ..wire.heads import ResponseHead
 
 
@@ -37,6 +38,7 @@ class Collector:
         self._fail: Callable[[BaseException], None] | None = None
 
     def bind(self, upstream: Failable) -> None:
+        """The exchange to fail past the limit (UpstreamConnection.begin binds its sink)."""
         self._fail = upstream.fail
 
     def write(self, data: bytes) -> None:
@@ -44,6 +46,14 @@ class Collector:
         if len(self.data) > self.limit and self._fail is not None:
             fail, self._fail = self._fail, None
             fail(self.error)
+
+    def body(self, limit: int) -> bytes:
+        """The whole response's payload, de-chunked; ValueError if its chunks are malformed or
+        over `limit` bytes."""
+        rh = self.response
+        assert rh is not None
+        raw = bytes(self.data[len(rh.head):])
+        return dechunk(raw, limit) if rh.chunked else raw
 
 
 class Nowhere:

@@ -61,9 +61,16 @@ class Splice:
                  progress: Callable[[int], None], done: Callable[[], None],
                  failed: Callable[[BaseException, bool], None]) -> None:
         self.loop = loop
-        self.src = os.dup(src_fd)
-        self.dst = os.dup(dst_fd)
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        taken: list[int] = []
+        try:
+            taken.append(os.dup(src_fd))
+            taken.append(os.dup(dst_fd))
+            taken.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            for fd in taken:  # (out of descriptors, say: none may stay open behind the caller's back)
+                os.close(fd)
+            raise
+        self.src, self.dst, self.pipe_r, self.pipe_w = taken
         try:
             import fcntl
             fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)

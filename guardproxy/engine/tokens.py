@@ -1,7 +1,7 @@
 """Token counts from the end of a response (and, for one shape, its start).
 
-Pure logic: no asyncio.  The relay keeps references to the last reads of a
-generation's response, as few as cover TAIL_BYTES (no parsing per token);
+Pure logic: no asyncio.  The relay keeps references to the last few reads
+of a generation's response, which cover TAIL_BYTES (no parsing per token);
 when the response ends, `usage_from_tail` looks once at them for the shapes
 Ollama writes:
 
@@ -16,7 +16,7 @@ Ollama writes:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
 
 TAIL_BYTES = 256       # every shape's counts sit in the last 150 bytes or so of a body
 LONG_TAIL_BYTES = 16384  # Responses: fields the client chose (metadata) may follow the usage
@@ -33,18 +33,6 @@ _MODEL = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
 def _after(tail: bytes, name: bytes, pat: re.Pattern[bytes], start: int = 0) -> re.Match[bytes] | None:
     i = tail.rfind(name, start)
     return pat.match(tail, i + len(name)) if i >= 0 else None
-
-
-def join_tail(parts: Iterable[bytes | None], limit: int = TAIL_BYTES) -> bytes:
-    """The last `limit` bytes of the given reads (oldest first), copying no more than that."""
-    out: list[bytes] = []
-    size = 0
-    for p in reversed([p for p in parts if p]):
-        out.append(p[-(limit - size):])
-        size += len(out[-1])
-        if size >= limit:
-            break
-    return b"".join(reversed(out))
 
 
 def usage_from_tail(tail: bytes, head: bytes = b"") -> dict[str, Any]:

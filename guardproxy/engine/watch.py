@@ -23,7 +23,8 @@ class Watch:
     costs about half a KiB for as long as a stream runs, and the deadlines
     here are seconds to minutes.  A tick is an eighth of the shortest limit
     being watched (at least 10 ms, at most 1 s), so a deadline is kept to
-    within an eighth of itself.
+    within an eighth of itself; a read timeout to within two eighths, as
+    body reads are seen by the sweep, not timed one by one.
     """
 
     _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watch]" = weakref.WeakKeyDictionary()

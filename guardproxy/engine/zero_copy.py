@@ -23,7 +23,6 @@ class Spliceable(Protocol):
     transport: asyncio.Transport | None
     closed: bool
     bytes_out: int
-    last_read: float
     _sink: Sink
     _framing: Framing
     _splice: Splice | None
@@ -53,15 +52,17 @@ class ZeroCopyBodies:
         dst, src = socket_fd(sink), socket_fd(self.transport)
         if dst is None or src is None or self.transport is None:
             return
+        try:
+            splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
+        except OSError:
+            return  # no descriptors to spare (EMFILE): the ordinary path carries the body
         self.transport.pause_reading()  # the kernel takes these bytes now, not the event loop
         framing.remaining -= count
-        splice = Splice(self.loop, src, dst, count, self._spliced, self._splice_done, self._splice_failed)
         self._splice = splice
         splice.start()
 
     def _spliced(self: Spliceable, n: int) -> None:
-        self.bytes_out += n
-        self.last_read = self.loop.time()
+        self.bytes_out += n  # (progress the read timeout's sweep sees: relay.check_timeout)
 
     def _splice_done(self: Spliceable) -> None:
         self._splice = None

@@ -162,7 +162,7 @@ async def test_graceful_stop_lets_running_stream_finish(fake: FakeOllama, tmp_pa
     writer.write(request_bytes("POST", "/api/generate",
                                b'{"model":"llama3.2","prompt":"hi","fake_delay":0.02,"options":{"num_predict":15}}',
                                {**AUTH, "Connection": "close"}))
-    await reader.readuntil(b"tok0")
+    await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
     stopping = asyncio.create_task(p.server.stop(grace=10))
     rest = await asyncio.wait_for(reader.read(-1), 5)
     assert b'"done":true' in rest and rest.endswith(b"0\r\n\r\n")

@@ -89,7 +89,7 @@ async def test_service_serves_then_stops_gracefully_on_the_scm_stop(scm: FakeSCM
     writer.write(request_bytes("POST", "/api/generate",
                                b'{"model":"llama3.2","prompt":"hi","fake_delay":0.02,"options":{"num_predict":15}}',
                                {"X-API-Key": KEY, "Connection": "close"}))
-    await reader.readuntil(b"tok0")
+    await asyncio.wait_for(reader.readuntil(b"tok0"), 10)
 
     service.SvcStop()  # what the SCM calls, from its own thread
     rest = await asyncio.wait_for(reader.read(-1), 5)

@@ -60,6 +60,43 @@ async def test_keep_alive_and_the_pool_carry_on_after_a_spliced_body(fake: FakeO
         await p.server.stop(grace=0)
 
 
+async def test_a_splice_that_cannot_be_set_up_leaves_the_body_to_the_ordinary_path(
+        fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+    p = await start_proxy(fake.port, tmp_path)
+    dups: list[int] = []
+    closed: list[int] = []
+    real_dup, real_close = os.dup, os.close
+
+    def dup(fd: int) -> int:
+        dups.append(real_dup(fd))
+        return dups[-1]
+
+    def close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    try:
+        expected = await blob(fake.port, {})
+        moved = Splice.moved_total
+        monkeypatch.setattr(os, "dup", dup)
+        monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(os, "pipe2", pipe2)
+        via = await blob(p.port, ADMIN)
+        monkeypatch.undo()
+        assert via == expected  # no descriptor for the pipe: the event loop carries the body
+        assert Splice.moved_total == moved
+        assert dups and set(dups) <= set(closed)  # the descriptors already taken were given back
+        assert p.log_lines()[-1]["status"] == 200
+    finally:
+        monkeypatch.undo()
+        await p.server.stop(grace=0)
+
+
 async def test_a_generation_keeps_its_token_counts(fake: FakeOllama, tmp_path: Path) -> None:
     p = await start_proxy(fake.port, tmp_path)
     try:

@@ -226,6 +226,21 @@ async def test_first_byte_timeout_then_read_timeout() -> None:
         await asyncio.wait_for(result, 5)
 
 
+async def test_a_body_read_restarts_the_read_clock_at_the_sweep_that_sees_it() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink(), first_byte_timeout=60.0, read_timeout=10.0)
+    up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    t0 = up.last_read  # the head's read
+    up.check_timeout(t0 + 5)  # the sweep sees the head's bytes: the clock restarts here
+    up.data_received(chunk(b'{"response":" Hi","done":false}\n'))
+    up.check_timeout(t0 + 14)  # and here, for the token
+    up.check_timeout(t0 + 23.9)
+    assert not result.done()  # a read within the limit of every sweep that saw one
+    up.check_timeout(t0 + 24)  # silent for the whole limit since
+    with pytest.raises(UpstreamTimeout):
+        await result
+
+
 async def test_bytes_with_no_request_outstanding_abort() -> None:
     up, transport, idle = connection()
     up.data_received(b"HTTP/1.1 200 OK\r\n")
@@ -257,10 +272,11 @@ async def test_kept_reads_stay_few_for_token_streams() -> None:
     line = chunk(b'{"model":"llama3.2","response":" token","done":false}\n')
     for _ in range(1000):
         up.data_received(line)
-    assert sum(map(len, up._tail)) < 256 + len(line)  # as few reads as cover the budget
+    # At most four reads: the budget's worth joined, and the few reads since.
+    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3 * len(line)
     for _ in range(1000):
         up.data_received(b"x")  # an upstream writing byte by byte: joined, still bounded
-    assert len(up._tail) <= 17 and sum(map(len, up._tail)) <= 256 + 17
+    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3
 
 
 async def test_head_keeps_the_start_for_anthropic_counts() -> None:
@@ -276,8 +292,7 @@ async def test_head_keeps_the_start_for_anthropic_counts() -> None:
 async def test_collector_stops_a_response_past_its_limit() -> None:
     up, transport, _ = connection()
     sink = Collector(100, UpstreamGone("too large"))
-    result = begin(up, sink)
-    sink.bind(up)
+    result = begin(up, sink)  # (which binds the collector to the exchange)
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 200)
     with pytest.raises(UpstreamGone, match="too large"):
         await result

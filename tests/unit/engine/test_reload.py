@@ -75,3 +75,21 @@ async def test_settings_that_need_a_restart_are_named(tmp_path: Path, caplog: py
     assert server.config.listen_port == 0  # unchanged until a restart
     # The upstream is a host like any other: a reload replaces it.
     assert server.config.upstream.port == 10 and [m.name for m in server.hosts.members.values()] == ["127.0.0.1:10"]
+
+
+async def test_a_tls_change_needs_a_restart_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    path = tmp_path / "guardproxy.toml"
+    a = hash_key(generate_key())
+    write(path, BASE.format(a=a))
+    server = GuardServer(load_config(path))
+    caplog.set_level(logging.INFO, logger="guardproxy")
+    reloader = Reloader(server, path)
+    write(path, BASE.format(a=a) + '\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    assert reloader.reload()
+    assert "(tls changes need a restart)" in caplog.text
+    assert server.config.tls is None and server.scheme == b"http"  # still plain HTTP until a restart

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardproxy.engine.tokens import join_tail, usage_from_tail
+from guardproxy.engine.tokens import TAIL_BYTES, usage_from_tail
 
 
 NDJSON_TAIL = (b'2f\r\n{"model":"llama3.2","response":" tok4","done":false}\n\r\n'
@@ -13,7 +13,8 @@ NDJSON_TAIL = (b'2f\r\n{"model":"llama3.2","response":" tok4","done":false}\n\r\
 
 def test_usage_from_ndjson_final_line_split_across_reads() -> None:
     parts = [NDJSON_TAIL[:70], NDJSON_TAIL[70:150], NDJSON_TAIL[150:]]
-    assert usage_from_tail(join_tail(parts)) == {"model": "llama3.2", "prompt_tokens": 26, "completion_tokens": 290}
+    tail = b"".join(parts)[-TAIL_BYTES:]  # as the relay hands it over
+    assert usage_from_tail(tail) == {"model": "llama3.2", "prompt_tokens": 26, "completion_tokens": 290}
 
 
 def test_usage_from_sse() -> None:
@@ -23,11 +24,8 @@ def test_usage_from_sse() -> None:
     assert usage_from_tail(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n') == {}
 
 
-def test_join_tail_copies_only_the_tail() -> None:
-    assert join_tail([b"a" * 100000, None, b"bc"], limit=5) == b"aaabc"
-
-
 def test_usage_when_context_array_separates_done_from_counts() -> None:
     line = (b'{"model":"llama3.2","response":"","done":true,"context":[' + b",".join(b"%d" % i for i in range(5000)) +
             b'],"total_duration":1,"prompt_eval_count":26,"eval_count":290,"eval_duration":1}\n')
-    assert usage_from_tail(join_tail([line[:20000], line[20000:]])) == {"prompt_tokens": 26, "completion_tokens": 290}
+    tail = b"".join([line[:20000], line[20000:]])[-TAIL_BYTES:]
+    assert usage_from_tail(tail) == {"prompt_tokens": 26, "completion_tokens": 290}
