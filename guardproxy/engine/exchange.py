@@ -6,8 +6,7 @@
     -> [only now] an upstream connection -> head and body upstream
     -> the relay splices the response -> the record is written -> the slot freed, tokens counted
 
-Limits are kept by `server.state` (engine/state/: in process, or shared through Redis),
-which decides each check in whichever of its calls suits it.
+Limits are kept by `server.state` (engine/state/: in process, or shared through Redis).
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
@@ -50,7 +49,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "lease", "rid", "body_read")
+                 "member", "wanted", "lease", "rid", "body_left")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -67,7 +66,7 @@ class Exchange:
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
         self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
-        self.body_read = False  # the request's body has been read whole off the connection
+        self.body_left = False  # body bytes may still be on the connection: no next request after this one
 
     # --- derived facts ---------------------------------------------------------
 
@@ -104,6 +103,7 @@ class Exchange:
             server, conn, record = self.server, self.conn, self.record
             limits = server.config.server
             self.req = req = parse_request_head(self.head)
+            self.body_left = self.has_body
             self.head = b""  # only a head that fails to parse is looked at again (refuse)
             self.rid = req.request_id or self.rid
             record.method = cut(req.method.decode("latin-1"))
@@ -225,7 +225,7 @@ class Exchange:
             body = await bodies.read_whole(bodies.RequestBody(self.conn, req, idle_timeout=timeouts.body,
                                                               limit=limit, total_timeout=timeouts.body_total))
             record.bytes_in += len(body)
-            self.body_read = True
+            self.body_left = False
         if req.chunked:
             self.req = req.with_length(len(body))
         if needs_model or routed or checks_keep_alive:
@@ -245,13 +245,13 @@ class Exchange:
         if req.chunked or length > limit or len(self.conn.buf) < length:
             return None
         self.record.bytes_in += length
-        self.body_read = True
+        self.body_left = False
         return self.conn.take(length)
 
     # --- answers guardproxy gives itself --------------------------------------------
 
     def health(self) -> bool:
-        keep = self.keep_alive
+        keep = self.keep_alive and not self.body_left
         self.route = routes.HEALTH
         head = _HEALTH + b"X-Request-Id: " + self.rid + (b"\r\n\r\n" if keep else b"\r\nConnection: close\r\n\r\n")
         body = b"" if self.req is not None and self.req.method == b"HEAD" else _HEALTH_BODY
@@ -263,7 +263,7 @@ class Exchange:
     def preflight(self) -> bool:
         """A CORS preflight: answered here, no key needed, never forwarded."""
         assert self.req is not None
-        keep = self.keep_alive and not self.has_body
+        keep = self.keep_alive and not self.body_left
         head = response_head(204, [*self.server.policies.cors.preflight_headers(self.req),
                                    ("X-Request-Id", self.rid.decode())], close=not keep)
         self.conn.send(head)
@@ -273,7 +273,7 @@ class Exchange:
 
     def respond(self, status: int, head: bytes, body: bytes) -> bool:
         """A whole answer guardproxy built (a listing, /ready, /metrics): `head` lacks only its framing."""
-        keep = self.keep_alive
+        keep = self.keep_alive and not self.body_left  # a body it never read is not parsed as a request
         out = head + b"Content-Length: %d\r\n" % len(body) + (b"" if keep else b"Connection: close\r\n") + b"\r\n"
         if self.req is not None and self.req.method == b"HEAD":
             body = b""
@@ -291,7 +291,7 @@ class Exchange:
             if len(parts) > 1:
                 record.path = parts[1].split(b"?", 1)[0][:1024].decode("latin-1")
         # Unread body bytes must never be parsed as a next request: close.
-        close = err.close or req is None or (self.has_body and not self.body_read) or not self.keep_alive
+        close = err.close or req is None or self.body_left or not self.keep_alive
         response = render(err, close=close, head_only=req is not None and req.method == b"HEAD",
                           extra_headers=[("X-Request-Id", self.rid.decode()), *self.cors])
         self.conn.linger = close

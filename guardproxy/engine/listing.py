@@ -22,6 +22,7 @@ _JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
 
 
 class Lister(forwarding.Trip, Protocol):
+    body_left: bool
     @property
     def extra_headers(self) -> bytes: ...
     def respond(self, status: int, head: bytes, body: bytes) -> bool: ...
@@ -48,6 +49,8 @@ async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None
     assert req is not None
     ex.member, ex.wanted = ex.hosts.first(ex.route, None, host_name)  # (a listing never waits)
     ex.req = req.without(b"accept-encoding")  # identity encoding: the body is read as JSON here
+    if ex.body_left:  # a GET's body is not forwarded: announced, it would hold the host waiting for it
+        ex.req = ex.req.with_length(0)  # (and the connection closes after the answer)
     collector = Collector(health.MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream model list too large"))
     upstream, reusable, _ = await forwarding.relay(ex, b"", collector, keep_alive=True, extra=b"",
                                                    stream_body=False)

@@ -304,3 +304,24 @@ async def test_only_the_configured_forwarding_header_names_the_client(fake: Fake
         assert (await fetch(p.port, "GET", "/api/tags", headers={**other, **AUTH})).status == 200
     finally:
         await p.server.stop(grace=0)
+
+
+# --- bodies on requests guardproxy answers itself ------------------------------------------------
+
+@pytest.mark.parametrize(("path", "key"), [("/health", KEY), ("/ready", KEY), ("/api/tags", LIMITED_KEY)])
+async def test_a_body_guardproxy_never_reads_is_never_taken_for_the_next_request(
+        fake: FakeOllama, tmp_path: Path, path: str, key: str) -> None:
+    # Behind a proxy that reuses one connection for many clients, a body read as a request
+    # would answer twice and shift every later answer to the wrong client.
+    p = await start_proxy(fake.port, tmp_path, keys=limited_keys())
+    try:
+        inner = request_bytes("GET", "/api/version", b"", AUTH)
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(request_bytes("GET", path, inner, {"X-API-Key": key}))
+        r = await asyncio.wait_for(read_response(reader), 5)
+        assert r.status == 200 and r.header("connection") == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""   # closed: the body was not parsed
+        assert all(q.target != "/api/version" and q.body == b"" for q in fake.requests)
+        writer.close()
+    finally:
+        await p.server.stop(grace=0)
