@@ -28,12 +28,18 @@ def write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def watched(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> tuple[Path, str, GuardServer, Reloader]:
+    """A server started from BASE with key "a" and its reloader; the log captured from here on."""
     path = tmp_path / "guardproxy.toml"
-    write(path, BASE.format(a=hash_key(generate_key())))
+    a = hash_key(generate_key())
+    write(path, BASE.format(a=a))
     server = GuardServer(load_config(path))
     caplog.set_level(logging.INFO, logger="guardproxy")
-    reloader = Reloader(server, path)
+    return path, a, server, Reloader(server, path)
+
+
+async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path, _, server, reloader = watched(tmp_path, caplog)
     assert not reloader.changed()
     write(path, BASE.format(a=hash_key(generate_key())) + '\n[[keys]]\nname = "b"\nkey_sha256 = "%s"\n'
           % hash_key(generate_key()))
@@ -47,12 +53,8 @@ async def test_a_good_edit_is_applied_and_said_once(tmp_path: Path, caplog: pyte
 
 
 async def test_a_broken_edit_keeps_the_running_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "guardproxy.toml"
-    write(path, BASE.format(a=hash_key(generate_key())))
-    server = GuardServer(load_config(path))
+    path, _, server, reloader = watched(tmp_path, caplog)
     before = server.config
-    caplog.set_level(logging.INFO, logger="guardproxy")
-    reloader = Reloader(server, path)
     write(path, BASE.format(a=hash_key(generate_key())) + '\n[limits]\nper_ip = "often"\n')
     assert not reloader.reload()
     assert server.config is before
@@ -63,12 +65,7 @@ async def test_a_broken_edit_keeps_the_running_config(tmp_path: Path, caplog: py
 
 
 async def test_settings_that_need_a_restart_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "guardproxy.toml"
-    a = hash_key(generate_key())
-    write(path, BASE.format(a=a))
-    server = GuardServer(load_config(path))
-    caplog.set_level(logging.INFO, logger="guardproxy")
-    reloader = Reloader(server, path)
+    path, a, server, reloader = watched(tmp_path, caplog)
     write(path, BASE.format(a=a).replace("127.0.0.1:9", "127.0.0.1:10").replace(":0", ":1"))
     assert reloader.reload()
     assert "(listen changes need a restart)" in caplog.text
@@ -83,12 +80,7 @@ async def test_a_tls_change_needs_a_restart_and_says_so(tmp_path: Path, caplog: 
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
-    path = tmp_path / "guardproxy.toml"
-    a = hash_key(generate_key())
-    write(path, BASE.format(a=a))
-    server = GuardServer(load_config(path))
-    caplog.set_level(logging.INFO, logger="guardproxy")
-    reloader = Reloader(server, path)
+    path, a, server, reloader = watched(tmp_path, caplog)
     write(path, BASE.format(a=a) + '\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
     assert reloader.reload()
     assert "(tls changes need a restart)" in caplog.text
