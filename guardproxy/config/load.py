@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ON_REDIS_ERROR, Ban,
-                    Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
+                    Budgets, Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
                     ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
 from .reader import Reader
 from .redis_url import ENV_URL, RedisAddress
@@ -25,7 +25,7 @@ from .values import parse_budget, parse_duration, parse_hostport, parse_size, pa
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
-        "upstreams", "routing", "cluster"}
+        "upstreams", "routing", "cluster", "budgets"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
@@ -133,7 +133,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
                   metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data),
-                  cluster=_cluster(r, data))
+                  cluster=_cluster(r, data), budgets=_budgets(r, data))
+
+
+def _budgets(r: Reader, data: Mapping[str, Any]) -> Budgets:
+    where = ("budgets",)
+    bt = r.table(data.get("budgets", {}), where, {"reserve"})
+    return Budgets(reserve=r.integer(bt, "reserve", where, Budgets.reserve, 0))
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -176,6 +176,12 @@ class Routing:
     max_attempts: int = 2         # hosts one request may try before its first byte
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """[budgets]: how a generation is charged against its key's token budget (`tokens`)."""
+    reserve: int = 1024   # output tokens reserved at admission when neither the body nor the key sets a cap
+
+
 ON_REDIS_ERROR = ("local", "open", "closed")
 
 
@@ -208,6 +214,7 @@ class Config:
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
     cluster: Cluster | None = None
+    budgets: Budgets = field(default_factory=Budgets)
 
     def hosts(self) -> tuple[UpstreamHost, ...]:
         """Every host requests may go to: the [[upstreams]], or `upstream` named by its address."""

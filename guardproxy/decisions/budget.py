@@ -4,14 +4,20 @@ A window is kept as BUCKETS buckets of window/BUCKETS seconds each (an hour: min
 24 minutes; a month: 12 hours), indexed by wall-clock time, so the totals mean the same in a
 state file after a restart and in Redis, whose scripts (engine/state/scripts.py) do the same
 arithmetic.  The window slides a bucket at a time: its total is the buckets of the last
-`window` seconds, the current one included.  A key at or over its budget is refused until
-enough of its oldest buckets have left the window; a request's size is known only when it
-ends, so the one request admitted just under the budget may overshoot it.
+`window` seconds, the current one included.
+
+A generation is admitted by reservation: it reserves its worst case (`reservation`: its output
+cap plus its prompt estimated from the body's size) and is refused when that does not fit in
+what the window has left after the reservations of the requests still running (`fits`).  When
+it ends, its reservation is released and its real counts are added.  So the budget is exceeded
+only by what running requests spend beyond their own reservations (a prompt longer than its
+estimate, mostly): see `fits`.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import json
+from typing import Any, Iterable
 
 from ..config.model import Budget
 
@@ -63,6 +69,8 @@ class TokenWindow:
         left = self.total(now)
         if left < limit:
             return 0.0
+        if limit <= 0:
+            return 0.0   # never, by the window alone
         for b in sorted(self.buckets):
             left -= self.buckets[b]
             if left < limit:
@@ -82,8 +90,14 @@ class TokenBook:
             w = self.windows[(name, budget.unit)] = TokenWindow(budget.window)
         return w
 
-    def retry_after(self, name: str, budget: Budget, now: float) -> float:
-        return self.window(name, budget).retry_after(now, budget.tokens)
+    def retry_after(self, name: str, budget: Budget, now: float, held: int = 0, need: int = 0) -> float:
+        """0 when `need` more tokens fit beside `held` (reserved by running requests), else the
+        seconds to wait: until enough of the window has passed, or 1 when only reservations block."""
+        w = self.window(name, budget)
+        limit = fit_limit(budget.tokens, held, need)
+        if w.total(now) < limit:
+            return 0.0
+        return w.retry_after(now, limit) or 1.0
 
     def used(self, name: str, budget: Budget, now: float) -> int:
         return self.window(name, budget).total(now)
@@ -112,3 +126,70 @@ def charged(prompt: int | None, completion: int | None, status: int, bytes_in: i
     if status not in (200, 499) or bytes_out <= 0:
         return 0
     return -(-bytes_in // REQUEST_BYTES_PER_TOKEN) + -(-bytes_out // RESPONSE_BYTES_PER_TOKEN)
+
+
+def fit_limit(budget: int, held: int, need: int) -> int:
+    """A request reserving `need` tokens fits while the window's total is below this.
+
+    It fits when total + held + need <= budget, `held` being the reservations of the requests
+    still running; a request that reserves nothing fits while the total is under the budget
+    (as before reservations existed).  So whatever the concurrency, the tokens admitted never
+    exceed the budget: what is spent exceeds it only by the overruns of requests that spend
+    more than they reserved and were running when the last request was admitted (at most the
+    key's max_concurrent of them).  The same arithmetic runs in Redis (engine/state/scripts.py).
+    """
+    return budget - held - max(need, 1) + 1
+
+
+# Where each generation route's body sets its output cap (Ollama's own field for that dialect).
+_CAPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "generate": (("options", "num_predict"),),
+    "chat": (("options", "num_predict"),),
+    "chat_completions": (("max_completion_tokens",), ("max_tokens",)),
+    "completions": (("max_tokens",),),
+    "responses": (("max_output_tokens",),),
+    "messages": (("max_tokens",),),
+}
+# Routes that generate no output tokens: only their input is reserved.
+NO_OUTPUT = frozenset({"embed", "embeddings", "v1_embeddings"})
+
+
+def _go_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as Go's encoding/json reads it into a struct: field names matched without
+    regard to case, the last duplicate winning."""
+    return {k.lower(): v for k, v in pairs}
+
+
+def output_cap(route: str, body: bytes) -> int | None:
+    """The output cap `body` sets for itself on `route`, as Ollama reads it; None when it sets none
+    (absent, not a whole number, or negative: Ollama's "until done")."""
+    paths = _CAPS.get(route)
+    if not paths or not body:
+        return None
+    try:
+        data = json.loads(body, object_pairs_hook=_go_object)
+    except (ValueError, RecursionError):
+        return None
+    for path in paths:
+        v: Any = data
+        for part in path:
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return None
+
+
+def reservation(route: str, body: bytes, body_bytes: int, key_cap: int | None, default: int) -> int:
+    """The tokens a generation reserves at admission: its worst case.
+
+    Its output cap (the body's own, else the key's, else `default`, [budgets] reserve; none for
+    embeddings), plus its prompt estimated from the body's size (REQUEST_BYTES_PER_TOKEN).
+    """
+    cap = 0 if route in NO_OUTPUT else output_cap(route, body)
+    if key_cap is not None and (cap is None or cap > key_cap):
+        cap = key_cap   # (a larger cap in the body is clamped to the key's)
+    if cap is None:
+        cap = default
+    return cap + -(-body_bytes // REQUEST_BYTES_PER_TOKEN)

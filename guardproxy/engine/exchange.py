@@ -25,6 +25,7 @@ from ..config.model import Config, KeyEntry
 from ..decisions import models, routes
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.body_checks import check_body
+from ..decisions.budget import reservation
 from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
@@ -148,13 +149,17 @@ class Exchange:
             slot = pol.slots_on and route.generation
             # Routing over several hosts reads the model, and replays a generation's body on a failover.
             routed = server.hosts.several and route.model != routes.NO_MODEL
-            body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
+            # A generation against a token budget reserves its worst case, read from its whole body.
+            budgeted = route.generation and key.tokens is not None
+            body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
+            reserve = self._reservation(key, body) if budgeted else 0
             if state.shares_hosts and route.generation and server.hosts.several:
-                ticket = await self._admit_on_host(key, client, host_name)
+                ticket = await self._admit_on_host(key, client, host_name, reserve)
             else:
-                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
+                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None,
+                                           reserve=reserve)
             try:
                 if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
                     return await listing.merged(self, key, path)
@@ -174,12 +179,21 @@ class Exchange:
             self.finish(None)
             return False
 
-    async def _admit_on_host(self, key: KeyEntry, client: str, host_name: str | None) -> Ticket:
+    def _reservation(self, key: KeyEntry, body: bytes | None) -> int:
+        """The tokens this generation reserves of its key's budget (decisions.budget.reservation)."""
+        assert self.req is not None
+        size = len(body) if body is not None else self.req.content_length or 0
+        # (a key's own output cap, `max_output_tokens`, where the configuration has that field)
+        key_cap: int | None = getattr(key, "max_output_tokens", None)
+        return reservation(self.route.name, body or b"", size, key_cap, self.config.budgets.reserve)
+
+    async def _admit_on_host(self, key: KeyEntry, client: str, host_name: str | None, reserve: int) -> Ticket:
         """Admission when several gates share each host's max_concurrent: the host is chosen
         first, so that its lease is taken with the rest in the one round trip."""
         state, route, hosts = self.server.state, self.route, self.server.hosts
         member, self.wanted = hosts.pick(route, self.model, host_name)
-        ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent)
+        ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent,
+                                   reserve)
         hosts.take(member)
         self.member, self.lease = member, ticket
         return ticket
