@@ -29,7 +29,8 @@ _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors"
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens",
+               "weight"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -198,7 +199,14 @@ def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
             "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics,
-            "tokens": r.optional(k, "tokens", where, parse_budget)}
+            "tokens": r.optional(k, "tokens", where, parse_budget), "weight": _key_weight(r, k, where)}
+
+
+def _key_weight(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> float:
+    weight = k.get("weight", KeyEntry.weight)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 1 <= weight <= 1000:
+        raise r.fail(where + ("weight",), "a number from 1 to 1000: the key's grants per turn while keys wait")
+    return float(weight)
 
 
 def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:

@@ -62,6 +62,7 @@ class KeyEntry:
     previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
+    weight: float = 1.0                   # grants per turn while keys wait for a slot (fair queue), >= 1
 
 
 def key_text_problem(key: str) -> str | None:

@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "lease", "rid", "body_left")
+                 "member", "wanted", "lease", "rid", "body_left", "weight")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -68,6 +68,7 @@ class Exchange:
         self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one
+        self.weight = 1.0       # its key's share of the grants while keys wait for a host
 
     # --- derived facts ---------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Exchange:
             except Unauthorized:
                 await state.auth_failed(client, now)
                 raise
-            record.key = key.name
+            record.key, self.weight = key.name, key.weight
             state.after_auth(key, now)
             if route is routes.METRICS:  # answered here, never forwarded, whatever the key or method
                 routes.authorize_metrics(key, req.method, self.has_body)
@@ -328,7 +329,8 @@ class Exchange:
             member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
             if member is None:
                 assert wanted is not None
-                member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
+                member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost(),
+                                          self.weight)
             self.member, self.wanted = member, wanted
         if body is None and self.has_body:
             # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,

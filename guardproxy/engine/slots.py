@@ -57,13 +57,13 @@ async def wait_granted(waiter: "asyncio.Future[Any]", timeout: float, gone: "asy
 
 
 async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-                  gone: "asyncio.Future[None] | None" = None) -> None:
+                  gone: "asyncio.Future[None] | None" = None, weight: float = 1.0) -> None:
     """Wait, in fair order across keys, for a generation slot of the in-process gate."""
     if gate.try_acquire(key, key_limit):
         return
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        gate.enqueue(key, key_limit, waiter)
+        gate.enqueue(key, key_limit, waiter, weight)
     except QueueFull:
         raise queue_full() from None
 

@@ -194,6 +194,27 @@ async def test_the_queue_is_fair_across_keys(backend: str, tmp_path: Path) -> No
         assert order[:2] == ["busy", "quiet"]
 
 
+async def test_the_queue_grants_by_key_weight(backend: str, tmp_path: Path) -> None:
+    heavy, light = KeyEntry("heavy", b"h" * 32, weight=4), KeyEntry("light", b"l" * 32)
+    async with a_state(backend, tmp_path, keys=(heavy, light), limits=TrafficLimits(max_concurrent=1)) as s:
+        _, held = await attempt(s, light, generation=True)
+        order: list[str] = []
+
+        async def wait(k: KeyEntry) -> None:
+            _, t = await attempt(s, k, generation=True)
+            assert isinstance(t, Ticket)
+            order.append(k.name)
+            s.finish(t, Outcome())
+        tasks = []
+        for i in range(10):
+            tasks += [asyncio.ensure_future(wait(heavy)), asyncio.ensure_future(wait(light))]
+            await until(lambda: queued(s) == 2 * i + 2)
+        assert isinstance(held, Ticket)
+        s.finish(held, Outcome())
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        assert "".join(k[0] for k in order[:10]) == "hhhhlhhhhl"
+
+
 async def test_token_budget(backend: str, tmp_path: Path) -> None:
     small = replace(A, tokens=parse_budget("100/h"))
     async with a_state(backend, tmp_path, keys=(small, B)) as s:

@@ -171,7 +171,8 @@ class RedisState(State):
             self.hold(ticket)
             return ticket
         if code == 5:
-            return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=self.slots.freed != freed)
+            return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=self.slots.freed != freed,
+                                         weight=key.weight)
         retry = [retry_after_header(wait_ms / 1000)]
         if code == 1:
             self._banned(addr, wait_ms, self.clock())
@@ -200,7 +201,7 @@ class RedisState(State):
                 key.name, key.max_concurrent, ticket.host, host_limit)):
             self.hold(ticket)
             return ticket
-        return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True)
+        return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True, weight=key.weight)
 
     async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
         if self.leases.get(ticket.lease) is not ticket:

@@ -140,12 +140,12 @@ class LocalState(State):
         if budget is None:
             if not pol.slots_on:
                 return NO_TICKET
-            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone)
+            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
             return Ticket(key.name, slot=True)
         slot = pol.slots_on
         if slot:
             budgets.check(key.name, budget, reserve)   # refused at once rather than after queueing
-            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone)
+            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
         try:
             # Decided (again, after a wait: others may have spent meanwhile) when the slot is granted.
             budgets.reserve(key.name, budget, reserve)

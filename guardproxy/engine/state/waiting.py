@@ -85,11 +85,12 @@ class SlotQueue:
             self._kick.set()
 
     async def wait(self, ticket: Ticket, key_limit: int | None, host_limit: int | None,
-                   gone: "asyncio.Future[None] | None", *, kick: bool) -> Ticket:
-        """Queue until a pass grants a slot; `kick`: run a pass at once (a slot may already be free)."""
+                   gone: "asyncio.Future[None] | None", *, kick: bool, weight: float = 1.0) -> Ticket:
+        """Queue until a pass grants a slot; `kick`: run a pass at once (a slot may already be free);
+        `weight`: the key's share of the grants while keys wait (FairQueue)."""
         w = _Waiter(asyncio.get_running_loop().create_future(), ticket, key_limit, host_limit)
         try:
-            self.queue.push(ticket.key, w)
+            self.queue.push(ticket.key, w, weight)
         except QueueFull:
             raise slots.queue_full() from None
         self._waiting.set()
