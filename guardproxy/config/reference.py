@@ -90,7 +90,8 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
                 continue
             text = comments.get(stmt.lineno, "")
             if not text:  # comment lines directly above the field
-                above, n = [], stmt.lineno - 1
+                above: list[str] = []
+                n = stmt.lineno - 1
                 while n in comments and lines[n - 1].lstrip().startswith("#"):
                     above.insert(0, comments[n])
                     n -= 1
@@ -105,10 +106,11 @@ def _kind(attr: str, annotation: str) -> str:
         return "size"
     if a == "float":
         return "number" if attr in _NUMBERS else "duration"
-    return {"str": "string", "int": "integer", "bool": "boolean", "tuple[str, ...]": "array of strings",
+    kinds = {"str": "string", "int": "integer", "bool": "boolean", "tuple[str, ...]": "array of strings",
             "Rate": "rate", "Budget": "budget", "date": "date", "datetime": "UTC date-time", "Path": "path",
             "Upstream": "URL", "tuple[str, int] | None": "host:port", "tuple[str, int]": "host:port",
-            "bytes": "64 hex digits"}.get(a, a)
+            "bytes": "64 hex digits"}
+    return kinds.get(a, a)
 
 
 def _default(table: Table, attr: str, f: dataclasses.Field[Any]) -> str:
@@ -182,7 +184,11 @@ def render() -> str:
         out += ["| field | type | default | meaning |", "|---|---|---|---|"]
         attrs = {f.name: f for f in dataclasses.fields(table.owner)}
         order = {attr: i for i, attr in enumerate(attrs)}
-        for name in sorted(table.fields, key=lambda n: (order.get(table.renames.get(n, n), -1), n)):
+
+        def position(name: str) -> tuple[int, str]:  # the dataclass's order, which groups related fields
+            return order.get(table.renames.get(name, name), -1), name
+
+        for name in sorted(table.fields, key=position):
             attr = table.renames.get(name, name)
             f = attrs.get(attr)
             if f is None:
