@@ -28,6 +28,7 @@ _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors"
         "upstreams", "routing", "cluster", "budgets"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
+_BUDGET_FIELDS = {"reserve"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
                "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens",
                "weight"}
@@ -139,7 +140,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
 def _budgets(r: Reader, data: Mapping[str, Any]) -> Budgets:
     where = ("budgets",)
-    bt = r.table(data.get("budgets", {}), where, {"reserve"})
+    bt = r.table(data.get("budgets", {}), where, _BUDGET_FIELDS)
     return Budgets(reserve=r.integer(bt, "reserve", where, Budgets.reserve, 0))
 
 
