@@ -30,6 +30,7 @@ from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
+from .admission import Grant, admit
 from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
@@ -37,7 +38,6 @@ from .gate import Gate
 from .hosts import HostSet, Member
 from .metrics import PAGE_HEAD
 from .relay import UpstreamConnection
-from .state.base import Ticket
 from .tokens import usage_from_tail
 
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "lease", "rid", "body_left", "weight")
+                 "member", "wanted", "grant", "rid", "body_left", "weight")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -65,7 +65,7 @@ class Exchange:
         self.model: str | None = None      # the model Ollama will use, when a check or routing read it
         self.member: Member | None = None  # the host the request is on
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
-        self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
+        self.grant: Grant | None = None     # its admission (engine/admission.py)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one
         self.weight = 1.0       # its key's share of the grants while keys wait for a host
@@ -156,11 +156,7 @@ class Exchange:
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
             reserve = self._reservation(key, body) if budgeted else 0
-            if state.shares_hosts and route.generation and server.hosts.several:
-                ticket = await self._admit_on_host(key, client, host_name, reserve)
-            else:
-                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None,
-                                           reserve=reserve)
+            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost())
             try:
                 if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
                     return await listing.merged(self, key, path)
@@ -171,7 +167,7 @@ class Exchange:
                 del body
                 return await forwarded
             finally:
-                state.finish(ticket, record)
+                state.finish(grant.ticket, record)
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:
@@ -188,20 +184,11 @@ class Exchange:
         key_cap: int | None = getattr(key, "max_output_tokens", None)
         return reservation(self.route.name, body or b"", size, key_cap, self.config.budgets.reserve)
 
-    async def _admit_on_host(self, key: KeyEntry, client: str, host_name: str | None, reserve: int) -> Ticket:
-        """Admission when several gates share each host's max_concurrent: the host is chosen
-        first, so that its lease is taken with the rest in the one round trip."""
-        state, route, hosts = self.server.state, self.route, self.server.hosts
-        member, self.wanted = hosts.pick(route, self.model, host_name)
-        ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent,
-                                   reserve)
-        hosts.take(member)
-        self.member, self.lease = member, ticket
-        return ticket
-
     async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
-        """Another host after a failure before the first byte (forwarding's), with a shared host slot."""
-        lease, state = self.lease, self.server.state
+        """Another host after a failure before the first byte (forwarding's); a host slot that is the
+        state's lease moves with the request."""
+        grant, state = self.grant, self.server.state
+        lease = grant.ticket if grant is not None and grant.holds_host else None
         move = None if lease is None else lambda m: state.move(lease, m.name, m.settings.max_concurrent)
         return await self.server.hosts.elsewhere(failed, wanted, move)
 
@@ -325,13 +312,15 @@ class Exchange:
         req, route = self.req, self.route
         assert req is not None
         server, conn, hosts = self.server, self.conn, self.server.hosts
-        if self.member is None:  # (else chosen with its shared lease in _admit)
-            member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
+        grant = self.grant
+        assert grant is not None
+        member, wanted = grant.member, grant.wanted   # chosen at admission, with its lease ...
+        if member is None:   # ... or now, among the hosts with room (a generation's slot on it is taken)
+            member, wanted = hosts.first(route, self.model, host_name)
             if member is None:
                 assert wanted is not None
-                member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost(),
-                                          self.weight)
-            self.member, self.wanted = member, wanted
+                member = await hosts.wait(wanted, self.record.key or "", grant.time_left(), conn.lost(), self.weight)
+        self.member, self.wanted = member, wanted
         if body is None and self.has_body:
             # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)

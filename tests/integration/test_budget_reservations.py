@@ -44,7 +44,7 @@ OVERRUN = SPENT - RESERVED            # one request's error against its own rese
 
 @asynccontextmanager
 async def serving(kind: str, fake: FakeOllama, tmp_path: Path, budget: Budget = BUDGET,
-                  **overrides: object) -> AsyncIterator[tuple[list[int], Spent]]:
+                  **overrides: object) -> AsyncIterator[tuple[list[int], "Tally"]]:
     """Gates of `kind` ("local": one, in process; "redis": one; "two": two sharing Redis), and how
     many tokens the laptop key has spent."""
     laptop = keys(tokens=budget, max_concurrent=1)
@@ -53,16 +53,37 @@ async def serving(kind: str, fake: FakeOllama, tmp_path: Path, budget: Budget = 
         try:
             state = p.server.state
             assert isinstance(state, LocalState)
-            yield [p.port], lambda: _local(state, budget)
+            yield [p.port], Tally(lambda: _local(state, budget), lambda: _held_here(state, budget))
         finally:
             await p.server.stop(grace=0)
             p.server.access_log.close()
         return
     async with redis_server(tmp_path) as redis:
+        # (a generous op_timeout: every decision must be Redis's, on a loaded machine too)
         async with gates(fake.port, tmp_path, redis.url(), 2 if kind == "two" else 1, keys=laptop,
-                         **overrides) as gs:
-            yield [g.port for g in gs], lambda: _redis(redis, budget)
+                         op_timeout=2.0, **overrides) as gs:
+            yield [g.port for g in gs], Tally(lambda: _redis(redis, budget), lambda: _held_in(redis, budget))
             assert [(g.state.errors, g.state.fallbacks) for g in gs] == [(0, 0)] * len(gs)
+
+
+class Tally:
+    """The laptop key's tokens spent, and reserved by requests still running (where the gates keep them)."""
+
+    def __init__(self, spent: Spent, held: Spent) -> None:
+        self.spent, self.held = spent, held
+
+    async def __call__(self) -> int:
+        return await self.spent()
+
+
+async def _held_here(state: LocalState, budget: Budget) -> int:
+    return state.budgets.held.get(("laptop", budget.unit), 0)
+
+
+async def _held_in(redis: RedisServer, budget: Budget) -> int:
+    n = await redis.command("ZCARD", f"t:reserved:{budget.unit}:laptop")
+    assert isinstance(n, int)
+    return n
 
 
 async def _local(state: LocalState, budget: Budget) -> int:
@@ -96,6 +117,10 @@ async def test_spent_stays_within_the_budget_and_one_overrun(kind: str, concurre
         assert await _generate(ports[0]) == 429
 
 
+async def _none_held(tally: Tally) -> bool:
+    return await tally.held() == 0
+
+
 async def _equal(spent: Spent, expected: int) -> bool:
     return await spent() == expected
 
@@ -108,6 +133,7 @@ async def test_a_request_that_never_ran_releases_its_reservation(kind: str, fake
     async with serving(kind, fake, tmp_path, budget=big) as (ports, spent):
         await fake.close()                     # the host is gone: 502, nothing spent
         assert await _generate(ports[0]) == 502
+        await until(lambda: _none_held(spent))    # (FINISH to Redis is not awaited)
         assert await _generate(ports[0]) == 502   # (refused with 429 if the first still held its tokens)
         assert await spent() == 0
 
