@@ -160,6 +160,18 @@ def _go_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {k.lower(): v for k, v in pairs}
 
 
+class _Ambiguous(Exception):
+    """An object names a field twice in different cases: which one Go takes depends on their order."""
+
+
+def _field(obj: dict[str, Any], name: str) -> Any:
+    """`obj`'s field `name` as Go's encoding/json matches it: in any case."""
+    found = [k for k in obj if k.lower() == name]
+    if len(found) > 1:
+        raise _Ambiguous()
+    return obj[found[0]] if found else None
+
+
 def output_cap(route: str, body: bytes) -> int | None:
     """The output cap `body` sets for itself on `route`, as Ollama reads it; None when it sets none
     (absent, not a whole number, or negative: Ollama's "until done")."""
@@ -167,13 +179,20 @@ def output_cap(route: str, body: bytes) -> int | None:
     if not paths or not body:
         return None
     try:
-        data = json.loads(body, object_pairs_hook=_go_object)
+        data = json.loads(body)
+        try:
+            return _cap(data, paths)
+        except _Ambiguous:   # read again keeping the order of the names, the last one winning
+            return _cap(json.loads(body, object_pairs_hook=_go_object), paths)
     except (ValueError, RecursionError):
         return None
+
+
+def _cap(data: Any, paths: tuple[tuple[str, ...], ...]) -> int | None:
     for path in paths:
         v: Any = data
         for part in path:
-            v = v.get(part) if isinstance(v, dict) else None
+            v = _field(v, part) if isinstance(v, dict) else None
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:

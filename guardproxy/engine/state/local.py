@@ -71,9 +71,11 @@ class Budgets:
         if wait:
             raise BudgetExceeded(headers=[retry_after_header(wait)])
 
-    def reserve(self, name: str, budget: Budget, need: int) -> None:
-        """Check, then hold `need` tokens until `release` (nothing awaits in between: one decision)."""
-        self.check(name, budget, need)
+    def reserve(self, name: str, budget: Budget, need: int, *, checked: bool = False) -> None:
+        """Check (unless `checked` just now), then hold `need` tokens until `release` (nothing awaits
+        in between: one decision)."""
+        if not checked:
+            self.check(name, budget, need)
         self.held[(name, budget.unit)] = self.held.get((name, budget.unit), 0) + need
 
     def release(self, name: str, budget: Budget, need: int) -> None:
@@ -143,12 +145,12 @@ class LocalState(State):
             await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
             return Ticket(key.name, slot=True)
         slot = pol.slots_on
-        if slot:
-            budgets.check(key.name, budget, reserve)   # refused at once rather than after queueing
-            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
+        budgets.check(key.name, budget, reserve)   # (refused at once rather than after queueing)
+        waited = slot and await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone,
+                                              key.weight)
         try:
-            # Decided (again, after a wait: others may have spent meanwhile) when the slot is granted.
-            budgets.reserve(key.name, budget, reserve)
+            # Decided again after a wait, when the slot is granted: others may have spent meanwhile.
+            budgets.reserve(key.name, budget, reserve, checked=not waited)
         except BudgetExceeded:
             if slot:
                 slots.wake(pol.gate.release(key.name))
