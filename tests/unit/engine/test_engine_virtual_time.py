@@ -188,3 +188,47 @@ def test_a_generation_waits_queue_timeout_in_all_through_the_slot_and_host_queue
         assert (await e.response(third))[0] == 200
         await e.stop()
     run(scenario)
+
+
+def _client(e: Engine) -> tuple[ClientConnection, MemoryTransport]:
+    conn = ClientConnection(e.server)
+    return conn, attach(conn, MemoryTransport())
+
+
+def test_a_head_that_never_ends_is_a_408_after_the_header_timeout() -> None:
+    async def scenario() -> None:
+        e = Engine(make_config(11434, timeouts=Timeouts(header=10.0)))
+        conn, t = _client(e)
+        t0 = e.loop.time()
+        conn.data_received(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n")   # and nothing more
+        status, _, _ = await e.response(t)
+        assert status == 408 and 10.0 <= e.loop.time() - t0 <= 10.1 and not e.upstreams
+        await e.stop()
+    run(scenario)
+
+
+def test_a_body_that_stops_is_a_408_after_the_body_timeout() -> None:
+    async def scenario() -> None:
+        e = Engine(make_config(11434, timeouts=Timeouts(body=30.0)))
+        conn, t = _client(e)
+        t0 = e.loop.time()
+        conn.data_received(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() +
+                           b"\r\nContent-Length: 100\r\n\r\n" + GENERATE[:40])
+        status, _, _ = await e.response(t)
+        assert status == 408 and 30.0 <= e.loop.time() - t0 <= 30.1 and not e.upstreams
+        await e.stop()
+    run(scenario)
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
+    async def scenario() -> None:
+        e = Engine(make_config(11434, timeouts=Timeouts(keepalive=30.0)))
+        conn, t = _client(e)
+        conn.data_received(request_bytes("GET", "/health"))
+        assert (await e.response(t))[0] == 200
+        t0 = e.loop.time()
+        assert conn.task is not None
+        await asyncio.wait_for(conn.task, 100.0)   # the connection's loop ends ...
+        assert t.is_closing() and 30.0 <= e.loop.time() - t0 <= 30.1   # ... when keepalive has passed
+        await e.stop()
+    run(scenario)
