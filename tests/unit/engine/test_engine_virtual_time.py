@@ -232,3 +232,31 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() -
         assert t.is_closing() and 30.0 <= e.loop.time() - t0 <= 30.1   # ... when keepalive has passed
         await e.stop()
     run(scenario)
+
+
+def test_a_host_with_room_goes_to_the_waiting_keys_by_their_weights() -> None:
+    async def scenario() -> None:
+        keys = list(make_config(1).keys)
+        keys[0] = replace(keys[0], weight=4)   # the laptop; the phone keeps weight 1
+        e = Engine(make_config(11434, keys=tuple(keys),
+                               upstreams=(UpstreamHost("a", Upstream("127.0.0.1", 11434), max_concurrent=1),)))
+
+        def body(who: str) -> bytes:
+            return json.dumps({"model": "llama3.2", "prompt": who}).encode()
+        e.send("POST", "/api/generate", body("first"), LAPTOP)
+        await settle()
+        for _ in range(10):
+            e.send("POST", "/api/generate", body("laptop"), LAPTOP)
+            e.send("POST", "/api/generate", body("phone"), {"X-API-Key": OTHER_KEY})
+        await settle()
+        assert e.server.hosts.waiting.queued == 20
+        order = []
+        for _ in range(11):
+            # the connection with a request on it (state 0: idle, no exchange attached)
+            conn, host = next((c, t) for c, t in e.upstreams if c.state != 0 and not t.is_closing())
+            order.append(json.loads(bytes(host.written).rsplit(b"\r\n\r\n", 1)[1])["prompt"][0])
+            conn.data_received(final_line(1, 1))
+            await settle()
+        assert "".join(order) == "f" + "llllp" * 2
+        await e.stop()
+    run(scenario)
