@@ -34,3 +34,12 @@ def test_mistakes_name_the_field(extra: str, where: str) -> None:
     with pytest.raises(ConfigError) as e:
         load(KEY + extra)
     assert str(e.value).startswith(where) and "\n" not in str(e.value)
+
+
+def test_a_budget_smaller_than_the_reservation_is_warned_about_at_start() -> None:
+    from guardproxy.app import warnings
+    said = warnings(load(KEY + 'tokens = "100/day"\n'))
+    assert said == ['key "app": its token budget (100/day) is smaller than what a generation without an output '
+                    'cap reserves (1024): such generations are all refused; set [budgets] reserve lower, or have '
+                    'clients send a cap']
+    assert warnings(load(KEY + 'tokens = "100/day"\n[budgets]\nreserve = 50\n')) == []
