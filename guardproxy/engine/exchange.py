@@ -50,7 +50,7 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "grant", "rid", "body_left", "weight")
+                 "member", "wanted", "grant", "rid", "body_left")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -68,7 +68,6 @@ class Exchange:
         self.grant: Grant | None = None     # its admission (engine/admission.py)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one
-        self.weight = 1.0       # its key's share of the grants while keys wait for a host
 
     # --- derived facts ---------------------------------------------------------
 
@@ -137,7 +136,7 @@ class Exchange:
             except Unauthorized:
                 await state.auth_failed(client, now)
                 raise
-            record.key, self.weight = key.name, key.weight
+            record.key = key.name
             state.after_auth(key, now)
             if route is routes.METRICS:  # answered here, never forwarded, whatever the key or method
                 routes.authorize_metrics(key, req.method, self.has_body)
@@ -156,14 +155,17 @@ class Exchange:
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
             reserve = self._reservation(key, body) if budgeted else 0
-            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost())
+            merged = route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD")
+            filtered = route.listing and key.models is not None and method == b"GET"
+            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost(),
+                                             forward=not (merged or filtered))
             try:
-                if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
+                if merged:
                     return await listing.merged(self, key, path)
-                if route.listing and key.models is not None and method == b"GET":
+                if filtered:
                     return await listing.filtered(self, key, path, host_name)
                 # The body goes to proxy() alone: a stream holds no second reference to it.
-                forwarded = self.proxy(body, host_name)
+                forwarded = self.proxy(body)
                 del body
                 return await forwarded
             finally:
@@ -307,20 +309,14 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None, host_name: str | None = None) -> bool:
+    async def proxy(self, body: bytes | None) -> bool:
         """Forward the request (its body already read, or streamed now) to a host and splice the response."""
         req, route = self.req, self.route
         assert req is not None
         server, conn, hosts = self.server, self.conn, self.server.hosts
         grant = self.grant
-        assert grant is not None
-        member, wanted = grant.member, grant.wanted   # chosen at admission, with its lease ...
-        if member is None:   # ... or now, among the hosts with room (a generation's slot on it is taken)
-            member, wanted = hosts.first(route, self.model, host_name)
-            if member is None:
-                assert wanted is not None
-                member = await hosts.wait(wanted, self.record.key or "", grant.time_left(), conn.lost(), self.weight)
-        self.member, self.wanted = member, wanted
+        assert grant is not None and grant.member is not None
+        self.member, self.wanted = grant.member, grant.wanted   # (chosen at admission)
         if body is None and self.has_body:
             # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
