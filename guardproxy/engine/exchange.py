@@ -2,11 +2,12 @@
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
     -> ban, per-address rate -> key -> per-key rate -> /metrics? -> endpoint rules
-    -> model check (reads a small body) -> admission (budget, generation slot) -> a host (hosts.py)
+    -> model check (reads a small body) -> admission: one Grant (budget reservation, generation slot, host)
     -> [only now] an upstream connection -> head and body upstream
-    -> the relay splices the response -> the record is written -> the slot freed, tokens counted
+    -> the relay splices the response -> the record is written -> the slot freed, tokens settled
 
-Limits are kept by `server.state` (engine/state/: in process, or shared through Redis).
+Limits are kept by `server.state` (engine/state/: in process, or shared through Redis); admission.py
+asks it and the host set (hosts.py) for one grant, which the exchange keeps.
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
