@@ -30,7 +30,7 @@ from support.bodies import gen_body
 from support.gates import gates, keys
 from support.polling import until
 from support.raw_http import fetch
-from support.redis_server import RedisServer, redis, redis_server  # noqa: F401 (redis: a fixture)
+from support.redis_server import RedisServer, redis, redis_server, stalled  # noqa: F401 (redis: a fixture)
 
 Spent = Callable[[], Awaitable[int]]
 LAPTOP = {"X-API-Key": KEY}
@@ -202,11 +202,3 @@ async def test_a_finish_that_timed_out_but_ran_is_not_counted_twice(fake: FakeOl
         assert await _settled(redis) == (SPENT, 0)
         assert g.state.errors >= 1
 
-
-async def stalled(redis: RedisServer) -> bool:
-    """True once Redis stops answering (DEBUG SLEEP has begun)."""
-    try:
-        await redis.command("PING", timeout=0.02)
-    except TimeoutError:
-        return True
-    return False

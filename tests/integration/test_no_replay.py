@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from conftest import ADMIN_KEY, start_proxy
+from conftest import ADMIN_KEY, Proxy, start_proxy
 from guardproxy.config.model import Upstream, UpstreamHost
 from support.raw_http import fetch
 from support.upstreams import RecordingUpstream
@@ -100,15 +100,20 @@ async def test_a_read_is_sent_again_on_a_fresh_connection(tmp_path: Path, starte
         await p.server.stop(grace=0)
 
 
-@pytest.mark.parametrize("path, body", [("/api/create", CREATE), ("/api/generate", GENERATE)], ids=["create", "generate"])
-async def test_a_request_a_host_read_is_not_sent_to_another_host(
-        path: str, body: bytes, tmp_path: Path, started: list[RecordingUpstream]) -> None:
-    hosts = [DropAfterReading(b"POST " + path.encode()) for _ in range(2)]
+async def two_hosts(hosts: list[DropAfterReading], started: list[RecordingUpstream], tmp_path: Path) -> Proxy:
+    """A gate in front of two hosts, a and b, playing `hosts`."""
     for h in hosts:
         started.append(await _recording(h))
     upstreams = tuple(UpstreamHost(name, Upstream("127.0.0.1", up.port), max_concurrent=4)
                       for name, up in zip("ab", started))
-    p = await start_proxy(started[0].port, tmp_path, upstreams=upstreams)
+    return await start_proxy(started[0].port, tmp_path, upstreams=upstreams)
+
+
+@pytest.mark.parametrize("path, body", [("/api/create", CREATE), ("/api/generate", GENERATE)], ids=["create", "generate"])
+async def test_a_request_a_host_read_is_not_sent_to_another_host(
+        path: str, body: bytes, tmp_path: Path, started: list[RecordingUpstream]) -> None:
+    hosts = [DropAfterReading(b"POST " + path.encode()) for _ in range(2)]
+    p = await two_hosts(hosts, started, tmp_path)
     try:
         r = await fetch(p.port, "POST", path, body, OWNER)
         assert r.status == 502
@@ -121,11 +126,7 @@ async def test_a_request_a_host_read_is_not_sent_to_another_host(
 async def test_a_read_a_host_dropped_goes_to_another_host(tmp_path: Path, started: list[RecordingUpstream]) -> None:
     hosts = [DropAfterReading(b"GET /api/version") for _ in range(2)]
     hosts[1].drops = 0
-    for h in hosts:
-        started.append(await _recording(h))
-    upstreams = tuple(UpstreamHost(name, Upstream("127.0.0.1", up.port), max_concurrent=4)
-                      for name, up in zip("ab", started))
-    p = await start_proxy(started[0].port, tmp_path, upstreams=upstreams)
+    p = await two_hosts(hosts, started, tmp_path)
     try:
         for _ in range(4):   # whichever host routing tries first, the answer is b's
             assert (await fetch(p.port, "GET", "/api/version", headers=OWNER)).status == 200

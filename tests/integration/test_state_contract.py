@@ -172,21 +172,26 @@ async def test_queue_timeout_and_a_client_that_hangs_up(backend: str, tmp_path: 
         s.finish(again, Outcome())
 
 
+def served(s: State, order: list[str], k: KeyEntry) -> "asyncio.Future[None]":
+    """A generation of `k` that waits for its slot, notes its key in `order` when granted, and ends at once."""
+    async def wait() -> None:
+        _, t = await attempt(s, k, generation=True)
+        assert isinstance(t, Ticket)
+        order.append(k.name)
+        s.finish(t, Outcome())
+    return asyncio.ensure_future(wait())
+
+
 async def test_the_queue_is_fair_across_keys(backend: str, tmp_path: Path) -> None:
     keys = tuple(KeyEntry(n, n.encode() * 16) for n in ("busy", "quiet"))
     async with a_state(backend, tmp_path, keys=keys, limits=TrafficLimits(max_concurrent=1)) as s:
         busy, quiet = keys
         _, held = await attempt(s, busy, generation=True)
         order: list[str] = []
-
-        async def wait(k: KeyEntry) -> None:
-            _, t = await attempt(s, k, generation=True)
-            assert isinstance(t, Ticket)
-            order.append(k.name)
-            s.finish(t, Outcome())
-        tasks = [asyncio.ensure_future(wait(busy)) for _ in range(3)]
+        wait = lambda k: served(s, order, k)   # noqa: E731
+        tasks = [wait(busy) for _ in range(3)]
         await until(lambda: queued(s) == 3)
-        tasks.append(asyncio.ensure_future(wait(quiet)))
+        tasks.append(wait(quiet))
         await until(lambda: queued(s) == 4)
         assert isinstance(held, Ticket)
         s.finish(held, Outcome())
@@ -199,15 +204,9 @@ async def test_the_queue_grants_by_key_weight(backend: str, tmp_path: Path) -> N
     async with a_state(backend, tmp_path, keys=(heavy, light), limits=TrafficLimits(max_concurrent=1)) as s:
         _, held = await attempt(s, light, generation=True)
         order: list[str] = []
-
-        async def wait(k: KeyEntry) -> None:
-            _, t = await attempt(s, k, generation=True)
-            assert isinstance(t, Ticket)
-            order.append(k.name)
-            s.finish(t, Outcome())
         tasks = []
         for i in range(10):
-            tasks += [asyncio.ensure_future(wait(heavy)), asyncio.ensure_future(wait(light))]
+            tasks += [served(s, order, heavy), served(s, order, light)]
             await until(lambda: queued(s) == 2 * i + 2)
         assert isinstance(held, Ticket)
         s.finish(held, Outcome())
