@@ -63,7 +63,7 @@ class KeyEntry:
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
     max_num_ctx: int | None = None        # an options.num_ctx above this is lowered to it (the body re-encoded)
-    max_output_tokens: int | None = None  # every dialect's output cap lowered to this, and set where unlimited
+    max_output_tokens: int | None = None  # each dialect's output cap lowered to this, and set to it where unlimited
 
 
 def key_text_problem(key: str) -> str | None:
@@ -210,7 +210,8 @@ class Config:
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
     cluster: Cluster | None = None
-    # [aliases]: a model name clients ask for -> the model it runs ("gpt-4o-mini" = "llama3.2:3b")
+    # [aliases] table: a model name clients ask for = the model it runs ("gpt-4o-mini" = "llama3.2:3b"); the
+    # body's model is rewritten before every check, keys' `models` and the cloud scope judge the target
     aliases: tuple[tuple[str, str], ...] = ()
 
     def hosts(self) -> tuple[UpstreamHost, ...]:
