@@ -36,7 +36,7 @@ async def merged(ex: Lister, key: KeyEntry, path: bytes) -> bool:
     if key.models is not None or lists_aliases(ex):
         # Cut down once per model list and snapshot (hosts.listings is emptied when the snapshot changes).
         table = aliases.table(ex.config.aliases)
-        seen_as = (path, key.models, models.may_use_cloud(key), table.pairs)
+        seen_as = (path, key.models, models.may_use_cloud(key)) + ((table.pairs,) if table else ())
         cut = hosts.listings.get(seen_as)
         if cut is None:
             cut = hosts.listings[seen_as] = _as_seen_by(path, key, raw, table)

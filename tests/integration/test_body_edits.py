@@ -16,6 +16,7 @@ from guardproxy.config.model import KeyEntry
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.testing.fake_ollama.newer import WEB_SEARCH_ROUNDS
 from guardproxy.testing.fake_ollama.shapes import PROMPT_TOKENS
+from support.hosts import Fakes, fakes, gate, host, models_asked  # noqa: F401 (fakes: a fixture)
 from support.policy_gate import ADMIN, ADMIN_KEY, digest, start, stop
 from support.raw_http import exchange, fetch
 
@@ -285,3 +286,19 @@ async def test_codex_is_admin_only(gp: Proxy, fake: FakeOllama, method: str, pat
     r = await fetch(gp.port, method, path, b"{}" if method == "POST" else None, ADMIN)
     assert r.status == 200 and json.loads(r.body)["path"] == path
     assert last_log(gp)["path"] == path
+
+
+async def test_several_hosts_route_by_the_target_and_merged_listings_show_aliases(fakes: Fakes,
+                                                                                  tmp_path: Path) -> None:
+    a = await fakes.start(0, models=["llama3.2"])
+    b = await fakes.start(1, models=["mistral:7b"])
+    async with gate(tmp_path, (host(0, a), host(1, b)), interval=5.0, keys=KEYS, aliases=ALIASES) as proxy:
+        for _ in range(3):
+            r = await fetch(proxy.port, "POST", "/api/generate", b'{"model":"claude-3-5-haiku","stream":false}',
+                            PHONE)
+            assert r.status == 200
+        app = _names("/api/tags", (await fetch(proxy.port, "GET", "/api/tags", None, APP)).body)
+        phone = _names("/v1/models", (await fetch(proxy.port, "GET", "/v1/models", None, PHONE)).body)
+    assert models_asked(b) == ["mistral:7b"] * 3 and models_asked(a) == []
+    assert app == {"llama3.2", "gpt-4o-mini"}
+    assert phone == {"llama3.2", "mistral:7b", "gpt-4o-mini", "claude-3-5-haiku"}
