@@ -40,9 +40,9 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _lowered(value: Any, limit: int) -> bool:
-    """Above the limit, or unlimited (absent, null, negative): the cap is written."""
-    return value is None or (_number(value) and (value < 0 or value > limit))
+def _lowered(value: Any, limit: int, *, floor: int = 0) -> bool:
+    """Above the limit, or unlimited (absent, null, below `floor`): the cap is written."""
+    return value is None or (_number(value) and (value < floor or value > limit))
 
 
 def check_placement(key: KeyEntry, options: MergedObject) -> None:
@@ -70,7 +70,8 @@ def apply(key: KeyEntry, route: routes.Route, body: JsonObject, options: MergedO
             clamped.append("options.num_predict")
     elif cap and route.output_cap in _TOP_CAPS:
         for field in _TOP_CAPS[route.output_cap]:
-            if _lowered(body.last(field), cap):
+            # Anthropic's max_tokens must be positive (Ollama refuses 0): a missing one is set.
+            if _lowered(body.last(field), cap, floor=1 if route.output_cap == routes.ANTHROPIC else 0):
                 body.set(field, str(cap))
                 clamped.append(field)
         if route.output_cap == routes.ANTHROPIC:

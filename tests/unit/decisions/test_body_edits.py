@@ -182,6 +182,12 @@ def test_openai_and_anthropic_caps(path: str, fields: tuple[str, ...]) -> None:
     assert run(CAPPED, path, within) == UNCHANGED
 
 
+def test_anthropic_max_tokens_zero_is_set_openai_zero_is_kept() -> None:
+    assert doc(run(CAPPED, "/v1/messages", b'{"model":"m","max_tokens":0}'))["max_tokens"] == 256
+    body = b'{"model":"m","max_tokens":0,"max_completion_tokens":0}'
+    assert run(CAPPED, "/v1/chat/completions", body) == UNCHANGED
+
+
 def test_thinking_budget_stays_below_max_tokens() -> None:
     body = b'{"model":"m","max_tokens":4000,"thinking":{"type":"enabled","budget_tokens":2000},"messages":[]}'
     edited = run(CAPPED, "/v1/messages", body)
