@@ -133,7 +133,8 @@ def _member(name: str, raw_value: str) -> str:
 
 class MergedObject:
     """What Go makes of every member read as one object field (a map, or a struct behind a pointer):
-    the objects merged in order, a later name replacing an earlier one, null starting again.
+    the objects merged in order, a later name replacing an earlier one, null starting again (a null
+    inside a struct changes nothing; inside a map it is a value).
 
     Each inner member keeps its text; `render` writes the merged object with the changes.
     """
@@ -153,6 +154,8 @@ class MergedObject:
             self.present = True
             inner = JsonObject(outer.text, m.value_start)
             for im in inner.members:
+                if im.value is None and folded_inner:
+                    continue  # null into a struct's (non-pointer) field leaves it as it was
                 name = fold(im.key) if folded_inner else im.key
                 self.values[name] = im.value
                 self._raw[name] = outer.text[im.start:im.end]
