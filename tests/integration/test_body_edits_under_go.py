@@ -205,3 +205,26 @@ def test_bodies_let_through_without_cloud_have_no_web_search_for_go(go_reader: P
             assert not (kind == "web_search" if path == "/v1/responses" else kind.startswith("web_search")), \
                 (path, reading)
     assert refused > 100 and len(passed) > 100
+
+
+def test_bodies_let_through_for_ordinary_keys_have_no_placement_option_for_go(go_reader: Path) -> None:
+    rnd = random.Random(11)
+    placement = ["num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap", "draft_num_predict"]
+    passed: list[str] = []
+    refused = 0
+    for _ in range(1000):
+        members = []
+        for _ in range(rnd.randint(1, 3)):
+            names = rnd.sample(placement + ["seed", "NUM_GPU", "num_gpu "], rnd.randint(0, 2))
+            inner = ",".join(f"{_text(rnd, n)}:1" for n in names)
+            members.append(f"{_text(rnd, _spelling(rnd, 'options'))}:" + ("{" + inner + "}" if rnd.random() < 0.9
+                                                                            else "null"))
+        body = '{"model":"llama3.2",' + ",".join(members) + "}"
+        forwarded = _edited(ORDINARY, rnd.choice(["/api/generate", "/api/chat"]), body)
+        if forwarded is None:
+            refused += 1
+        else:
+            passed.append(forwarded)
+    for body, reading in zip(passed, read_with_go(go_reader, passed)):
+        assert not set(reading.get("options") or {}) & set(placement), (body, reading)
+    assert refused > 100 and len(passed) > 100
