@@ -32,6 +32,8 @@ class Edited(NamedTuple):
 
 UNCHANGED = Edited()
 _JSON_MODEL = (routes.BODY, routes.BODY_OR_NAME)
+# The top-level members whose values are read (as Go folds their names); the rest are skipped unread.
+_READ = frozenset({"model", "name"}) | clamps.TOP_FIELDS
 
 
 def needs_body(key: KeyEntry, route: routes.Route, aliases: Aliases) -> bool:
@@ -55,11 +57,11 @@ def edit_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes,
         text = plain.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("request body must be UTF-8 JSON") from None
-    doc = JsonObject(text)
+    doc = JsonObject(text, wanted=_READ)
     alias = _resolve_alias(route, doc, aliases) if aliased else None
     if searching:
         web_search.check(key, route, doc)
-    options = MergedObject(doc, "options", folded_inner=False) if route.options else None
+    options = MergedObject(doc, "options", clamps.READ_OPTIONS, folded_inner=False) if route.options else None
     if options is not None:
         clamps.check_placement(key, options)
     clamped = clamps.apply(key, route, doc, options)

@@ -26,6 +26,10 @@ from .json_members import JsonObject, MergedObject
 # api.Runner's placement fields: which GPUs and threads a model loads on, and how.
 PLACEMENT = ("num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap", "draft_num_predict")
 PLACEMENT_BYTES = tuple(name.encode() for name in PLACEMENT)
+# The options whose values are read; the others keep their text unread.
+READ_OPTIONS = frozenset(PLACEMENT + ("num_ctx", "num_predict"))
+# The top-level fields read here (as Go folds them).
+TOP_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "thinking"})
 
 _TOP_CAPS = {routes.OPENAI: ("max_tokens", "max_completion_tokens"), routes.RESPONSES: ("max_output_tokens",),
              routes.ANTHROPIC: ("max_tokens",)}
@@ -86,7 +90,7 @@ def _thinking_below(body: JsonObject, limit: float) -> list[str]:
     """Anthropic's thinking.budget_tokens must stay below max_tokens (`limit`, as forwarded)."""
     if not body.named("thinking"):
         return []
-    thinking = MergedObject(body, "thinking", folded_inner=True)
+    thinking = MergedObject(body, "thinking", frozenset({"budget_tokens"}), folded_inner=True)
     budget = thinking.get("budget_tokens")
     if not (_number(budget) and budget >= limit):
         return []

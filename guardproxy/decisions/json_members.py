@@ -11,11 +11,10 @@ is the value set here, whatever spellings the body held.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, NamedTuple
 
 from ..wire.errors import BadRequest
-
-_WS = " \t\n\r"
 
 
 def _no_constant(name: str) -> Any:
@@ -24,6 +23,73 @@ def _no_constant(name: str) -> Any:
 
 _DECODER = json.JSONDecoder(object_pairs_hook=lambda pairs: pairs, parse_constant=_no_constant)
 _scan_string: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+# More members in one object than any Ollama request has: refused, so the work per body stays small.
+MAX_MEMBERS = 1024
+MAX_DEPTH = 10000  # Go's encoding/json refuses deeper nesting
+
+# A value that is not read is skipped by regular expressions (C speed, nothing built): a string, a
+# scalar, or brackets nested up to SHALLOW_DEPTH deep in one match; deeper ones a level at a time.
+# Brackets pair by depth only ("{" may close with "]"): what is inside is not validated here, the
+# body goes on with it, and Go refuses what is not JSON.
+SHALLOW_DEPTH = 32
+_STR = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_STRING = re.compile(_STR)
+_SCALAR = re.compile(r"[-+.0-9A-Za-z]++")
+_TO_NEXT = re.compile(r'[^"{}\[\]]*+')
+_ATOM = r'[^"{}\[\]]++|' + _STR
+_nested = r"[{\[](?:" + _ATOM + r")*+[}\]]"
+for _ in range(SHALLOW_DEPTH - 1):
+    _nested = r"[{\[](?:" + _ATOM + "|" + _nested + r")*+[}\]]"
+_SHALLOW = re.compile(_nested)
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, i: int) -> int:
+    return _SPACE.match(text, i).end()  # type: ignore[union-attr]  # (`*` always matches)
+
+
+def skip_value(text: str, i: int) -> int:
+    """The end of the JSON value at `i` (ValueError or IndexError when there is none)."""
+    c = text[i]
+    if c == '"':
+        m = _STRING.match(text, i)
+    elif c in "{[":
+        m = _SHALLOW.match(text, i)
+        if m is None:
+            return _skip_deep(text, i)
+    else:
+        m = _SCALAR.match(text, i)
+    if m is None:
+        raise ValueError("value expected")
+    return m.end()
+
+
+def _skip_deep(text: str, i: int) -> int:
+    depth = 0
+    while True:
+        c = text[i]
+        if c in "{[":
+            m = _SHALLOW.match(text, i) if depth else None
+            if m is not None:
+                i = m.end()
+                continue
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise BadRequest("request body nests too deep")
+            i += 1
+        elif c in "}]":
+            depth -= 1
+            i += 1
+            if depth == 0:
+                return i
+        elif c == '"':
+            m = _STRING.match(text, i)
+            if m is None:
+                raise ValueError("unterminated string")
+            i = m.end()
+        else:
+            i = _TO_NEXT.match(text, i).end()  # type: ignore[union-attr]
 
 
 def fold(name: str) -> str:
@@ -34,25 +100,54 @@ def fold(name: str) -> str:
     return name.lower()
 
 
+class _Skipped:
+    """The value of a member that was not read (see JsonObject's `wanted`)."""
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED: Any = _Skipped()
+
+
 class Member(NamedTuple):
     key: str
-    value: Any         # objects as lists of (name, value) pairs, repeats kept
+    value: Any         # objects as lists of (name, value) pairs, repeats kept; SKIPPED when not read
     start: int         # where the member's name starts in the text
     value_start: int
     end: int           # just past its value
 
 
-def _skip(text: str, i: int) -> int:
-    n = len(text)
-    while i < n and text[i] in _WS:
-        i += 1
-    return i
+def array_items(text: str, start: int, limit: int) -> list[int]:
+    """Where each item of the JSON array at `start` begins (BadRequest past `limit` items)."""
+    items: list[int] = []
+    try:
+        i = _skip(text, start + 1)
+        if text[i] == "]":
+            return items
+        while True:
+            items.append(i)
+            if len(items) > limit:
+                raise BadRequest(f"request body has an array of more than {limit} items where few are expected")
+            i = _skip(text, skip_value(text, i))
+            if text[i] == "]":
+                return items
+            if text[i] != ",":
+                raise ValueError("comma expected")
+            i = _skip(text, i + 1)
+    except (ValueError, IndexError):
+        raise BadRequest("request body must be JSON") from None
 
 
 class JsonObject:
-    """The members of the object at `start` of `text` (BadRequest when it is not one)."""
+    """The members of the object at `start` of `text` (BadRequest when it is not one).
 
-    def __init__(self, text: str, start: int = 0) -> None:
+    Only the values of members whose names `wanted` accepts (folded as Go folds them, or exact with
+    `exact`) are decoded; the others are skipped over, so a large body costs little.
+    """
+
+    def __init__(self, text: str, start: int = 0, wanted: frozenset[str] = frozenset(), *,
+                 exact: bool = False) -> None:
         self.text = text
         i = _skip(text, start)
         if i >= len(text) or text[i] != "{":
@@ -60,6 +155,7 @@ class JsonObject:
         self.start = i
         self.members: list[Member] = []
         self._set: dict[str, tuple[str, str, bool]] = {}  # matched name -> (name to write, raw value, folded)
+        members = self.members
         try:
             i = _skip(text, i + 1)
             if text[i] == "}":
@@ -73,8 +169,13 @@ class JsonObject:
                 if text[j] != ":":
                     raise ValueError("colon expected")
                 vstart = _skip(text, j + 1)
-                value, vend = _DECODER.raw_decode(text, vstart)
-                self.members.append(Member(key, value, i, vstart, vend))
+                if (key if exact else fold(key)) in wanted:
+                    value, vend = _DECODER.raw_decode(text, vstart)
+                else:
+                    value, vend = SKIPPED, skip_value(text, vstart)
+                members.append(Member(key, value, i, vstart, vend))
+                if len(members) > MAX_MEMBERS:
+                    raise BadRequest(f"request body has an object of more than {MAX_MEMBERS} members")
                 i = _skip(text, vend)
                 if text[i] == "}":
                     self.end = i + 1
@@ -139,26 +240,26 @@ class MergedObject:
     Each inner member keeps its text; `render` writes the merged object with the changes.
     """
 
-    def __init__(self, outer: JsonObject, field: str, *, folded_inner: bool) -> None:
+    def __init__(self, outer: JsonObject, field: str, wanted: frozenset[str], *, folded_inner: bool) -> None:
+        """`wanted`: the inner names whose values are read (folded, or exact for a map)."""
         self.outer, self.field, self.folded_inner = outer, field, folded_inner
-        self.present = False
-        self.values: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}  # by name (folded for a struct); SKIPPED when not read
         self._raw: dict[str, str] = {}
         self._changes: dict[str, str] = {}
+        text = outer.text
         for m in outer.named(field):
-            if m.value is None:
+            if text.startswith("null", m.value_start):
                 self.values, self._raw = {}, {}  # null: Go drops what it had
                 continue
-            if not isinstance(m.value, list):
+            if text[m.value_start] != "{":
                 raise BadRequest(f"{field} must be a JSON object")
-            self.present = True
-            inner = JsonObject(outer.text, m.value_start)
+            inner = JsonObject(text, m.value_start, wanted, exact=not folded_inner)
             for im in inner.members:
-                if im.value is None and folded_inner:
+                if folded_inner and text.startswith("null", im.value_start):
                     continue  # null into a struct's (non-pointer) field leaves it as it was
                 name = fold(im.key) if folded_inner else im.key
                 self.values[name] = im.value
-                self._raw[name] = outer.text[im.start:im.end]
+                self._raw[name] = text[im.start:im.end]
 
     def get(self, name: str) -> Any:
         return self.values.get(name)

@@ -20,10 +20,12 @@ from __future__ import annotations
 from ..config.model import KeyEntry
 from ..wire.errors import Forbidden
 from . import routes
-from .json_members import JsonObject, fold
+from .json_members import JsonObject, array_items
 from .models import may_use_cloud
 
 _SHOWN = 100
+MAX_TOOLS = 1024  # tools in one body: more is refused rather than read (no client sends so many)
+_TYPE = frozenset({"type"})
 
 
 def may_declare(key: KeyEntry, route: routes.Route) -> bool:
@@ -44,14 +46,14 @@ def check(key: KeyEntry, route: routes.Route, body: JsonObject) -> None:
     """Forbidden, naming the tool, when the key may not have Ollama search the web."""
     if may_declare(key, route):
         return
+    text = body.text
     for member in body.named("tools"):
-        if not isinstance(member.value, list):
-            continue
-        for tool in member.value:
-            if not isinstance(tool, list):
-                continue  # not an object
-            for name, value in tool:
-                if isinstance(name, str) and fold(name) == "type" and isinstance(value, str) \
-                        and _is_web_search(route.web_search, value):
-                    raise Forbidden(f"this key may not use the web search tool {value[:_SHOWN]!r}: Ollama runs "
-                                    f"it on the owner's ollama.com account (that needs cloud = true)")
+        if text[member.value_start] != "[":
+            continue  # null (no tools), or what Ollama refuses itself
+        for at in array_items(text, member.value_start, MAX_TOOLS):
+            if text[at] != "{":
+                continue
+            for m in JsonObject(text, at, _TYPE).named("type"):
+                if isinstance(m.value, str) and _is_web_search(route.web_search, m.value):
+                    raise Forbidden(f"this key may not use the web search tool {m.value[:_SHOWN]!r}: Ollama "
+                                    f"runs it on the owner's ollama.com account (that needs cloud = true)")

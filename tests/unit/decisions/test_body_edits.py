@@ -11,7 +11,7 @@ from guardproxy.config.model import KeyEntry
 from guardproxy.decisions import routes
 from guardproxy.decisions.aliases import table
 from guardproxy.decisions.body_edits import UNCHANGED, edit_body, needs_body
-from guardproxy.decisions.json_members import JsonObject
+from guardproxy.decisions.json_members import MAX_MEMBERS, SKIPPED, JsonObject, skip_value
 from guardproxy.decisions.routes import route_for
 from guardproxy.wire.errors import BadRequest, Forbidden
 from guardproxy.wire.heads import parse_request_head
@@ -41,8 +41,9 @@ def doc(edited: object) -> dict[str, object]:
 
 def test_members_keep_their_text_and_a_set_field_replaces_every_spelling() -> None:
     text = '{ "a" : [1, {"b":2}] ,"Max_Tokens":9,"x":"\\u0041","max_tokens":7 , "MAX_TOKENS" :8}\n'
-    obj = JsonObject(text)
+    obj = JsonObject(text, wanted=frozenset({"max_tokens"}))
     assert [m.key for m in obj.members] == ["a", "Max_Tokens", "x", "max_tokens", "MAX_TOKENS"]
+    assert obj.members[0].value is SKIPPED and obj.members[0].end == text.index("]") + 1
     assert obj.last("max_tokens") == 8
     obj.set("max_tokens", "5")
     assert obj.document() == '{"a" : [1, {"b":2}],"x":"\\u0041","max_tokens":5}\n'
@@ -50,14 +51,29 @@ def test_members_keep_their_text_and_a_set_field_replaces_every_spelling() -> No
 
 @pytest.mark.parametrize("name", ["max_to\u212aens", "max_tokenſ".replace("ſ", "\u017f")])
 def test_go_folding_names_are_the_same_field(name: str) -> None:
-    obj = JsonObject(json.dumps({name: 99999}))
+    obj = JsonObject(json.dumps({name: 99999}), wanted=frozenset({"max_tokens"}))
     assert obj.last("max_tokens") == 99999
 
 
-@pytest.mark.parametrize("text", ['[1]', '{"a":1', '{"a" 1}', '{"a":NaN}', '{a:1}', '', '{"a":1,}'])
+@pytest.mark.parametrize("text", ['[1]', '{"a":1', '{"a" 1}', '{"a":NaN}', '{a:1}', '', '{"a":1,}',
+                                  '{"a":"x}', '{"a":[1,2}', '{"a":[[[[[[1]]]]]}'])
 def test_what_is_not_an_object_is_400(text: str) -> None:
     with pytest.raises(BadRequest):
+        JsonObject(text, wanted=frozenset({"a"}) if "NaN" in text else frozenset())
+
+
+@pytest.mark.parametrize("value", ['"a\\"b\\\\"', '-1.5e3', 'true', '[1,[2,[3,[4,[5,[6,{"x":"]"}]]]]]]',
+                                   '{"a":{"b":{"c":{"d":{"e":{}}}}}}', '[' * 50 + ']' * 50, '"}"'])
+def test_skipping_a_value_finds_its_end(value: str) -> None:
+    text = value + ' ,"rest"'
+    assert skip_value(text, 0) == len(value)
+
+
+def test_more_members_than_any_request_has_is_400() -> None:
+    text = "{" + ",".join(f'"k{i}":1' for i in range(MAX_MEMBERS + 1)) + "}"
+    with pytest.raises(BadRequest):
         JsonObject(text)
+    assert len(JsonObject(text.replace(f',"k{MAX_MEMBERS}":1', "")).members) == MAX_MEMBERS
 
 
 # --- aliases ---------------------------------------------------------------------------------
