@@ -76,7 +76,7 @@ image: $(VENV)/.installed
 ## image-smoke: build the image on a Debian base made here (debootstrap; no registry needed) and run it
 ##              against a fake Ollama: health, 401, a stream, non-root, read-only, a draining stop
 image-smoke: $(VENV)/.installed
-	$(PY) packaging/container/smoke_test.py
+	$(PY) packaging/container/image_smoke.py
 
 ## bench-deps: nginx, Caddy and wrk from Debian's packages (root, or sudo)
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)

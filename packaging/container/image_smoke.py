@@ -1,6 +1,6 @@
 """Smoke test of the container image: build it on a Debian base made here, then run it for real.
 
-    python packaging/container/smoke_test.py [--base IMAGE] [--image IMAGE]
+    python packaging/container/image_smoke.py [--base IMAGE] [--image IMAGE]
 
 With podman: makes the base with local-base.sh when it is missing (no registry needed), builds
 the image with `make image`, and reports the build time and the size the image adds to its
@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import json
 import os
-import queue
 import re
 import resource
 import shutil
@@ -38,8 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "packaging"))
+
 from guardproxy import __version__  # noqa: E402
 from guardproxy.ops.check import format_table, run_checks  # noqa: E402
+from smoke_test import Process  # noqa: E402  (the executable's smoke test: a child process's lines)
 
 KEY = "gp_container-smoke-key-0123456789abcdefghijk"
 UID = "10001"
@@ -63,44 +65,26 @@ def podman_conf(directory: Path) -> Path:
     return path
 
 
-class Container:
-    """`podman run` in the foreground: its stdout and stderr lines collected by threads."""
+class Container(Process):
+    """`podman run` in the foreground; its stderr lines are watched, its stdout lines kept apart too."""
 
     def __init__(self, name: str, args: list[str]) -> None:
         self.name = name
-        self.args = ["podman", "run", "--rm", "--name", name, *args]
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, False), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, True), daemon=True).start()
+        super().__init__(["podman", "run", "--rm", "--name", name, *args], "stderr")
 
-    def _pump(self, pipe, into: list[str], watched: bool) -> None:  # type: ignore[no-untyped-def]
+    def _pump(self, pipe, watched: bool) -> None:  # type: ignore[no-untyped-def]
+        super()._pump(self._kept(pipe) if pipe is self.proc.stdout else pipe, watched)
+
+    def _kept(self, pipe):  # type: ignore[no-untyped-def]
         for line in pipe:
-            into.append(line.rstrip("\n"))
-            if watched:
-                self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None and self.lines.empty():
-                raise SystemExit(f"FAIL: container {self.name} did not print /{pattern}/ within {timeout:g}s; "
-                                 f"stderr: {self.stderr!r}")
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            m = re.search(pattern, line)
-            if m:
-                return m
+            self.stdout.append(line.rstrip("\n"))
+            yield line
 
     def exec(self, *cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["podman", "exec", self.name, *cmd], capture_output=True, text=True, timeout=60)
 
-    def stop(self, timeout: float) -> tuple[int | None, float]:
+    def stop(self, timeout: float = 15.0) -> tuple[int | None, float]:
         """`podman stop` (SIGTERM, then SIGKILL after `timeout`): the exit code and the seconds it took."""
         started = time.perf_counter()
         subprocess.run(["podman", "stop", "-t", str(int(timeout)), self.name], capture_output=True, timeout=timeout + 60)
@@ -230,7 +214,7 @@ def main(argv: list[str]) -> int:
             fake.wait(10)
     if failures:
         for c in containers:
-            print(f"  {c.name} stderr: {c.stderr!r}")
+            print(f"  {c.name} output: {c.seen!r}")
         print(f"container smoke test FAILED: {len(failures)} problem(s)")
         return 1
     print("container smoke test passed")
@@ -256,7 +240,7 @@ def mounted_config(tmp: Path, upstream: str, image: str, containers: list[Contai
     url, loop = m.group(1), m.group(2)
     print(f"  started in {time.perf_counter() - started:.1f}s: {url} ({loop}) -> {upstream}")
     expect(loop == "uvloop", f"uvloop is installed and used (got {loop})")
-    expect(any(f"version {__version__}" in line for line in gate.stderr), f"it is guardproxy {__version__}")
+    expect(any(f"version {__version__}" in line for line in gate.seen), f"it is guardproxy {__version__}")
 
     results = run_checks(url, KEY, model="llama3.2", timeout=15)
     print(format_table(url, results))
@@ -281,7 +265,8 @@ def mounted_config(tmp: Path, upstream: str, image: str, containers: list[Contai
            f"done={stream.done} {stream.error}")
     expect(code == 0, f"exit 0 after SIGTERM (got {code})")
     expect(took < GRACE, f"the stop took less than the grace ({took:.2f}s)")
-    expect(any("shutting down" in line for line in gate.stderr), "the shutdown is logged on stderr")
+    expect(any("shutting down" in line for line in gate.seen) and not any("shutting down" in line for line in gate.stdout),
+           "the shutdown is logged on stderr")
 
 
 def first_run(volume: str, upstream: str, image: str, containers: list[Container], suffix: str,
