@@ -64,14 +64,16 @@ smoke-exe: exe
 
 ## image: the container image from packaging/container/Containerfile, with podman (else docker), from wheels
 ##        made here: make image BASE_IMAGE=debian:bookworm-slim IMAGE=localhost/guardproxy:latest
+##        (BUILD_FLAGS=--no-cache, say, passes flags to the engine's build)
 CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
 BASE_IMAGE ?= debian:bookworm-slim
 IMAGE      ?= localhost/guardproxy:latest
+BUILD_FLAGS ?=
 image: $(VENV)/.installed
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: needs podman or docker" >&2; exit 1; }
 	$(PY) packaging/container/wheels.py build/container-wheels
 	$(CONTAINER_ENGINE) build -f packaging/container/Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-		-t $(IMAGE) build/container-wheels
+		-t $(IMAGE) $(BUILD_FLAGS) build/container-wheels
 
 ## image-smoke: build the image on a Debian base made here (debootstrap; no registry needed) and run it
 ##              against a fake Ollama: health, 401, a stream, non-root, read-only, a draining stop
