@@ -74,7 +74,7 @@ def warnings(config: Config) -> list[str]:
                    "metrics (key names, models, traffic) without a key".format(*config.metrics.listen))
     reserve = config.budgets.reserve
     for k in config.keys:
-        cap = getattr(k, "max_output_tokens", None)
+        cap = k.max_output_tokens
         if k.tokens is not None and k.tokens.tokens < (reserve if cap is None else cap):
             out.append(f"key \"{k.name}\": its token budget ({k.tokens}) is smaller than what a generation without "
                        f"an output cap reserves ({reserve if cap is None else cap}): such generations are all "

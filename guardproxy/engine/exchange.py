@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
-from ..decisions import models, routes
+from ..decisions import aliases, body_edits, models, routes
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.body_checks import check_body
 from ..decisions.budget import reservation
@@ -157,7 +158,7 @@ class Exchange:
             method = self.req.method
             reserve = self._reservation(key, body) if budgeted else 0
             merged = route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD")
-            filtered = route.listing and key.models is not None and method == b"GET"
+            filtered = route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self))
             self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost(),
                                              forward=not (merged or filtered))
             try:
@@ -183,9 +184,8 @@ class Exchange:
         """The tokens this generation reserves of its key's budget (decisions.budget.reservation)."""
         assert self.req is not None
         size = len(body) if body is not None else self.req.content_length or 0
-        # (a key's own output cap, `max_output_tokens`, where the configuration has that field)
-        key_cap: int | None = getattr(key, "max_output_tokens", None)
-        return reservation(self.route.name, body or b"", size, key_cap, self.config.budgets.reserve)
+        # (the body as it goes upstream: a cap above the key's max_output_tokens is lowered to it already)
+        return reservation(self.route.name, body or b"", size, key.max_output_tokens, self.config.budgets.reserve)
 
     async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
         """Another host after a failure before the first byte (forwarding's); a host slot that is the
@@ -207,15 +207,17 @@ class Exchange:
         req, record = self.req, self.record
         assert req is not None
         needs_model = models.needs_model(key, route)
-        if (needs_model or routed) and route.model == routes.PATH:
-            in_path = path[len(route.path):].decode("utf-8", "replace")
+        alias_table = aliases.table(self.config.aliases)
+        if (needs_model or routed or alias_table) and route.model == routes.PATH:
+            in_path = self._path_alias(path[len(route.path):].decode("utf-8", "replace"), alias_table)
             if needs_model:
                 models.check_model(key, in_path)
             record.model = cut(in_path)
             self.model = in_path
             return None
         checks_keep_alive = route.keep_alive and key.max_keep_alive is not None
-        if not (whole or needs_model or checks_keep_alive):
+        edits = body_edits.needs_body(key, route, alias_table)
+        if not (whole or needs_model or checks_keep_alive or edits):
             return None
         if not self.has_body:
             if needs_model:
@@ -233,6 +235,13 @@ class Exchange:
             self.body_left = False
         if req.chunked:
             self.req = req.with_length(len(body))
+        if edits:
+            edited = body_edits.edit_body(key, route, req, body, alias_table)
+            if edited.body is not None:  # forwarded re-encoded, in identity coding
+                body = edited.body
+                req = (self.req or req).without(b"content-encoding").with_length(len(body))
+                self.req = req
+                record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
             found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
             if found.name is not None:
@@ -241,6 +250,17 @@ class Exchange:
             elif found.for_log is not None:
                 record.model = found.for_log
         return body
+
+    def _path_alias(self, name: str, table: aliases.Aliases) -> str:
+        """/v1/models/{alias}: the target's path goes upstream (a target with a '/' is not one segment)."""
+        target = table.target(name)
+        if target is None or "/" in target or not target.isascii():
+            return name
+        assert self.req is not None
+        query = self.req.target.partition(b"?")[1:]
+        self.req = replace(self.req, target=self.route.path + target.encode() + b"".join(query))
+        self.record.alias = name
+        return target
 
     def _buffered_body(self, limit: int) -> bytes | None:
         """A Content-Length body of at most `limit` bytes, wholly buffered already: taken and counted; else None."""
@@ -399,4 +419,6 @@ class Exchange:
 
     @property
     def extra_headers(self) -> bytes:  # in every answer to this request: its ID, and CORS for a browser
-        return b"X-Request-Id: " + self.rid + b"\r\n" + (header_bytes(self.cors) if self.cors else b"")
+        clamped = self.record.clamped
+        return (b"X-Request-Id: " + self.rid + b"\r\n" + (header_bytes(self.cors) if self.cors else b"")
+                + (b"X-Guardproxy-Clamped: " + ",".join(clamped).encode() + b"\r\n" if clamped else b""))
