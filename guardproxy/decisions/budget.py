@@ -20,6 +20,8 @@ import json
 from typing import Any, Iterable
 
 from ..config.model import Budget
+from . import routes
+from .json_members import fold
 
 BUCKETS = 60
 # A generation whose final counts never came (a client that hung up, an OpenAI stream without
@@ -141,72 +143,72 @@ def fit_limit(budget: int, held: int, need: int) -> int:
     return budget - held - max(need, 1) + 1
 
 
-# Where each generation route's body sets its output cap (Ollama's own field for that dialect).
-_CAPS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "generate": (("options", "num_predict"),),
-    "chat": (("options", "num_predict"),),
-    "chat_completions": (("max_completion_tokens",), ("max_tokens",)),
-    "completions": (("max_tokens",),),
-    "responses": (("max_output_tokens",),),
-    "messages": (("max_tokens",),),
-}
+# Each dialect's output cap (routes.Route.output_cap), as decisions/clamps.py lowers it: Ollama's
+# options.num_predict (a map: exact names), or top-level fields (struct fields: names in any case).
+_TOP_CAPS = {routes.OPENAI: ("max_tokens", "max_completion_tokens"), routes.RESPONSES: ("max_output_tokens",),
+             routes.ANTHROPIC: ("max_tokens",)}
+_NAMES = {kind: tuple(n.encode() for n in names) for kind, names in
+          {routes.OLLAMA: ("num_predict",), **_TOP_CAPS}.items()}
+_FOLDED = {**_NAMES, routes.OLLAMA: (b"options",)}   # the struct fields, which Go matches in any case
 # Routes that generate no output tokens: only their input is reserved.
 NO_OUTPUT = frozenset({"embed", "embeddings", "v1_embeddings"})
 
 
-def _go_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as Go's encoding/json reads it into a struct: field names matched without
-    regard to case, the last duplicate winning."""
-    return {k.lower(): v for k, v in pairs}
+def output_cap(route: routes.Route, body: bytes) -> int | None:
+    """The output cap `body` sets for itself on `route`, at least what Ollama reads; None when it sets
+    none (absent, null, negative: Ollama's "until done"), or might not.
 
-
-class _Ambiguous(Exception):
-    """An object names a field twice in different cases: which one Go takes depends on their order."""
-
-
-def _field(obj: dict[str, Any], name: str) -> Any:
-    """`obj`'s field `name` as Go's encoding/json matches it: in any case."""
-    found = [k for k in obj if k.lower() == name]
-    if len(found) > 1:
-        raise _Ambiguous()
-    return obj[found[0]] if found else None
-
-
-def output_cap(route: str, body: bytes) -> int | None:
-    """The output cap `body` sets for itself on `route`, as Ollama reads it; None when it sets none
-    (absent, not a whole number, or negative: Ollama's "until done")."""
-    paths = _CAPS.get(route)
-    if not paths or not body:
+    Go reads the top-level fields in any case (the last one winning) and merges repeated `options`
+    maps, whose names are exact.  Here every value Go could end up with is looked at, and the
+    largest is taken, or None (no cap) if any of them is not a cap: never less than Ollama's.  A
+    body that names no cap at all is not parsed: the usual case costs a search for the name.
+    """
+    kind = route.output_cap
+    if not kind or not body:
+        return None
+    names = _NAMES[kind]
+    escaped = b"\\u" in body
+    lowered = body.lower()
+    if not escaped and not any(n in (body if kind == routes.OLLAMA else lowered) for n in names):
         return None
     try:
-        data = json.loads(body)
-        try:
-            return _cap(data, paths)
-        except _Ambiguous:   # read again keeping the order of the names, the last one winning
-            return _cap(json.loads(body, object_pairs_hook=_go_object), paths)
+        data = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
+    if not isinstance(data, dict):
+        return None
+    # Names in one case only (the usual body) are looked up as they are; else as Go folds them.
+    exact = not escaped and body.isascii() and all(body.count(n) == lowered.count(n) for n in _FOLDED[kind])
+    get = _exact if exact else _any_case
+    if kind == routes.OLLAMA:
+        maps = get(data, "options")
+        if not all(isinstance(m, dict) for m in maps):
+            return None
+        values = [m["num_predict"] for m in maps if "num_predict" in m]
+    else:
+        values = [v for name in _TOP_CAPS[kind] for v in get(data, name)]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e18
+                             for v in values):
+        return None
+    return int(max(values))
 
 
-def _cap(data: Any, paths: tuple[tuple[str, ...], ...]) -> int | None:
-    for path in paths:
-        v: Any = data
-        for part in path:
-            v = _field(v, part) if isinstance(v, dict) else None
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            return v
-    return None
+def _exact(obj: dict[str, Any], name: str) -> list[Any]:
+    return [obj[name]] if name in obj else []
 
 
-def reservation(route: str, body: bytes, body_bytes: int, key_cap: int | None, default: int) -> int:
+def _any_case(obj: dict[str, Any], name: str) -> list[Any]:
+    """The values of `obj`'s members Go reads as the struct field `name`."""
+    return [v for k, v in obj.items() if fold(k) == name]
+
+
+def reservation(route: routes.Route, body: bytes, body_bytes: int, key_cap: int | None, default: int) -> int:
     """The tokens a generation reserves at admission: its worst case.
 
     Its output cap (the body's own, else the key's, else `default`, [budgets] reserve; none for
     embeddings), plus its prompt estimated from the body's size (REQUEST_BYTES_PER_TOKEN).
     """
-    cap = 0 if route in NO_OUTPUT else output_cap(route, body)
+    cap = 0 if route.name in NO_OUTPUT else output_cap(route, body)
     if key_cap is not None and (cap is None or cap > key_cap):
         cap = key_cap   # (a larger cap in the body is clamped to the key's)
     if cap is None:

@@ -185,7 +185,7 @@ class Exchange:
         assert self.req is not None
         size = len(body) if body is not None else self.req.content_length or 0
         # (the body as it goes upstream: a cap above the key's max_output_tokens is lowered to it already)
-        return reservation(self.route.name, body or b"", size, key.max_output_tokens, self.config.budgets.reserve)
+        return reservation(self.route, body or b"", size, key.max_output_tokens, self.config.budgets.reserve)
 
     async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
         """Another host after a failure before the first byte (forwarding's); a host slot that is the
