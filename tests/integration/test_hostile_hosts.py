@@ -1,0 +1,150 @@
+"""A host that attacks the gate: late bytes after a bodyless answer, floods of interim heads.
+
+What one client's exchange leaves on a connection must never reach another client,
+and nothing a host sends may hold an exchange past its deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import KEY, start_proxy
+from guardproxy.config.model import Timeouts
+from support.raw_http import read_response, request_bytes
+from support.upstreams import RecordingUpstream, read_request
+
+AUTH = {"X-API-Key": KEY}
+EVIL = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{"leaked":"evil"}'
+HONEST = b'{"version":"0.33.0"}'
+HONEST_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                   % (len(HONEST), HONEST))
+# The bodyless answers: (the request that gets it, the head the host sends)
+BODYLESS = {
+    "head": ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"),
+    "204": ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    "304": ("GET", b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+}
+NEXT = "next"  # the late bytes come once the next request on that connection has arrived
+
+
+def late_bytes_host(head: bytes, delay: float | str):
+    """A host that answers GET /api/version honestly, and `/` with `head` followed, `delay` later,
+    by bytes shaped as a whole response."""
+    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            req = await read_request(reader, up)
+            if not req.split(b" ", 2)[1] == b"/":
+                writer.write(HONEST_RESPONSE)
+                continue
+            writer.write(head)
+            await writer.drain()
+            if delay == NEXT:
+                await read_request(reader, up)  # the next request, whoever sent it
+                writer.write(EVIL + HONEST_RESPONSE)
+            else:
+                await asyncio.sleep(delay)  # (the host's behaviour, not a synchronisation)
+                writer.write(EVIL)
+    return script
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "separate-clients"])
+@pytest.mark.parametrize("delay", [0, 0.003, 0.03, NEXT])
+@pytest.mark.parametrize("kind", list(BODYLESS))
+async def test_late_bytes_after_a_bodyless_answer_reach_no_client(tmp_path: Path, kind: str, delay: float | str,
+                                                                  pipelined: bool) -> None:
+    method, head = BODYLESS[kind]
+    up = await RecordingUpstream.start(late_bytes_host(head, delay))
+    p = await start_proxy(up.port, tmp_path)
+    try:
+        for _ in range(3):
+            first = request_bytes(method, "/", headers=AUTH)
+            second = request_bytes("GET", "/api/version", headers=AUTH)
+            r1, w1 = await asyncio.open_connection("127.0.0.1", p.port)
+            if pipelined:
+                w1.write(first + second)
+                r2, w2 = r1, w1
+            else:
+                w1.write(first)
+            resp = await asyncio.wait_for(read_response(r1, head_only=True), 5)
+            assert resp.status == {"head": 200, "204": 204, "304": 304}[kind]
+            if not pipelined:
+                r2, w2 = await asyncio.open_connection("127.0.0.1", p.port)
+                w2.write(second)
+            answer = await asyncio.wait_for(read_response(r2), 5)
+            assert answer.status == 200 and answer.body == HONEST, answer.body
+            w1.close()
+            w2.close()
+    finally:
+        await p.server.stop(grace=0)
+        await up.close()
+
+
+# --- interim heads ------------------------------------------------------------------------------
+
+def interim_host(interim: bytes, count: int, *, period: float = 0.0):
+    """A host that answers with `count` interim heads (all in one write, or one per `period`), then a 200."""
+    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await read_request(reader, up)
+            if period:
+                for _ in range(count):
+                    writer.write(interim)
+                    await asyncio.sleep(period)  # (the host's pace)
+                writer.write(HONEST_RESPONSE)
+            else:
+                writer.write(interim * count + HONEST_RESPONSE)
+            await writer.drain()
+    return script
+
+
+async def _version(port: int) -> tuple[int, bytes, float]:
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes("GET", "/api/version", headers=AUTH))
+        resp = await asyncio.wait_for(read_response(reader), 5)
+        return resp.status, resp.body, time.monotonic() - started
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 20_000])
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 102 Processing\r\n\r\n",
+                                     b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"],
+                         ids=["100", "102", "103"])
+async def test_interim_heads_are_capped(tmp_path: Path, interim: bytes, count: int) -> None:
+    up = await RecordingUpstream.start(interim_host(interim, count))
+    p = await start_proxy(up.port, tmp_path)
+    try:
+        status, body, _ = await _version(p.port)
+        if count <= 10:
+            assert (status, body) == (200, HONEST)
+        else:
+            assert status == 502 and "error" in json.loads(body)
+            entry = p.log_lines()[-1]
+            assert entry["status"] == 502 and "interim" in entry["error"], entry
+        # The gate is still well: the next request is answered.
+        assert (await _version(p.port))[0] == (200 if count <= 10 else 502)
+    finally:
+        await p.server.stop(grace=0)
+        await up.close()
+
+
+@pytest.mark.perf
+async def test_interim_heads_do_not_put_off_the_first_byte_deadline(tmp_path: Path) -> None:
+    # 102 Processing every 50 ms, for ever (in practice: 100 of them, 5 s): 504 once first_byte has passed.
+    up = await RecordingUpstream.start(interim_host(b"HTTP/1.1 102 Processing\r\n\r\n", 100, period=0.05))
+    p = await start_proxy(up.port, tmp_path, timeouts=Timeouts(first_byte=0.3))
+    try:
+        status, _, took = await _version(p.port)
+        assert status == 504
+        assert 0.25 < took < 2.0
+        assert p.log_lines()[-1]["status"] == 504
+    finally:
+        await p.server.stop(grace=0)
+        await up.close()
