@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+from ..decisions.listing_reader import ListingError, ListingReader
 from ..decisions.listings import merge_ps, merge_tags, v1_models_from_tags
 from ..wire.errors import BadGateway, GuardError
 from .failures import ConnectRefused, UpstreamGone
@@ -63,11 +64,13 @@ async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, byte
     raise AssertionError("unreachable")
 
 
-def _models_of(body: bytes) -> list[dict[str, Any]]:
-    models = json.loads(body).get("models")
-    if not isinstance(models, list):
-        raise ValueError("no model list")
-    return [m for m in models if isinstance(m, dict)]
+async def read_entries(body: bytes, field: str = "models") -> list[dict[str, Any]]:
+    """The entries of a host's list, read within bounds a slice at a time (ListingError if it is
+    unreadable): a list of megabytes costs the loop no more than a millisecond at a time."""
+    reader = ListingReader(body, field)
+    while not reader.step():
+        await asyncio.sleep(0)
+    return reader.entries
 
 
 async def _take(hosts: HostSet, member: Member, path: bytes) -> None:
@@ -75,7 +78,7 @@ async def _take(hosts: HostSet, member: Member, path: bytes) -> None:
     status, body = await fetch(member, path, hosts.check_timeout)
     if status != 200:
         raise BadGateway(f"{path.decode()} answered {status}")
-    entries = _models_of(body)
+    entries = await read_entries(body)
     if path == TAGS:
         changed = member.host.set_tags(entries)
         member.tags_at, member.tags_due = hosts.clock(), False
@@ -86,14 +89,19 @@ async def _take(hosts: HostSet, member: Member, path: bytes) -> None:
         hosts.snapshot_changed()
 
 
-async def refresh(hosts: HostSet, member: Member, path: bytes) -> None:
-    """Fetch one list of one host; whoever asks while a fetch is under way shares it.  Never raises."""
+async def _shared_take(hosts: HostSet, member: Member, path: bytes) -> None:
+    """Fetch one list of one host; whoever asks while a fetch is under way shares it."""
     running = member.refreshing.get(path)
     if running is None:
         running = member.refreshing[path] = asyncio.ensure_future(_take(hosts, member, path))
         running.add_done_callback(lambda f: _refreshed(member, path, f))
+    await asyncio.shield(running)
+
+
+async def refresh(hosts: HostSet, member: Member, path: bytes) -> None:
+    """Fetch one list of one host, shared with whoever asks meanwhile.  Never raises."""
     try:
-        await asyncio.shield(running)
+        await _shared_take(hosts, member, path)
     except (GuardError, OSError, ValueError, AttributeError):
         pass  # the previous snapshot stays; the health checks say whether the host is up
 
@@ -135,6 +143,7 @@ class HealthChecker:
         self.rounds = 0
         self._task: asyncio.Task[None] | None = None
         self._round_done = asyncio.Event()
+        self._unreadable: dict[str, str] = {}  # host name -> why its last list could not be read
 
     def apply(self) -> None:
         """Start or stop with the (reloaded) interval; a running loop reads the new interval itself."""
@@ -167,16 +176,29 @@ class HealthChecker:
             await asyncio.sleep(self.hosts.routing.health_interval)
 
     async def check(self, member: Member, round_no: int) -> None:
-        """One round for one host: GET / and its /api/ps; its /api/tags when due."""
+        """One round for one host: GET / and its /api/ps; its /api/tags when due.
+
+        A list that cannot be read (malformed, nested too deeply, too many entries) fails
+        the check, with one log line while it stays unreadable.
+        """
         hosts, host = self.hosts, member.host
         refused = False
+        tags_due = host.up and (member.tags_due or round_no % TAGS_EVERY == 0)
         try:
             status, _ = await fetch(member, b"/", hosts.check_timeout)
             ok = status == 200
             if ok:
                 await _take(hosts, member, PS)
+                if tags_due:
+                    await _shared_take(hosts, member, TAGS)
+            self._unreadable.pop(member.name, None)
         except ConnectRefused:
             ok, refused = False, True
+        except ListingError as exc:
+            ok = False
+            if self._unreadable.get(member.name) != str(exc):
+                self._unreadable[member.name] = str(exc)
+                log.warning("guardproxy: host %s sent a list it cannot read (%s): check failed", member.name, exc)
         except (GuardError, OSError, ValueError, AttributeError):
             ok = False
         if host.health_check(ok, refused=refused):
@@ -184,5 +206,5 @@ class HealthChecker:
             if host.up:
                 member.tags_due = True  # back up: its models may have changed meanwhile
                 hosts.wake()
-        if ok and (member.tags_due or round_no % TAGS_EVERY == 0):
+        if ok and host.up and member.tags_due and not tags_due:
             await refresh(hosts, member, TAGS)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import json
+
 from ..config.model import KeyEntry
 from ..decisions import models
+from ..decisions.listing_reader import ListingError
 from ..wire.errors import BadGateway
 from . import forwarding, health
 from .relay import MAX_RESPONSE_HEAD
@@ -67,10 +70,15 @@ async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None
         raise BadGateway("upstream sent a malformed model list") from None
     status = rh.status
     if status == 200:
+        # The host's list is untrusted: read within bounds and a slice at a time (health.read_entries).
+        field = "data" if path == b"/v1/models" else "models"
         try:
-            raw = models.filter_listing(path, key, raw)
-        except (ValueError, AttributeError, TypeError):
+            entries = await health.read_entries(raw, field)
+        except ListingError:
             raise BadGateway("upstream sent an unreadable model list") from None
+        kept = models.visible_entries(path, key, entries)
+        doc = {"object": "list", "data": kept} if field == "data" else {"models": kept}
+        raw = json.dumps(doc, separators=(",", ":")).encode()
     lines = [ln for ln in rh.head[:-4].split(b"\r\n")
              if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
     return ex.respond(status, b"\r\n".join(lines) + b"\r\n" + ex.extra_headers, raw)
