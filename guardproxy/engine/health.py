@@ -20,6 +20,7 @@ from ..decisions.listings import merge_ps, merge_tags, v1_models_from_tags
 from ..wire.errors import BadGateway, GuardError
 from .failures import ConnectRefused, UpstreamGone
 from .hosts import HostSet, Member, NoUpstream
+from .pool import may_send_again
 from .relay import MAX_RESPONSE_HEAD
 from .sinks import Collector
 
@@ -48,8 +49,8 @@ async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, byte
         conn.transport.write(head)
         try:
             reusable = await result
-        except UpstreamGone:
-            if fresh or not conn.reused:
+        except UpstreamGone as exc:
+            if fresh or not may_send_again(conn, exc, b"GET", streamed=False):
                 raise
             continue  # a pooled connection the host had just closed
         except BaseException:

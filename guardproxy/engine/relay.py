@@ -60,7 +60,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail", "_tail_budget", "_head", "_head_room",
-                 "_splice", "_splice_write_timeout", "_hold", "held", "_interim")
+                 "_splice", "_splice_write_timeout", "_hold", "held", "_interim", "answered",
+                 "idle_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -104,6 +105,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         # reaching the client, which may then be answered by another host.
         self.held: Collector | None = None
         self._interim = 0  # interim heads skipped in this exchange
+        self.answered = False  # some byte of this exchange's answer has come back
+        self.idle_since = 0.0  # loop time it went back to the pool
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._hold = hold
         self.held = None
         self._interim = 0
+        self.answered = False
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._watch.add(self)
@@ -302,6 +306,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._finish(reusable=end == len(data))
 
     def _head_data(self, data: bytes) -> None:
+        self.answered = True
         buf = self._buf + data if self._buf else data
         # Interim heads (103, a stray 100, 102 Processing) are skipped in a loop, never by recursion,
         # and only MAX_INTERIM of them: a host cannot keep an exchange busy with them.

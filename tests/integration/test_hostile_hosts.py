@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -239,3 +240,85 @@ async def test_a_huge_list_never_stalls_the_loop(tmp_path: Path) -> None:
     finally:
         await p.server.stop(grace=0)
         await fake.close()
+
+
+# --- pool hygiene -------------------------------------------------------------------------------
+
+async def test_an_idle_pooled_connection_expires_and_has_keepalive_probes(tmp_path: Path) -> None:
+    closed_by_gate = asyncio.Event()
+
+    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                await read_request(reader, up)
+                writer.write(HONEST_RESPONSE)
+        except asyncio.IncompleteReadError:
+            closed_by_gate.set()  # the gate let go of the connection
+    up = await RecordingUpstream.start(script)
+    p = await start_proxy(up.port, tmp_path, timeouts=Timeouts(upstream_idle=0.2))
+    try:
+        assert (await _version(p.port))[0] == 200
+        pool = p.server.hosts.members[next(iter(p.server.hosts.members))].pool
+        [conn] = pool._idle
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        # Unused for upstream_idle: closed by the gate, with no request to prompt it.
+        await asyncio.wait_for(closed_by_gate.wait(), 5)
+        assert pool._idle == []
+        assert (await _version(p.port))[0] == 200
+        assert up.connections == 2
+    finally:
+        await p.server.stop(grace=0)
+        await up.close()
+
+
+def test_the_readability_check_sees_bytes_and_an_eof() -> None:
+    from guardproxy.engine.pool import readable
+    a, b = socket.socketpair()
+    try:
+        assert not readable(a.fileno())
+        b.send(b"x")
+        assert readable(a.fileno())
+        a.recv(1)
+        assert not readable(a.fileno())
+        b.close()
+        assert readable(a.fileno())
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("method, target, resent", [("GET", "/api/version", True),
+                                                     ("POST", "/api/generate", False),
+                                                     ("POST", "/api/show", False)])
+async def test_a_request_on_a_pooled_connection_that_dies_unanswered_is_resent_only_if_a_read(
+        tmp_path: Path, method: str, target: str, resent: bool) -> None:
+    # The host reads the second request on its first connection, then closes it without a byte.
+    async def script(reader, writer, up) -> None:  # type: ignore[no-untyped-def]
+        first = up.connections == 1
+        await read_request(reader, up)
+        writer.write(HONEST_RESPONSE)
+        await writer.drain()
+        await read_request(reader, up)
+        if first:
+            return  # (closed by RecordingUpstream)
+        writer.write(HONEST_RESPONSE)
+        await writer.drain()
+    up = await RecordingUpstream.start(script)
+    p = await start_proxy(up.port, tmp_path)
+    try:
+        assert (await _version(p.port))[0] == 200
+        body = json.dumps({"model": "llama3.2", "prompt": "hi", "stream": False}).encode() \
+            if method == "POST" else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(request_bytes(method, target, body, AUTH))
+        resp = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        sent = [h for h in up.heads if h.startswith(method.encode() + b" " + target.encode())]
+        if resent:
+            assert resp.status == 200 and len(sent) == 3  # the first request, and this one twice
+        else:
+            assert resp.status == 502 and len(sent) == 1   # it may have run: never twice
+    finally:
+        await p.server.stop(grace=0)
+        await up.close()
