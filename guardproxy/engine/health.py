@@ -184,13 +184,16 @@ class HealthChecker:
         """
         hosts, host = self.hosts, member.host
         refused = False
-        tags_due = host.up and (member.tags_due or round_no % TAGS_EVERY == 0)
+        # (a host that is down has its list read too: one whose list is unreadable stays down)
+        with_tags = member.tags_due or round_no % TAGS_EVERY == 0 or not host.up
+        if with_tags:
+            member.tags_due = True  # until a list is taken: one that fails is asked for again next round
         try:
             status, _ = await fetch(member, b"/", hosts.check_timeout)
             ok = status == 200
             if ok:
                 await _take(hosts, member, PS)
-                if tags_due:
+                if with_tags:
                     await _shared_take(hosts, member, TAGS)
             self._unreadable.pop(member.name, None)
         except ConnectRefused:
@@ -205,7 +208,8 @@ class HealthChecker:
         if host.health_check(ok, refused=refused):
             hosts.snapshot_changed()
             if host.up:
-                member.tags_due = True  # back up: its models may have changed meanwhile
+                if not with_tags:
+                    member.tags_due = True  # back up: its models may have changed meanwhile
                 hosts.wake()
-        if ok and host.up and member.tags_due and not tags_due:
+        if ok and host.up and member.tags_due:
             await refresh(hosts, member, TAGS)

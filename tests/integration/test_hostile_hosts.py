@@ -162,16 +162,22 @@ MANY = b'{"models":[' + b",".join(b'{"name":"m%06d:latest","model":"m%06d:latest
                                   for i in range(110_000)) + b"]}"   # 7 MB, under the 8 MiB cap
 
 
+@pytest.mark.parametrize("which", ["both", "tags"])
 @pytest.mark.parametrize("bad", [DEEP, MANY, b'{"models":[{"name":"a"}', b"<html>"], ids=["deep", "many", "cut", "html"])
 async def test_one_host_with_an_unreadable_list_breaks_no_merged_listing(fakes: Fakes, tmp_path: Path, caplog,
-                                                                        bad: bytes) -> None:
+                                                                        bad: bytes, which: str) -> None:
     good = await fakes.start(0, models=["llama3.2"], loaded=["llama3.2"])
     evil = await fakes.start(1, models=["qwen3"], loaded=["qwen3"])
-    evil.ps_body = evil.tags_body = bad
+    evil.tags_body = bad
+    if which == "both":
+        evil.ps_body = bad
     caplog.set_level("INFO", logger="guardproxy")
     async with gate(tmp_path, (host(0, good), host(1, evil)), interval=0.1) as proxy:
-        # The bad host's checks fail: it goes down, the good one stays up.
-        await asyncio.wait_for(proxy.server.health.next_round(4), 10)
+        # The bad host's checks fail: it goes down (and stays down), the good one stays up.
+        await asyncio.wait_for(proxy.server.health.next_round(3), 10)
+        for _ in range(4):
+            await asyncio.wait_for(proxy.server.health.next_round(), 10)
+            assert not proxy.server.hosts.members["gpu-b"].host.up
         ready = await _get(proxy.port, "/ready", {})
         assert (ready.status, json.loads(ready.body)) == (200, {"upstreams_up": 1})
         tags = await _get(proxy.port, "/api/tags", AUTH)
