@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "gp_attack-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -135,22 +136,9 @@ class HealthProbe:
         return [float(x) for x in out.split()]
 
 
-def sink_upstream() -> tuple[int, threading.Event]:
-    """An upstream that reads whatever it is sent and answers each request with a small 200."""
+def threaded_server(serve: Callable[[socket.socket], None], done: threading.Event) -> tuple[int, threading.Event]:
+    """A loopback listener that runs `serve` in a thread per connection until `done` is set; (port, done)."""
     listener = socket.create_server(("127.0.0.1", 0))
-    done = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while not done.is_set():
-                got = conn.recv(1 << 16)
-                if not got:
-                    return
-                data = (data + got)[-16:]
-                if data.endswith(b"0\r\n\r\n") or data.endswith(b"}"):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    data = b""
 
     def accept() -> None:
         listener.settimeout(0.2)
@@ -166,6 +154,25 @@ def sink_upstream() -> tuple[int, threading.Event]:
     return int(listener.getsockname()[1]), done
 
 
+def sink_upstream() -> tuple[int, threading.Event]:
+    """An upstream that reads whatever it is sent and answers each request with a small 200."""
+    done = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not done.is_set():
+                got = conn.recv(1 << 16)
+                if not got:
+                    return
+                data = (data + got)[-16:]
+                if data.endswith(b"0\r\n\r\n") or data.endswith(b"}"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    data = b""
+
+    return threaded_server(serve, done)
+
+
 def _ps_entries(n: int) -> bytes:
     entry = b'{"name":"m%06d:latest","model":"m%06d:latest","size":1,"x":1}'  # 64 bytes with its comma
     return b'{"models":[' + b",".join(entry % (i, i) for i in range(n)) + b"]}"
@@ -173,7 +180,6 @@ def _ps_entries(n: int) -> bytes:
 
 def hostile_upstream(ps: bytes) -> tuple[int, threading.Event]:
     """A host that answers GET / as Ollama does and GET /api/ps with `ps` (keep-alive, any number of requests)."""
-    listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
     answers = {b"/": b"Ollama is running", b"/api/ps": ps, b"/api/tags": b'{"models":[]}'}
 
@@ -195,18 +201,7 @@ def hostile_upstream(ps: bytes) -> tuple[int, threading.Event]:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                                  % len(body) + body)
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-        listener.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return int(listener.getsockname()[1]), done
+    return threaded_server(serve, done)
 
 
 async def hostile_listing(port: int, pid: int, seconds: float) -> dict[str, float | str]:
