@@ -31,7 +31,7 @@ _TAIL_READS = 4  # past this many kept reads they are joined, and cut to the bud
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
-MAX_INTERIM = 10  # interim heads (100, 102, 103) before a final one; more is a 502
+MAX_INTERIM = 10  # interim heads before a final one (102s: in one read); more is a 502
 HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
 NO_HOLD: frozenset[int] = frozenset()  # no status is held back (begin's `hold`)
 
@@ -104,7 +104,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         # A response whose status was in `hold`: kept here whole instead of
         # reaching the client, which may then be answered by another host.
         self.held: Collector | None = None
-        self._interim = 0  # interim heads skipped in this exchange
+        self._interim = 0  # interim heads skipped in this exchange (102 Processing aside)
         self.answered = False  # some byte of this exchange's answer has come back
         self.idle_since = 0.0  # loop time it went back to the pool
 
@@ -315,7 +315,10 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self.answered = True
         buf = self._buf + data if self._buf else data
         # Interim heads (103, a stray 100, 102 Processing) are skipped in a loop, never by recursion,
-        # and only MAX_INTERIM of them: a host cannot keep an exchange busy with them.
+        # and only MAX_INTERIM of them per response.  102 Processing says the host is still at work
+        # and may come again and again, but never more than MAX_INTERIM in one read, and it never
+        # puts off the first-byte deadline: a host trickling them forever gets its 504.
+        burst = 0
         while True:
             idx = buf.find(b"\r\n\r\n")
             if idx < 0:
@@ -340,8 +343,10 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             if rh.status == 101:
                 self.fail(BadUpstreamHead("upstream switched protocols"))
                 return
-            self._interim += 1
-            if self._interim > MAX_INTERIM:
+            burst += 1
+            if rh.status != 102:
+                self._interim += 1
+            if self._interim > MAX_INTERIM or burst > MAX_INTERIM:
                 self.fail(BadUpstreamHead("upstream sent too many interim responses"))
                 return
             if not rest:
