@@ -28,21 +28,23 @@ log = logging.getLogger("guardproxy")
 
 TAGS_EVERY = 12                  # rounds between two /api/tags of a host that stays up
 MAX_LISTING = 8 * 1024 * 1024    # an /api/tags answer is a few KiB; this is a generous cap
+MAX_ROOT = 64 * 1024             # GET / is "Ollama is running"
 TAGS, PS = b"/api/tags", b"/api/ps"
 
 
-async def fetch(member: Member, path: bytes, timeout: float) -> tuple[int, bytes]:
-    """GET `path` from one host over its pool: the status and the (de-chunked) body, within `timeout`."""
+async def fetch(member: Member, path: bytes, timeout: float, limit: int = MAX_LISTING) -> tuple[int, bytes]:
+    """GET `path` from one host over its pool: the status and the (de-chunked) body of at most
+    `limit` bytes, within `timeout`."""
     async with asyncio.timeout(timeout):
-        return await _fetch(member, path, timeout)
+        return await _fetch(member, path, timeout, limit)
 
 
-async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, bytes]:
+async def _fetch(member: Member, path: bytes, timeout: float, limit: int) -> tuple[int, bytes]:
     pool = member.pool
     head = b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\n\r\n" % (path, member.authority)
     for fresh in (False, True):
         conn = await pool.acquire(fresh=fresh)
-        sink = Collector(MAX_LISTING + MAX_RESPONSE_HEAD, BadGateway("upstream answer too large"))
+        sink = Collector(limit + MAX_RESPONSE_HEAD, BadGateway("upstream answer too large"))
         result = conn.begin(sink, head_request=False, keep_alive=True, read_timeout=timeout,
                             first_byte_timeout=timeout)
         assert conn.transport is not None
@@ -61,7 +63,7 @@ async def _fetch(member: Member, path: bytes, timeout: float) -> tuple[int, byte
         else:
             conn.close()
         assert sink.response is not None
-        return sink.response.status, sink.body(MAX_LISTING)
+        return sink.response.status, sink.body(limit)
     raise AssertionError("unreachable")
 
 
@@ -189,7 +191,7 @@ class HealthChecker:
         if with_tags:
             member.tags_due = True  # until a list is taken: one that fails is asked for again next round
         try:
-            status, _ = await fetch(member, b"/", hosts.check_timeout)
+            status, _ = await fetch(member, b"/", hosts.check_timeout, MAX_ROOT)
             ok = status == 200
             if ok:
                 await _take(hosts, member, PS)
