@@ -101,7 +101,8 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
                     body_task = _send_body(trip, upstream)
             reusable = await result
         except (ClientGone, GuardError) as exc:
-            if not fresh and pool_rules.may_send_again(upstream, exc, req.method, streamed=stream_body):
+            if not fresh and pool_rules.may_send_again(upstream, exc, read=pool_rules.is_read(trip.route),
+                                                       streamed=stream_body):
                 fresh = True
                 continue
             failure = _failure(exc, upstream)

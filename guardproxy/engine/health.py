@@ -52,7 +52,7 @@ async def _fetch(member: Member, path: bytes, timeout: float, limit: int) -> tup
         try:
             reusable = await result
         except UpstreamGone as exc:
-            if fresh or not may_send_again(conn, exc, b"GET", streamed=False):
+            if fresh or not may_send_again(conn, exc, read=True, streamed=False):  # (GET /, a list)
                 raise
             continue  # a pooled connection the host had just closed
         except BaseException:

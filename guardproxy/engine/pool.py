@@ -20,6 +20,7 @@ import select
 import socket
 
 from ..config.model import Upstream
+from ..decisions.routes import Route
 from .failures import UpstreamGone, connect_failure
 from .relay import UpstreamConnection
 
@@ -27,21 +28,26 @@ KEEPALIVE_IDLE = 30       # seconds of silence before the kernel's first probe (
 KEEPALIVE_INTERVAL = 10   # between probes
 KEEPALIVE_PROBES = 3      # unanswered probes before the connection is dropped
 
-# Methods a request may be sent again with after it reached a host: they change nothing there.
-RESENDABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+def is_read(route: Route) -> bool:
+    """The route only reads (a listing, show, version): running it twice changes nothing and costs
+    little.  Generations and administration (and routes not in the table) are not reads."""
+    return not route.admin and not route.generation
 
 
-def may_send_again(conn: UpstreamConnection | None, exc: BaseException, method: bytes, *, streamed: bool) -> bool:
+def may_send_again(conn: UpstreamConnection | None, exc: BaseException, *, read: bool, streamed: bool) -> bool:
     """The one rule for sending a request again, on a fresh connection to the same host, after the
     pooled connection it went out on turned out dead.
 
     Only a connection that died before any byte of an answer came back (the host had
     closed it, or it was gone), and only under the replay rule: the request's bytes may
-    have reached the host, so only a read (GET, HEAD, OPTIONS) is sent again, never a
-    generation or a change; and never a body that was streamed (it is gone).
+    have reached the host and run there, so only a read (`is_read`) is sent again, never
+    a generation or a change (as nginx, which does not resend a non-idempotent request once
+    sent); and never a body that was streamed (it is gone).  A pooled connection found dead
+    before anything was written to it is never used (`UpstreamPool.idle`).
     """
-    return (conn is not None and conn.reused and isinstance(exc, UpstreamGone) and not conn.answered
-            and not streamed and method in RESENDABLE)
+    return (read and not streamed and conn is not None and conn.reused and isinstance(exc, UpstreamGone)
+            and not conn.answered)
 
 
 def set_keepalive(sock: socket.socket) -> None:

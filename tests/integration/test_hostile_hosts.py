@@ -307,8 +307,9 @@ def test_the_readability_check_sees_bytes_and_an_eof() -> None:
 
 
 @pytest.mark.parametrize("method, target, resent", [("GET", "/api/version", True),
+                                                     ("POST", "/api/show", True),       # a read
                                                      ("POST", "/api/generate", False),
-                                                     ("POST", "/api/show", False)])
+                                                     ("POST", "/api/embed", False)])
 async def test_a_request_on_a_pooled_connection_that_dies_unanswered_is_resent_only_if_a_read(
         tmp_path: Path, method: str, target: str, resent: bool) -> None:
     # The host reads the second request on its first connection, then closes it without a byte.
@@ -334,7 +335,7 @@ async def test_a_request_on_a_pooled_connection_that_dies_unanswered_is_resent_o
         writer.close()
         sent = [h for h in up.heads if h.startswith(method.encode() + b" " + target.encode())]
         if resent:
-            assert resp.status == 200 and len(sent) == 3  # the first request, and this one twice
+            assert resp.status == 200 and len(sent) == (3 if method == "GET" else 2)  # (the first was a GET)
         else:
             assert resp.status == 502 and len(sent) == 1   # it may have run: never twice
     finally:
