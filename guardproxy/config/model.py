@@ -62,6 +62,8 @@ class KeyEntry:
     previous_valid_until: datetime | None = None  # ... until this moment (UTC, written by `keys rotate --grace`)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
+    max_num_ctx: int | None = None        # an options.num_ctx above this is lowered to it (the body re-encoded)
+    max_output_tokens: int | None = None  # each dialect's output cap lowered to this, and set to it where unlimited
 
 
 def key_text_problem(key: str) -> str | None:
@@ -209,6 +211,9 @@ class Config:
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
     cluster: Cluster | None = None
+    # [aliases] table: a model name clients ask for = the model it runs ("gpt-4o-mini" = "llama3.2:3b"); the
+    # body's model is rewritten before every check, keys' `models` and the cloud scope judge the target
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def hosts(self) -> tuple[UpstreamHost, ...]:
         """Every host requests may go to: the [[upstreams]], or `upstream` named by its address."""
