@@ -341,3 +341,16 @@ async def test_a_request_on_a_pooled_connection_that_dies_unanswered_is_resent_o
     finally:
         await p.server.stop(grace=0)
         await up.close()
+
+
+@pytest.mark.parametrize("bad", [DEEP, MANY], ids=["deep", "many"])
+async def test_doctor_reads_a_hostile_hosts_list_without_a_traceback(bad: bytes) -> None:
+    from guardproxy.config.model import Upstream
+    from guardproxy.ops.hostcheck import check_models
+    fake = await FakeOllama.start()
+    fake.tags_body = bad
+    try:
+        findings = await asyncio.to_thread(check_models, Upstream("127.0.0.1", fake.port))
+        assert len(findings) == 1 and "without a model list" in findings[0].text
+    finally:
+        await fake.close()
