@@ -11,11 +11,18 @@ When Redis is down or slower than op_timeout, every decision falls to on_redis_e
 "local" enforces this instance's share of the limits in process (divided by the live instances
 last seen), "open" none, "closed" answers 503.  It is logged once, and once when Redis is back;
 `errors` and `fallbacks` count it.  Tokens counted meanwhile are sent when Redis is back.
+
+A Redis that answers with an error (OOM, NOPERM, BUSY, a script error, ...) is as unavailable as
+one that does not answer: a script that failed may have done half its work or none, so nothing
+it would have decided is trusted until a write succeeds again.  The renewal loop probes it,
+backing off, and the first renewal that succeeds re-sends every lease held here and then the
+tokens and releases that could not be sent, before any other call (one pipelined connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import sys
 import time
@@ -37,6 +44,7 @@ from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
+PROBE_BACKOFF = (0.05, 5.0)   # while Redis answers errors, renewals probe it this often, doubling
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
 
@@ -72,13 +80,14 @@ class RedisState(State):
         self.fallbacks = 0
         self.instances = 1        # live instances last seen
         self.up: bool | None = None
+        self.sick: RedisError | None = None   # the error Redis answered, until a renewal succeeds
         self.occupancy = Occupancy()                  # the slots this instance holds, whoever granted them
         self.leases: dict[bytes, Ticket] = {}
         self._serial = 0
         self.unsent: dict[tuple[str, Budget], int] = {}   # tokens counted while Redis could not be told
         self.unsent_book = TokenBook()                    # the same, as windows: the local budget estimate
+        self.unreleased: dict[bytes, Ticket] = {}         # leases ended here that Redis could not be told of
         self.seen: dict[tuple[str, str], int] = {}        # the window totals Redis last reported
-        self._reply_errors: set[str] = set()
         self._renew_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.apply(config)
@@ -99,7 +108,8 @@ class RedisState(State):
 
     @property
     def connected(self) -> bool:
-        return self.client.connected
+        """Connected to a Redis that answers without errors: only then is it asked to decide."""
+        return self.sick is None and self.client.connected
 
     # --- the request path ------------------------------------------------------------------
 
@@ -257,13 +267,19 @@ class RedisState(State):
 
         def failed(e: RedisError) -> None:
             self.error(e)
-            if tokens and budget is not None:   # the slot's lease runs out by itself
-                self._unsent(ticket.key, budget, tokens)
+            self._keep(ticket, tokens, slot)
         if self.connected:
             self.client.evalsha_nowait(FINISH, *self.calls.finish(ticket.key, ticket.host, budget,
                                                                   ticket.lease if slot else b"", tokens), on_error=failed)
-        elif tokens and budget is not None:
-            self._unsent(ticket.key, budget, tokens)
+        else:
+            self._keep(ticket, tokens, slot)
+
+    def _keep(self, ticket: Ticket, tokens: int, slot: bool) -> None:
+        """What a FINISH that could not be sent would have told Redis, to send when it answers again."""
+        if tokens and ticket.budget is not None:
+            self._unsent(ticket.key, ticket.budget, tokens)
+        if slot and len(self.unreleased) < 65536:   # (past that, leases simply run out after lease_ttl)
+            self.unreleased[ticket.lease] = ticket
 
     def _unsent(self, name: str, budget: Budget, tokens: int) -> None:
         self.unsent[(name, budget)] = self.unsent.get((name, budget), 0) + tokens
@@ -276,9 +292,12 @@ class RedisState(State):
 
     def error(self, e: RedisError) -> None:
         self.errors += 1
-        if isinstance(e, RedisReplyError) and len(self._reply_errors) < 16 and str(e) not in self._reply_errors:
-            self._reply_errors.add(str(e))   # the connection is fine, so no state change reports it
-            self._say(f"answered an error: {e}; this request was decided by on_redis_error = \"{self.rule}\"")
+        if isinstance(e, RedisReplyError) and self.sick is None and self.client.connected:
+            self.sick = e   # the connection is fine, so no change of its state reports it
+            self._say(f"answered an error ({e}); until a write succeeds again, {RULES[self.rule]} "
+                      f"(on_redis_error = \"{self.rule}\")")
+            self._renew_now.set()
+            self.slots.kick()
 
     def _client_state(self, up: bool, error: BaseException | None) -> None:
         was, self.up = self.up, up
@@ -288,11 +307,28 @@ class RedisState(State):
             return
         if was is False:
             self._say("reachable again; limits are shared again")
+        self.sick = None         # a new connection: the renewal it starts with says whether Redis is well
+        self._send_kept()
+        self._renew_now.set()
+        self.slots.kick()
+
+    def _send_kept(self) -> None:
+        """The tokens and lease releases kept while Redis could not be told: sent now, in order."""
         unsent, self.unsent = self.unsent, {}
         self.unsent_book = TokenBook()
+        unreleased, self.unreleased = self.unreleased, {}
         for (name, budget), tokens in unsent.items():
             self.send_finish(Ticket(name, DEFAULT_HOST, False, budget), tokens, False)
-        self._renew_now.set()
+        for ticket in unreleased.values():
+            self.send_finish(ticket, 0, True)
+
+    def _well_again(self) -> None:
+        """A renewal succeeded after Redis answered errors: its leases are back; now the rest."""
+        if self.sick is None:
+            return
+        self.sick = None
+        self._say("answers without errors again; limits are shared again")
+        self._send_kept()
         self.slots.kick()
 
     def _freed(self, channel: bytes, data: bytes) -> None:
@@ -314,15 +350,25 @@ class RedisState(State):
             self.fallback.set_share(n)
 
     async def _renewing(self) -> None:
+        """Renew every lease_ttl/3; while Redis answers errors, probe it so, backing off."""
+        probe = PROBE_BACKOFF[0]
         while True:
-            if self.connected:
+            every = self.lease_ttl / 3
+            if self.client.connected:
                 try:
                     await self.renew()
                 except RedisError as e:
                     self.error(e)
+                else:
+                    self._well_again()
             self._renew_now.clear()
+            if self.sick is not None:
+                every = min(every, probe * random.uniform(0.5, 1.0))
+                probe = min(probe * 2, PROBE_BACKOFF[1])
+            else:
+                probe = PROBE_BACKOFF[0]
             try:
-                async with asyncio.timeout(self.lease_ttl / 3):
+                async with asyncio.timeout(every):
                     await self._renew_now.wait()
             except TimeoutError:
                 pass

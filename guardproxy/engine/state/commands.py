@@ -15,12 +15,22 @@ pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
 class Script:
-    """A Lua script and its SHA1, which is what EVALSHA sends."""
+    """A Lua script and its SHA1, which is what EVALSHA sends.
+
+    The source starts with a shebang declaring the script's flags (Redis 7, Valkey): with it Redis
+    decides before the script runs whether it may run, so a script that writes is refused whole
+    under OOM (maxmemory reached) and on a replica.  Without one, Redis checks memory only until
+    the script's first write and lets every later write through, half an admission included.
+    `flags` are Redis's names ("no-writes", "allow-oom", ...); none means "may write, deny under OOM".
+    """
 
     __slots__ = ("source", "sha", "_eval")
 
-    def __init__(self, source: str | bytes) -> None:
-        self.source = source.encode() if isinstance(source, str) else source
+    def __init__(self, source: str | bytes, *, flags: tuple[str, ...] = ()) -> None:
+        text = source.encode() if isinstance(source, str) else source
+        if not text.startswith(b"#!"):
+            text = (b"#!lua flags=" + ",".join(flags).encode() if flags else b"#!lua") + b"\n" + text
+        self.source = text
         self.sha = hashlib.sha1(self.source).hexdigest().encode()
         self._eval = bulk(self.source)
 
