@@ -38,13 +38,16 @@ from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
 from .commands import Reply
 from .pubsub import RedisSubscriber
-from .resp import RedisClient, RedisError, RedisReplyError
+from .resp import RedisClient, RedisError, RedisRefused, RedisReplyError
+from . import scripts
+from .commands import Script
 from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
 PROBE_BACKOFF = (0.05, 5.0)   # while Redis answers errors, renewals probe it this often, doubling
+SCRIPTS = tuple(v for v in vars(scripts).values() if isinstance(v, Script))   # SCRIPT LOADed at each connect
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
 
@@ -55,7 +58,7 @@ def _ms(seconds: float) -> int:
 
 class RedisState(State):
     def __init__(self, config: Config, policies: Policies, address: RedisAddress, *, log: TextIO = sys.stderr,
-                 backoff: tuple[float, float] = (0.05, 1.0), start_wait: float = START_WAIT) -> None:
+                 backoff: tuple[float, float] = (0.05, 5.0), start_wait: float = START_WAIT) -> None:
         cluster = config.cluster
         assert cluster is not None
         self.policies = policies
@@ -73,8 +76,10 @@ class RedisState(State):
         self.slots = SlotQueue(self, config.limits.max_queue)
         self.calls = Calls(self.prefix, self.lease_ttl, self.slots.queued_ttl)
         self.all_slots, self.queued_key = self.calls.all_slots, self.calls.queued
-        self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state)
+        self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state,
+                                  scripts=SCRIPTS)
         self.subscriber = RedisSubscriber(address, [self.calls.channel], self._freed, backoff=backoff,
+                                          on_state=self._subscriber_state,
                                           ping_interval=max(1.0, self.lease_ttl / 3))
         self.errors = 0
         self.fallbacks = 0
@@ -302,7 +307,8 @@ class RedisState(State):
     def _client_state(self, up: bool, error: BaseException | None) -> None:
         was, self.up = self.up, up
         if not up:
-            self._say(f"unreachable ({error}); until it is back, {RULES[self.rule]} (on_redis_error = \"{self.rule}\")")
+            what = "refuses to serve this gate" if isinstance(error, RedisRefused) else "unreachable"
+            self._say(f"{what} ({error}); until it is back, {RULES[self.rule]} (on_redis_error = \"{self.rule}\")")
             self.slots.kick()
             return
         if was is False:
@@ -330,6 +336,12 @@ class RedisState(State):
         self._say("answers without errors again; limits are shared again")
         self._send_kept()
         self.slots.kick()
+
+    def _subscriber_state(self, up: bool, error: BaseException | None) -> None:
+        """Only a refusal is worth a line: a lost subscription goes with a lost client, which says so."""
+        if not up and isinstance(error, RedisRefused):
+            self._say(f"refuses the subscription to {self.calls.channel.decode(errors='replace')} ({error}); "
+                      "requests waiting for a slot notice freed slots by polling only")
 
     def _freed(self, channel: bytes, data: bytes) -> None:
         self.slots.on_freed()

@@ -24,7 +24,7 @@ class Script:
     `flags` are Redis's names ("no-writes", "allow-oom", ...); none means "may write, deny under OOM".
     """
 
-    __slots__ = ("source", "sha", "_eval")
+    __slots__ = ("source", "sha")
 
     def __init__(self, source: str | bytes, *, flags: tuple[str, ...] = ()) -> None:
         text = source.encode() if isinstance(source, str) else source
@@ -32,14 +32,10 @@ class Script:
             text = (b"#!lua flags=" + ",".join(flags).encode() if flags else b"#!lua") + b"\n" + text
         self.source = text
         self.sha = hashlib.sha1(self.source).hexdigest().encode()
-        self._eval = bulk(self.source)
 
     def evalsha(self, count: int, tail: bytes) -> bytes:
         """The EVALSHA command for `count` encoded items (numkeys, keys, args) in `tail`."""
         return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (count + 2, self.sha, tail)
-
-    def eval(self, count: int, tail: bytes) -> bytes:
-        return b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (count + 2, self._eval, tail)
 
 
 def bulk(arg: bytes) -> bytes:

@@ -1,0 +1,88 @@
+"""A Redis that fails over: error replies that mean "not the primary" drop the connection; connects
+back off; scripts are loaded at connect; a replica, a cluster node or an old Redis is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from guardproxy.config.redis_url import RedisAddress
+from guardproxy.engine.state.cluster import SCRIPTS
+from guardproxy.engine.state.commands import Script
+from guardproxy.engine.state.resp import RedisClient, RedisRefused, RedisUnavailable
+from support.polling import until
+from support.ports import free_port
+from support.redis_server import RedisServer, redis, redis_server  # noqa: F401 (redis: a fixture)
+
+WRITE = Script("return redis.call('INCR', KEYS[1])")
+
+
+def address(server: RedisServer) -> RedisAddress:
+    return RedisAddress.from_url(server.url())
+
+
+async def test_scripts_are_loaded_at_connect_and_again_after_noscript(redis: RedisServer) -> None:
+    async with RedisClient(address(redis), scripts=SCRIPTS) as client:
+        assert await client.wait_connected(5)
+        # Loaded before any call, with SCRIPT LOAD (EVAL's cache may evict them in Redis 7.4+).
+        assert await redis.command("SCRIPT", "EXISTS", *(s.sha for s in SCRIPTS)) == [1] * len(SCRIPTS)
+        assert await redis.command("SCRIPT", "FLUSH") == b"OK"
+        assert await client.evalsha(WRITE, ["n"]) == 1   # NOSCRIPT -> SCRIPT LOAD + EVALSHA
+        assert await redis.command("SCRIPT", "EXISTS", WRITE.sha) == [1]
+    assert all(s.source.startswith(b"#!lua") for s in SCRIPTS)   # flags declared: refused whole under OOM
+
+
+async def test_readonly_drops_the_connection_and_a_replica_is_not_taken_for_the_primary(
+        tmp_path: Path, redis: RedisServer) -> None:
+    states: list[tuple[bool, BaseException | None]] = []
+    async with RedisClient(address(redis), backoff=(0.01, 0.1), timeout=1.0,
+                           on_state=lambda up, e: states.append((up, e))) as client:
+        assert await client.wait_connected(5)
+        async with redis_server(tmp_path / ".." / tmp_path.name) as primary:
+            # As after a failover: the server the gate talks to becomes a replica.
+            await redis.command("REPLICAOF", primary.host, str(primary.port))
+            with pytest.raises(RedisUnavailable, match="READONLY"):
+                await client.evalsha(WRITE, ["n"])
+            assert not client.connected
+            await until(lambda: "is a replica" in str(client.last_error))   # so not up again
+            assert not client.connected and [up for up, _ in states] == [True, False]   # said once
+            await redis.command("REPLICAOF", "NO", "ONE")
+            assert await client.wait_connected(5)
+            assert await client.evalsha(WRITE, ["m"]) == 1
+
+
+async def test_failed_connects_back_off(tmp_path: Path) -> None:
+    """A server that accepts and closes at once: attempts double their spacing, 50 ms up to 5 s."""
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(loop.time())
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RedisClient(RedisAddress("127.0.0.1", port)) as client:
+            await until(lambda: len(attempts) >= 5, timeout=10)
+            assert not client.connected
+    finally:
+        server.close()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    # Jitter takes each step's wait from half of it to all of it: 50 ms, 100, 200, 400, ...
+    for i, gap in enumerate(gaps[:4]):
+        assert 0.05 * 2 ** i * 0.5 - 0.005 <= gap, gaps
+    assert gaps[3] >= 0.2, gaps
+
+
+async def test_redis_cluster_is_refused_clearly(tmp_path: Path) -> None:
+    async with redis_server(tmp_path, args=["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                                            "--cluster-config-file", str(tmp_path / "nodes.conf")]) as node:
+        states: list[tuple[bool, BaseException | None]] = []
+        async with RedisClient(address(node), on_state=lambda up, e: states.append((up, e))) as client:
+            assert not await client.wait_connected(0.5)
+        assert len(states) == 1 and isinstance(states[0][1], RedisRefused)
+        assert "Redis Cluster is not supported" in str(states[0][1])
