@@ -66,6 +66,7 @@ class RedisRefused(RedisError):
 
 # Error replies that mean the server is no longer (or not yet) a writable primary: a failover.
 NOT_PRIMARY = ("READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS")
+SENTINEL_POLL = 1.0    # seconds between asking the Sentinels whether the primary moved
 MIN_VERSION = (7, 0)   # script flags (#!lua), which make Redis refuse a writing script whole under OOM
 
 
@@ -352,7 +353,23 @@ class Link:
         """What a fresh connection does before it counts as up."""
 
     async def _watch(self, conn: Connection) -> None:
-        await conn.closed.wait()
+        """Until the connection closes; with Sentinels, ask them every SENTINEL_POLL whether the primary moved.
+
+        A forced or managed failover may leave the old primary writable for a while (a Sentinel
+        turns it into a replica only at its next check, up to 10 s later): what is written there
+        meanwhile is lost, so the gate follows the Sentinels, not the old primary's replies.
+        """
+        while not conn.closed.is_set():
+            try:
+                async with asyncio.timeout(SENTINEL_POLL if self.address.sentinels else None):
+                    await conn.closed.wait()
+            except TimeoutError:
+                try:
+                    where = await self._where()
+                except RedisUnavailable:
+                    continue   # no Sentinel answered: keep what works
+                if where != self.primary:
+                    conn.abort(RedisUnavailable(f"the Sentinels name a new primary, {where[0]}:{where[1]}"))
 
     def _on_push(self, reply: Reply) -> None:
         raise hiredis.ProtocolError("a reply to no request")
