@@ -40,7 +40,7 @@ from .commands import Reply
 from .pubsub import RedisSubscriber
 from .resp import RedisClient, RedisError, RedisRefused, RedisReplyError
 from . import scripts
-from .commands import Script
+from .commands import Script, script_commands
 from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 
@@ -48,6 +48,18 @@ START_WAIT = 1.0          # start-up waits this long for Redis, then serves by o
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
 PROBE_BACKOFF = (0.05, 5.0)   # while Redis answers errors, renewals probe it this often, doubling
 SCRIPTS = tuple(v for v in vars(scripts).values() if isinstance(v, Script))   # SCRIPT LOADed at each connect
+# What a gate runs itself, besides the scripts' commands: the handshake (INFO; SELECT for a db other
+# than 0), loading and running scripts, the wake-up channel, the heartbeat's removal at close and
+# the `budgets` report (TIME, HGETALL).
+OWN_COMMANDS = ("ping", "info", "select", "evalsha", "script|load", "subscribe", "zrem", "time", "hgetall")
+
+
+def gate_acl(prefix: str) -> str:
+    """The ACL rules of a Redis user for gates with this key_prefix: its keys and channel, the commands it runs."""
+    commands = sorted(set(OWN_COMMANDS) | script_commands(SCRIPTS))
+    return f"resetkeys ~{prefix}* resetchannels &{prefix}* -@all " + " ".join("+" + c for c in commands)
+
+
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Union, cast
+import re
+from typing import Callable, Iterable, Union, cast
 
 import hiredis
 
@@ -38,6 +39,36 @@ class Script:
         return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (count + 2, self.sha, tail)
 
 
+class Args:
+    """Arguments encoded as RESP sends them, and how many they are.
+
+    Counts are added up as parts are joined, never written by hand: a wrong count would make
+    Redis read the next pipelined command as arguments of this one.
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, count: int, data: bytes) -> None:
+        self.count = count
+        self.data = data
+
+    @classmethod
+    def of(cls, *args: Arg) -> Args:
+        return cls(len(args), encode(args)) if args else cls(0, b"")
+
+    def __add__(self, other: Args) -> Args:
+        return Args(self.count + other.count, self.data + other.data)
+
+
+def one(arg: bytes) -> Args:
+    return Args(1, bulk(arg))
+
+
+def script_tail(keys: Args, args: Args) -> tuple[int, bytes]:
+    """EVALSHA's (count, tail) after the SHA: numkeys, the keys, the arguments (see Script.evalsha)."""
+    return 1 + keys.count + args.count, bulk(b"%d" % keys.count) + keys.data + args.data
+
+
 def bulk(arg: bytes) -> bytes:
     """One argument as RESP sends it."""
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
@@ -47,3 +78,11 @@ def encode(args: tuple[Arg, ...]) -> bytes:
     """Arguments as RESP sends them after a command's name (as `bulk` each; hiredis packs them)."""
     packed = pack(args)
     return packed[packed.index(b"\r\n") + 2:]
+
+
+def script_commands(scripts: Iterable[Script]) -> set[str]:
+    """The commands the scripts call (an ACL must allow each: Redis checks them inside scripts too)."""
+    found: set[str] = set()
+    for script in scripts:
+        found.update(m.decode().lower() for m in re.findall(rb"redis\.p?call\(\s*['\"]([A-Za-z]+)['\"]", script.source))
+    return found

@@ -217,6 +217,7 @@ class Link:
         self._sentinel = 0          # the Sentinel that answered last is asked first
         self.primary: tuple[str, int] | None = None   # where the current connection goes
         self.last_error: BaseException | None = None  # why the last connect failed, or the last connection ended
+        self.failed_connects = 0
 
     @property
     def connected(self) -> bool:
@@ -261,6 +262,7 @@ class Link:
                     conn = await self._open(loop, step)
             except (OSError, TimeoutError, RedisError) as exc:
                 self.last_error = exc
+                self.failed_connects += 1
                 self._changed(loop, False, exc)
                 if isinstance(exc, RedisRefused):
                     step = longest
