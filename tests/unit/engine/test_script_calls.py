@@ -5,6 +5,7 @@ names every command a script calls."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import hiredis
 import pytest
@@ -58,3 +59,8 @@ def test_every_script_declares_its_flags_and_the_acl_allows_what_it_calls() -> N
     assert {"time", "zadd", "publish"} <= called
     assert all(f"+{c}" in acl for c in called)
     assert Script("return 1", flags=("no-writes",)).source.startswith(b"#!lua flags=no-writes\n")
+
+
+def test_the_documented_acl_is_the_one_the_gate_needs() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "hosts-and-redis.md").read_text()
+    assert f"ACL SETUSER gate on >a-long-password {gate_acl('guardproxy:')}\n" in doc
