@@ -41,7 +41,7 @@ async def test_readonly_drops_the_connection_and_a_replica_is_not_taken_for_the_
     async with RedisClient(address(redis), backoff=(0.01, 0.1), timeout=1.0,
                            on_state=lambda up, e: states.append((up, e))) as client:
         assert await client.wait_connected(5)
-        async with redis_server(tmp_path / ".." / tmp_path.name) as primary:
+        async with redis_server(tmp_path) as primary:
             # As after a failover: the server the gate talks to becomes a replica.
             await redis.command("REPLICAOF", primary.host, str(primary.port))
             with pytest.raises(RedisUnavailable, match="READONLY"):
