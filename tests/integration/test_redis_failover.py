@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import hiredis
 import pytest
 
 from guardproxy.config.redis_url import RedisAddress
@@ -76,6 +77,44 @@ async def test_failed_connects_back_off(tmp_path: Path) -> None:
     for i, gap in enumerate(gaps[:4]):
         assert 0.05 * 2 ** i * 0.5 - 0.005 <= gap, gaps
     assert gaps[3] >= 0.2, gaps
+
+
+async def test_a_connection_that_drops_soon_after_it_was_made_is_not_made_again_at_once() -> None:
+    """A server that answers the handshake, then closes 20 ms later (a flapping proxy, a failing
+    failover): reconnects back off, instead of looping as fast as the server closes."""
+    loop = asyncio.get_running_loop()
+    accepted: list[float] = []
+
+    async def flapping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(loop.time())
+        parser = hiredis.Reader()
+        try:
+            async with asyncio.timeout(0.02):
+                while data := await reader.read(65536):
+                    parser.feed(data)
+                    while (command := parser.gets()) is not False:
+                        name = command[0].upper()
+                        if name == b"INFO":
+                            info = b"# Server\r\nredis_version:7.2.4\r\n# Replication\r\nrole:master\r\n"
+                            writer.write(b"$%d\r\n%s\r\n" % (len(info), info))
+                        else:
+                            writer.write(b"+PONG\r\n")
+        except TimeoutError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(flapping, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ups: list[bool] = []
+    try:
+        async with RedisClient(RedisAddress("127.0.0.1", port), on_state=lambda up, e: ups.append(up)):
+            await until(lambda: len(accepted) >= 4, timeout=10)
+    finally:
+        server.close()
+    assert ups[:2] == [True, False]   # it was up: a working connection that dropped
+    gaps = [b - a for a, b in zip(accepted, accepted[1:])]
+    # 20 ms up, then a step that doubles: 50-100 ms, 100-200, 200-400.
+    assert gaps[0] >= 0.02 + 0.05 - 0.005 and gaps[1] >= 0.02 + 0.1 - 0.005 and gaps[2] >= 0.02 + 0.2 - 0.005, gaps
 
 
 async def test_redis_cluster_is_refused_clearly(tmp_path: Path) -> None:
