@@ -10,14 +10,20 @@ from pathlib import Path
 import hiredis
 import pytest
 
+from conftest import KEY
+from guardproxy.config.model import Rate
 from guardproxy.config.redis_url import RedisAddress
 from guardproxy.engine.state.cluster import SCRIPTS
 from guardproxy.engine.state.commands import Script
 from guardproxy.engine.state.resp import RedisClient, RedisRefused, RedisUnavailable
+from guardproxy.testing.fake_ollama import FakeOllama
+from support.gates import gates, keys
 from support.polling import until
+from support.raw_http import fetch
 from support.ports import free_port
 from support.redis_server import RedisServer, redis, redis_server  # noqa: F401 (redis: a fixture)
 
+LAPTOP = {"X-API-Key": KEY}
 WRITE = Script("return redis.call('INCR', KEYS[1])")
 
 
@@ -125,3 +131,24 @@ async def test_redis_cluster_is_refused_clearly(tmp_path: Path) -> None:
             assert not await client.wait_connected(0.5)
         assert len(states) == 1 and isinstance(states[0][1], RedisRefused)
         assert "Redis Cluster is not supported" in str(states[0][1])
+
+
+async def test_a_gate_whose_redis_turns_replica_stops_trusting_it_until_it_is_primary_again(
+        fake: FakeOllama, tmp_path: Path, redis: RedisServer) -> None:
+    """Not stuck: READONLY is a lost primary, not an error reply on a connection that stays up."""
+    async with redis_server(tmp_path) as primary:
+        async with gates(fake.port, tmp_path, redis.url(), 1, keys=keys(rate=Rate(4, 60.0))) as (g,):
+            assert (await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status == 200
+            await redis.command("REPLICAOF", primary.host, str(primary.port))
+            assert (await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status == 200   # decided here
+            await until(lambda: not g.state.connected)
+            assert g.said.count("unreachable") == 1 and "READONLY" in g.said, g.said
+            assert (await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status == 200
+            assert g.state.fallbacks >= 2
+            await redis.command("REPLICAOF", "NO", "ONE")
+            await until(lambda: g.state.connected, timeout=10)
+            assert g.said.count("reachable again") == 1 and g.said.count("unreachable") == 1, g.said
+            fallbacks = g.state.fallbacks
+            await redis.command("FLUSHALL")
+            statuses = [(await fetch(g.port, "GET", "/api/version", headers=LAPTOP)).status for _ in range(5)]
+            assert statuses == [200] * 4 + [429] and g.state.fallbacks == fallbacks   # shared again
