@@ -69,7 +69,7 @@ async def test_evalsha_round_trips_and_caches_the_script(redis: RedisServer) -> 
         assert await client.call("GET", "missing") is None
 
 
-async def test_noscript_after_script_flush_falls_back_to_eval(redis: RedisServer) -> None:
+async def test_noscript_after_script_flush_loads_the_script_again(redis: RedisServer) -> None:
     async with client_for(redis.url()) as client:
         assert (await client.evalsha(ECHO, ["k"], [1]))[2] == 1  # type: ignore[index]
         assert await redis.command("SCRIPT", "FLUSH") == b"OK"
