@@ -133,12 +133,6 @@ UNKNOWN = Route("other", frozenset(), b"", admin=True)
 HEALTH = Route("health", _GET_HEAD, b"/health")
 METRICS = Route("metrics", _GET, b"/metrics")
 
-# Routes that only read (listings, show, version): sending one again changes nothing, so it alone may be
-# sent again after any of its bytes reached a host (engine/forwarding.py; nginx's proxy_next_upstream
-# without `non_idempotent` resends only idempotent methods).  Generations and admin mutations never are.
-READS = frozenset(r for r in ROUTES if r.name in {"root", "version", "status", "tags", "ps", "models", "model",
-                                                   "show"})
-
 _EXACT: dict[tuple[bytes, bytes], Route] = {(m, r.path): r for r in ROUTES if not r.param for m in r.methods}
 _PARAM: tuple[Route, ...] = tuple(r for r in ROUTES if r.param)
 _SUBTREE: tuple[Route, ...] = tuple(r for r in ROUTES if r.subtree)

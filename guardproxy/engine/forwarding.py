@@ -18,6 +18,7 @@ from ..decisions.routing import Failure, Request, fail_over
 from ..wire.errors import GuardError
 from ..wire.heads import CONTINUE, RequestHead
 from . import bodies
+from . import pool as pool_rules
 from .accesslog import LogRecord
 from .client import ClientConnection
 from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout, FirstByteTimeout,
@@ -59,10 +60,10 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     Returns the connection, whether it may be pooled again, and the task
     still sending the body, if one had to.  Nothing that may have run is sent
     again: once any byte of a request was written to a host, only a read
-    (routes.READS: listings, show, version) is; a generation or an admin
+    (pool.is_read: listings, show, version) is; a generation or an admin
     mutation that the host read and then dropped ends in a 502.  So a pooled
     connection the host had closed is retried once on a fresh one only for a
-    read (a pooled connection already known closed is never taken: pool.idle),
+    read (pool.may_send_again; one already known closed is never taken),
     and another host is tried (decisions.routing.fail_over, at most [routing]
     max_attempts) after a connect failure, or after a 503 or 429 (or a 404 for
     a model the host listed), answers Ollama gives before it runs anything;
@@ -79,7 +80,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
     body_task: asyncio.Task[int] | None = None
-    reads = trip.route in routes.READS   # may be sent again though a host read it
+    reads = pool_rules.is_read(trip.route)   # may be sent again though a host read it
     attempts, fresh = 1, False
     while True:
         member = trip.member
@@ -107,15 +108,15 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
                     body_task = _send_body(trip, upstream)
             reusable = await result
         except (ClientGone, GuardError) as exc:
-            again = not written or (reads and not stream_body)   # nothing ran, or running it twice changes nothing
-            if not fresh and isinstance(exc, UpstreamGone) and upstream is not None and upstream.reused \
-                    and again and not upstream.head_sent:
+            if not fresh and pool_rules.may_send_again(upstream, exc, read=reads, streamed=stream_body):
                 fresh = True
                 continue
             failure = _failure(exc, upstream)
             if failure is None:
                 raise
             hosts.failed(member, failure, sent_at=sent_at)
+            # To another host only what cannot have run (nothing of it was written), or a read.
+            again = not written or (reads and not stream_body)
             if not await _elsewhere(trip, failure, 0, attempts, again):
                 raise
             attempts, fresh = attempts + 1, False
