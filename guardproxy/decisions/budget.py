@@ -17,6 +17,7 @@ estimate, mostly): see `fits`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable
 
 from ..config.model import Budget
@@ -149,7 +150,11 @@ _TOP_CAPS = {routes.OPENAI: ("max_tokens", "max_completion_tokens"), routes.RESP
              routes.ANTHROPIC: ("max_tokens",)}
 _NAMES = {kind: tuple(n.encode() for n in names) for kind, names in
           {routes.OLLAMA: ("num_predict",), **_TOP_CAPS}.items()}
-_FOLDED = {**_NAMES, routes.OLLAMA: (b"options",)}   # the struct fields, which Go matches in any case
+_NAMED = {kind: re.compile(b"|".join(names)) for kind, names in _NAMES.items()}
+# The struct field Go matches in any case whose spelling decides how the body is read (OpenAI's two
+# cap names share "max_": one count covers both).
+_FOLDED = {routes.OLLAMA: b"options", routes.OPENAI: b"max_", routes.RESPONSES: b"max_output_tokens",
+           routes.ANTHROPIC: b"max_tokens"}
 # Routes that generate no output tokens: only their input is reserved.
 NO_OUTPUT = frozenset({"embed", "embeddings", "v1_embeddings"})
 
@@ -166,30 +171,37 @@ def output_cap(route: routes.Route, body: bytes) -> int | None:
     kind = route.output_cap
     if not kind or not body:
         return None
-    names = _NAMES[kind]
     escaped = b"\\u" in body
-    lowered = body.lower()
-    if not escaped and not any(n in (body if kind == routes.OLLAMA else lowered) for n in names):
+    ollama = kind == routes.OLLAMA
+    lowered = body if ollama else body.lower()
+    if not escaped and _NAMED[kind].search(lowered) is None:
         return None
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"))   # (UnicodeDecodeError is a ValueError)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         return None
     # Names in one case only (the usual body) are looked up as they are; else as Go folds them.
-    exact = not escaped and body.isascii() and all(body.count(n) == lowered.count(n) for n in _FOLDED[kind])
-    get = _exact if exact else _any_case
-    if kind == routes.OLLAMA:
-        maps = get(data, "options")
-        if not all(isinstance(m, dict) for m in maps):
-            return None
-        values = [m["num_predict"] for m in maps if "num_predict" in m]
+    folded = _FOLDED[kind]
+    get = _any_case if escaped or not body.isascii() or body.count(folded) != body.lower().count(folded) \
+        else _exact
+    if ollama:
+        values = []
+        for m in get(data, "options"):
+            if type(m) is not dict:
+                return None
+            if "num_predict" in m:
+                values.append(m["num_predict"])
     else:
-        values = [v for name in _TOP_CAPS[kind] for v in get(data, name)]
-    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e18
-                             for v in values):
+        values = get(data, _TOP_CAPS[kind][0])
+        if len(_TOP_CAPS[kind]) > 1:
+            values = values + get(data, _TOP_CAPS[kind][1])
+    if not values:
         return None
+    for v in values:
+        if not (type(v) is int or type(v) is float) or not 0 <= v < 1e18:
+            return None
     return int(max(values))
 
 
