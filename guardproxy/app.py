@@ -11,14 +11,14 @@ import asyncio
 import os
 import signal
 import sys
-from dataclasses import replace
 from typing import Mapping
 
 from . import __version__
 from .config.load import load_config, parse_config
 from .config.model import Config, ConfigError, url_host
+from .config.overrides import Overrides
 from .config.paths import env_api_key, existing_config, find_config
-from .config.values import is_loopback_host, parse_hostport, parse_upstream
+from .config.values import is_loopback_host
 from .config.write import create_config, generate_key
 from .engine import logs
 from .engine.loop import loop_name, run as run_loop
@@ -47,19 +47,7 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
         create_config(path, key)
         print(new_key_banner(key, path, "default"), file=sys.stderr)
         resolved = load_config(path)
-    if listen:
-        try:
-            host, port = parse_hostport(listen)
-        except ValueError as e:
-            raise ConfigError(f"--listen: expected {e}") from None
-        resolved = replace(resolved, listen_host=host, listen_port=port)
-    if upstream:
-        try:
-            # --upstream means this one host, whatever [[upstreams]] the file lists.
-            resolved = replace(resolved, upstream=parse_upstream(upstream), upstreams=())
-        except ValueError as e:
-            raise ConfigError(f"--upstream: expected {e}") from None
-    return resolved
+    return Overrides(listen, upstream).apply(resolved)
 
 
 def warnings(config: Config) -> list[str]:
@@ -75,10 +63,12 @@ def warnings(config: Config) -> list[str]:
     return out
 
 
-def run(config: Config, loop: str = "auto") -> int:
-    """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM."""
+def run(config: Config, loop: str = "auto", overrides: Overrides = Overrides()) -> int:
+    """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM.
+
+    `overrides`: what the command line set, kept over the file's values on every reload."""
     try:
-        return run_loop(serve(config), loop)
+        return run_loop(serve(config, overrides=overrides), loop)
     except RuntimeError as e:
         log.error("%s", e)
         return 1
@@ -86,7 +76,7 @@ def run(config: Config, loop: str = "auto") -> int:
         return 0
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Overrides = Overrides()) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
     from .engine.accesslog import AccessLog
     from .engine.server import GuardServer, ListenError
@@ -122,7 +112,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     watch: asyncio.Task[None] | None = None
     if config.path is not None:
         from .engine.reload import Reloader
-        reloader = Reloader(server, config.path, env_key=env_api_key(os.environ))
+        reloader = Reloader(server, config.path, env_key=env_api_key(os.environ), overrides=overrides)
         reloader.install_sighup(loop)
         watch = loop.create_task(reloader.watch())
     hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())

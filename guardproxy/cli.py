@@ -12,6 +12,7 @@ from typing import Sequence
 
 from . import __version__, app
 from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ConfigError
+from .config.overrides import Overrides
 from .config.paths import CONFIG_HELP
 from .engine import logs
 from .engine.loop import LOOPS
@@ -57,9 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level or "info", pinned=args.log_level is not None)
+    overrides = Overrides(args.listen, args.upstream)
     try:
         config = app.resolve_config(args.config, listen=args.listen, upstream=args.upstream)
     except ConfigError as e:
         logs.log.error("config error: %s", e)
         return app.EXIT_CONFIG
-    return app.run(config, args.loop)
+    return app.run(config, args.loop, overrides)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config.load import load_config
 from ..config.model import ConfigError
+from ..config.overrides import Overrides
 from . import logs
 from .server import RESTART_ONLY, GuardServer
 
@@ -31,8 +32,10 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class Reloader:
-    def __init__(self, server: GuardServer, path: Path, *, env_key: str | None = None) -> None:
+    def __init__(self, server: GuardServer, path: Path, *, env_key: str | None = None,
+                 overrides: Overrides = Overrides()) -> None:
         self.server = server
+        self.overrides = overrides  # what the command line set stays set
         self.path = path
         self.env_key = env_key
         self._seen = _signature(path)
@@ -43,7 +46,7 @@ class Reloader:
         """Load and apply the file now; False (and one log line) if it is broken."""
         self._seen = _signature(self.path)
         try:
-            config = load_config(self.path, env_key=self.env_key)
+            config = self.overrides.apply(load_config(self.path, env_key=self.env_key))
         except ConfigError as e:
             self.refused += 1
             logs.log.warning("%s: config not reloaded, the previous one keeps running: %s", why, e)
