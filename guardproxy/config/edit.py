@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from .lock import locked
 from .model import ENV_KEY, ConfigError
 from .source import ConfigText, parse_toml, read_config_text, split_lines, table_header
 from .write import hash_key, key_block, save_checked, toml_value
@@ -153,6 +154,7 @@ def _describe(before: list[str], after: list[str]) -> str:
     return ", ".join(parts) or "no line changed"
 
 
+@locked
 def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> KeyEdit:
     """Add a [[keys]] block at the end of the file, leaving the rest byte for byte."""
     s = _Session(path, "keygen")
@@ -172,6 +174,7 @@ def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> KeyEd
     return s.save(expected, "add the key")
 
 
+@locked
 def revoke_key(path: Path, name: str, today: date) -> KeyEdit:
     """Add `revoked = <today>` to the key's block; a key already revoked is left as it is."""
     s = _Session(path, "keys revoke")
@@ -192,6 +195,7 @@ def grace_end(now: datetime, grace: float) -> datetime:
     return end.replace(microsecond=0) + timedelta(seconds=1) if end.microsecond else end
 
 
+@locked
 def rotate_key(path: Path, name: str, new_key: str, *, grace: float, now: datetime) -> tuple[KeyEdit, datetime | None]:
     """Give the key a new value; with `grace` seconds, the old value keeps working until the time returned."""
     s = _Session(path, "keys rotate")

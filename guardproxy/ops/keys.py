@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..config.edit import KeyEdit, append_key, revoke_key, rotate_key
 from ..config.load import parse_config
+from ..config.lock import config_lock
 from ..config.model import Config, ConfigError, KeyEntry
 from ..config.paths import CONFIG_HELP, env_api_key, find_config, required_config
 from ..config.source import parse_toml, read_config_text
@@ -82,14 +83,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     path, _ = find_config(args.config)
     key = generate_key()
-    if not path.exists():
-        name = args.name or "default"
-        create_config(path, key, name, admin=args.admin)
-        print(f"created {path} with key \"{name}\"", file=sys.stderr)
-    else:
-        name = args.name or _next_name(path)
-        edit = append_key(path, name, key, admin=args.admin)
-        _say(f"added key \"{name}\"", path, edit)
+    with config_lock(path):  # the name chosen, and whether the file exists, hold until the key is saved
+        if not path.exists():
+            name = args.name or "default"
+            create_config(path, key, name, admin=args.admin)
+            print(f"created {path} with key \"{name}\"", file=sys.stderr)
+        else:
+            name = args.name or _next_name(path)
+            edit = append_key(path, name, key, admin=args.admin)
+            _say(f"added key \"{name}\"", path, edit)
     if args.admin:
         print("this key is an admin key: it may pull, push, create, copy and delete models", file=sys.stderr)
     print(key)
