@@ -18,7 +18,6 @@ from typing import Any
 import tomli_w
 
 from .load import parse_config
-from .lock import config_lock
 from .model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, KEY_PREFIX, ConfigError
 from .source import ConfigText
 
@@ -209,7 +208,7 @@ def create_config(path: Path, key: str, name: str = "default", *, admin: bool = 
     text = initial_config_text(key, name, admin=admin)
     parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
     try:
-        with config_lock(path):
-            write_atomic(path, text, private=True, new=True)
+        # No lock needed: the file appears whole under its name, or not at all when one is there.
+        write_atomic(path, text, private=True, new=True)
     except FileExistsError:
         raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it") from None
