@@ -132,8 +132,8 @@ class ServerLimits:
 
 @dataclass(frozen=True)
 class Tls:
-    cert: Path   # PEM certificate chain (fullchain.pem)
-    key: Path    # PEM private key
+    cert: Path   # PEM certificate chain (fullchain.pem); a relative path is next to the config file
+    key: Path    # PEM private key; a relative path is next to the config file
 
 
 def url_host(host: str) -> str:
@@ -196,7 +196,7 @@ class Config:
     listen_port: int
     upstream: Upstream  # the only host, or the first of `upstreams`
     keys: tuple[KeyEntry, ...]
-    access_log: str = DEFAULT_ACCESS_LOG
+    access_log: str = DEFAULT_ACCESS_LOG  # [log] access: JSON lines to a file (relative: next to the config file), "-" stdout, "" off
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None
