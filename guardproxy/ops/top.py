@@ -16,6 +16,7 @@ import http.client
 import io
 import os
 import shutil
+import signal
 import socket
 import ssl
 import sys
@@ -195,7 +196,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_top)
 
 
+def quit_on_interrupt() -> None:
+    """Ctrl-C (SIGINT) ends `top`, however it was started.
+
+    A process started with SIGINT ignored (a background job of a script, `nohup`-like
+    launchers, some CI runners and test harnesses) inherits the ignore, and Python then
+    keeps it instead of installing its KeyboardInterrupt handler: the live view would
+    never quit on Ctrl-C.  So the handler is installed explicitly."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):
+        pass  # not the main thread, or no such signal here: nothing to change
+
+
 def cmd_top(args: argparse.Namespace) -> int:
+    quit_on_interrupt()
     if isinstance(sys.stdout, io.TextIOWrapper):  # a key or model name the console's code page lacks
         sys.stdout.reconfigure(errors="replace")
     key = args.key or env_api_key(os.environ)

@@ -115,13 +115,22 @@ def screen_text(raw: bytes) -> str:
     return ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "")
 
 
+# Started with SIGINT ignored, as a background job of a script (and some CI runners) starts its commands: the
+# ignore is inherited (asyncio's subprocesses keep it; uvloop's reset it), and Python then installs no
+# KeyboardInterrupt handler of its own.  `top` must quit on Ctrl-C all the same.
+_SIGINT_IGNORED = ("-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
 @pytest.mark.parametrize("columns, rows", [(100, 40), (30, 12)])
-async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int) -> None:
+async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int, sigint: str) -> None:
     master, slave = open_terminal(rows, columns)
     loop = asyncio.get_running_loop()
+    launcher = _SIGINT_IGNORED if sigint == "ignored" else ()
     async with MetricsServer() as server:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", "top", server.url,
+        proc = await asyncio.create_subprocess_exec(sys.executable, *launcher, "-m", "guardproxy", "top", server.url,
                                                     "--interval", "0.2", cwd=ROOT, env=env(GUARDPROXY_API_KEY=KEY, TERM="xterm"),
                                                     stdin=slave, stdout=slave, stderr=slave)
         os.close(slave)
