@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 # Optional fields appear in a line only when they have a value.
-_OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens", "upstream")
+_OPTIONAL = ("key_state", "error", "model", "prompt_tokens", "completion_tokens", "upstream")
 _utc_second = -1   # the last second formatted: one strftime per second, not per line
 _utc_text = ""
 
@@ -56,6 +56,7 @@ class LogRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     upstream: str | None = None  # the name of the host that answered (the last one tried)
+    key_state: str | None = None  # a refused key that is configured: "revoked", "expired" or "rotated" (its old value)
     at: float = 0.0          # the wall clock at `time`: formatted only if the line is written
 
     @classmethod
@@ -92,7 +93,7 @@ class LogRecord:
         if not isinstance(data, dict):
             return None
         rec = cls("", "-")
-        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id", "upstream"):
+        for name in ("time", "client", "method", "path", "outcome", "key", "key_state", "error", "model", "request_id", "upstream"):
             value = data.get(name)
             if value is not None:
                 setattr(rec, name, value if isinstance(value, str) else str(value))

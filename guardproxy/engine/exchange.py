@@ -132,7 +132,8 @@ class Exchange:
             state.before_auth(client, now)
             try:
                 key = server.keys.identify(req)
-            except Unauthorized:
+            except Unauthorized as refused:
+                record.key, record.key_state = refused.key_name, refused.key_state
                 await state.auth_failed(client, now)
                 raise
             record.key = key.name
