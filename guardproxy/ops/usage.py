@@ -26,6 +26,8 @@ def _parse_time(s: str) -> float | None:
         return None
 
 
+SCRAPE_PATH = "/metrics"  # answered by the gate itself, never forwarded (decisions/routes.py METRICS)
+
 _GROUPS: dict[str, Callable[[LogRecord], str | None]] = {
     "key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}
 
@@ -37,7 +39,7 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
     group = _GROUPS[by]
     rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # requests, prompt, completion, errors
     unauthorized: dict[str, int] = defaultdict(int)
-    skipped = 0
+    skipped = scrapes = 0
     for line in lines:
         rec = LogRecord.from_line(line)
         if rec is None:
@@ -45,6 +47,9 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
             continue
         t = _parse_time(rec.time)
         if since is not None and (t is None or t < now - since):
+            continue
+        if rec.path == SCRAPE_PATH and rec.status != 401:
+            scrapes += 1  # Prometheus or `top` reading the metrics: not a client's use of the models
             continue
         if rec.status == 401:
             unauthorized[rec.client] += 1
@@ -60,6 +65,8 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
         out.append("")
         out.append(f"probing addresses ({probe_threshold}+ unauthorized requests):")
         out.extend(f"  {ip}  {n}" for n, ip in probes)
+    if scrapes:
+        out.append(f"({scrapes} scrape{'s' if scrapes != 1 else ''} of /metrics not counted)")
     if skipped:
         out.append(f"({skipped} lines were not JSON and were skipped)")
     return "\n".join(out) + "\n"
