@@ -18,6 +18,7 @@ from .engine import logs
 from .engine.loop import LOOPS
 from .ops import check, doctor, keys, top, usage
 from .ops.winservice import commands as winservice
+from .wire.printable import printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except ConfigError as e:
-        print(f"guardproxy: config error: {e}", file=sys.stderr)
+        print(f"guardproxy: config error: {printable(str(e))}", file=sys.stderr)
         return app.EXIT_CONFIG
 
 

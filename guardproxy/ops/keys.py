@@ -27,6 +27,7 @@ from ..config.values import parse_duration
 from ..config.write import create_config, generate_key
 from ..decisions.auth import key_state
 from ..engine.accesslog import LogRecord
+from ..wire.printable import printable
 from .columns import table
 
 LOG_SCAN_LIMIT = 256 * 1024 * 1024  # bytes of access log read, newest first, to find each key's last use
@@ -187,8 +188,9 @@ def _rotation_note(e: KeyEntry, state: str) -> str | None:
 
 def render_keys(rows: list[KeyRow], width: int | None, notes: Iterable[str] = ()) -> str:
     """A table when it fits `width` (None: no limit, as when piped); else one short paragraph per key."""
+    rows = [KeyRow(tuple(printable(c) for c in r.cells), r.note and printable(r.note)) for r in rows]
     lines = table(COLUMNS, [r.cells for r in rows], len(COLUMNS))
-    all_notes = [n for n in (r.note for r in rows) if n] + list(notes)
+    all_notes = [n for n in (r.note for r in rows) if n] + [printable(n) for n in notes]
     if width is None or max(map(len, lines)) <= width:
         return "\n".join(lines + [""] * bool(all_notes) + all_notes) + "\n"
     width = max(width, 20)

@@ -29,6 +29,7 @@ from .. import __version__
 from ..config.model import ENV_KEY
 from ..config.paths import env_api_key
 from .check import Target, connection, parse_target, positive_seconds
+from ..wire.printable import printable
 from .columns import fit
 from .topview import NotMetrics, Snapshot, parse_metrics, render
 
@@ -177,7 +178,7 @@ def live(target: MetricsTarget, key: str | None, interval: float, out: TextIO, a
 
 def render_error(message: str, interval: float, width: int) -> str:
     """A failed scrape, wrapped rather than cut: the end of the message is usually the useful part."""
-    paragraphs = [f"guardproxy top: {message}", f"retrying every {interval:g}s; Ctrl-C to quit"]
+    paragraphs = [f"guardproxy top: {printable(message)}", f"retrying every {interval:g}s; Ctrl-C to quit"]
     return "\n\n".join("\n".join(fit(line, width) for line in textwrap.wrap(p, max(width, 1)))
                        for p in paragraphs) + "\n"
 
@@ -222,7 +223,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         else:
             live(target, key, args.interval, sys.stdout, enable_ansi())
     except TopError as e:
-        print(f"guardproxy top: {e}", file=sys.stderr)
+        print(f"guardproxy top: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -16,6 +16,7 @@ from ..config.paths import env_api_key, existing_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 from .budgets import budget_report
+from ..wire.printable import printable
 from .columns import table
 
 
@@ -64,7 +65,7 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
     if probes:
         out.append("")
         out.append(f"probing addresses ({probe_threshold}+ unauthorized requests):")
-        out.extend(f"  {ip}  {n}" for n, ip in probes)
+        out.extend(f"  {printable(ip)}  {n}" for n, ip in probes)
     if scrapes:
         out.append(f"({scrapes} scrape{'s' if scrapes != 1 else ''} of /metrics not counted)")
     if skipped:

@@ -208,3 +208,19 @@ async def test_piped_against_a_running_gate_with_traffic(fake: FakeOllama, tmp_p
     assert float(codes["200"][0].rstrip("k")) > 0 and codes["401"] == ["0", "2"]
     assert sections["UPSTREAMS"].splitlines()[1].split()[:2] == [f"127.0.0.1:{fake.port}", "up"]
     assert sections["REFUSALS"].splitlines()[1].split() == ["unauthorized", "0", "2"]
+
+
+async def test_a_hostile_metrics_page_reaches_the_screen_escaped() -> None:
+    """Raw control characters in label values (a crafted /metrics, or a model a host listed) are shown escaped."""
+    evil = "evil\x1b]0;PWNED\x07\x1b[2J\x1b[31m"
+    body = ("# TYPE guardproxy_streams_active gauge\n"
+            f'guardproxy_streams_active{{key="{evil}",model="{evil}"}} 2\n'
+            "# TYPE guardproxy_upstream_up gauge\n"
+            f'guardproxy_upstream_up{{upstream="http://{evil}"}} 1\n'
+            "# TYPE guardproxy_build_info gauge\n"
+            f'guardproxy_build_info{{version="{evil}"}} 1\n')
+    async with MetricsServer(200, body) as server:
+        code, out, err = await run_piped(server.url, "--interval", "0.2", COLUMNS="200", GUARDPROXY_API_KEY=KEY)
+    assert (code, err) == (0, ""), err
+    assert all(c == "\n" or c.isprintable() for c in out), repr(out)
+    assert "evil\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m" in out
