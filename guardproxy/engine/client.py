@@ -93,7 +93,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self.task = self.loop.create_task(self.server.serve(self))
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        # Any bytes-like chunk (a bytearray from Windows' proactor loop): it is copied
+        # into self.buf at once, so a buffer the loop reuses afterwards is never kept.
         if self.linger and self._linger_timer is not None:
             return  # lingering close: the refusal is out, the rest is discarded
         self.buf += data
