@@ -8,6 +8,7 @@ whichever of them started the process.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -78,11 +79,15 @@ def run(config: Config, loop: str = "auto", overrides: Overrides = Overrides()) 
 
 async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Overrides = Overrides()) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
-    from .engine.accesslog import AccessLog
+    from .engine.accesslog import AccessLog, access_log_problem
     from .engine.server import GuardServer, ListenError
     logs.apply_level(config.log_level)
     for warning in warnings(config):
         log.warning("%s", warning)
+    problem = access_log_problem(config.access_log)  # the words `doctor` uses too
+    if problem is not None:
+        log.error("config error: %s: log.access: %s", config.path, problem)
+        return EXIT_CONFIG
     try:
         access_log = AccessLog(config.access_log)
     except OSError as e:
@@ -99,7 +104,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Ov
         log.error("%s", e.strerror)
         return 1
     except OSError as e:
-        log.error("cannot listen on %s:%s: %s", config.listen_host, config.listen_port, e.strerror or e)
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)) or getattr(e, "winerror", 0) == 10048:
+            from .ops.hostcheck import address_in_use
+            log.error("%s", await asyncio.to_thread(address_in_use, config.listen_host, config.listen_port))
+        else:
+            log.error("cannot listen on %s:%s: %s", url_host(config.listen_host), config.listen_port, e.strerror or e)
         return 1
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()

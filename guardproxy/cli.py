@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from . import __version__, app
-from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ConfigError
+from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, CommandError, ConfigError
 from .config.overrides import Overrides
 from .config.paths import CONFIG_HELP
 from .engine import logs
@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except CommandError as e:  # the config is fine; what was asked cannot be done
+        print(f"guardproxy: {printable(str(e))}", file=sys.stderr)
+        return app.EXIT_CONFIG
     except ConfigError as e:
         print(f"guardproxy: config error: {printable(str(e))}", file=sys.stderr)
         return app.EXIT_CONFIG
@@ -62,6 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = Overrides(args.listen, args.upstream)
     try:
         config = app.resolve_config(args.config, listen=args.listen, upstream=args.upstream)
+    except CommandError as e:
+        logs.log.error("%s", e)
+        return app.EXIT_CONFIG
     except ConfigError as e:
         logs.log.error("config error: %s", e)
         return app.EXIT_CONFIG

@@ -59,6 +59,12 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         lhost, lport = parse_hostport(listen)
     except ValueError as e:
         raise r.fail(("listen",), str(e)) from None
+    if isinstance(data.get("upstream"), (list, dict)):  # [[upstream]] or [upstream]: a table, not the string
+        several = isinstance(data["upstream"], list)
+        raise ConfigError(f"{r.location(('upstream', 0) if several else ('upstream',))}: "
+                          f"{'[[upstream]]' if several else '[upstream]'}: did you mean [[upstreams]]? "
+                          f"Several hosts are [[upstreams]] blocks (with an s); one host is "
+                          f"upstream = \"http://HOST:11434\" at the top of the file")
     up = r.string(data, "upstream", (), DEFAULT_UPSTREAM)
     try:
         upstream = parse_upstream(up)

@@ -27,6 +27,11 @@ class ConfigError(Exception):
     """A config mistake, already phrased as the one line a user should see."""
 
 
+class CommandError(ConfigError):
+    """A command that cannot do what it was asked though the config is fine (rotating a revoked key, a name
+    already taken, a bad option value): one line, said without "config error" (cli.py)."""
+
+
 @dataclass(frozen=True)
 class Rate:
     """A request rate such as "30/min": `count` requests per `per` seconds."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .model import Config, ConfigError
+from .model import CommandError, Config
 from .values import parse_hostport, parse_upstream
 
 
@@ -24,11 +24,11 @@ class Overrides:
             try:
                 host, port = parse_hostport(self.listen)
             except ValueError as e:
-                raise ConfigError(f"--listen: expected {e}") from None
+                raise CommandError(f"--listen: expected {e}") from None
             config = replace(config, listen_host=host, listen_port=port)
         if self.upstream:
             try:
                 config = replace(config, upstream=parse_upstream(self.upstream), upstreams=())
             except ValueError as e:
-                raise ConfigError(f"--upstream: expected {e}") from None
+                raise CommandError(f"--upstream: expected {e}") from None
         return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -106,6 +107,28 @@ class LogRecord:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(rec, name, float(value))
         return rec
+
+
+def access_log_problem(target: str) -> str | None:
+    """Why `run` could not open this [log] access target for appending, or None (stdout and off always work).
+
+    Looked at without creating anything, so `doctor` can ask it too (as root it must not
+    leave behind a log file the service's own user cannot write)."""
+    if target in ("", "-"):
+        return None
+    path = os.path.abspath(target)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"cannot open {target!r}: it is a folder"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return f"cannot open {target!r}: permission denied"
+        return None
+    if not os.path.isdir(folder):
+        return f"cannot open {target!r}: its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot open {target!r}: permission denied to create it in {folder}"
+    return None
 
 
 class AccessLog:

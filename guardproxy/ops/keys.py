@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 from ..config.edit import KeyEdit, append_key, revoke_key, rotate_key
 from ..config.load import parse_config
 from ..config.lock import config_lock
-from ..config.model import Config, ConfigError, KeyEntry
+from ..config.model import CommandError, Config, ConfigError, KeyEntry
 from ..config.paths import CONFIG_HELP, env_api_key, find_config, required_config
 from ..config.source import parse_toml, read_config_text
 from ..config.values import parse_duration
@@ -132,7 +132,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     try:
         grace = parse_duration(args.grace)
     except ValueError as e:
-        raise ConfigError(f"--grace: expected {e}") from None
+        raise CommandError(f"keys rotate: --grace: expected {e}") from None
     key = generate_key()
     edit, until = rotate_key(path, args.name, key, grace=grace, now=datetime.now(timezone.utc))
     _say(f"rotated key \"{args.name}\"", path, edit)

@@ -11,11 +11,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TextIO
 
 from ..config.load import load_config
-from ..config.model import ConfigError
+from ..config.model import CommandError, ConfigError
 from ..config.paths import env_api_key, existing_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 from .budgets import budget_report
+from .redischeck import RedisDown
 from ..wire.printable import printable
 from .columns import table
 
@@ -92,14 +93,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
     try:
         since = None if args.since == "all" else parse_duration(args.since)
     except ValueError as e:
-        raise ConfigError(f"--since: expected {e}") from None
+        raise CommandError(f"usage: --since: expected {e}") from None
     environ = os.environ
     log = args.log
     config = None
     if not log or args.config:   # with only --log, a config elsewhere is none of this report's business
         path = existing_config(args.config, environ)
         if path is None:
-            raise ConfigError("no config file found to read log.access from: pass --log FILE or --config FILE")
+            raise CommandError("usage: no config file found to read log.access from: pass --log FILE or --config FILE")
         config = load_config(path, env_key=env_api_key(environ))
         log = log or config.access_log
         if log in ("", "-"):
@@ -109,8 +110,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
         with open(log, encoding="utf-8", errors="replace") as f:
             sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
     except OSError as e:
-        raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
-    budgets = budget_report(config, environ) if config is not None else ""
+        raise CommandError(f"usage: cannot read the access log {log}: {e.strerror}") from None
+    try:
+        budgets = budget_report(config, environ) if config is not None else ""
+    except RedisDown as e:  # the log's report is out; the budgets live in Redis
+        print(f"guardproxy usage: token budgets not shown: {printable(str(e))}", file=sys.stderr)
+        return 1
     if budgets:
         sys.stdout.write("\n" + budgets)
     return 0
