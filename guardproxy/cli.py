@@ -1,4 +1,4 @@
-"""Command line: run (the default), init, keygen, keys, check, doctor, service, usage, --version.
+"""Command line: run (the default), init, keygen, keys, check, doctor, service, usage, top, unban, --version.
 
 Argument parsing and dispatch only: `run` is app.py, every other command lives
 in ops/ and declares its own arguments.
@@ -16,7 +16,7 @@ from .config.overrides import Overrides
 from .config.paths import CONFIG_HELP
 from .engine import logs
 from .engine.loop import LOOPS
-from .ops import check, doctor, keys, top, usage
+from .ops import check, doctor, keys, top, unban, usage
 from .ops.winservice import commands as winservice
 from .wire.printable import printable
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the proxy (the default command)")
     _run_args(run)
     run.set_defaults(func=cmd_run)
-    for tool in (keys, check, doctor, winservice, usage, top):
+    for tool in (keys, check, doctor, winservice, usage, top, unban):
         tool.add_parser(sub)  # each defines its own arguments and sets func
     return p
 
