@@ -135,37 +135,23 @@ def check_file_mode(path: Path, raw: Mapping[str, Any] | None = None, *, service
 
 # --- the shared state ------------------------------------------------------------------
 
-MIN_REDIS = (6, 2)  # GETDEL, EVALSHA with these scripts' commands, the ACL rules docs/hosts-and-redis.md gives
-
-
 def check_redis(config: Config, environ: Mapping[str, str]) -> list[Finding]:
     """[cluster]: Redis answers, takes the password, is new enough, and is the primary (a replica refuses writes)."""
     try:
         address = cluster_address(config, environ)
     except ConfigError as e:
         return [Finding(FAIL, f"cluster: {e}", "set [cluster] redis or $GUARDPROXY_REDIS_URL")]
+    rule = config.cluster.on_redis_error if config.cluster is not None else ""
     try:
+        # The client refuses, as the gate does, a replica, a Redis older than 7 and a Cluster node.
         found = redischeck.inspect(address)
     except redischeck.RedisDown as e:
-        text = str(e)
-        if redischeck.is_auth_problem(text):
-            fix = ("put the password Redis expects (its requirepass, or the ACL user's) in $GUARDPROXY_REDIS_URL "
-                   "or [cluster] redis, as redis://[user]:PASSWORD@host:port")
-        else:
-            fix = (f"start Redis (`sudo systemctl start redis-server`) or point [cluster] redis at it; until it "
-                   f"answers, the gates apply on_redis_error = \"{config.cluster.on_redis_error if config.cluster else ''}\"")
-        return [Finding(FAIL, f"cluster: {text}", fix)]
-    out = []
-    shown = f"Redis {found.version or '(version unknown)'} at {address.url}"
-    version = tuple(int(p) for p in (found.version or "").split(".")[:2] if p.isdigit())
-    if len(version) == 2 and version < MIN_REDIS:
-        out.append(Finding(FAIL, f"cluster: {shown} is older than {MIN_REDIS[0]}.{MIN_REDIS[1]}",
-                           f"upgrade Redis to {MIN_REDIS[0]}.{MIN_REDIS[1]} or newer"))
-    if found.role not in (None, "master"):
-        out.append(Finding(FAIL, f"cluster: {shown} is a {'replica' if found.role == 'slave' else found.role}, "
-                                 f"which refuses the gate's writes",
-                           "point [cluster] redis at the primary (ROLE answers \"master\" there)"))
-    return out or [Finding(OK, f"cluster: {shown} answers, takes the password and is the primary")]
+        return [Finding(FAIL, f"cluster: {e}", redischeck.fix_for(str(e), rule))]
+    if found.role not in (None, "master"):  # (a server that let the handshake through all the same)
+        message = f"Redis at {address.url} is a replica, not the primary"
+        return [Finding(FAIL, f"cluster: {message}", redischeck.fix_for(message, rule))]
+    return [Finding(OK, f"cluster: Redis {found.version or '(version unknown)'} at {address.url} answers, "
+                        f"takes the password and is the primary")]
 
 
 # --- this machine -----------------------------------------------------------------------

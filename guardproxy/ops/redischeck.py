@@ -10,7 +10,7 @@ import ssl
 from dataclasses import dataclass
 
 from ..config.redis_url import RedisAddress
-from ..engine.state.resp import RedisClient, RedisError, RedisReplyError
+from ..engine.state.resp import RedisClient, RedisError, info_fields
 
 CONNECT_TIMEOUT = 2.0  # seconds: a Redis on the network answers in milliseconds
 
@@ -31,9 +31,9 @@ def why(address: RedisAddress, error: BaseException | None, timeout: float = CON
     text = str(error) if error is not None else ""
     if isinstance(error, ConnectionRefusedError) or "refused" in text.lower() or "connect call failed" in text.lower():
         return f"{where}: nothing listens there (connection refused)"
-    if isinstance(error, RedisReplyError) and text.startswith(("WRONGPASS", "NOAUTH", "ERR AUTH", "ERR invalid password",
-                                                                 "ERR Client sent AUTH")):
-        return f"{where}: it refused the password ({text})"
+    if isinstance(error, RedisError) and text.startswith(("WRONGPASS", "NOAUTH", "ERR AUTH", "ERR invalid password",
+                                                            "ERR Client sent AUTH")):
+        return f"{where}: it refused the password ({text.split(' (', 1)[0]})"
     if isinstance(error, TimeoutError) or error is None:
         return f"{where}: no answer within {timeout:g} s"
     if isinstance(error, ssl.SSLError):
@@ -45,6 +45,21 @@ def is_auth_problem(message: str) -> bool:
     return "refused the password" in message
 
 
+def fix_for(message: str, on_redis_error: str) -> str:
+    """What to do about a Redis the gate cannot use, as `why` worded it."""
+    if is_auth_problem(message):
+        return ("put the password Redis expects (its requirepass, or the ACL user's) in $GUARDPROXY_REDIS_URL "
+                "or [cluster] redis, as redis://[user]:PASSWORD@host:port")
+    if "replica" in message:
+        return "point [cluster] redis at the primary (ROLE answers \"master\" there), or name it through Sentinel"
+    if "needs Redis" in message or "Cluster node" in message:
+        return "use a Redis 7 (or Valkey) primary that is not a Redis Cluster node"
+    if "NOPERM" in message:
+        return "give the gate's Redis user the ACL docs/hosts-and-redis.md lists"
+    return (f"start Redis (`sudo systemctl start redis-server`) or point [cluster] redis at it; until it "
+            f"answers, the gates apply on_redis_error = \"{on_redis_error}\"")
+
+
 async def connect(address: RedisAddress, timeout: float = CONNECT_TIMEOUT) -> RedisClient:
     """A connected client, or RedisDown as soon as the first attempt fails (not after retrying)."""
     failed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
@@ -53,9 +68,9 @@ async def connect(address: RedisAddress, timeout: float = CONNECT_TIMEOUT) -> Re
         if not failed.done():
             failed.set_result(None if up else error)
 
-    context = ssl.create_default_context() if address.tls else None
+    # (rediss://: the client makes the TLS context the gate uses, [cluster] tls_* files included)
     client = RedisClient(address, timeout=timeout, connect_timeout=timeout, backoff=(timeout, timeout),
-                         ssl_context=context, on_state=state)
+                         on_state=state)
     client.start()
     try:
         async with asyncio.timeout(timeout + 0.5):
@@ -72,11 +87,7 @@ async def facts(client: RedisClient) -> RedisFacts:
     """Its version and its role (ROLE's first word)."""
     version = role = None
     try:
-        info = await client.call(b"INFO", b"server")
-        if isinstance(info, bytes):
-            for line in info.decode("utf-8", "replace").splitlines():
-                if line.startswith("redis_version:"):
-                    version = line.split(":", 1)[1].strip()
+        version = info_fields(await client.call(b"INFO", b"server")).get("redis_version")
     except RedisError:
         pass
     try:
