@@ -125,6 +125,7 @@ class Timeouts:
     body_total: float = 60.0   # a whole request body, blob uploads aside (then 408)
     write: float = 60.0        # a client that stops reading a response (then dropped)
     first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
+    upstream_idle: float = 60.0  # a pooled upstream connection unused this long is closed
 
 
 @dataclass(frozen=True)
