@@ -120,7 +120,7 @@ def read_logs(paths: Iterable[Path]) -> Iterator[str]:
                 with open(p, encoding="utf-8", errors="replace") as f:
                     yield from read_log(f)
         except (OSError, EOFError) as e:
-            raise CommandError(f"usage: cannot read the access log {p}: {getattr(e, 'strerror', None) or e}") from None
+            raise CommandError(f"usage: {p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
 def add_parser(sub: Any) -> None:
