@@ -1,0 +1,140 @@
+"""Go's own reading of request bodies (tests/go_reader/main.go), for differential tests.
+
+    reader = go_reader()            # built once per test session; None when `go` is absent
+    [got] = reader.read_many([GoRequest("chat", body)])
+    assert_same_reading(route, gate_reading, got)
+
+One long-lived Go process reads length-prefixed requests on stdin and
+answers one JSON line each, so thousands of bodies cost one process.  A
+GoReading holds what Ollama's Go code makes of a body: the model its
+handler uses, the model its cloud proxy looks up exactly, keep_alive in
+nanoseconds, the route's output caps, the options map and the tools'
+types; `ok` is False when Ollama would refuse the body itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+
+from guardproxy.decisions.reading import Reading
+
+SOURCE = Path(__file__).resolve().parent.parent / "go_reader" / "main.go"
+# Go's non-pointer int fields read absent or null as 0 (anthropic.MessagesRequest.MaxTokens, ThinkingConfig).
+_ZERO_WHEN_UNSET = {("messages", "max_tokens"), ("messages", "thinking.budget_tokens")}
+
+
+@dataclass(frozen=True)
+class GoRequest:
+    route: str                       # a route name of decisions/routes.py
+    body: bytes                      # as Ollama receives it (after any zstd decoding)
+    content_type: str = ""           # for the form route
+    target: str = "/"                # request target (FormValue reads its query)
+
+
+@dataclass
+class GoReading:
+    ok: bool
+    error: str = ""
+    model: str = ""
+    cloud_model: str | None = None   # server/cloud_proxy.go's exact lookup (None: not found / not JSON)
+    keep_alive: int | None = None
+    caps: dict[str, int | None] = field(default_factory=dict)
+    options: dict[str, Any] | None = None
+    tool_types: list[str] | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def build() -> Path | None:
+    """The Go reader, built once per session into a temporary directory; None without `go`."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="guardproxy-go-reader-")) / "go_reader"
+    subprocess.run([go, "build", "-o", str(out), str(SOURCE)], check=True, timeout=300,
+                   capture_output=True, cwd=SOURCE.parent)
+    return out
+
+
+class GoReader:
+    def __init__(self, binary: Path) -> None:
+        self.proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def read_many(self, requests: Iterable[GoRequest]) -> list[GoReading]:
+        """Go's readings, in order; the requests go in one write, the answers come back in one read."""
+        reqs = list(requests)
+        frames = []
+        for r in reqs:
+            head = json.dumps({"route": r.route, "content_type": r.content_type, "target": r.target}).encode()
+            frames += [struct.pack(">I", len(head)), head, struct.pack(">I", len(r.body)), r.body]
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        # The answers are small and Go answers as it reads: write in a thread-free way by
+        # writing everything first only when it fits the pipe; else interleave per request.
+        out: list[GoReading] = []
+        for i, r in enumerate(reqs):
+            self.proc.stdin.write(b"".join(frames[4 * i:4 * i + 4]))
+        self.proc.stdin.flush()
+        for _ in reqs:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the Go reader stopped")
+            out.append(GoReading(**json.loads(line)))
+        return out
+
+    def read(self, route: str, body: bytes, content_type: str = "", target: str = "/") -> GoReading:
+        return self.read_many([GoRequest(route, body, content_type, target)])[0]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def go_reader() -> Iterable[GoReader]:
+    binary = build()
+    if binary is None:
+        pytest.skip("the differential tests need Go (Debian's golang-go): `go` is not installed")
+    reader = GoReader(binary)
+    yield reader
+    reader.close()
+
+
+def differences(route: str, gate: Reading, go: GoReading) -> list[str]:
+    """How Go's reading differs from the gate's ([] when they agree); `go.ok` must be True."""
+    diffs = []
+    model = gate.model or ""
+    if go.model != model:
+        diffs.append(f"model: gate {model!r}, Go {go.model!r}")
+    if go.cloud_model is not None and go.cloud_model != model.strip():
+        diffs.append(f"model: gate {model!r}, Go's cloud proxy {go.cloud_model!r}")
+    if route not in ("transcriptions",):
+        if go.keep_alive != gate.keep_alive_ns:
+            diffs.append(f"keep_alive: gate {gate.keep_alive_ns}, Go {go.keep_alive}")
+        for cap in set(go.caps) | set(gate.caps):
+            mine, theirs = gate.caps.get(cap), go.caps.get(cap)
+            if (route, cap) in _ZERO_WHEN_UNSET:
+                mine, theirs = mine or 0, theirs or 0
+            if mine != theirs:
+                diffs.append(f"{cap}: gate {mine}, Go {theirs}")
+        if go.options != gate.options:
+            diffs.append(f"options: gate {gate.options!r}, Go {go.options!r}")
+        gate_tools = None if gate.tool_types is None else list(gate.tool_types)
+        if (go.tool_types or None) != (gate_tools or None):
+            diffs.append(f"tools: gate {gate_tools!r}, Go {go.tool_types!r}")
+    return diffs
+
+
+def assert_same_reading(route: str, gate: Reading, go: GoReading, body: bytes = b"") -> None:
+    assert go.ok, f"the gate forwards a body Ollama refuses ({go.error}): {body[:300]!r}"
+    diffs = differences(route, gate, go)
+    assert not diffs, f"{'; '.join(diffs)} for {body[:300]!r}"
