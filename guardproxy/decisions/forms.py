@@ -42,7 +42,7 @@ class BadForm(BadRequest):
     message = "malformed multipart form"
 
 
-def media_params(value: bytes, what: str) -> tuple[str, dict[str, str]]:
+def media_params(value: bytes | bytearray, what: str) -> tuple[str, dict[str, str]]:
     """The lowercased type and the parameters of a Content-Type or Content-Disposition value."""
     m = _MEDIA.match(value)
     if m is None:
@@ -77,7 +77,7 @@ def _query_models(target: bytes) -> list[str]:
     return out
 
 
-def form_model(body: bytes, content_type: bytes | None, target: bytes) -> str:
+def form_model(body: bytes | bytearray, content_type: bytes | None, target: bytes) -> str:
     """The model Ollama's FormValue("model") returns; BadRequest for a form outside the grammar."""
     kind, params = media_params(content_type or b"", "Content-Type")
     if kind != "multipart/form-data":
@@ -89,7 +89,7 @@ def form_model(body: bytes, content_type: bytes | None, target: bytes) -> str:
     if not body.startswith(first):
         raise BadForm("multipart form must open with its boundary line, ended by CRLF")
     delim = b"\r\n--" + boundary
-    models: list[bytes] = []
+    models: list[bytes | bytearray] = []
     pos = len(first)
     parts = 0
     while True:
@@ -124,9 +124,11 @@ def form_model(body: bytes, content_type: bytes | None, target: bytes) -> str:
     return model
 
 
-def _part_model(part: bytes, dash_boundary: bytes) -> bytes | None:
+def _part_model(part: bytes | bytearray, dash_boundary: bytes) -> bytes | bytearray | None:
     """The content of a part named "model", else None (a part Go's FormValue would not read as it)."""
     head_end = part.find(b"\r\n\r\n")
+    head: bytes | bytearray
+    content: bytes | bytearray
     if part.startswith(b"\r\n"):
         head, content = b"", part[2:]
     elif head_end < 0:
@@ -136,7 +138,7 @@ def _part_model(part: bytes, dash_boundary: bytes) -> bytes | None:
     if content.startswith(dash_boundary):
         # Go takes "--boundary" at the very start of a part's content as a delimiter.
         raise BadForm("multipart part content must not start with the boundary")
-    disposition: bytes | None = None
+    disposition: bytes | bytearray | None = None
     for line in head.split(b"\r\n") if head else ():
         m = _HEADER.fullmatch(line)
         if m is None:

@@ -68,7 +68,7 @@ def fold(name: str) -> str:
     return name.translate(_FOLD)
 
 
-def _skip(b: bytes, pos: int, depth: int) -> int:
+def _skip(b: bytes | bytearray, pos: int, depth: int) -> int:
     """The end of the JSON value starting at `pos`, checked against the grammar but not built."""
     m = _SCALAR_RE.match(b, pos)
     if m is not None:
@@ -140,7 +140,7 @@ def _go_float(text: str) -> float:
     return f
 
 
-def decode_value(raw: bytes, *, go_any: bool = False) -> Any:
+def decode_value(raw: bytes | bytearray, *, go_any: bool = False) -> Any:
     """A read field's value, built, its strings checked for what Go would replace.  `go_any`:
     every number as a float, as Go decodes into `any` (the options map)."""
     if len(raw) > MAX_READ_VALUE:
@@ -158,7 +158,7 @@ def decode_value(raw: bytes, *, go_any: bool = False) -> Any:
     return value
 
 
-def _key(raw: bytes) -> str:
+def _key(raw: bytes | bytearray) -> str:
     if b"\\" not in raw:
         try:
             return raw[1:-1].decode("utf-8")
@@ -167,7 +167,7 @@ def _key(raw: bytes) -> str:
     return str(json.loads(raw.decode("utf-8", "replace")))
 
 
-def read_top(body: bytes, fields: frozenset[str] = FIELDS, *, top: bool = True) -> dict[str, bytes]:
+def read_top(body: bytes | bytearray, fields: frozenset[str] = FIELDS, *, top: bool = True) -> dict[str, bytes | bytearray]:
     """The raw values of the `fields` a JSON object sets (its top level); BadRequest when the body
     is not in the grammar (see the module's docstring).  `top`: `body` is a whole request body
     (else an object inside one, already checked, whose read fields Go matches the same way)."""
@@ -177,7 +177,7 @@ def read_top(body: bytes, fields: frozenset[str] = FIELDS, *, top: bool = True) 
     pos = _WS_RE.match(body).end()  # type: ignore[union-attr]
     if pos >= n or body[pos] != 0x7B:
         raise BadRequest("request body must be a JSON object")
-    found: dict[str, bytes] = {}
+    found: dict[str, bytes | bytearray] = {}
     pos = _WS_RE.match(body, pos + 1).end()  # type: ignore[union-attr]
     members = 0
     if pos < n and body[pos] == 0x7D:
@@ -214,12 +214,12 @@ def read_top(body: bytes, fields: frozenset[str] = FIELDS, *, top: bool = True) 
     return found
 
 
-def array_items(raw: bytes) -> list[bytes]:
+def array_items(raw: bytes | bytearray) -> list[bytes | bytearray]:
     """The raw elements of a JSON array (already checked); BadRequest when `raw` is not an array."""
     n = len(raw)
     if not raw.startswith(b"["):
         raise BadRequest("expected a JSON array")
-    items: list[bytes] = []
+    items: list[bytes | bytearray] = []
     pos = _WS_RE.match(raw, 1).end()  # type: ignore[union-attr]
     if pos < n and raw[pos] == 0x5D:
         return items

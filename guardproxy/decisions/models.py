@@ -103,8 +103,8 @@ def model_for_log(body: bytes) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
-def _reading(route: Route, body: bytes | Reading) -> Reading:
-    return read_json(route, body) if isinstance(body, bytes) else body
+def _reading(route: Route, body: bytes | bytearray | Reading) -> Reading:
+    return read_json(route, body) if isinstance(body, (bytes, bytearray)) else body
 
 
 def body_model(route: Route, body: bytes | Reading) -> str:

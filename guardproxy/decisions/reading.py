@@ -27,6 +27,9 @@ CAPS: dict[str, tuple[str, ...]] = {
     routes.RESPONSES: ("max_output_tokens",),
     routes.ANTHROPIC: ("max_tokens", "thinking.budget_tokens"),
 }
+# Which request types have an options map, and a tools list, by route.
+OPTIONS_ROUTES = frozenset({"generate", "chat", "embed", "embeddings", "show"})
+TOOLS_ROUTES = frozenset({"chat", "chat_completions", "responses", "messages"})
 _NO_CAPS = ("embed", "embeddings", "v1_embeddings", "image_generations", "image_edits", "transcriptions")
 
 
@@ -42,10 +45,12 @@ class Reading:
 def caps_of(route: routes.Route) -> tuple[str, ...]:
     if route.name in _NO_CAPS or not route.generation:
         return ()
+    if route.name == "completions":
+        return ("max_tokens",)  # openai.CompletionRequest has no max_completion_tokens
     return CAPS.get(route.counts, ())
 
 
-def _int_field(raw: bytes | None, name: str) -> int | None:
+def _int_field(raw: bytes | bytearray | None, name: str) -> int | None:
     """A Go `int`/`*int` field: an integer literal in int64 (Go refuses 1.0 and 1e3), or null."""
     if raw is None or raw == b"null":
         return None
@@ -54,7 +59,7 @@ def _int_field(raw: bytes | None, name: str) -> int | None:
     return int(raw)
 
 
-def _string_field(raw: bytes | None, name: str) -> str | None:
+def _string_field(raw: bytes | bytearray | None, name: str) -> str | None:
     if raw is None:
         return None
     value = decode_value(raw)
@@ -150,7 +155,7 @@ def parse_go_duration(text: str) -> int:
     return d
 
 
-def keep_alive_ns(raw: bytes | None) -> int | None:
+def keep_alive_ns(raw: bytes | bytearray | None) -> int | None:
     """keep_alive as Ollama v0.33's Duration.UnmarshalJSON reads it: a number is seconds,
     time.Duration(t * 1e9) truncated to whole nanoseconds; a string goes through
     time.ParseDuration; negative is forever (FOREVER).  None when not set (absent or null)."""
@@ -177,7 +182,7 @@ def keep_alive_ns(raw: bytes | None) -> int | None:
 
 # --- the reading ----------------------------------------------------------------------------
 
-def _sub_field(raw: bytes | None, name: str, what: str) -> bytes | None:
+def _sub_field(raw: bytes | bytearray | None, name: str, what: str) -> bytes | bytearray | None:
     """One field of an object-valued field (Go decodes it into a struct, matching names the same way)."""
     if raw is None or raw == b"null":
         return None
@@ -186,14 +191,14 @@ def _sub_field(raw: bytes | None, name: str, what: str) -> bytes | None:
     return read_top(raw, frozenset({name}), top=False).get(name)
 
 
-def read_json(route: routes.Route, body: bytes) -> Reading:
+def read_json(route: routes.Route, body: bytes | bytearray) -> Reading:
     """The Reading of a JSON body on `route` (BadRequest when the body is not in the grammar)."""
     top = read_top(body)
     model = _string_field(top.get("model"), "model")
     if route.model == routes.BODY_OR_NAME and not model:
         model = _string_field(top.get("name"), "name")
     options: dict[str, Any] | None = None
-    if top.get("options") is not None:
+    if top.get("options") is not None and route.name in OPTIONS_ROUTES:
         value = decode_value(top["options"], go_any=True)
         if value is not None and not isinstance(value, dict):
             raise BadRequest("options must be an object")
@@ -208,7 +213,7 @@ def read_json(route: routes.Route, body: bytes) -> Reading:
         else:
             caps[cap] = _int_field(top.get(cap), cap)
     tool_types: tuple[str, ...] | None = None
-    raw_tools = top.get("tools")
+    raw_tools = top.get("tools") if route.name in TOOLS_ROUTES else None
     if raw_tools is not None and raw_tools != b"null":
         if not raw_tools.startswith(b"["):
             raise BadRequest("tools must be an array")

@@ -30,6 +30,7 @@ from guardproxy.decisions.reading import Reading
 
 SOURCE = Path(__file__).resolve().parent.parent / "go_reader" / "main.go"
 # Go's non-pointer int fields read absent or null as 0 (anthropic.MessagesRequest.MaxTokens, ThinkingConfig).
+_BATCH = 64  # answers per batch: well under a pipe's 64 KiB
 _ZERO_WHEN_UNSET = {("messages", "max_tokens"), ("messages", "thinking.budget_tokens")}
 
 
@@ -70,24 +71,24 @@ class GoReader:
         self.proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def read_many(self, requests: Iterable[GoRequest]) -> list[GoReading]:
-        """Go's readings, in order; the requests go in one write, the answers come back in one read."""
+        """Go's readings, in order.  Requests go in batches small enough that Go's answers to a
+        batch fit the pipe while the batch is written (one process, no threads)."""
         reqs = list(requests)
-        frames = []
-        for r in reqs:
-            head = json.dumps({"route": r.route, "content_type": r.content_type, "target": r.target}).encode()
-            frames += [struct.pack(">I", len(head)), head, struct.pack(">I", len(r.body)), r.body]
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        # The answers are small and Go answers as it reads: write in a thread-free way by
-        # writing everything first only when it fits the pipe; else interleave per request.
         out: list[GoReading] = []
-        for i, r in enumerate(reqs):
-            self.proc.stdin.write(b"".join(frames[4 * i:4 * i + 4]))
-        self.proc.stdin.flush()
-        for _ in reqs:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the Go reader stopped")
-            out.append(GoReading(**json.loads(line)))
+        for start in range(0, len(reqs), _BATCH):
+            batch = reqs[start:start + _BATCH]
+            frames = []
+            for r in batch:
+                head = json.dumps({"route": r.route, "content_type": r.content_type, "target": r.target}).encode()
+                frames += [struct.pack(">I", len(head)), head, struct.pack(">I", len(r.body)), r.body]
+            self.proc.stdin.write(b"".join(frames))
+            self.proc.stdin.flush()
+            for _ in batch:
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("the Go reader stopped")
+                out.append(GoReading(**json.loads(line)))
         return out
 
     def read(self, route: str, body: bytes, content_type: str = "", target: str = "/") -> GoReading:
