@@ -41,13 +41,14 @@ def check_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes
             name = forms.form_model(plain, req.get(b"content-type"), req.target) if needs_model or routed else None
         else:
             reading = read_json(route, plain)
-            name = models.body_model(route, reading) if needs_model or routed else reading.model
+            # Without a model list, a body that names no model needs no model check (Ollama
+            # refuses it itself); with one, it is refused here.
+            name = models.body_model(route, reading) if needs_model and key.models is not None else reading.model
     except BadRequest:
         if needs_model or checks_keep_alive:
             raise
         return NOTHING
-    if needs_model:
-        assert name is not None
+    if needs_model and name is not None:
         models.check_model(key, name)
     if checks_keep_alive and reading is not None:
         models.check_keep_alive(key, reading)

@@ -17,7 +17,8 @@ from ..wire.errors import BadRequest
 from . import routes
 from .json_body import array_items, decode_value, read_top
 
-FOREVER = 2**63 - 1  # keep_alive: a negative duration, which Ollama turns into math.MaxInt64
+FOREVER = 2**63 - 1
+MAX_NAME_FIELD = 4096  # bytes of a model's JSON string: far beyond any name Ollama takes (models.MAX_MODEL_NAME)  # keep_alive: a negative duration, which Ollama turns into math.MaxInt64
 _INT64 = 2**63
 
 # The output caps each dialect has (dotted: inside an object).
@@ -62,6 +63,8 @@ def _int_field(raw: bytes | bytearray | None, name: str) -> int | None:
 def _string_field(raw: bytes | bytearray | None, name: str) -> str | None:
     if raw is None:
         return None
+    if len(raw) > MAX_NAME_FIELD and name in ("model", "name"):
+        raise BadRequest("model name too long")
     value = decode_value(raw)
     if value is None:
         return None  # Go leaves the string as it was: empty
