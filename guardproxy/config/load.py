@@ -25,11 +25,12 @@ from .values import parse_budget, parse_duration, parse_hostport, parse_size, pa
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
-        "upstreams", "routing", "cluster"}
+        "upstreams", "routing", "cluster", "aliases"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens",
+               "max_num_ctx", "max_output_tokens"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -133,7 +134,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
                   metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data),
-                  cluster=_cluster(r, data))
+                  cluster=_cluster(r, data), aliases=_aliases(r, data))
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -192,7 +193,36 @@ def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
             "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics,
-            "tokens": r.optional(k, "tokens", where, parse_budget)}
+            "tokens": r.optional(k, "tokens", where, parse_budget),
+            "max_num_ctx": r.integer(k, "max_num_ctx", where, None, 1),
+            "max_output_tokens": r.integer(k, "max_output_tokens", where, None, 1)}
+
+
+def _aliases(r: Reader, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """[aliases]: "name clients ask for" = "model it runs"; one step only (a target is never an alias).
+
+    Names compare as Ollama's do, in any letter case (decisions/aliases.py adds the default tag).
+    """
+    where = ("aliases",)
+    if "aliases" not in data:
+        return ()
+    table = data["aliases"]
+    if not isinstance(table, dict):
+        raise r.fail(where, 'a table of "name clients ask for" = "model it runs", e.g. "gpt-4o-mini" = "llama3.2:3b"')
+    out: dict[str, tuple[str, str]] = {}
+    for name, target in table.items():
+        if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target.strip()):
+            raise r.fail(where + (name,), 'a model name in quotes, e.g. "llama3.2:3b"')
+        alias = name.strip()
+        if not alias or any(c.isspace() or ord(c) < 0x20 for c in alias):
+            raise r.fail(where + (name,), "an alias without spaces or control characters")
+        if alias.lower() in out:
+            raise r.fail(where + (name,), f"one alias per name; {out[alias.lower()][0]!r} is the same in another case")
+        out[alias.lower()] = (alias, target.strip())
+    for alias, target in out.values():
+        if target.lower() in out:
+            raise r.fail(where + (alias,), f"a model that runs, not an alias ({target!r} is one)")
+    return tuple(out.values())
 
 
 def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:

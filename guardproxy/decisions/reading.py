@@ -28,10 +28,8 @@ CAPS: dict[str, tuple[str, ...]] = {
     routes.RESPONSES: ("max_output_tokens",),
     routes.ANTHROPIC: ("max_tokens", "thinking.budget_tokens"),
 }
-# Which request types have an options map, and a tools list, by route.
-OPTIONS_ROUTES = frozenset({"generate", "chat", "embed", "embeddings", "show"})
+# Which request types have a tools list (the options map: Route.options).
 TOOLS_ROUTES = frozenset({"chat", "chat_completions", "responses", "messages"})
-_NO_CAPS = ("embed", "embeddings", "v1_embeddings", "image_generations", "image_edits", "transcriptions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +42,9 @@ class Reading:
 
 
 def caps_of(route: routes.Route) -> tuple[str, ...]:
-    if route.name in _NO_CAPS or not route.generation:
-        return ()
     if route.name == "completions":
         return ("max_tokens",)  # openai.CompletionRequest has no max_completion_tokens
-    return CAPS.get(route.counts, ())
+    return CAPS.get(route.output_cap, ())
 
 
 def _int_field(raw: bytes | bytearray | None, name: str) -> int | None:
@@ -201,7 +197,7 @@ def read_json(route: routes.Route, body: bytes | bytearray) -> Reading:
     if route.model == routes.BODY_OR_NAME and not model:
         model = _string_field(top.get("name"), "name")
     options: dict[str, Any] | None = None
-    if top.get("options") is not None and route.name in OPTIONS_ROUTES:
+    if top.get("options") is not None and route.options:
         value = decode_value(top["options"], go_any=True)
         if value is not None and not isinstance(value, dict):
             raise BadRequest("options must be an object")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 # Optional fields appear in a line only when they have a value.
-_OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens", "upstream")
+_OPTIONAL = ("error", "model", "alias", "prompt_tokens", "completion_tokens", "upstream", "clamped")
 _utc_second = -1   # the last second formatted: one strftime per second, not per line
 _utc_text = ""
 
@@ -56,6 +56,8 @@ class LogRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     upstream: str | None = None  # the name of the host that answered (the last one tried)
+    alias: str | None = None   # the model name asked for when it was an [aliases] name ("model" is its target)
+    clamped: list[str] | None = None  # body fields the key's limits lowered or set (as X-Guardproxy-Clamped)
     at: float = 0.0          # the wall clock at `time`: formatted only if the line is written
 
     @classmethod
@@ -92,7 +94,8 @@ class LogRecord:
         if not isinstance(data, dict):
             return None
         rec = cls("", "-")
-        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id", "upstream"):
+        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id", "upstream",
+                     "alias"):
             value = data.get(name)
             if value is not None:
                 setattr(rec, name, value if isinstance(value, str) else str(value))
@@ -100,6 +103,9 @@ class LogRecord:
             value = data.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(rec, name, value)
+        clamped = data.get("clamped")
+        if isinstance(clamped, list):
+            rec.clamped = [str(c) for c in clamped]
         for name in ("duration_ms", "ttfb_ms"):
             value = data.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -93,7 +93,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self.task = self.loop.create_task(self.server.serve(self))
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        # Any bytes-like chunk (a bytearray from Windows' proactor loop): it is copied
+        # into self.buf at once, so a buffer the loop reuses afterwards is never kept.
         if self.linger and self._linger_timer is not None:
             return  # lingering close: the refusal is out, the rest is discarded
         self.buf += data
@@ -221,6 +223,9 @@ class ClientConnection(asyncio.Protocol):
                 self.idle = False
             if not self.buf:
                 return None
+        # A head already buffered (it came with the connection, or pipelined) ends the idle
+        # state too: a stop closes idle connections at once, and this one has a request.
+        self.idle = False
         scanner = HeadScanner(max_headers)
         end = scanner.feed(self.buf)
         if end < 0:  # the usual case, a whole head in one read, needs no timer

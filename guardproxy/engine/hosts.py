@@ -78,7 +78,7 @@ class HostSet:
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
-        self.listings: dict[bytes | tuple[bytes, tuple[str, ...], bool], bytes] = {}
+        self.listings: dict[bytes | tuple[object, ...], bytes] = {}
         self._models: frozenset[str] | None = None  # models(), until the snapshot changes
         self._models_due = True                      # ... then worked out again
         self.apply(config)

@@ -240,7 +240,13 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
 
     # --- the response ----------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        # The contract is "bytes-like": Windows' proactor loop passes a bytearray, and a
+        # loop may reuse the buffer once this returns.  Pieces of a read are kept (the
+        # head buffer, the tail for token counts), so anything but bytes becomes bytes
+        # here, once; the Linux loops pass bytes and pay one type check.
+        if type(data) is not bytes:
+            data = bytes(data)
         if self.state == _BODY:
             # The token path: one scan, one write, no allocation, no clock (check_timeout).
             try:

@@ -165,6 +165,13 @@ def key_rows(config: Config, raw_keys: Iterable[Any], now: datetime, last: Mappi
     return rows
 
 
+def _gpu_note(e: KeyEntry) -> str | None:
+    """The key's limits on what a body asks of the GPU, when it has any."""
+    limits = [f"{name} {value}" for name, value in (("max_num_ctx", e.max_num_ctx),
+                                                    ("max_output_tokens", e.max_output_tokens)) if value]
+    return f"\"{e.name}\": bodies lowered to " + ", ".join(limits) if limits else None
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -258,5 +265,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     raw_keys = data.get("keys", [])
     rows = key_rows(config, raw_keys if isinstance(raw_keys, list) else [], datetime.now(timezone.utc), last)
     width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
-    sys.stdout.write(render_keys(rows, width, [note] if note else []))
+    notes = [n for n in map(_gpu_note, config.keys) if n] + ([note] if note else [])
+    sys.stdout.write(render_keys(rows, width, notes))
     return 0

@@ -131,12 +131,15 @@ except ImportError:  # pragma: no cover - depends on the installed h11
     _h11_parse = _h11_public
 
 
-def parse_request_head(data: bytes) -> RequestHead:
+def parse_request_head(data: bytes | bytearray | memoryview) -> RequestHead:
     """Parse one complete request head, as strict.HeadScanner found it, or raise a GuardError.
 
     strict.check_head refuses first what h11 would let through; h11 then
     parses what is left, so both parsers agree on every head that passes.
+    Any bytes-like head is taken; the parsed fields are bytes (they are hashed and kept).
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     facts = check_head(data)
     try:
         method, target, version, headers = _h11_parse(data)
@@ -221,14 +224,18 @@ class ResponseHead:
     upstream_keep_alive: bool
 
 
-def parse_response_head(data: bytes, *, head_request: bool, client_keep_alive: bool,
+def parse_response_head(data: bytes | bytearray | memoryview, *, head_request: bool, client_keep_alive: bool,
                         extra: bytes = b"") -> ResponseHead:
     """Parse the upstream's response head (ending in CRLF CRLF) and rebuild the client's copy.
 
     The status line and end-to-end headers pass unchanged; hop-by-hop headers
     are the upstream connection's own business.  Contradictory framing is
     refused: a proxy that guesses here is how responses get smuggled.
+    Any bytes-like head is taken (Windows' proactor loop reads into a bytearray):
+    its names are looked up in frozensets, so they must be bytes.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     lines = data[:-4].split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]

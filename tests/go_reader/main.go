@@ -10,6 +10,10 @@
 //	in:  uint32 big-endian length + JSON {"route","content_type","target","encoding"}, uint32 length + body
 //	out: one JSON line: {"ok":true,"model","cloud_model","keep_alive","caps","options","tool_types"}
 //	     or {"ok":false,"error":"..."} when Ollama would refuse the body.
+//
+// With -lines: one JSON string per input line (a body's text), decoded with json.Unmarshal into
+// one struct holding every dialect's fields; out, one JSON object per line with what Go holds
+// ({"error":true} when it refuses the body). Used for the bodies the gate re-encodes.
 package main
 
 import (
@@ -83,9 +87,14 @@ type chatRequest struct {
 }
 
 type showRequest struct {
-	Model   string         `json:"model"`
-	Options map[string]any `json:"options"`
-	Name    string         `json:"name"`
+	Model string `json:"model"`
+	Name  string `json:"name"`
+}
+
+// /v1/systemone (0.35+): a generation with a model and keep_alive.
+type systemoneRequest struct {
+	Model     string    `json:"model"`
+	KeepAlive *Duration `json:"keep_alive,omitempty"`
 }
 
 // openai.ChatCompletionRequest, CompletionRequest, EmbedRequest; image requests.
@@ -185,6 +194,9 @@ func cloudModel(body []byte) *string {
 		return nil
 	}
 	model = strings.TrimSpace(model)
+	if model == "" {
+		return nil // extractModelField's (model, false): not a cloud request
+	}
 	return &model
 }
 
@@ -220,7 +232,7 @@ func readJSON(route string, body []byte) (r reading, err error) {
 		if err = decode(body, &q); err != nil {
 			return
 		}
-		r.Model, r.Options = q.Model, q.Options
+		r.Model = q.Model
 		if r.Model == "" {
 			r.Model = q.Name
 		}
@@ -259,6 +271,12 @@ func readJSON(route string, body []byte) (r reading, err error) {
 		} else {
 			r.Caps["thinking.budget_tokens"] = nil
 		}
+	case "systemone":
+		var q systemoneRequest
+		if err = decode(body, &q); err != nil {
+			return
+		}
+		r.Model, r.KeepAlive = q.Model, keepAlive(q.KeepAlive)
 	case "v1_embeddings", "image_generations", "image_edits":
 		var q modelOnly
 		if err = decode(body, &q); err != nil {
@@ -288,7 +306,55 @@ func readForm(h header, body []byte) (r reading, err error) {
 	return
 }
 
+// allFields holds the fields of every dialect that the gate may rewrite.
+type allFields struct {
+	Model               string          `json:"model"`
+	Name                string          `json:"name"`
+	Options             map[string]any  `json:"options"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	MaxOutputTokens     *int            `json:"max_output_tokens"`
+	Thinking            *ThinkingConfig `json:"thinking"`
+	Tools               []struct {
+		Type string `json:"type"`
+		Name string `json:"name"`
+	} `json:"tools"`
+}
+
+func linesMode() {
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<26)
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	for in.Scan() {
+		var text string
+		if err := json.Unmarshal(in.Bytes(), &text); err != nil {
+			fmt.Fprintln(os.Stderr, "bad input line:", err)
+			os.Exit(2)
+		}
+		var r allFields
+		if err := json.Unmarshal([]byte(text), &r); err != nil {
+			fmt.Fprintln(out, `{"error":true}`)
+			continue
+		}
+		var budget any
+		if r.Thinking != nil {
+			budget = r.Thinking.BudgetTokens
+		}
+		line, _ := json.Marshal(map[string]any{
+			"model": r.Model, "name": r.Name, "options": r.Options, "max_tokens": r.MaxTokens,
+			"max_completion_tokens": r.MaxCompletionTokens, "max_output_tokens": r.MaxOutputTokens,
+			"budget_tokens": budget, "tools": r.Tools,
+		})
+		fmt.Fprintln(out, string(line))
+	}
+}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-lines" {
+		linesMode()
+		return
+	}
 	in := bufio.NewReaderSize(os.Stdin, 1<<20)
 	out := bufio.NewWriter(os.Stdout)
 	enc := json.NewEncoder(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -54,6 +55,18 @@ class GoReading:
     tool_types: list[str] | None = None
 
 
+def _floats(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    return value
+
+
 @functools.lru_cache(maxsize=1)
 def build() -> Path | None:
     """The Go reader, built once per session into a temporary directory; None without `go`."""
@@ -61,8 +74,9 @@ def build() -> Path | None:
     if go is None:
         return None
     out = Path(tempfile.mkdtemp(prefix="guardproxy-go-reader-")) / "go_reader"
+    env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": ""}  # one file, standard library only
     subprocess.run([go, "build", "-o", str(out), str(SOURCE)], check=True, timeout=300,
-                   capture_output=True, cwd=SOURCE.parent)
+                   capture_output=True, cwd=SOURCE.parent, env=env)
     return out
 
 
@@ -88,7 +102,10 @@ class GoReader:
                 line = self.proc.stdout.readline()
                 if not line:
                     raise RuntimeError("the Go reader stopped")
-                out.append(GoReading(**json.loads(line)))
+                fields = json.loads(line)
+                # Go's map[string]any holds float64s, written without an exponent below 1e21.
+                fields["options"] = _floats(fields.get("options"))
+                out.append(GoReading(**fields))
         return out
 
     def read(self, route: str, body: bytes, content_type: str = "", target: str = "/") -> GoReading:

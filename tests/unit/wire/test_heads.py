@@ -124,3 +124,17 @@ def test_h11s_reader_and_its_connection_parse_alike(head: bytes) -> None:
     # The request path uses h11's reader without its Connection; both must give the same head.
     from guardproxy.wire import heads
     assert heads._h11_parse(head) == heads._h11_public(head)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_heads_of_any_bytes_like_type_parse_the_same(kind: type) -> None:
+    # Windows' proactor loop reads into a bytearray; a loop may pass a memoryview.
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-Request-Id: up\r\n"
+           b"Content-Type: application/json\r\n\r\n")
+    rh = parse_response_head(kind(raw), head_request=False, client_keep_alive=True)
+    assert rh == parse_response_head(raw, head_request=False, client_keep_alive=True)
+    assert type(rh.head) is bytes and rh.content_length == 2 and rh.upstream_keep_alive
+    req = b"GET /api/tags HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n"
+    parsed = parse_request_head(kind(req))
+    assert parsed == parse_request_head(req)
+    assert all(type(part) is bytes for h in parsed.headers for part in h)
