@@ -40,6 +40,9 @@ FIELDS = frozenset({
 MAX_DEPTH = 512            # Go allows 10,000; Python's json far fewer
 MAX_TOP_MEMBERS = 1024     # Ollama's request types have about 30 fields
 MAX_READ_VALUE = 4 * 1024 * 1024  # a read field (tools, options) is built: bounded
+# One regular-expression call scans at most this much (about 10 ms): a check running in a worker
+# thread gives the event loop the interpreter back between calls.
+RUN_BYTES = 256 * 1024
 
 # Go's struct-field matching folds case (bytes.EqualFold, and since Go 1.21
 # ToUpper(ToLower(r))): these non-ASCII letters land on ASCII ones.
@@ -101,7 +104,8 @@ def _skip(b: bytes | bytearray, pos: int, depth: int) -> int:
         if not stack:
             return pos
         top = stack[-1]
-        pos = (_OBJ_RUN if top == 0x7B else _ARR_RUN).match(b, pos).end()  # type: ignore[union-attr]
+        run = _OBJ_RUN if top == 0x7B else _ARR_RUN
+        pos = run.match(b, pos, min(n, pos + RUN_BYTES)).end()  # type: ignore[union-attr]
         c = b[pos] if pos < n else -1
         if c == _OPEN[top]:
             stack.pop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
@@ -46,6 +47,11 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
            b"Cache-Control: no-store\r\n")
 _READY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
 _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
+
+# A body larger than this (or content-coded) is checked in a worker thread.  One thread: checks
+# are CPU work under the GIL, and a single worker leaves the event loop its turn every few ms.
+THREADED_CHECK = 256 * 1024
+_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardproxy-body-check")
 
 
 class Exchange:
@@ -239,7 +245,12 @@ class Exchange:
                 self.req = req
                 record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
-            found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
+            if len(body) > THREADED_CHECK or req.get(b"content-encoding") is not None:
+                # Linear, but tens of milliseconds for a big (or decompressed) body: off the loop.
+                found = await asyncio.get_running_loop().run_in_executor(
+                    _CHECKS, check_body, key, route, req, body, needs_model, routed, checks_keep_alive)
+            else:
+                found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
             if found.name is not None:
                 record.model = cut(found.name)
                 self.model = found.name

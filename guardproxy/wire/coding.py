@@ -38,7 +38,19 @@ def decoded_body(body: bytes, coding: bytes | None, *, zstd_allowed: bool) -> by
                                                                                   read_across_frames=True)
     out = bytearray()
     try:
-        while len(out) <= MAX_DECODED:
+        declared = zstandard.frame_content_size(body)
+        if 0 < declared <= MAX_DECODED:
+            # The first frame says its size: decode into exactly that much (no growth, no copies).
+            out = bytearray(declared)
+            with memoryview(out) as view:
+                filled = 0
+                while filled < declared:
+                    got = reader.readinto(view[filled:])
+                    if not got:
+                        break
+                    filled += got
+            del out[filled:]
+        while len(out) <= MAX_DECODED:  # (further frames)
             piece = reader.read(min(1 << 20, MAX_DECODED + 1 - len(out)))
             if not piece:
                 break
