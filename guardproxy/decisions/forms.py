@@ -30,7 +30,7 @@ from ..wire.errors import BadRequest
 
 MAX_PARTS = 64  # a transcription has a file and a few fields
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rb";[ \t]*(" + _TOKEN + rb")=(" + _TOKEN + rb'|"[^"\\\x00-\x1f\x7f-\xff]*")[ \t]*')
+_PARAM = re.compile(rb";[ \t]*(" + _TOKEN + rb")=(" + _TOKEN + rb'|"[^"\\\x00-\x1f\x7f]*")[ \t]*')
 _MEDIA = re.compile(rb"[ \t]*(" + _TOKEN + rb"(?:/" + _TOKEN + rb")?)[ \t]*")
 _HEADER = re.compile(rb"([A-Za-z0-9-]+):[ \t]*([^\r\n]*?)[ \t]*")
 # RFC 2046's boundary characters (without the space it allows inside).
@@ -42,8 +42,11 @@ class BadForm(BadRequest):
     message = "malformed multipart form"
 
 
-def media_params(value: bytes | bytearray, what: str) -> tuple[str, dict[str, str]]:
-    """The lowercased type and the parameters of a Content-Type or Content-Disposition value."""
+def media_params(value: bytes | bytearray, what: str,
+                 extended: frozenset[str] = frozenset()) -> tuple[str, dict[str, str]]:
+    """The lowercased type and the parameters of a Content-Type or Content-Disposition value.
+    A parameter with `*` in its name (RFC 2231, which Go decodes and lets replace the plain one)
+    is refused unless it extends one of `extended`."""
     m = _MEDIA.match(value)
     if m is None:
         raise BadRequest(f"malformed {what}")
@@ -53,8 +56,8 @@ def media_params(value: bytes | bytearray, what: str) -> tuple[str, dict[str, st
         p = _PARAM.match(value, pos)
         if p is None:
             raise BadRequest(f"malformed {what}")
-        name, v = p.group(1).decode("ascii").lower(), p.group(2).decode("ascii")
-        if "*" in name:
+        name, v = p.group(1).decode("ascii").lower(), p.group(2).decode("latin-1")
+        if "*" in name and name.partition("*")[0] not in extended:
             raise BadRequest(f"{what} parameter {name!r} not accepted (RFC 2231 parameters are read differently)")
         if name in params:
             raise BadRequest(f"{what} repeats parameter {name!r}")
@@ -152,9 +155,10 @@ def _part_model(part: bytes | bytearray, dash_boundary: bytes) -> bytes | bytear
             disposition = m.group(2)
     if disposition is None:
         return None
-    kind, params = media_params(disposition, "Content-Disposition")
+    # A file part may carry an RFC 2231 filename (non-ASCII names); never an extended "name".
+    kind, params = media_params(disposition, "Content-Disposition", frozenset({"filename"}))
     if params.get("name") != "model" or kind != "form-data":
         return None
-    if "filename" in params:
+    if any(k.partition("*")[0] == "filename" for k in params):
         raise BadRequest("multipart 'model' part must not carry a filename")
     return content
