@@ -88,7 +88,7 @@ def run(config: Config, loop: str = "auto") -> int:
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
-    from .engine.accesslog import AccessLog
+    from .engine.accesslog import AccessLog, reopen_on_signals
     from .engine.server import GuardServer, ListenError
     logs.apply_level(config.log_level)
     for warning in warnings(config):
@@ -120,11 +120,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
     watch: asyncio.Task[None] | None = None
+    # SIGHUP and SIGUSR1 reopen the access log (log rotation); SIGHUP then reloads the config.
     if config.path is not None:
         from .engine.reload import Reloader
         reloader = Reloader(server, config.path, env_key=env_api_key(os.environ))
-        reloader.install_sighup(loop)
+        reloader.install_sighup(loop, before=access_log.reopen)
+        reopen_on_signals(loop, access_log, ("SIGUSR1",))
         watch = loop.create_task(reloader.watch())
+    else:
+        reopen_on_signals(loop, access_log)
     hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())
     log.info("version %s listening on %s://%s:%s -> %s (%s, %d key%s)", __version__, server.scheme.decode(),
              url_host(config.listen_host), server.port, hosts, loop_name(loop), len(config.keys),

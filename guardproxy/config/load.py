@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -327,12 +328,51 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     rule = r.string(c, "on_redis_error", where, Cluster.on_redis_error)
     if rule not in ON_REDIS_ERROR:
         raise r.fail(where + ("on_redis_error",), "one of " + ", ".join(f'"{v}"' for v in ON_REDIS_ERROR))
-    return Cluster(url, prefix, lease_ttl, op_timeout, rule)
+    sentinels = r.strings(c, "sentinels", where) or ()
+    for i, s in enumerate(sentinels):
+        try:
+            parse_hostport(s)
+        except ValueError as e:
+            raise r.fail(where + ("sentinels", i), f"a Sentinel as HOST:PORT, like \"10.0.0.7:26379\" ({e})") from None
+    master = r.string(c, "sentinel_master", where, Cluster.sentinel_master)
+    if sentinels and not master:
+        raise r.fail(where + ("sentinel_master",), "the name the Sentinels monitor the primary by, like \"mymaster\"")
+    if master and not sentinels:
+        raise r.fail(where + ("sentinels",), "the Sentinels to ask for sentinel_master, like [\"10.0.0.7:26379\"]")
+    base = r.path.parent if r.path is not None else Path(".")
+    files = {}
+    for k in ("tls_ca", "tls_cert", "tls_key"):
+        name = r.string(c, k, where, "")
+        if name:
+            f = Path(name) if Path(name).is_absolute() else base / name
+            if not f.is_file():
+                raise r.fail(where + (k,), f"a readable PEM file; {str(f)!r} does not exist")
+            name = str(f)
+        files[k] = name
+    if bool(files["tls_cert"]) != bool(files["tls_key"]):
+        raise r.fail(where + ("tls_key" if files["tls_cert"] else "tls_cert",),
+                     "tls_cert and tls_key together (a client certificate and its key)")
+    server_name = r.string(c, "tls_server_name", where, "")
+    tls_set = [k for k, v in (*files.items(), ("tls_server_name", server_name)) if v]
+    if tls_set and url and not url.startswith("rediss://"):
+        raise r.fail(where + (tls_set[0],), "set only with a rediss:// URL in [cluster] redis (it applies to TLS)")
+    return Cluster(url, prefix, lease_ttl, op_timeout, rule, sentinels, master, files["tls_ca"], files["tls_cert"],
+                   files["tls_key"], server_name)
 
 
 def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
     """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else
     [cluster] redis."""
+    cluster = config.cluster
+    assert cluster is not None
+    return replace(_url_address(config, environ),
+                   sentinels=tuple(parse_hostport(s) for s in cluster.sentinels),
+                   sentinel_master=cluster.sentinel_master, tls_ca=cluster.tls_ca or None,
+                   tls_cert=cluster.tls_cert or None, tls_key=cluster.tls_key or None,
+                   tls_server_name=cluster.tls_server_name or None)
+
+
+def _url_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
     assert config.cluster is not None
     from_env = environ.get(ENV_URL)
     if from_env:
@@ -342,6 +382,8 @@ def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
             raise ConfigError(f"{ENV_URL} (environment variable): expected {_REDIS_URL} ({e})") from None
     r, where = Reader(config.path, ""), ("cluster", "redis")
     if not config.cluster.redis:
+        if config.cluster.sentinels:   # the Sentinels say where; a URL would only add a password or a db
+            return RedisAddress()
         raise r.fail(where, f"{_REDIS_URL} (or the {ENV_URL} environment variable)")
     try:
         return RedisAddress.from_url(config.cluster.redis)

@@ -120,6 +120,7 @@ class Timeouts:
     body_total: float = 60.0   # a whole request body, blob uploads aside (then 408)
     write: float = 60.0        # a client that stops reading a response (then dropped)
     first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
+    upstream_idle: float = 60.0  # a pooled upstream connection unused this long is closed
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,12 @@ class Cluster:
     lease_ttl: float = 15.0           # a slot of an instance that died is free again after this
     op_timeout: float = 0.05          # a Redis call on the request path waits at most this
     on_redis_error: str = "local"     # "local": per instance, limits divided; "open": none; "closed": 503
+    sentinels: tuple[str, ...] = ()  # "host:port" of Redis Sentinels; the primary is asked of them at each connect
+    sentinel_master: str = ""         # the name the Sentinels monitor the primary by (with `sentinels`)
+    tls_ca: str = ""                  # rediss://: PEM file of the CA(s) to trust instead of the system's
+    tls_cert: str = ""                # rediss://: PEM client certificate (with tls_key), for servers that ask
+    tls_key: str = ""                 # rediss://: PEM private key of tls_cert
+    tls_server_name: str = ""         # rediss://: the name the server's certificate must carry (default: its host)
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,25 @@
 in as a request goes, and the `usage` report reads lines back through it.
 Lines are gathered during one event-loop turn and written together, so a
 busy proxy makes one write call per turn instead of one per request.
+
+For log rotation (logrotate's default renames the file) SIGHUP and SIGUSR1
+reopen the file by its name, as nginx does on SIGUSR1; a write that fails
+(a full disk) loses its lines but is counted (`write_errors`, in /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import IO, Any
+
+log = logging.getLogger("guardproxy")
+REOPEN_SIGNALS = ("SIGHUP", "SIGUSR1")  # (neither exists on Windows: there the log is never reopened)
 
 # Optional fields appear in a line only when they have a value.
 _OPTIONAL = ("error", "model", "alias", "prompt_tokens", "completion_tokens", "upstream", "clamped")
@@ -116,6 +125,7 @@ class LogRecord:
 class AccessLog:
     def __init__(self, target: str) -> None:
         self.enabled = target != ""
+        self.target = target
         self._own = False
         self._stream: IO[str] | None = None
         if target == "-":
@@ -124,6 +134,26 @@ class AccessLog:
             self._stream = open(target, "a", encoding="utf-8")
             self._own = True
         self._pending: list[str] = []
+        self.write_errors = 0  # writes that failed, their lines lost
+
+    def reopen(self) -> bool:
+        """Open the file by its name again (after a rotation renamed it); False, and the old file
+        kept, when it cannot be opened."""
+        if not self._own or self._stream is None:
+            return False
+        self.flush()  # what was gathered belongs to the old file
+        try:
+            fresh = open(self.target, "a", encoding="utf-8")
+        except OSError as e:
+            log.warning("access log %s: cannot reopen (%s): still writing to the old file", self.target,
+                        e.strerror or e)
+            return False
+        old, self._stream = self._stream, fresh
+        try:
+            old.close()
+        except OSError:
+            self.write_errors += 1
+        return True
 
     def record(self, rec: LogRecord) -> None:
         if self._stream is None:
@@ -146,10 +176,30 @@ class AccessLog:
             self._stream.write("".join(lines))
             self._stream.flush()
         except (OSError, ValueError):
-            pass  # a full disk or closed stdout must not take the proxy down
+            self.write_errors += 1  # a full disk or closed stdout must not take the proxy down
 
     def close(self) -> None:
         self.flush()
         if self._own and self._stream is not None:
-            self._stream.close()
+            try:
+                self._stream.close()  # (it flushes what a failed write left in its buffer)
+            except OSError:
+                self.write_errors += 1
         self._stream = None
+
+
+def reopen_on_signals(loop: asyncio.AbstractEventLoop, access_log: AccessLog,
+                      names: tuple[str, ...] = REOPEN_SIGNALS) -> list[str]:
+    """These signals reopen the access log; the ones it could handle (none on Windows, where
+    neither signal exists and the loop has no signal handlers)."""
+    installed = []
+    for name in names:
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            loop.add_signal_handler(sig, access_log.reopen)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(name)
+    return installed

@@ -53,11 +53,11 @@ class Member:
 
     __slots__ = ("name", "settings", "host", "pool", "authority", "tags_at", "ps_at", "tags_due", "refreshing")
 
-    def __init__(self, settings: UpstreamHost, connect_timeout: float) -> None:
+    def __init__(self, settings: UpstreamHost, connect_timeout: float, idle_timeout: float = 60.0) -> None:
         self.name = settings.name
         self.settings = settings
         self.host = Host(settings.name, settings.max_concurrent or UNCAPPED, settings.weight, settings.models)
-        self.pool = UpstreamPool(settings.address, connect_timeout=connect_timeout)
+        self.pool = UpstreamPool(settings.address, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
         self.authority = self.pool.authority
         self.tags_at = NEVER   # clock time of the last /api/tags taken, and of the last /api/ps
         self.ps_at = NEVER
@@ -99,12 +99,13 @@ class HostSet:
         for settings in config.hosts():
             m = old.get(settings.name)
             if m is None or m.settings.address != settings.address:
-                m = Member(settings, config.timeouts.connect)
+                m = Member(settings, config.timeouts.connect, config.timeouts.upstream_idle)
             else:
                 if m.host.configure(settings.max_concurrent or UNCAPPED, settings.weight, settings.models):
                     m.tags_due = True
                 m.settings = settings
                 m.pool.connect_timeout = config.timeouts.connect
+                m.pool.idle_timeout = config.timeouts.upstream_idle
             members[settings.name] = m
         for name, m in old.items():
             if members.get(name) is not m:

@@ -70,6 +70,7 @@ class Gauges:
     upstreams: tuple[UpstreamState, ...]
     state_errors: int = 0      # [cluster]: Redis calls that failed or timed out
     state_fallbacks: int = 0   # [cluster]: requests decided by on_redis_error instead of Redis
+    access_log_errors: int = 0  # access-log writes that failed (their lines are lost)
 
 
 class Metrics:
@@ -199,6 +200,9 @@ class Metrics:
         _family(w, "guardproxy_shared_state_fallbacks_total", "counter",
                 "Requests decided by [cluster] on_redis_error because Redis could not be asked.")
         w(f"guardproxy_shared_state_fallbacks_total {gauges.state_fallbacks}\n")
+        _family(w, "guardproxy_access_log_write_errors_total", "counter",
+                "Access-log writes that failed (a full disk, say); their lines are lost.")
+        w(f"guardproxy_access_log_write_errors_total {gauges.access_log_errors}\n")
         return "".join(out).encode("utf-8")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 from ..config.load import load_config
 from ..config.model import ConfigError
@@ -75,12 +76,18 @@ class Reloader:
                 if _signature(self.path) == before:
                     self.reload("file changed")
 
-    def install_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def install_sighup(self, loop: asyncio.AbstractEventLoop, before: Callable[[], object] | None = None) -> bool:
+        """SIGHUP reloads the config, after `before` (the access log's reopen, for log rotation)."""
         sighup = getattr(signal, "SIGHUP", None)
         if sighup is None:
             return False
         try:
-            loop.add_signal_handler(sighup, self.reload, "SIGHUP")
+            loop.add_signal_handler(sighup, self._on_sighup, before)
         except (NotImplementedError, RuntimeError):
             return False
         return True
+
+    def _on_sighup(self, before: Callable[[], object] | None) -> None:
+        if before is not None:
+            before()
+        self.reload("SIGHUP")

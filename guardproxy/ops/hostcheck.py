@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from . import listening
 from ..config.model import DEFAULT_UPSTREAM, Upstream, UpstreamHost
 from ..config.values import is_loopback_host, parse_upstream
+from ..decisions.listing_reader import read_listing
 from .finding import FAIL, INFO, OK, WARN, Finding
 
 
@@ -77,9 +78,9 @@ def check_models(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
         status, body = http_get(upstream, "/api/tags", 8 << 20, timeout)
     except (OSError, http.client.HTTPException):
         return []
-    try:
-        names = [str(m.get("name") or m.get("model")) for m in json.loads(body)["models"]] if status == 200 else None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    try:  # (a host's list is untrusted input: read within bounds, see decisions/listing_reader.py)
+        names = [str(m.get("name") or m.get("model")) for m in read_listing(body)] if status == 200 else None
+    except ValueError:
         names = None
     if names is None:
         return [Finding(WARN, f"http://{upstream.authority}/api/tags answered {status} without a model list")]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
+import re
 import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, TextIO
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from ..config.load import load_config
 from ..config.model import ConfigError
@@ -71,6 +74,46 @@ def read_log(stream: TextIO) -> Iterable[str]:
             yield line
 
 
+def rotated(log: str, *, since: float | None, now: float | None = None) -> list[Path]:
+    """The rotated copies of `log` beside it, oldest first: logrotate's access.log.1, access.log.2.gz, ...
+    and with `dateext` access.log-20261205(.gz).  A copy last written before the report's window is left out."""
+    path = Path(log)
+    pattern = re.compile(re.escape(path.name) + r"(?:\.(\d+)|-(\d{8,10}))(?:\.gz)?")
+    now = time.time() if now is None else now
+    found: list[tuple[int, str, Path]] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m is None:
+            continue
+        try:
+            if since is not None and p.stat().st_mtime < now - since:
+                continue
+        except OSError:
+            continue
+        # Numbered copies: a higher number is older; dated ones: an earlier date is.
+        found.append((-int(m.group(1)), "", p) if m.group(1) else (0, m.group(2), p))
+    found.sort(key=lambda t: (t[1] == "", t[1], t[0]))
+    return [p for _, _, p in found]
+
+
+def read_logs(paths: Iterable[Path]) -> Iterator[str]:
+    """The lines of each file in turn (.gz ones decompressed); ConfigError naming a file that cannot be read."""
+    for p in paths:
+        try:
+            if p.suffix == ".gz":
+                with gzip.open(p, "rt", encoding="utf-8", errors="replace") as f:
+                    yield from read_log(f)
+            else:
+                with open(p, encoding="utf-8", errors="replace") as f:
+                    yield from read_log(f)
+        except (OSError, EOFError) as e:
+            raise ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+
+
 def add_parser(sub: Any) -> None:
     us = sub.add_parser("usage", help="summarise the access log: requests, tokens, errors, probing addresses")
     us.add_argument("--config", metavar="FILE", help="config whose log.access file to read")
@@ -97,11 +140,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if log in ("", "-"):
             raise ConfigError(f"{path}: log.access: expected a file path to read the access log from "
                               f"(or pass --log FILE)")
-    try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            sys.stdout.write(summarise(read_log(f), since=since, by=args.by))
-    except OSError as e:
-        raise ConfigError(f"{log}: cannot read: {e.strerror}") from None
+    older = rotated(log, since=since)   # a rotation must not cut the report short
+    sys.stdout.write(summarise(read_logs(older + [Path(log)]), since=since, by=args.by))
+    if older:
+        sys.stdout.write(f"(with {len(older)} rotated file{'s' if len(older) != 1 else ''}: "
+                         f"{', '.join(p.name for p in older)})\n")
     budgets = budget_report(config, environ) if config is not None else ""
     if budgets:
         sys.stdout.write("\n" + budgets)
