@@ -75,6 +75,8 @@ def build() -> Path | None:
         return None
     out = Path(tempfile.mkdtemp(prefix="guardproxy-go-reader-")) / "go_reader"
     env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": ""}  # one file, standard library only
+    if not (env.get("GOCACHE") or env.get("XDG_CACHE_HOME") or env.get("HOME")):
+        env["GOCACHE"] = str(out.parent / "cache")  # (go refuses to build without a cache directory)
     subprocess.run([go, "build", "-o", str(out), str(SOURCE)], check=True, timeout=300,
                    capture_output=True, cwd=SOURCE.parent, env=env)
     return out
