@@ -12,7 +12,7 @@
    at once (repeated for a few seconds).
 3. 3,000 connections to the TLS listener that never send a ClientHello, with
    caps of 5 per address and 20 in all: the proxy's open descriptors and RSS.
-3. A hostile host whose /api/ps is 7 MB (110,000 entries, under the 8 MiB cap),
+4. A hostile host whose /api/ps is 7 MB (110,000 entries, under the 8 MiB cap),
    checked every second (health_interval = 1s): /health p50/p99/max over 8 s
    (one request planned every 5 ms, each timed from its planned start) and the
    proxy's CPU meanwhile; the same with an honest host first, as the baseline.
@@ -368,6 +368,20 @@ def _chunks(root: Path, work: Path, small: bool) -> Rows:
     return rows
 
 
+def _zstd(root: Path, work: Path, small: bool) -> Rows:
+    rows: Rows = []
+    for label, nested in (("zstd 1.8 KB -> 20 MiB of members, key with models", False),
+                          ("zstd 1.8 KB -> 20 MiB of members in one nested object", True)):
+        upstream, upstream_done = sink_upstream()
+        proc, port = start_proxy(root, work, '\nmodels = ["llama3.2"]\n', upstream)
+        try:
+            rows.append((label, asyncio.run(zstd_bodies(port, proc.pid, nested, 1.0 if small else 5.0))))
+        finally:
+            stop(proc)
+            upstream_done.set()
+    return rows
+
+
 def _listing(root: Path, work: Path, small: bool) -> Rows:
     rows: Rows = []
     # The same with an honest host (3 loaded models) first: the baseline of this machine as it is now.
@@ -398,63 +412,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout whose guardproxy is measured")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-<<<<<<< HEAD
-    p.add_argument("--only", choices=("chunks", "zstd", "tls"), help="one measurement only")
-=======
-    p.add_argument("--only", choices=("chunks", "listing", "tls"), help="one measurement alone")
->>>>>>> main
+    p.add_argument("--only", choices=("chunks", "zstd", "listing", "tls"), help="one measurement alone")
     args = p.parse_args()
     rows: Rows = []
     small = args.quick
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-<<<<<<< HEAD
-        models_key = '\nmodels = ["llama3.2"]\n'
-        for label, extra, size in (("16 MiB in 1-byte chunks, key with models", models_key, 16 << 20),
-                                   ("2 MiB in 1-byte chunks, ordinary key", "", 2 << 20)):
-            if args.only not in (None, "chunks"):
-                break
-            if small:
-                size //= 64
-            upstream, upstream_done = sink_upstream()
-            proc, port = start_proxy(args.root, work, extra, upstream)
-            try:
-                rows.append((label, asyncio.run(tiny_chunks(port, proc.pid, size))))
-            finally:
-                stop(proc)
-                upstream_done.set()
-        for label, nested in (("zstd 1.8 KB -> 20 MiB of members, key with models", False),
-                              ("zstd 1.8 KB -> 20 MiB of members in one nested object", True)):
-            if args.only not in (None, "zstd"):
-                break
-            upstream, upstream_done = sink_upstream()
-            proc, port = start_proxy(args.root, work, models_key, upstream)
-            try:
-                rows.append((label, asyncio.run(zstd_bodies(port, proc.pid, nested, 1.0 if small else 5.0))))
-            finally:
-                stop(proc)
-                upstream_done.set()
-        if args.only not in (None, "tls"):
-            return _print(rows)
-        caps = "\n[server]\nmax_connections = 20\nmax_connections_per_ip = 5\n"
-        proc, port = start_proxy(args.root, work, caps.replace("[server]", tls_files(work) + "\n[server]"))
-        try:
-            rows.append(("idle TLS handshakes, caps 5/address and 20", asyncio.run(
-                idle_handshakes(port, proc.pid, 300 if small else 3000))))
-        finally:
-            stop(proc)
-    return _print(rows)
-
-
-def _print(rows: list[tuple[str, dict[str, float | str]]]) -> int:
-=======
         if args.only in (None, "chunks"):
             rows += _chunks(args.root, work, small)
+        if args.only in (None, "zstd"):
+            rows += _zstd(args.root, work, small)
         if args.only in (None, "listing"):
             rows += _listing(args.root, work, small)
         if args.only in (None, "tls"):
             rows += _tls(args.root, work, small)
->>>>>>> main
     for label, row in rows:
         print(f"{label}:")
         for k, v in row.items():
