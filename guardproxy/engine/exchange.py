@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
@@ -52,6 +53,15 @@ _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 # are CPU work under the GIL, and a single worker leaves the event loop its turn every few ms.
 THREADED_CHECK = 256 * 1024
 _CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardproxy-body-check")
+_T = TypeVar("_T")
+
+
+async def _body_work(body: bytes, req: RequestHead, work: Callable[..., _T], *args: Any) -> _T:
+    """work(*args): linear in the body, but tens of milliseconds for a big (or decompressed) one,
+    which then runs off the loop, in the body-check thread."""
+    if len(body) > THREADED_CHECK or req.get(b"content-encoding") is not None:
+        return await asyncio.get_running_loop().run_in_executor(_CHECKS, work, *args)
+    return work(*args)
 
 
 class Exchange:
@@ -238,19 +248,15 @@ class Exchange:
         if req.chunked:
             self.req = req.with_length(len(body))
         if edits:
-            edited = body_edits.edit_body(key, route, req, body, alias_table)
+            edited = await _body_work(body, req, body_edits.edit_body, key, route, req, body, alias_table)
             if edited.body is not None:  # forwarded re-encoded, in identity coding
                 body = edited.body
                 req = (self.req or req).without(b"content-encoding").with_length(len(body))
                 self.req = req
                 record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
-            if len(body) > THREADED_CHECK or req.get(b"content-encoding") is not None:
-                # Linear, but tens of milliseconds for a big (or decompressed) body: off the loop.
-                found = await asyncio.get_running_loop().run_in_executor(
-                    _CHECKS, check_body, key, route, req, body, needs_model, routed, checks_keep_alive)
-            else:
-                found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
+            found = await _body_work(body, req, check_body, key, route, req, body, needs_model, routed,
+                                     checks_keep_alive)
             if found.name is not None:
                 record.model = cut(found.name)
                 self.model = found.name
