@@ -15,6 +15,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import zstandard
@@ -387,21 +388,32 @@ def random_json_case(rng: random.Random) -> Case:
 
 
 def random_form_case(rng: random.Random) -> Case:
-    boundary = rng.choice(["B", "b0und", "----x", "a b", "GATE"])
+    """A form, usually well made, with one or two of the slips Go reads its own way."""
+    boundary = rng.choice(["B", "b0und", "----x", "a b", "GATE", "x=y"])
     b = boundary.encode()
-    nl = [rng.choice([b"\r\n", b"\r\n", b"\r\n", b"\n"]) for _ in range(4)]
+
+    def pick(usual: Any, *odd: Any, p: float = 0.08) -> Any:
+        return rng.choice(odd) if rng.random() < p else usual
+
+    nl = [pick(b"\r\n", b"\n", b"\r") for _ in range(4)]
+    names = ["file", "model"] if rng.random() < 0.9 else rng.choice([["model", "model"], ["Model"], ["file"]])
+    rng.shuffle(names)
     parts = []
-    for _ in range(rng.randint(0, 3)):
-        name = rng.choice(["model", "Model", "file", "language", "model"])
-        extra = rng.choice(["", "", '; filename="a.wav"', '; filename=""', "; name*=UTF-8''model"])
+    for name in names:
+        extra = '; filename="a.wav"' if name == "file" else pick("", '; filename=""', "; name*=UTF-8''model",
+                                                                 "; filename*=UTF-8''a")
         headers = [f'Content-Disposition: form-data; name="{name}"{extra}'.encode()]
-        value = rng.choice([b"llama3.2", b"qwen3:480b-cloud", b"", b"--" + b, b"a\nb"])
+        if rng.random() < 0.05:
+            headers.append(b"Content-Transfer-Encoding: quoted-printable")
+        value = b"RIFF\x00\r\n-" if name == "file" else pick(
+            rng.choice([b"llama3.2", b"qwen3:480b-cloud", b" llama3.2"]), b"", b"--" + b, b"a\nb", b"\xff")
         parts.append(b"--" + b + nl[0] + nl[1].join(headers) + nl[1] + nl[2] + value + nl[3])
-    body = rng.choice([b"", b"", b"x\r\n"]) + b"".join(parts) + b"--" + b + b"--" + rng.choice([b"", b"\r\n", b"\r\nx"])
-    params = rng.choice([f"; boundary={boundary}", f'; boundary="{boundary}"', f"; boundary={boundary}; boundary*0=X",
-                         f"; boundary={boundary}; charset=utf-8"])
-    target = rng.choice(["/v1/audio/transcriptions", "/v1/audio/transcriptions?model=llama3.2",
-                         "/v1/audio/transcriptions?model=x%3Acloud"])
+    body = pick(b"", b"x\r\n") + b"".join(parts) + b"--" + b + b"--" + pick(b"\r\n", b"", b"\r\nx", p=0.3)
+    quoted = f'"{boundary}"' if " " in boundary or "=" in boundary or rng.random() < 0.3 else boundary
+    params = pick(f"; boundary={quoted}", f"; boundary={quoted}; boundary*0=X", f"; boundary={quoted}; charset=utf-8",
+                  f"; Boundary={quoted}", f"; boundary={quoted}; boundary=Z", p=0.2)
+    target = pick("/v1/audio/transcriptions", "/v1/audio/transcriptions?model=llama3.2",
+                  "/v1/audio/transcriptions?model=x%3Acloud", p=0.2)
     return Case("transcriptions", body, content_type="multipart/form-data" + params, target=target)
 
 

@@ -14,6 +14,7 @@ types; `ok` is False when Ollama would refuse the body itself.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -74,6 +75,7 @@ def build() -> Path | None:
     if go is None:
         return None
     out = Path(tempfile.mkdtemp(prefix="guardproxy-go-reader-")) / "go_reader"
+    atexit.register(shutil.rmtree, out.parent, True)
     env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": ""}  # one file, standard library only
     if not (env.get("GOCACHE") or env.get("XDG_CACHE_HOME") or env.get("HOME")):
         env["GOCACHE"] = str(out.parent / "cache")  # (go refuses to build without a cache directory)
