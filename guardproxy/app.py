@@ -102,6 +102,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     too_few = check_open_files(config.server.max_connections)
     if too_few:
         log.warning("%s", too_few)
+    from .engine.allocator import keep_freed_memory
+    keep_freed_memory()
     server = GuardServer(config, access_log=access_log)
     try:
         await server.start()
