@@ -46,6 +46,13 @@ _TLS_FIELDS = {"cert", "key"}
 _CLUSTER_FIELDS = {f for f in Cluster.__dataclass_fields__}
 
 
+def beside(config: Path, value: str | Path) -> Path:
+    """A path the config names: a relative one is next to the config file, wherever the command runs
+    (the one rule for log.access, the TLS files and the state file)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else config.absolute().parent / p
+
+
 def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                  env_key: str | None = None) -> Config:
     r = Reader(path, text)
@@ -55,6 +62,12 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         lhost, lport = parse_hostport(listen)
     except ValueError as e:
         raise r.fail(("listen",), str(e)) from None
+    if isinstance(data.get("upstream"), (list, dict)):  # [[upstream]] or [upstream]: a table, not the string
+        several = isinstance(data["upstream"], list)
+        raise ConfigError(f"{r.location(('upstream', 0) if several else ('upstream',))}: "
+                          f"{'[[upstream]]' if several else '[upstream]'}: did you mean [[upstreams]]? "
+                          f"Several hosts are [[upstreams]] blocks (with an s); one host is "
+                          f"upstream = \"http://HOST:11434\" at the top of the file")
     up = r.string(data, "upstream", (), DEFAULT_UPSTREAM)
     try:
         upstream = parse_upstream(up)
@@ -100,6 +113,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
     access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
+    if access not in ("", "-") and path is not None:
+        access = str(beside(path, access))
     level = r.string(log, "level", ("log",), Config.log_level).strip().lower()
     if level not in LOG_LEVELS:
         raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
@@ -124,11 +139,10 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         tt = r.table(data["tls"], ("tls",), _TLS_FIELDS)
         if set(tt) != _TLS_FIELDS:
             raise r.fail(("tls",), "both cert = \"<fullchain.pem>\" and key = \"<privkey.pem>\"")
-        base = path.parent if path is not None else Path(".")
         files = {}
         for k in ("cert", "key"):
             f = Path(r.string(tt, k, ("tls",)))
-            files[k] = f if f.is_absolute() else base / f
+            files[k] = f if path is None else beside(path, f)
             if not files[k].is_file():
                 raise r.fail(("tls", k), f"a readable PEM file; {str(files[k])!r} does not exist")
         tls = Tls(files["cert"], files["key"])

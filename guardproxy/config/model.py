@@ -27,6 +27,11 @@ class ConfigError(Exception):
     """A config mistake, already phrased as the one line a user should see."""
 
 
+class CommandError(ConfigError):
+    """A command that cannot do what it was asked though the config is fine (rotating a revoked key, a name
+    already taken, a bad option value): one line, said without "config error" (cli.py)."""
+
+
 @dataclass(frozen=True)
 class Rate:
     """A request rate such as "30/min": `count` requests per `per` seconds."""
@@ -136,8 +141,8 @@ class ServerLimits:
 
 @dataclass(frozen=True)
 class Tls:
-    cert: Path   # PEM certificate chain (fullchain.pem)
-    key: Path    # PEM private key
+    cert: Path   # PEM certificate chain (fullchain.pem); a relative path is next to the config file
+    key: Path    # PEM private key; a relative path is next to the config file
 
 
 def url_host(host: str) -> str:
@@ -212,7 +217,7 @@ class Config:
     listen_port: int
     upstream: Upstream  # the Ollama to forward to (or [[upstreams]] for several)
     keys: tuple[KeyEntry, ...]
-    access_log: str = DEFAULT_ACCESS_LOG  # JSON access-log lines: a file path, "-" for stdout, "" for none
+    access_log: str = DEFAULT_ACCESS_LOG  # JSON access-log lines: a file path (relative: next to the config file), "-" for stdout, "" for none
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None

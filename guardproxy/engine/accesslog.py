@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ log = logging.getLogger("guardproxy")
 REOPEN_SIGNALS = ("SIGHUP", "SIGUSR1")  # (neither exists on Windows: there the log is never reopened)
 
 # Optional fields appear in a line only when they have a value.
-_OPTIONAL = ("error", "model", "alias", "prompt_tokens", "completion_tokens", "upstream", "clamped")
+_OPTIONAL = ("key_state", "error", "model", "alias", "prompt_tokens", "completion_tokens", "upstream", "clamped")
 _utc_second = -1   # the last second formatted: one strftime per second, not per line
 _utc_text = ""
 
@@ -67,6 +68,7 @@ class LogRecord:
     upstream: str | None = None  # the name of the host that answered (the last one tried)
     alias: str | None = None   # the model name asked for when it was an [aliases] name ("model" is its target)
     clamped: list[str] | None = None  # body fields the key's limits lowered or set (as X-Guardproxy-Clamped)
+    key_state: str | None = None  # a refused key that is configured: "revoked", "expired" or "rotated" (its old value)
     at: float = 0.0          # the wall clock at `time`: formatted only if the line is written
 
     @classmethod
@@ -103,8 +105,8 @@ class LogRecord:
         if not isinstance(data, dict):
             return None
         rec = cls("", "-")
-        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id", "upstream",
-                     "alias"):
+        for name in ("time", "client", "method", "path", "outcome", "key", "key_state", "error", "model", "request_id",
+                     "upstream", "alias"):
             value = data.get(name)
             if value is not None:
                 setattr(rec, name, value if isinstance(value, str) else str(value))
@@ -120,6 +122,28 @@ class LogRecord:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(rec, name, float(value))
         return rec
+
+
+def access_log_problem(target: str) -> str | None:
+    """Why `run` could not open this [log] access target for appending, or None (stdout and off always work).
+
+    Looked at without creating anything, so `doctor` can ask it too (as root it must not
+    leave behind a log file the service's own user cannot write)."""
+    if target in ("", "-"):
+        return None
+    path = os.path.abspath(target)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"cannot open {target!r}: it is a folder"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return f"cannot open {target!r}: permission denied"
+        return None
+    if not os.path.isdir(folder):
+        return f"cannot open {target!r}: its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot open {target!r}: permission denied to create it in {folder}"
+    return None
 
 
 class AccessLog:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
@@ -48,6 +50,20 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
            b"Cache-Control: no-store\r\n")
 _READY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
 _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
+
+# A body larger than this (or content-coded) is checked in a worker thread.  One thread: checks
+# are CPU work under the GIL, and a single worker leaves the event loop its turn every few ms.
+THREADED_CHECK = 256 * 1024
+_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardproxy-body-check")
+_T = TypeVar("_T")
+
+
+async def _body_work(body: bytes, req: RequestHead, work: Callable[..., _T], *args: Any) -> _T:
+    """work(*args): linear in the body, but tens of milliseconds for a big (or decompressed) one,
+    which then runs off the loop, in the body-check thread."""
+    if len(body) > THREADED_CHECK or req.get(b"content-encoding") is not None:
+        return await asyncio.get_running_loop().run_in_executor(_CHECKS, work, *args)
+    return work(*args)
 
 
 class Exchange:
@@ -135,7 +151,8 @@ class Exchange:
             state.before_auth(client, now)
             try:
                 key = server.keys.identify(req)
-            except Unauthorized:
+            except Unauthorized as refused:
+                record.key, record.key_state = refused.key_name, refused.key_state
                 await state.auth_failed(client, now)
                 raise
             record.key = key.name
@@ -236,14 +253,15 @@ class Exchange:
         if req.chunked:
             self.req = req.with_length(len(body))
         if edits:
-            edited = body_edits.edit_body(key, route, req, body, alias_table)
+            edited = await _body_work(body, req, body_edits.edit_body, key, route, req, body, alias_table)
             if edited.body is not None:  # forwarded re-encoded, in identity coding
                 body = edited.body
                 req = (self.req or req).without(b"content-encoding").with_length(len(body))
                 self.req = req
                 record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
-            found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
+            found = await _body_work(body, req, check_body, key, route, req, body, needs_model, routed,
+                                     checks_keep_alive)
             if found.name is not None:
                 record.model = cut(found.name)
                 self.model = found.name

@@ -208,6 +208,7 @@ class HealthChecker:
         except (GuardError, OSError, ValueError, AttributeError):
             ok = False
         if host.health_check(ok, refused=refused):
+            hosts.went(member, "connection refused" if refused else "its health checks failed")
             hosts.snapshot_changed()
             if host.up:
                 if not with_tags:

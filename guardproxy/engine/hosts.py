@@ -26,6 +26,7 @@ from ..decisions.hostqueue import TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
 from ..wire.errors import BadRequest, ServiceUnavailable
+from . import logs
 from .pool import UpstreamPool
 from .slots import wait_granted
 
@@ -258,7 +259,18 @@ class HostSet:
         if host.failed(failure, status, now=self.clock(), sent_at=sent_at) and self.waiting.queued:
             asyncio.get_running_loop().call_later(host.backoff, self.wake)
         if host.up != was_up:
+            self.went(member, "a request's connection was refused")
             self.snapshot_changed()
+
+    def went(self, member: Member, why: str = "") -> None:
+        """Say once that `member` has just gone down or come back up (as Redis is said to go and come back)."""
+        up, total = self.up_count(), len(self.members)
+        where = f"upstream \"{member.name}\" (http://{member.settings.address.authority})"
+        if member.host.up:
+            logs.log.info("%s is up again (%d of %d host%s up)", where, up, total, "s" if total != 1 else "")
+        else:
+            logs.log.warning("%s is down%s (%d of %d host%s up)", where, f": {why}" if why else "", up, total,
+                             "s" if total != 1 else "")
 
     def answered(self, member: Member, status: int, sent_at: float) -> None:
         """A response head came from `member` and went to the client."""

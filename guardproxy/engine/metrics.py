@@ -26,6 +26,7 @@ from typing import Callable
 from .. import __version__
 from ..decisions.routes import Route
 from ..wire.errors import GuardError
+from ..wire.printable import printable
 from .accesslog import LogRecord
 from .listed_models import OTHER, listed_name
 
@@ -224,7 +225,10 @@ def _histogram(w: Callable[[str], object], name: str, text: str, by_route: dict[
 
 
 def _escape(value: str) -> str:
-    """A label value as the text format writes it (key names and model names may hold anything)."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A label value as the text format writes it.  Key names and model names may hold anything: control
+    characters are first written as visible escapes (wire/printable.py), so that no scraper, dashboard or
+    `top` ever prints an ESC or a BEL it read here; then the format's own escaping of \\ and \"."""
+    value = printable(value)
+    if "\\" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
     return value

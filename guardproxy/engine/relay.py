@@ -31,6 +31,7 @@ _TAIL_READS = 4  # past this many kept reads they are joined, and cut to the bud
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
+_BIG_REST = 65536  # body bytes behind a response head from which they are viewed, not copied
 MAX_INTERIM = 10  # interim heads before a final one (102s: in one read); more is a 502
 HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
 NO_HOLD: frozenset[int] = frozenset()  # no status is held back (begin's `hold`)
@@ -275,7 +276,7 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         elif self.transport is not None:
             self.transport.abort()  # bytes with no request outstanding: out of sync
 
-    def _keep(self, data: bytes) -> None:
+    def _keep(self, data: bytes | memoryview) -> None:
         """Keep the end of the body for token counts, whatever the size of the reads."""
         if self._head_room:  # (the first few KiB of a body: a copy, once)
             piece = data[:self._head_room]
@@ -286,12 +287,12 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         if len(data) >= budget:
             # Of a large read only its end is copied, so big buffers are freed
             # (and their pages reused) at once; it replaces every earlier read.
-            kept[:] = [data[-budget:]]
+            kept[:] = [bytes(data[-budget:])]  # (bytes of a view: the read's buffer is not pinned)
             return
         # A token read is kept by reference, and only every few reads are they
         # joined and cut to the budget: no sizes summed per read, and at most
         # _TAIL_READS small reads (each under the budget) held.
-        kept.append(data)
+        kept.append(cast(bytes, data))  # (a view is never this small: _BIG_REST)
         if len(kept) > _TAIL_READS:
             kept[:] = [b"".join(kept)[-budget:]]
 
@@ -337,7 +338,6 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             except GuardError as err:
                 self.fail(err)
                 return
-            rest = buf[idx + 4:]
             if rh.status >= 200:
                 break
             if rh.status == 101:
@@ -349,10 +349,13 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             if self._interim > MAX_INTERIM or burst > MAX_INTERIM:
                 self.fail(BadUpstreamHead("upstream sent too many interim responses"))
                 return
-            if not rest:
+            buf = buf[idx + 4:]
+            if not buf:
                 return
-            buf = rest
         self.last_read = self.loop.time()  # from here on the read timeout counts
+        # A bulk body's first read (up to 256 KiB behind the head) is viewed, not copied:
+        # the framings that never search their input take it as it is (_BIG_REST).
+        rest = buf[idx + 4:] if len(buf) - idx - 4 < _BIG_REST else memoryview(buf)[idx + 4:]
         self.status = rh.status
         if self._hold and rh.status in self._hold:
             held = self.held = Collector(HELD_LIMIT, UpstreamGone("upstream error response too large"))
@@ -370,6 +373,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             framing = LengthFraming(rh.content_length)
         else:
             framing = CloseFraming()
+        if type(rest) is memoryview and type(framing) is ChunkedFraming:
+            rest = bytes(rest)  # the chunked framing searches its input
         self._framing = framing
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
@@ -377,7 +382,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         end = 0
         if rest and not framing.done:
             try:
-                end = framing.feed(rest)
+                # (a view reaches only the framings that count its length: see above)
+                end = framing.feed(cast(bytes, rest))
             except FramingError:
                 # Nothing has gone to the client yet: it can still get a 502.
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
@@ -386,7 +392,11 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         if self._tail_budget and rest:
             self._keep(rest[:end] if end >= 0 else rest)
         if end < 0:
-            self._sink.write(rh.head + rest)
+            writelines = getattr(self._sink, "writelines", None) if type(rest) is memoryview else None
+            if writelines is not None:
+                writelines((rh.head, rest))  # one writev (uvloop), the body's bytes not copied
+            else:
+                self._sink.write(rh.head + rest)
             self.bytes_out += len(rest)
             if self._splice_write_timeout is not None and type(framing) is LengthFraming:
                 self._start_splice(framing)

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from ..config.load import load_config
-from ..config.model import ConfigError
+from ..config.model import CommandError, ConfigError
 from ..config.paths import env_api_key, existing_config
 from ..config.values import parse_duration
 from ..engine.accesslog import LogRecord
 from .budgets import budget_report
+from .redischeck import RedisDown
+from ..wire.printable import printable
 from .columns import table
 
 
@@ -28,6 +30,8 @@ def _parse_time(s: str) -> float | None:
     except (TypeError, ValueError):
         return None
 
+
+SCRAPE_PATH = "/metrics"  # answered by the gate itself, never forwarded (decisions/routes.py METRICS)
 
 _GROUPS: dict[str, Callable[[LogRecord], str | None]] = {
     "key": lambda r: r.key, "model": lambda r: r.model, "ip": lambda r: r.client}
@@ -40,7 +44,7 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
     group = _GROUPS[by]
     rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # requests, prompt, completion, errors
     unauthorized: dict[str, int] = defaultdict(int)
-    skipped = 0
+    skipped = scrapes = 0
     for line in lines:
         rec = LogRecord.from_line(line)
         if rec is None:
@@ -48,6 +52,9 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
             continue
         t = _parse_time(rec.time)
         if since is not None and (t is None or t < now - since):
+            continue
+        if rec.path == SCRAPE_PATH and rec.status != 401:
+            scrapes += 1  # Prometheus or `top` reading the metrics: not a client's use of the models
             continue
         if rec.status == 401:
             unauthorized[rec.client] += 1
@@ -62,7 +69,9 @@ def summarise(lines: Iterable[str], *, since: float | None, by: str, now: float 
     if probes:
         out.append("")
         out.append(f"probing addresses ({probe_threshold}+ unauthorized requests):")
-        out.extend(f"  {ip}  {n}" for n, ip in probes)
+        out.extend(f"  {printable(ip)}  {n}" for n, ip in probes)
+    if scrapes:
+        out.append(f"({scrapes} scrape{'s' if scrapes != 1 else ''} of /metrics not counted)")
     if skipped:
         out.append(f"({skipped} lines were not JSON and were skipped)")
     return "\n".join(out) + "\n"
@@ -101,7 +110,7 @@ def rotated(log: str, *, since: float | None, now: float | None = None) -> list[
 
 
 def read_logs(paths: Iterable[Path]) -> Iterator[str]:
-    """The lines of each file in turn (.gz ones decompressed); ConfigError naming a file that cannot be read."""
+    """The lines of each file in turn (.gz ones decompressed); CommandError naming a file that cannot be read."""
     for p in paths:
         try:
             if p.suffix == ".gz":
@@ -111,7 +120,7 @@ def read_logs(paths: Iterable[Path]) -> Iterator[str]:
                 with open(p, encoding="utf-8", errors="replace") as f:
                     yield from read_log(f)
         except (OSError, EOFError) as e:
-            raise ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+            raise CommandError(f"usage: {p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
 def add_parser(sub: Any) -> None:
@@ -127,14 +136,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
     try:
         since = None if args.since == "all" else parse_duration(args.since)
     except ValueError as e:
-        raise ConfigError(f"--since: expected {e}") from None
+        raise CommandError(f"usage: --since: expected {e}") from None
     environ = os.environ
     log = args.log
     config = None
     if not log or args.config:   # with only --log, a config elsewhere is none of this report's business
         path = existing_config(args.config, environ)
         if path is None:
-            raise ConfigError("no config file found to read log.access from: pass --log FILE or --config FILE")
+            raise CommandError("usage: no config file found to read log.access from: pass --log FILE or --config FILE")
         config = load_config(path, env_key=env_api_key(environ))
         log = log or config.access_log
         if log in ("", "-"):
@@ -145,7 +154,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if older:
         sys.stdout.write(f"(with {len(older)} rotated file{'s' if len(older) != 1 else ''}: "
                          f"{', '.join(p.name for p in older)})\n")
-    budgets = budget_report(config, environ) if config is not None else ""
+    try:
+        budgets = budget_report(config, environ) if config is not None else ""
+    except RedisDown as e:  # the log's report is out; the budgets live in Redis
+        print(f"guardproxy usage: token budgets not shown: {printable(str(e))}", file=sys.stderr)
+        return 1
     if budgets:
         sys.stdout.write("\n" + budgets)
     return 0

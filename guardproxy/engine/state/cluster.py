@@ -34,6 +34,7 @@ from ...decisions.budget import TokenBook, bucket_seconds
 from ...decisions.concurrency import DEFAULT_HOST, Occupancy
 from ...decisions.limits import address_bucket, limit_share, retry_after_header
 from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUnavailable, Policies, RateLimited
+from .bans import ALL, UNBAN_CHANNEL, lift_in_redis
 from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
 from .commands import Reply
@@ -91,8 +92,9 @@ class RedisState(State):
         self.all_slots, self.queued_key = self.calls.all_slots, self.calls.queued
         self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state,
                                   scripts=SCRIPTS)
-        self.subscriber = RedisSubscriber(address, [self.calls.channel], self._freed, backoff=backoff,
-                                          on_state=self._subscriber_state,
+        self.unban_channel = self.prefix + UNBAN_CHANNEL  # `guardproxy unban`, or [ban] removed on any gate
+        self.subscriber = RedisSubscriber(address, [self.calls.channel, self.unban_channel], self._freed,
+                                          backoff=backoff, on_state=self._subscriber_state,
                                           ping_interval=max(1.0, self.lease_ttl / 3))
         self.errors = 0
         self.fallbacks = 0
@@ -112,9 +114,11 @@ class RedisState(State):
         self.seen: dict[tuple[str, str], int] = {}        # the window totals Redis last reported
         self._renew_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._lifting: set[asyncio.Task[None]] = set()
         self.apply(config)
 
     def apply(self, config: Config) -> None:
+        removed = getattr(self, "ban", config.ban).after_failures and not config.ban.after_failures
         self.policies.apply(config)
         self.fallback.apply(config)
         self.ban = config.ban
@@ -122,6 +126,22 @@ class RedisState(State):
         self.calls.configure(self.policies.per_ip, config.ban, self.max_total)
         self.slots.queue.max_queue = config.limits.max_queue
         self.slots.kick()   # limits may have grown
+        if removed:  # [ban] removed: lifted for every gate, not only here (they would find it in Redis again)
+            self._lifting.add(task := asyncio.get_running_loop().create_task(self._lift_all()))
+            task.add_done_callback(self._lifting.discard)
+
+    async def _lift_all(self) -> None:
+        try:
+            n = await lift_in_redis(self.client, self.prefix, None)
+        except RedisError as e:
+            self._say(f"[ban] was removed, but the bans in Redis could not be lifted ({e}); "
+                      f"`guardproxy unban --all` lifts them")
+            return
+        self._say(f"[ban] was removed: {n} ban{'s' if n != 1 else ''} lifted in Redis; every gate forgets its copy")
+
+    def forget_ban(self, bucket: str | None) -> bool:
+        had = self.fallback.bans.lift(bucket)
+        return self.policies.bans.lift(bucket) or had
 
     shares_hosts = True  # several gates in front of one host share its max_concurrent
 
@@ -391,6 +411,9 @@ class RedisState(State):
                       "requests waiting for a slot notice freed slots by polling only")
 
     def _freed(self, channel: bytes, data: bytes) -> None:
+        if channel == self.unban_channel:
+            self.forget_ban(None if data == ALL.encode() else data.decode("ascii", "replace"))
+            return
         self.slots.on_freed()
 
     async def renew(self) -> None:
