@@ -86,6 +86,13 @@ def run(config: Config, loop: str = "auto") -> int:
         return 0
 
 
+def _set_from_thread(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    try:
+        loop.call_soon_threadsafe(stop.set)
+    except RuntimeError:
+        pass  # the loop has closed: the server has stopped already
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
     from .engine.accesslog import AccessLog
@@ -119,6 +126,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    if signals and sys.platform == "win32":
+        # Ctrl+Break, and the console control event another Windows program can send to a
+        # process group (Ctrl+C cannot be sent to one): the same graceful stop.
+        signal.signal(signal.SIGBREAK, lambda _sig, _frame: loop.call_soon_threadsafe(stop.set))
+    from .engine.parent import watch_parent
+    watch_parent(lambda: _set_from_thread(loop, stop))  # the one-file exe's first process (PyInstaller #4858)
     watch: asyncio.Task[None] | None = None
     if config.path is not None:
         from .engine.reload import Reloader

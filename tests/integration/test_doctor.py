@@ -108,6 +108,7 @@ async def test_plaintext_key_gets_its_hash_as_the_fix(fake: FakeOllama, tmp_path
     assert KEY not in warn[0].line()
 
 
+@pytest.mark.posix_only("POSIX file modes")
 async def test_world_readable_config_is_a_warning(fake: FakeOllama, tmp_path: Path) -> None:
     path = write_config(tmp_path, fake.port)
     path.chmod(0o644)
