@@ -12,7 +12,7 @@ endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test typecheck demo bench bench-deps clean venv exe smoke-exe
+.PHONY: run test typecheck demo bench bench-deps clean venv exe smoke-exe windows
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ exe: $(VENV)/.installed-exe
 ## smoke-exe: build the executable and check it against a fake Ollama (health, 401/200, a stream)
 smoke-exe: exe
 	$(PY) packaging/smoke_test.py
+
+## windows: on Debian, under a Windows CPython in Wine: the tests, guardproxy.exe built and smoke-tested,
+##          and the exe as a Windows service (packaging/windows/ci.sh; installs Wine if needed)
+windows:
+	bash packaging/windows/ci.sh
 ## bench-deps: nginx, Caddy and wrk from Debian's packages (root, or sudo)
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench-deps:

@@ -1,6 +1,6 @@
-"""The Windows test run's counts, from pytest's JUnit XML (and its skip reasons, from its -rs lines).
+"""The Windows test run's counts, from pytest's JUnit XML files (and the skip reasons, from its -rs lines).
 
-    python3 packaging/windows/counts.py build/windows/junit.xml build/windows/tests.log
+    python3 packaging/windows/counts.py A.xml B.xml -- A.log B.log
 """
 
 from __future__ import annotations
@@ -11,19 +11,31 @@ import sys
 import xml.etree.ElementTree as ET
 
 
-def main(junit: str, log: str) -> int:
-    root = ET.parse(junit).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    assert suite is not None
-    total, failed, errors, skipped = (int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped"))
-    passed = total - failed - errors - skipped
-    print(f"Windows CPython tests: {passed} passed, {skipped} skipped, {failed} failed, {errors} errors "
-          f"({total} collected, {float(suite.get('time', '0')):.0f}s)")
+def main(args: list[str]) -> int:
+    split = args.index("--") if "--" in args else len(args)
+    junits, logs = args[:split], args[split + 1:]
+    counts = collections.Counter[str]()
+    for junit in junits:
+        try:
+            root = ET.parse(junit).getroot()
+        except (OSError, ET.ParseError):
+            print(f"Windows CPython tests: no results in {junit} (the run did not finish)")
+            counts["errors"] += 1
+            continue
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        assert suite is not None
+        for k in ("tests", "failures", "errors", "skipped"):
+            counts[k] += int(suite.get(k, "0"))
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    print(f"Windows CPython tests: {passed} passed, {counts['skipped']} skipped, {counts['failures']} failed, "
+          f"{counts['errors']} errors ({counts['tests']} collected)")
     reasons: collections.Counter[str] = collections.Counter()
-    try:
-        text = open(log, encoding="utf-8", errors="replace").read()
-    except OSError:
-        text = ""
+    text = ""
+    for log in logs:
+        try:
+            text += open(log, encoding="utf-8", errors="replace").read()
+        except OSError:
+            pass
     for m in re.finditer(r"^SKIPPED \[(\d+)\] [^:]+(?::\d+)?: (.*)$", text, re.MULTILINE):
         reasons[m.group(2).strip()] += int(m.group(1))
     for reason, n in reasons.most_common():
@@ -32,4 +44,4 @@ def main(junit: str, log: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(sys.argv[1:]))
