@@ -12,7 +12,7 @@ endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test typecheck demo bench bench-deps clean venv exe smoke-exe windows
+.PHONY: run test typecheck docs demo bench bench-deps clean venv exe smoke-exe windows
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(VENV)/.installed-test
 ## typecheck: mypy --strict over the package (its settings are in setup.cfg)
 typecheck: $(VENV)/.installed-test
 	$(PY) -m mypy --strict guardproxy
+
+## docs: regenerate docs/configuration.md from guardproxy/config/model.py (a test fails when they differ)
+docs: $(VENV)/.installed
+	$(PY) -m guardproxy.config.reference --write
 
 ## demo: a fake Ollama and guardproxy in front of it, walked through the checklist
 demo: $(VENV)/.installed

@@ -47,19 +47,19 @@ class Budget:
 
 @dataclass(frozen=True)
 class KeyEntry:
-    name: str
-    sha256: bytes  # digest of the key's UTF-8 bytes; the key itself is not kept
+    name: str      # shown in the access log, metrics and `keys list`; unique
+    sha256: bytes  # SHA-256 of the key's UTF-8 bytes (64 hex digits); the key itself is not kept
     plaintext: bool = False  # written as key = "..." in the file
     admin: bool = False                   # may reach /api/pull, /api/delete, ...
-    models: tuple[str, ...] | None = None  # glob patterns; None: every model
-    rate: Rate | None = None
-    max_concurrent: int | None = None
+    models: tuple[str, ...] | None = None  # glob patterns of the models it may use; absent: every model
+    rate: Rate | None = None              # requests of this key, e.g. "30/min"
+    max_concurrent: int | None = None     # generations of this key in flight at once
     expires: date | None = None           # valid through this day (UTC)
     cloud: bool = False                   # may use cloud models (model:cloud, model:tag-cloud)
-    max_keep_alive: float | None = None   # longest keep_alive a body may ask for, in seconds
+    max_keep_alive: float | None = None   # longest keep_alive a body may ask for (no forever, no unload)
     revoked: date | None = None           # refused from the moment this is set; the date is a record
     previous_sha256: bytes | None = None  # the key before a rotation, still valid ...
-    previous_valid_until: datetime | None = None  # ... until this moment (timezone-aware)
+    previous_valid_until: datetime | None = None  # ... until this moment (UTC, written by `keys rotate --grace`)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
 
@@ -82,16 +82,16 @@ def key_text_problem(key: str) -> str | None:
 
 @dataclass(frozen=True)
 class Cors:
-    origins: tuple[str, ...] = ()  # exact origins, or "*"
-    max_age: int = 86400
+    origins: tuple[str, ...] = ()  # browser origins allowed, exactly as sent ("https://app.example"), or "*"
+    max_age: int = 86400           # seconds a browser may cache a preflight answer
 
 
 @dataclass(frozen=True)
 class TrafficLimits:
-    per_ip: Rate | None = None
+    per_ip: Rate | None = None             # requests per client address (an IPv6 client by its /64)
     max_concurrent: int | None = None  # generations in flight, all keys together
-    queue_timeout: float = 30.0
-    trusted_proxies: tuple[str, ...] = ()  # CIDRs, validated
+    queue_timeout: float = 30.0            # a generation waits this long for a free slot, then 503
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs of proxies whose client-address header is believed
     max_queue: int = 1024                  # waiting requests, all keys together
     max_tracked: int = 65536               # addresses/keys kept in the rate and ban tables
     # The one header a trusted proxy's client address is read from (nginx's real_ip_header).
@@ -100,9 +100,9 @@ class TrafficLimits:
 
 @dataclass(frozen=True)
 class Ban:
-    after_failures: int = 0  # 0: bans are off
-    window: float = 600.0
-    duration: float = 900.0
+    after_failures: int = 0  # failed authentications from one address ... (0: bans are off)
+    window: float = 600.0      # ... within this window ...
+    duration: float = 900.0    # ... ban the address this long: 429 before any key is looked at
     # A [ban] table turns bans on: without after_failures, it means this many.
     ENABLED_AFTER_FAILURES: ClassVar[int] = 20
 
@@ -157,17 +157,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @dataclass(frozen=True)
 class MetricsSettings:
     """[metrics]: where Prometheus reads them besides GET /metrics on the main listener (with a key)."""
-    listen: tuple[str, int] | None = None  # (host, port) of a separate listener that needs no key
+    listen: tuple[str, int] | None = None  # "host:port" of a separate listener that needs no key (keep it on loopback)
 
 
 @dataclass(frozen=True)
 class UpstreamHost:
     """One Ollama host of `[[upstreams]]` (or the single `upstream`)."""
     name: str                               # shown in logs, metrics and /api/ps
-    address: Upstream
-    max_concurrent: int | None = None       # generations in flight on it; None: no cap (a single `upstream`)
+    address: Upstream                       # the host's URL, like "http://10.0.0.5:11434"
+    max_concurrent: int | None = None       # generations in flight on it (required in [[upstreams]])
     weight: float = 1.0                     # its share of least-busy
-    models: tuple[str, ...] | None = None   # glob patterns; None: whatever its /api/tags lists
+    models: tuple[str, ...] | None = None   # glob patterns of the models sent to it; absent: what its /api/tags lists
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ ON_REDIS_ERROR = ("local", "open", "closed")
 class Cluster:
     """[cluster]: several gates share their limits through one Redis."""
     redis: str = ""                   # redis:// or rediss:// URL; $GUARDPROXY_REDIS_URL replaces it
-    key_prefix: str = "guardproxy:"
+    key_prefix: str = "guardproxy:"   # every Redis key this gate writes starts with this
     lease_ttl: float = 15.0           # a slot of an instance that died is free again after this
     op_timeout: float = 0.05          # a Redis call on the request path waits at most this
     on_redis_error: str = "local"     # "local": per instance, limits divided; "open": none; "closed": 503
@@ -192,18 +192,18 @@ class Cluster:
 @dataclass(frozen=True)
 class Config:
     path: Path | None
-    listen_host: str
+    listen_host: str    # listen: the address and port to accept clients on, "[::]:11435" for IPv6
     listen_port: int
-    upstream: Upstream  # the only host, or the first of `upstreams`
+    upstream: Upstream  # the Ollama to forward to (or [[upstreams]] for several)
     keys: tuple[KeyEntry, ...]
-    access_log: str = DEFAULT_ACCESS_LOG
+    access_log: str = DEFAULT_ACCESS_LOG  # JSON access-log lines: a file path, "-" for stdout, "" for none
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None
     cors: Cors = field(default_factory=Cors)
     limits: TrafficLimits = field(default_factory=TrafficLimits)
     ban: Ban = field(default_factory=Ban)
-    log_level: str = "info"  # [log] level: one of LOG_LEVELS, for the operational messages
+    log_level: str = "info"  # messages on stderr from this level up: debug, info, warning, error
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)

@@ -220,7 +220,7 @@ def check_systemd_unit(name: str, state: str | None) -> list[Finding]:
     """The unit's state as `systemctl show` gave it (ops/systemd.py); None: no unit installed."""
     if state is None:
         return [Finding(INFO, f"no systemd unit \"{name}\" installed",
-                        "to start guardproxy on boot, see \"Linux service\" in the README "
+                        "to start guardproxy on boot, see docs/linux-service.md "
                         "(packaging/systemd/guardproxy.service)")]
     if state == "active (running)":
         return [Finding(OK, f"systemd unit \"{name}\" is {state}")]

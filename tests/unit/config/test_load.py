@@ -116,9 +116,9 @@ def test_line_numbers_count_newlines_only() -> None:
         load(text + bad_key)
 
 
-def test_readme_policies_example_config_is_valid() -> None:
+def test_docs_policies_example_config_is_valid() -> None:
     import re
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text(encoding="utf-8")
     block = re.search(r"```toml\n(.*?)```", readme[readme.index("## Policies"):], re.S).group(1)
     c = load(block)
     assert [k.admin for k in c.keys] == [True, False] and c.limits.max_concurrent == 8 and c.ban.after_failures == 20

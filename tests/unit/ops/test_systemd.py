@@ -44,7 +44,7 @@ def test_a_unit_that_is_not_installed_is_none_wherever_this_runs() -> None:
     ("inactive (dead)", "warn", "`sudo systemctl start guardproxy`"),
     ("activating (auto-restart)", "warn", "`systemctl status guardproxy`"),
     ("masked; inactive (dead)", "warn", 'is masked; inactive (dead)'),
-    (None, "info", 'no systemd unit "guardproxy" installed -- fix: to start guardproxy on boot, see "Linux service"'),
+    (None, "info", 'no systemd unit "guardproxy" installed -- fix: to start guardproxy on boot, see docs/linux-service.md'),
 ])
 def test_doctor_reports_the_units_state(state: str | None, level: str, words: str) -> None:
     from guardproxy.ops.doctor import check_systemd_unit
