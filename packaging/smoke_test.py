@@ -34,7 +34,9 @@ from guardproxy import __version__  # noqa: E402
 from guardproxy.ops.check import GENERATION_TOKENS, format_table, run_checks  # noqa: E402
 
 KEY = "gp_smoke-test-key-0123456789abcdefghijklmnopq"
-STARTUP_TIMEOUT = 30.0  # a one-file binary unpacks itself first; the first start can be slow
+STARTUP_TIMEOUT = 30.0
+# Windows' event loop rounds timers to its 15.6 ms clock: a shorter delay would send every token at once.
+TOKEN_DELAY = "0.03" if sys.platform == "win32" else "0.005"  # a one-file binary unpacks itself first; the first start can be slow
 
 
 class Process:
@@ -174,7 +176,7 @@ def main(argv: list[str]) -> int:
            f"--version prints guardproxy {__version__} (got {version.stdout.strip()!r})")
 
     fake = Process([sys.executable, "-m", "guardproxy.testing.fake_ollama", "--host", "127.0.0.1", "--port", "0",
-                    "--token-delay", "0.005", "--loop", "asyncio"], "stdout")
+                    "--token-delay", TOKEN_DELAY, "--loop", "asyncio"], "stdout")
     gate: Process | None = None
     with tempfile.TemporaryDirectory(prefix="guardproxy-smoke-") as tmp:
         try:

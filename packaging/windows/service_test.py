@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
 
     started = time.perf_counter()
     fake = Process([sys.executable, "-m", "guardproxy.testing.fake_ollama", "--host", "127.0.0.1", "--port", "0",
-                    "--token-delay", "0.005", "--loop", "asyncio"], "stdout")
+                    "--token-delay", "0.03", "--loop", "asyncio"], "stdout")
     installed = False
     with tempfile.TemporaryDirectory(prefix="guardproxy-service-") as tmp:
         config = Path(tmp) / "guardproxy.toml"

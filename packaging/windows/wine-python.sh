@@ -12,6 +12,10 @@
 #    [WinError 6] Invalid handle"): every Windows process gets pipes or /dev/null, never a file;
 #  - Wine's own services inherit pipes: one persistent wineserver (`wineserver -p`, started with
 #    /dev/null handles) and a warm-up call keep each later call at ~0.1 s instead of 2.5 s or forever;
+#  - the desktop process (explorer.exe /desktop) is started by the first program that needs it and
+#    inherits that program's std handles; it lives until no program uses the desktop, so a test's
+#    pipe can stay open for seconds after its program exited and a reader waits for EOF that long
+#    or longer: a keeper process with /dev/null handles holds the desktop for the whole run;
 #  - SIGTERM to `wine program.exe` is a hard kill: graceful stops go through Windows (a console
 #    control event, the service manager, taskkill);
 #  - Python 3.12 needs functions Wine 8 lacks (propsys.VariantToString, KERNEL32.CopyFile2): 3.11.
@@ -72,10 +76,22 @@ PY
 wine_start() {
   if [ ! -d "$WINEPREFIX" ]; then
     wineboot -i </dev/null >/dev/null 2>&1 || true
+    # Let the server that created the prefix finish (bounded: a persistent one never exits).
+    timeout 60 wineserver -w </dev/null >/dev/null 2>&1 || true
   fi
-  wineserver -w </dev/null >/dev/null 2>&1 || true
-  wineserver -p </dev/null >/dev/null 2>&1 || true
+  wineserver -p </dev/null >/dev/null 2>&1 || true  # persistent; a no-op when one runs already
   wine cmd /c exit </dev/null >/dev/null 2>&1 || true
+  # The desktop keeper (see above): started with /dev/null handles, it starts the desktop process
+  # with them and holds it until wine_stop.
+  if [ ! -f "$GUARDPROXY_WINE/keeper.pid" ] || ! kill -0 "$(cat "$GUARDPROXY_WINE/keeper.pid")" 2>/dev/null; then
+    wine "$WINPY" -c "import ctypes, time; ctypes.windll.user32.GetDesktopWindow(); \
+ctypes.windll.user32.GetProcessWindowStation(); time.sleep(86400)" </dev/null >/dev/null 2>&1 &
+    echo $! > "$GUARDPROXY_WINE/keeper.pid"
+    for _ in $(seq 100); do  # (bounded: up to 20 s for the desktop to come up)
+      pgrep -f 'explorer.exe /desktop' >/dev/null && break
+      sleep 0.2
+    done
+  fi
 }
 
 wine_setup() {
@@ -91,4 +107,5 @@ winpy() {
 # Stop every Windows process of this prefix and its wineserver.
 wine_stop() {
   wineserver -k </dev/null >/dev/null 2>&1 || true
+  rm -f "$GUARDPROXY_WINE/keeper.pid"
 }
