@@ -12,7 +12,7 @@ endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test typecheck docs demo bench bench-deps clean venv exe smoke-exe windows
+.PHONY: run test typecheck docs demo bench bench-deps clean venv exe smoke-exe image image-smoke windows
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,24 @@ exe: $(VENV)/.installed-exe
 ## smoke-exe: build the executable and check it against a fake Ollama (health, 401/200, a stream)
 smoke-exe: exe
 	$(PY) packaging/smoke_test.py
+
+## image: the container image from packaging/container/Containerfile, with podman (else docker), from wheels
+##        made here: make image BASE_IMAGE=debian:bookworm-slim IMAGE=localhost/guardproxy:latest
+##        (BUILD_FLAGS=--no-cache, say, passes flags to the engine's build)
+CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+BASE_IMAGE ?= debian:bookworm-slim
+IMAGE      ?= localhost/guardproxy:latest
+BUILD_FLAGS ?=
+image: $(VENV)/.installed
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: needs podman or docker" >&2; exit 1; }
+	$(PY) packaging/container/wheels.py build/container-wheels
+	$(CONTAINER_ENGINE) build -f packaging/container/Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-t $(IMAGE) $(BUILD_FLAGS) build/container-wheels
+
+## image-smoke: build the image on a Debian base made here (debootstrap; no registry needed) and run it
+##              against a fake Ollama: health, 401, a stream, non-root, read-only, a draining stop
+image-smoke: $(VENV)/.installed
+	$(PY) packaging/container/image_smoke.py
 
 ## windows: on Debian, under a Windows CPython in Wine: the tests, guardproxy.exe built and smoke-tested,
 ##          and the exe as a Windows service (packaging/windows/ci.sh; installs Wine if needed)

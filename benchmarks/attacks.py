@@ -8,6 +8,10 @@
    (p50/p99 of requests sent every 5 ms meanwhile).
 2. 3,000 connections to the TLS listener that never send a ClientHello, with
    caps of 5 per address and 20 in all: the proxy's open descriptors and RSS.
+3. A hostile host whose /api/ps is 7 MB (110,000 entries, under the 8 MiB cap),
+   checked every second (health_interval = 1s): /health p50/p99/max over 8 s
+   (one request planned every 5 ms, each timed from its planned start) and the
+   proxy's CPU meanwhile; the same with an honest host first, as the baseline.
 
 The proxy runs alone on core 0 with its access log off; traffic only goes to
 127.0.0.1, is bounded in count and time, and every measurement stops by itself.
@@ -27,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "gp_attack-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -94,8 +99,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 _PROBE = """
 import socket, sys, time
 port = int(sys.argv[1])
+fixed = len(sys.argv) > 2  # latency from each request's planned time (no coordinated omission)
+planned = time.perf_counter()
 while True:
-    t0 = time.perf_counter()
+    t0 = planned if fixed else time.perf_counter()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"GET /health HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
@@ -104,15 +111,24 @@ while True:
         print((time.perf_counter() - t0) * 1000, flush=True)
     except OSError:
         print(10000.0, flush=True)
-    time.sleep(0.005)
+    if fixed:
+        planned += 0.005
+        time.sleep(max(0.0, planned - time.perf_counter()))
+    else:
+        time.sleep(0.005)
 """
 
 
 class HealthProbe:
-    """GET /health every 5 ms from a process of its own, so the attacker's busy loop cannot delay it."""
+    """GET /health every 5 ms from a process of its own, so the attacker's busy loop cannot delay it.
 
-    def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(port)], stdout=subprocess.PIPE, text=True)
+    `fixed`: one request planned every 5 ms, each timed from its planned start, so a stall of
+    the proxy counts for every request it held back (not only the one that was waiting).
+    """
+
+    def __init__(self, port: int, fixed: bool = False) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(port)] + (["fixed"] if fixed else []),
+                                     stdout=subprocess.PIPE, text=True)
 
     def stop(self) -> list[float]:
         self.proc.terminate()
@@ -120,9 +136,26 @@ class HealthProbe:
         return [float(x) for x in out.split()]
 
 
+def threaded_server(serve: Callable[[socket.socket], None], done: threading.Event) -> tuple[int, threading.Event]:
+    """A loopback listener that runs `serve` in a thread per connection until `done` is set; (port, done)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        listener.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(listener.getsockname()[1]), done
+
+
 def sink_upstream() -> tuple[int, threading.Event]:
     """An upstream that reads whatever it is sent and answers each request with a small 200."""
-    listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
     def serve(conn: socket.socket) -> None:
@@ -137,18 +170,50 @@ def sink_upstream() -> tuple[int, threading.Event]:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                     data = b""
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-        listener.close()
+    return threaded_server(serve, done)
 
-    threading.Thread(target=accept, daemon=True).start()
-    return int(listener.getsockname()[1]), done
+
+def _ps_entries(n: int) -> bytes:
+    entry = b'{"name":"m%06d:latest","model":"m%06d:latest","size":1,"x":1}'  # 64 bytes with its comma
+    return b'{"models":[' + b",".join(entry % (i, i) for i in range(n)) + b"]}"
+
+
+def hostile_upstream(ps: bytes) -> tuple[int, threading.Event]:
+    """A host that answers GET / as Ollama does and GET /api/ps with `ps` (keep-alive, any number of requests)."""
+    done = threading.Event()
+    answers = {b"/": b"Ollama is running", b"/api/ps": ps, b"/api/tags": b'{"models":[]}'}
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not done.is_set():
+                try:
+                    got = conn.recv(1 << 16)
+                except OSError:
+                    return
+                if not got:
+                    return
+                data += got
+                while b"\r\n\r\n" in data:
+                    head, data = data.split(b"\r\n\r\n", 1)
+                    target = head.split(b" ", 2)[1] if b" " in head else b"/"
+                    body = answers.get(target, b'{"error":"not found"}')
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                                 % len(body) + body)
+
+    return threaded_server(serve, done)
+
+
+async def hostile_listing(port: int, pid: int, seconds: float) -> dict[str, float | str]:
+    """/health latency while the health checks read the hostile host's /api/ps once a second."""
+    cpu0, _, _ = proc_stat(pid)
+    probe = HealthProbe(port, fixed=True)
+    await asyncio.sleep(seconds)
+    samples = probe.stop()
+    cpu1, _, hwm = proc_stat(pid)
+    return {"health_samples": f"{len(samples)}", "health_p50_ms": pct(samples, 0.5),
+            "health_p99_ms": pct(samples, 0.99), "health_max_ms": max(samples, default=float("nan")),
+            "cpu_s": cpu1 - cpu0, "rss_peak_mib": hwm / 1024}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -231,34 +296,68 @@ def tls_files(workdir: Path) -> str:
     return f'\n[tls]\ncert = "{workdir / "cert.pem"}"\nkey = "{workdir / "key.pem"}"\n'
 
 
+Rows = list[tuple[str, dict[str, float | str]]]
+
+
+def _chunks(root: Path, work: Path, small: bool) -> Rows:
+    rows: Rows = []
+    models_key = '\nmodels = ["llama3.2"]\n'
+    for label, extra, size in (("16 MiB in 1-byte chunks, key with models", models_key, 16 << 20),
+                               ("2 MiB in 1-byte chunks, ordinary key", "", 2 << 20)):
+        if small:
+            size //= 64
+        upstream, upstream_done = sink_upstream()
+        proc, port = start_proxy(root, work, extra, upstream)
+        try:
+            rows.append((label, asyncio.run(tiny_chunks(port, proc.pid, size))))
+        finally:
+            stop(proc)
+            upstream_done.set()
+    return rows
+
+
+def _listing(root: Path, work: Path, small: bool) -> Rows:
+    rows: Rows = []
+    # The same with an honest host (3 loaded models) first: the baseline of this machine as it is now.
+    for label, ps in (("honest host: 3 entries in /api/ps", _ps_entries(3)),
+                      ("hostile host: {mb:.1f} MB /api/ps", _ps_entries(11_000 if small else 110_000))):
+        upstream, upstream_done = hostile_upstream(ps)
+        proc, port = start_proxy(root, work, '\n[routing]\nhealth_interval = "1s"\n', upstream)
+        try:
+            rows.append((label.format(mb=len(ps) / 1e6) + ", health_interval 1s", asyncio.run(
+                hostile_listing(port, proc.pid, 3 if small else 8))))
+        finally:
+            stop(proc)
+            upstream_done.set()
+    return rows
+
+
+def _tls(root: Path, work: Path, small: bool) -> Rows:
+    caps = "\n[server]\nmax_connections = 20\nmax_connections_per_ip = 5\n"
+    proc, port = start_proxy(root, work, caps.replace("[server]", tls_files(work) + "\n[server]"))
+    try:
+        return [("idle TLS handshakes, caps 5/address and 20", asyncio.run(
+            idle_handshakes(port, proc.pid, 300 if small else 3000)))]
+    finally:
+        stop(proc)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout whose guardproxy is measured")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    p.add_argument("--only", choices=("chunks", "listing", "tls"), help="one measurement alone")
     args = p.parse_args()
-    rows: list[tuple[str, dict[str, float | str]]] = []
+    rows: Rows = []
     small = args.quick
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models_key = '\nmodels = ["llama3.2"]\n'
-        for label, extra, size in (("16 MiB in 1-byte chunks, key with models", models_key, 16 << 20),
-                                   ("2 MiB in 1-byte chunks, ordinary key", "", 2 << 20)):
-            if small:
-                size //= 64
-            upstream, upstream_done = sink_upstream()
-            proc, port = start_proxy(args.root, work, extra, upstream)
-            try:
-                rows.append((label, asyncio.run(tiny_chunks(port, proc.pid, size))))
-            finally:
-                stop(proc)
-                upstream_done.set()
-        caps = "\n[server]\nmax_connections = 20\nmax_connections_per_ip = 5\n"
-        proc, port = start_proxy(args.root, work, caps.replace("[server]", tls_files(work) + "\n[server]"))
-        try:
-            rows.append(("idle TLS handshakes, caps 5/address and 20", asyncio.run(
-                idle_handshakes(port, proc.pid, 300 if small else 3000))))
-        finally:
-            stop(proc)
+        if args.only in (None, "chunks"):
+            rows += _chunks(args.root, work, small)
+        if args.only in (None, "listing"):
+            rows += _listing(args.root, work, small)
+        if args.only in (None, "tls"):
+            rows += _tls(args.root, work, small)
     for label, row in rows:
         print(f"{label}:")
         for k, v in row.items():

@@ -4,7 +4,12 @@
 sit in front of their own fresh fake Ollama, configured as the seed recipe:
 an X-API-Key check, a /health route, streams unbuffered, Host rewritten to
 the upstream's own authority, one JSON/text access-log line per request to a
-file.  Every proxy runs on one core (`taskset -c 0`); the fake Ollama runs on
+file.  Each peer gets its documented best settings for this load: an upstream
+keep-alive pool larger than the number of client connections (nginx
+`keepalive 1024`; Caddy `keepalive_idle_conns 512`, `keepalive_idle_conns_per_host
+256`, `keepalive 60s`: Caddy's default keeps 32 idle connections per host and,
+under 64 client connections, opens and closes upstream connections all the time),
+and Caddy's immediate flushing (`flush_interval -1`).  Every proxy runs on one core (`taskset -c 0`); the fake Ollama runs on
 the other core with the load generators.
 """
 
@@ -169,7 +174,9 @@ http {{
     proxy_temp_path {dir}/proxy;
     upstream ollama {{
         server 127.0.0.1:{up};
-        keepalive 64;
+        keepalive 1024;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -221,6 +228,11 @@ http://127.0.0.1:{port} {{
             header_up Host {{upstream_hostport}}
             header_up -X-API-Key
             flush_interval -1
+            transport http {{
+                keepalive 60s
+                keepalive_idle_conns 512
+                keepalive_idle_conns_per_host 256
+            }}
         }}
     }}
 }}

@@ -8,17 +8,18 @@ whichever of them started the process.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
-from dataclasses import replace
 from typing import Mapping
 
 from . import __version__
 from .config.load import load_config, parse_config
 from .config.model import Config, ConfigError, url_host
+from .config.overrides import Overrides
 from .config.paths import env_api_key, existing_config, find_config
-from .config.values import is_loopback_host, parse_hostport, parse_upstream
+from .config.values import is_loopback_host
 from .config.write import create_config, generate_key
 from .engine import logs
 from .engine.loop import loop_name, run as run_loop
@@ -47,19 +48,7 @@ def resolve_config(config: str | None = None, *, listen: str | None = None, upst
         create_config(path, key)
         print(new_key_banner(key, path, "default"), file=sys.stderr)
         resolved = load_config(path)
-    if listen:
-        try:
-            host, port = parse_hostport(listen)
-        except ValueError as e:
-            raise ConfigError(f"--listen: expected {e}") from None
-        resolved = replace(resolved, listen_host=host, listen_port=port)
-    if upstream:
-        try:
-            # --upstream means this one host, whatever [[upstreams]] the file lists.
-            resolved = replace(resolved, upstream=parse_upstream(upstream), upstreams=())
-        except ValueError as e:
-            raise ConfigError(f"--upstream: expected {e}") from None
-    return resolved
+    return Overrides(listen, upstream).apply(resolved)
 
 
 def warnings(config: Config) -> list[str]:
@@ -75,10 +64,12 @@ def warnings(config: Config) -> list[str]:
     return out
 
 
-def run(config: Config, loop: str = "auto") -> int:
-    """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM."""
+def run(config: Config, loop: str = "auto", overrides: Overrides = Overrides()) -> int:
+    """`guardproxy run` in the foreground: warn about risky settings, then serve until SIGINT/SIGTERM.
+
+    `overrides`: what the command line set, kept over the file's values on every reload."""
     try:
-        return run_loop(serve(config), loop)
+        return run_loop(serve(config, overrides=overrides), loop)
     except RuntimeError as e:
         log.error("%s", e)
         return 1
@@ -93,13 +84,17 @@ def _set_from_thread(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
         pass  # the loop has closed: the server has stopped already
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Overrides = Overrides()) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
-    from .engine.accesslog import AccessLog
+    from .engine.accesslog import AccessLog, access_log_problem, reopen_on_signals
     from .engine.server import GuardServer, ListenError
     logs.apply_level(config.log_level)
     for warning in warnings(config):
         log.warning("%s", warning)
+    problem = access_log_problem(config.access_log)  # the words `doctor` uses too
+    if problem is not None:
+        log.error("config error: %s: log.access: %s", config.path, problem)
+        return EXIT_CONFIG
     try:
         access_log = AccessLog(config.access_log)
     except OSError as e:
@@ -109,6 +104,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     too_few = check_open_files(config.server.max_connections)
     if too_few:
         log.warning("%s", too_few)
+    from .engine.allocator import keep_freed_memory
+    keep_freed_memory()
     server = GuardServer(config, access_log=access_log)
     try:
         await server.start()
@@ -116,7 +113,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         log.error("%s", e.strerror)
         return 1
     except OSError as e:
-        log.error("cannot listen on %s:%s: %s", config.listen_host, config.listen_port, e.strerror or e)
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)) or getattr(e, "winerror", 0) == 10048:
+            from .ops.hostcheck import address_in_use
+            log.error("%s", await asyncio.to_thread(address_in_use, config.listen_host, config.listen_port))
+        else:
+            log.error("cannot listen on %s:%s: %s", url_host(config.listen_host), config.listen_port, e.strerror or e)
         return 1
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
@@ -133,11 +134,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     from .engine.parent import watch_parent
     watch_parent(lambda: _set_from_thread(loop, stop))  # the one-file exe's first process (PyInstaller #4858)
     watch: asyncio.Task[None] | None = None
+    # SIGHUP and SIGUSR1 reopen the access log (log rotation); SIGHUP then reloads the config.
     if config.path is not None:
         from .engine.reload import Reloader
-        reloader = Reloader(server, config.path, env_key=env_api_key(os.environ))
-        reloader.install_sighup(loop)
+        reloader = Reloader(server, config.path, env_key=env_api_key(os.environ), overrides=overrides)
+        reloader.install_sighup(loop, before=access_log.reopen)
+        reopen_on_signals(loop, access_log, ("SIGUSR1",))
         watch = loop.create_task(reloader.watch())
+    else:
+        reopen_on_signals(loop, access_log)
     hosts = ", ".join(f"http://{h.address.authority}" for h in config.hosts())
     log.info("version %s listening on %s://%s:%s -> %s (%s, %d key%s)", __version__, server.scheme.decode(),
              url_host(config.listen_host), server.port, hosts, loop_name(loop), len(config.keys),

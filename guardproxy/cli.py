@@ -1,4 +1,4 @@
-"""Command line: run (the default), init, keygen, keys, check, doctor, service, usage, --version.
+"""Command line: run (the default), init, keygen, keys, check, doctor, service, usage, top, unban, --version.
 
 Argument parsing and dispatch only: `run` is app.py, every other command lives
 in ops/ and declares its own arguments.
@@ -11,12 +11,14 @@ import sys
 from typing import Sequence
 
 from . import __version__, app
-from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ConfigError
+from .config.model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, CommandError, ConfigError
+from .config.overrides import Overrides
 from .config.paths import CONFIG_HELP
 from .engine import logs
 from .engine.loop import LOOPS
-from .ops import check, doctor, keys, top, usage
+from .ops import check, doctor, keys, top, unban, usage
 from .ops.winservice import commands as winservice
+from .wire.printable import printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the proxy (the default command)")
     _run_args(run)
     run.set_defaults(func=cmd_run)
-    for tool in (keys, check, doctor, winservice, usage, top):
+    for tool in (keys, check, doctor, winservice, usage, top, unban):
         tool.add_parser(sub)  # each defines its own arguments and sets func
     return p
 
@@ -50,16 +52,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except CommandError as e:  # the config is fine; what was asked cannot be done
+        print(f"guardproxy: {printable(str(e))}", file=sys.stderr)
+        return app.EXIT_CONFIG
     except ConfigError as e:
-        print(f"guardproxy: config error: {e}", file=sys.stderr)
+        print(f"guardproxy: config error: {printable(str(e))}", file=sys.stderr)
         return app.EXIT_CONFIG
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level or "info", pinned=args.log_level is not None)
+    overrides = Overrides(args.listen, args.upstream)
     try:
         config = app.resolve_config(args.config, listen=args.listen, upstream=args.upstream)
+    except CommandError as e:
+        logs.log.error("%s", e)
+        return app.EXIT_CONFIG
     except ConfigError as e:
         logs.log.error("config error: %s", e)
         return app.EXIT_CONFIG
-    return app.run(config, args.loop)
+    return app.run(config, args.loop, overrides)

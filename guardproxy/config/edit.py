@@ -17,7 +17,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .model import ENV_KEY, ConfigError
+from .lock import locked
+from .model import ENV_KEY, CommandError, ConfigError
 from .source import ConfigText, parse_toml, read_config_text, split_lines, table_header
 from .write import hash_key, key_block, save_checked, toml_value
 
@@ -92,7 +93,7 @@ class _Session:
             hint = (f"; the key named \"env\" comes from ${ENV_KEY}: change or unset that variable"
                     if name == "env" else "")
             known = ", ".join(f'"{n}"' for n in names) or "none"
-            raise ConfigError(f"{self.path}: keys: no key named \"{name}\" (the file's keys: {known}){hint}")
+            raise CommandError(f"{self.path}: keys: no key named \"{name}\" (the file's keys: {known}){hint}")
         index = names.index(name)
         headers = [i for i, line in enumerate(self.lines) if _HEADER.match(line)]
         blocks = [(i, headers[n + 1] if n + 1 < len(headers) else len(self.lines))
@@ -153,12 +154,14 @@ def _describe(before: list[str], after: list[str]) -> str:
     return ", ".join(parts) or "no line changed"
 
 
+@locked
 def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> KeyEdit:
     """Add a [[keys]] block at the end of the file, leaving the rest byte for byte."""
     s = _Session(path, "keygen")
     keys = s.keys()
     if any(k.get("name") == name for k in keys):
-        raise ConfigError(f"{path}: keys.name: expected a new name; \"{name}\" already exists")
+        raise CommandError(f"keygen: a key named \"{name}\" already exists in {path}; choose another --name "
+                           f"(or give that key a new value with `keys rotate {name}`)")
     text = s.source.text
     if text and not text.endswith("\n"):
         text += s.source.newline
@@ -172,6 +175,7 @@ def append_key(path: Path, name: str, key: str, *, admin: bool = False) -> KeyEd
     return s.save(expected, "add the key")
 
 
+@locked
 def revoke_key(path: Path, name: str, today: date) -> KeyEdit:
     """Add `revoked = <today>` to the key's block; a key already revoked is left as it is."""
     s = _Session(path, "keys revoke")
@@ -192,13 +196,15 @@ def grace_end(now: datetime, grace: float) -> datetime:
     return end.replace(microsecond=0) + timedelta(seconds=1) if end.microsecond else end
 
 
+@locked
 def rotate_key(path: Path, name: str, new_key: str, *, grace: float, now: datetime) -> tuple[KeyEdit, datetime | None]:
     """Give the key a new value; with `grace` seconds, the old value keeps working until the time returned."""
     s = _Session(path, "keys rotate")
     index, start, end = s.find(name)
     entry = s.keys()[index]
     if "revoked" in entry:
-        raise ConfigError(f"{path}: key \"{name}\" is revoked; make a new key with `keygen` instead")
+        raise CommandError(f"keys rotate: key \"{name}\" in {path} is revoked, and a revoked key stays revoked; "
+                           f"make a new key with `keygen` instead")
     old_hash = str(entry["key_sha256"]).lower() if "key_sha256" in entry else hash_key(str(entry.get("key", "")))
     new_hash = hash_key(new_key)
     indent = s.indent(start, end)

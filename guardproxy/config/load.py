@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,11 +26,12 @@ from .values import parse_budget, parse_duration, parse_hostport, parse_size, pa
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
-        "upstreams", "routing", "cluster"}
+        "upstreams", "routing", "cluster", "aliases"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
-               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens"}
+               "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens",
+               "max_num_ctx", "max_output_tokens"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -43,6 +45,13 @@ _TLS_FIELDS = {"cert", "key"}
 _CLUSTER_FIELDS = {f for f in Cluster.__dataclass_fields__}
 
 
+def beside(config: Path, value: str | Path) -> Path:
+    """A path the config names: a relative one is next to the config file, wherever the command runs
+    (the one rule for log.access, the TLS files and the state file)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else config.absolute().parent / p
+
+
 def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                  env_key: str | None = None) -> Config:
     r = Reader(path, text)
@@ -52,6 +61,12 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         lhost, lport = parse_hostport(listen)
     except ValueError as e:
         raise r.fail(("listen",), str(e)) from None
+    if isinstance(data.get("upstream"), (list, dict)):  # [[upstream]] or [upstream]: a table, not the string
+        several = isinstance(data["upstream"], list)
+        raise ConfigError(f"{r.location(('upstream', 0) if several else ('upstream',))}: "
+                          f"{'[[upstream]]' if several else '[upstream]'}: did you mean [[upstreams]]? "
+                          f"Several hosts are [[upstreams]] blocks (with an s); one host is "
+                          f"upstream = \"http://HOST:11434\" at the top of the file")
     up = r.string(data, "upstream", (), DEFAULT_UPSTREAM)
     try:
         upstream = parse_upstream(up)
@@ -97,6 +112,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
 
     log = r.table(data.get("log", {}), ("log",), _LOG_FIELDS)
     access = r.string(log, "access", ("log",), DEFAULT_ACCESS_LOG)
+    if access not in ("", "-") and path is not None:
+        access = str(beside(path, access))
     level = r.string(log, "level", ("log",), Config.log_level).strip().lower()
     if level not in LOG_LEVELS:
         raise r.fail(("log", "level"), "one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
@@ -121,11 +138,10 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
         tt = r.table(data["tls"], ("tls",), _TLS_FIELDS)
         if set(tt) != _TLS_FIELDS:
             raise r.fail(("tls",), "both cert = \"<fullchain.pem>\" and key = \"<privkey.pem>\"")
-        base = path.parent if path is not None else Path(".")
         files = {}
         for k in ("cert", "key"):
             f = Path(r.string(tt, k, ("tls",)))
-            files[k] = f if f.is_absolute() else base / f
+            files[k] = f if path is None else beside(path, f)
             if not files[k].is_file():
                 raise r.fail(("tls", k), f"a readable PEM file; {str(files[k])!r} does not exist")
         tls = Tls(files["cert"], files["key"])
@@ -133,7 +149,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
                   metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data),
-                  cluster=_cluster(r, data))
+                  cluster=_cluster(r, data), aliases=_aliases(r, data))
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -192,7 +208,36 @@ def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict
     return {"admin": admin, "models": r.strings(k, "models", where), "rate": r.rate(k, "rate", where),
             "max_concurrent": r.integer(k, "max_concurrent", where, None, 1), "expires": expires,
             "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics,
-            "tokens": r.optional(k, "tokens", where, parse_budget)}
+            "tokens": r.optional(k, "tokens", where, parse_budget),
+            "max_num_ctx": r.integer(k, "max_num_ctx", where, None, 1),
+            "max_output_tokens": r.integer(k, "max_output_tokens", where, None, 1)}
+
+
+def _aliases(r: Reader, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """[aliases]: "name clients ask for" = "model it runs"; one step only (a target is never an alias).
+
+    Names compare as Ollama's do, in any letter case (decisions/aliases.py adds the default tag).
+    """
+    where = ("aliases",)
+    if "aliases" not in data:
+        return ()
+    table = data["aliases"]
+    if not isinstance(table, dict):
+        raise r.fail(where, 'a table of "name clients ask for" = "model it runs", e.g. "gpt-4o-mini" = "llama3.2:3b"')
+    out: dict[str, tuple[str, str]] = {}
+    for name, target in table.items():
+        if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target.strip()):
+            raise r.fail(where + (name,), 'a model name in quotes, e.g. "llama3.2:3b"')
+        alias = name.strip()
+        if not alias or any(c.isspace() or ord(c) < 0x20 for c in alias):
+            raise r.fail(where + (name,), "an alias without spaces or control characters")
+        if alias.lower() in out:
+            raise r.fail(where + (name,), f"one alias per name; {out[alias.lower()][0]!r} is the same in another case")
+        out[alias.lower()] = (alias, target.strip())
+    for alias, target in out.values():
+        if target.lower() in out:
+            raise r.fail(where + (alias,), f"a model that runs, not an alias ({target!r} is one)")
+    return tuple(out.values())
 
 
 def _sha256(r: Reader, k: Mapping[str, Any], field: str, where: tuple[Any, ...]) -> bytes:
@@ -297,12 +342,51 @@ def _cluster(r: Reader, data: Mapping[str, Any]) -> Cluster | None:
     rule = r.string(c, "on_redis_error", where, Cluster.on_redis_error)
     if rule not in ON_REDIS_ERROR:
         raise r.fail(where + ("on_redis_error",), "one of " + ", ".join(f'"{v}"' for v in ON_REDIS_ERROR))
-    return Cluster(url, prefix, lease_ttl, op_timeout, rule)
+    sentinels = r.strings(c, "sentinels", where) or ()
+    for i, s in enumerate(sentinels):
+        try:
+            parse_hostport(s)
+        except ValueError as e:
+            raise r.fail(where + ("sentinels", i), f"a Sentinel as HOST:PORT, like \"10.0.0.7:26379\" ({e})") from None
+    master = r.string(c, "sentinel_master", where, Cluster.sentinel_master)
+    if sentinels and not master:
+        raise r.fail(where + ("sentinel_master",), "the name the Sentinels monitor the primary by, like \"mymaster\"")
+    if master and not sentinels:
+        raise r.fail(where + ("sentinels",), "the Sentinels to ask for sentinel_master, like [\"10.0.0.7:26379\"]")
+    base = r.path.parent if r.path is not None else Path(".")
+    files = {}
+    for k in ("tls_ca", "tls_cert", "tls_key"):
+        name = r.string(c, k, where, "")
+        if name:
+            f = Path(name) if Path(name).is_absolute() else base / name
+            if not f.is_file():
+                raise r.fail(where + (k,), f"a readable PEM file; {str(f)!r} does not exist")
+            name = str(f)
+        files[k] = name
+    if bool(files["tls_cert"]) != bool(files["tls_key"]):
+        raise r.fail(where + ("tls_key" if files["tls_cert"] else "tls_cert",),
+                     "tls_cert and tls_key together (a client certificate and its key)")
+    server_name = r.string(c, "tls_server_name", where, "")
+    tls_set = [k for k, v in (*files.items(), ("tls_server_name", server_name)) if v]
+    if tls_set and url and not url.startswith("rediss://"):
+        raise r.fail(where + (tls_set[0],), "set only with a rediss:// URL in [cluster] redis (it applies to TLS)")
+    return Cluster(url, prefix, lease_ttl, op_timeout, rule, sentinels, master, files["tls_ca"], files["tls_cert"],
+                   files["tls_key"], server_name)
 
 
 def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
     """Where Redis is: $GUARDPROXY_REDIS_URL when set (a password need not sit in the file), else
     [cluster] redis."""
+    cluster = config.cluster
+    assert cluster is not None
+    return replace(_url_address(config, environ),
+                   sentinels=tuple(parse_hostport(s) for s in cluster.sentinels),
+                   sentinel_master=cluster.sentinel_master, tls_ca=cluster.tls_ca or None,
+                   tls_cert=cluster.tls_cert or None, tls_key=cluster.tls_key or None,
+                   tls_server_name=cluster.tls_server_name or None)
+
+
+def _url_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
     assert config.cluster is not None
     from_env = environ.get(ENV_URL)
     if from_env:
@@ -312,6 +396,8 @@ def cluster_address(config: Config, environ: Mapping[str, str]) -> RedisAddress:
             raise ConfigError(f"{ENV_URL} (environment variable): expected {_REDIS_URL} ({e})") from None
     r, where = Reader(config.path, ""), ("cluster", "redis")
     if not config.cluster.redis:
+        if config.cluster.sentinels:   # the Sentinels say where; a URL would only add a password or a db
+            return RedisAddress()
         raise r.fail(where, f"{_REDIS_URL} (or the {ENV_URL} environment variable)")
     try:
         return RedisAddress.from_url(config.cluster.redis)

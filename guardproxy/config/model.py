@@ -27,6 +27,11 @@ class ConfigError(Exception):
     """A config mistake, already phrased as the one line a user should see."""
 
 
+class CommandError(ConfigError):
+    """A command that cannot do what it was asked though the config is fine (rotating a revoked key, a name
+    already taken, a bad option value): one line, said without "config error" (cli.py)."""
+
+
 @dataclass(frozen=True)
 class Rate:
     """A request rate such as "30/min": `count` requests per `per` seconds."""
@@ -62,6 +67,8 @@ class KeyEntry:
     previous_valid_until: datetime | None = None  # ... until this moment (UTC, written by `keys rotate --grace`)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
+    max_num_ctx: int | None = None        # an options.num_ctx above this is lowered to it (the body re-encoded)
+    max_output_tokens: int | None = None  # each dialect's output cap lowered to this, and set to it where unlimited
 
 
 def key_text_problem(key: str) -> str | None:
@@ -118,6 +125,7 @@ class Timeouts:
     body_total: float = 60.0   # a whole request body, blob uploads aside (then 408)
     write: float = 60.0        # a client that stops reading a response (then dropped)
     first_byte: float = 300.0  # the upstream's response head (a cold model load is slow)
+    upstream_idle: float = 60.0  # a pooled upstream connection unused this long is closed
 
 
 @dataclass(frozen=True)
@@ -132,8 +140,8 @@ class ServerLimits:
 
 @dataclass(frozen=True)
 class Tls:
-    cert: Path   # PEM certificate chain (fullchain.pem)
-    key: Path    # PEM private key
+    cert: Path   # PEM certificate chain (fullchain.pem); a relative path is next to the config file
+    key: Path    # PEM private key; a relative path is next to the config file
 
 
 def url_host(host: str) -> str:
@@ -187,6 +195,12 @@ class Cluster:
     lease_ttl: float = 15.0           # a slot of an instance that died is free again after this
     op_timeout: float = 0.05          # a Redis call on the request path waits at most this
     on_redis_error: str = "local"     # "local": per instance, limits divided; "open": none; "closed": 503
+    sentinels: tuple[str, ...] = ()  # "host:port" of Redis Sentinels; the primary is asked of them at each connect
+    sentinel_master: str = ""         # the name the Sentinels monitor the primary by (with `sentinels`)
+    tls_ca: str = ""                  # rediss://: PEM file of the CA(s) to trust instead of the system's
+    tls_cert: str = ""                # rediss://: PEM client certificate (with tls_key), for servers that ask
+    tls_key: str = ""                 # rediss://: PEM private key of tls_cert
+    tls_server_name: str = ""         # rediss://: the name the server's certificate must carry (default: its host)
 
 
 @dataclass(frozen=True)
@@ -196,7 +210,7 @@ class Config:
     listen_port: int
     upstream: Upstream  # the Ollama to forward to (or [[upstreams]] for several)
     keys: tuple[KeyEntry, ...]
-    access_log: str = DEFAULT_ACCESS_LOG  # JSON access-log lines: a file path, "-" for stdout, "" for none
+    access_log: str = DEFAULT_ACCESS_LOG  # JSON access-log lines: a file path (relative: next to the config file), "-" for stdout, "" for none
     timeouts: Timeouts = field(default_factory=Timeouts)
     server: ServerLimits = field(default_factory=ServerLimits)
     tls: Tls | None = None
@@ -208,6 +222,9 @@ class Config:
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
     cluster: Cluster | None = None
+    # [aliases] table: a model name clients ask for = the model it runs ("gpt-4o-mini" = "llama3.2:3b"); the
+    # body's model is rewritten before every check, keys' `models` and the cloud scope judge the target
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def hosts(self) -> tuple[UpstreamHost, ...]:
         """Every host requests may go to: the [[upstreams]], or `upstream` named by its address."""

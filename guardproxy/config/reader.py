@@ -23,10 +23,13 @@ class Reader:
         self.lines = split_lines(text)
 
     def fail(self, where: tuple[Any, ...], expected: str) -> ConfigError:
+        return ConfigError(f"{self.location(where)}: {_dotted(where)}: expected {expected}")
+
+    def location(self, where: tuple[Any, ...]) -> str:
+        """"file:line" of a field or table (just "file" when its line cannot be found)."""
         name = str(self.path) if self.path else "<config>"
         line = self._locate(where)
-        loc = f"{name}:{line}" if line else name
-        return ConfigError(f"{loc}: {_dotted(where)}: expected {expected}")
+        return f"{name}:{line}" if line else name
 
     def _locate(self, where: tuple[Any, ...]) -> int | None:
         """Best-effort line number of a field, so a user can jump to it."""

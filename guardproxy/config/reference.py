@@ -109,7 +109,7 @@ def _kind(attr: str, annotation: str) -> str:
     kinds = {"str": "string", "int": "integer", "bool": "boolean", "tuple[str, ...]": "array of strings",
             "Rate": "rate", "Budget": "budget", "date": "date", "datetime": "UTC date-time", "Path": "path",
             "Upstream": "URL", "tuple[str, int] | None": "host:port", "tuple[str, int]": "host:port",
-            "bytes": "64 hex digits"}
+            "bytes": "64 hex digits", "tuple[tuple[str, str], ...]": "table of strings"}
     return kinds.get(a, a)
 
 
@@ -137,6 +137,8 @@ def _toml_value(attr: str, annotation: str, value: Any) -> str:
         return f'`"{_size(int(value))}"`'
     if isinstance(value, str):
         return f'`"{value}"`'
+    if kind == "table of strings":
+        return "none"
     if isinstance(value, tuple):
         return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
     if isinstance(value, float) and value.is_integer():

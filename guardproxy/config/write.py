@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from .load import parse_config
-from .model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, KEY_PREFIX, ConfigError
+from .model import DEFAULT_LISTEN, DEFAULT_UPSTREAM, KEY_PREFIX, CommandError, ConfigError
 from .source import ConfigText
 
 # --- keys -----------------------------------------------------------------
@@ -239,6 +239,7 @@ def create_config(path: Path, key: str, name: str = "default", *, admin: bool = 
     text = initial_config_text(key, name, admin=admin)
     parse_config(tomllib.loads(text), path, text)  # never write what we could not read back
     try:
+        # No lock needed: the file appears whole under its name, or not at all when one is there.
         write_atomic(path, text, private=True, new=True)
     except FileExistsError:
-        raise ConfigError(f"{path}: already exists; use `keygen` to add a key to it") from None
+        raise CommandError(f"{path}: already exists and is left as it is; use `keygen` to add a key to it") from None

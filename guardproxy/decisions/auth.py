@@ -3,7 +3,7 @@
 Keys are looked up by their SHA-256, so the table never holds a key and the
 comparison never runs over secret bytes.  Every failure is the same
 Unauthorized, so a client cannot tell a wrong key from a malformed header, an
-expired key or a revoked one.  Pure logic: no asyncio.
+expired key or a revoked one; only the access log names a known key that was refused.  Pure logic: no asyncio.
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ class KeyRing:
                 raise Unauthorized()
             now = datetime.now(timezone.utc) if now is None else now
             if not _previous_valid(entry, now):
-                raise Unauthorized()
+                raise Unauthorized.for_key(entry.name, "rotated")
         if entry.revoked is not None:
-            raise Unauthorized()
+            raise Unauthorized.for_key(entry.name, "revoked")
         if entry.expires is not None:
             if today is None:
                 today = (datetime.now(timezone.utc) if now is None else now).astimezone(timezone.utc).date()
             if today > entry.expires:
-                raise Unauthorized()
+                raise Unauthorized.for_key(entry.name, "expired")
         return entry

@@ -95,6 +95,15 @@ class BanTable:
         self._failures.clear()
         self._banned.clear()
 
+    def lift(self, addr: str | None) -> bool:
+        """Forget the ban and the failures of one address (its bucket), or of all (None); True if one was banned."""
+        if addr is None:
+            banned = bool(self._banned)
+            self.clear()
+            return banned
+        self._failures.pop(addr, None)
+        return self._banned.pop(addr, None) is not None
+
     def sizes(self) -> tuple[int, int]:
         return len(self._failures), len(self._banned)
 

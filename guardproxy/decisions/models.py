@@ -13,7 +13,7 @@ import json
 import re
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl
 
 from ..config.model import KeyEntry
@@ -285,16 +285,20 @@ def check_keep_alive(key: KeyEntry, body: bytes | Pairs) -> None:
 
 # --- listings -------------------------------------------------------------------------------
 
-def filter_listing(path: bytes, key: KeyEntry, body: bytes) -> bytes:
-    """A /api/tags, /api/ps or /v1/models response body with only the models the key may use."""
-    data = json.loads(body)
+def visible_entries(path: bytes, key: KeyEntry, entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """The entries of a listing (/v1/models' `data`, else `models`) that name models the key may use."""
     cloud = may_use_cloud(key)
 
     def ok(name: str) -> bool:
         return model_allowed(key.models, name) and (cloud or not is_cloud(name))
     if path == b"/v1/models":
-        data["data"] = [m for m in data.get("data") or [] if isinstance(m, dict) and ok(str(m.get("id", "")))]
-    else:
-        data["models"] = [m for m in data.get("models") or [] if isinstance(m, dict)
-                          and ok(entry_name(m))]
+        return [m for m in entries if isinstance(m, dict) and ok(str(m.get("id", "")))]
+    return [m for m in entries if isinstance(m, dict) and ok(entry_name(m))]
+
+
+def filter_listing(path: bytes, key: KeyEntry, body: bytes) -> bytes:
+    """A /api/tags, /api/ps or /v1/models response body with only the models the key may use."""
+    data = json.loads(body)
+    field = "data" if path == b"/v1/models" else "models"
+    data[field] = visible_entries(path, key, data.get(field) or [])
     return json.dumps(data, separators=(",", ":")).encode()

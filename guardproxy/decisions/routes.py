@@ -32,6 +32,8 @@ FORM = 4          # a multipart form field "model" (/v1/audio/transcriptions)
 MAX_MODEL_BODY = 16 * 1024 * 1024
 # Ollama parses a transcription's form with 25 MiB in memory; with the form's own overhead:
 MAX_FORM_BODY = 26 * 1024 * 1024
+# Ollama's own bound for /v1/systemone with images (0.35).
+MAX_SYSTEMONE_BODY = 32 * 1024 * 1024
 
 _GET = frozenset({b"GET"})
 _GET_HEAD = frozenset({b"GET", b"HEAD"})
@@ -44,6 +46,10 @@ OLLAMA = "ollama"          # the final line's prompt_eval_count / eval_count
 OPENAI = "openai"          # usage.prompt_tokens / completion_tokens
 RESPONSES = "responses"    # usage.input_tokens / output_tokens, in response.completed
 ANTHROPIC = "anthropic"    # input_tokens in message_start, output_tokens in the last message_delta
+
+# Route.web_search: how Ollama's middleware spots its server-side web-search tool in `tools`.
+WEB_SEARCH_PREFIX = "prefix"  # /v1/messages: a tool whose "type" starts with "web_search"
+WEB_SEARCH_EXACT = "exact"    # /v1/responses: a tool whose "type" is exactly "web_search"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,10 @@ class Route:
     max_body: int = MAX_MODEL_BODY  # when the body is read whole
     blob: bool = False         # a model blob upload: streamed, under [server] max_blob
     counts: str = ""           # how a generation's token counts are written (see engine/tokens.py)
+    options: bool = False      # Ollama honours the body's "options" (num_ctx, placement): its own /api routes
+    output_cap: str = ""       # the dialect of the body's output cap (OLLAMA, OPENAI, RESPONSES, ANTHROPIC)
+    web_search: str = ""       # a tool here can make Ollama search the web on the owner's account
+    subtree: bool = False      # `path` is a prefix of any depth, any method (/api/codex/...)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -72,17 +82,27 @@ ROUTES: tuple[Route, ...] = (
     Route("models", _GET, b"/v1/models", listing=True),
     Route("model", _GET, b"/v1/models/", model=PATH, param=True),
     Route("show", _POST, b"/api/show", model=BODY_OR_NAME),
-    Route("generate", _POST, b"/api/generate", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
-    Route("chat", _POST, b"/api/chat", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
-    Route("embed", _POST, b"/api/embed", model=BODY, generation=True, keep_alive=True, counts=OLLAMA),
+    Route("generate", _POST, b"/api/generate", model=BODY, generation=True, keep_alive=True, counts=OLLAMA,
+          options=True, output_cap=OLLAMA),
+    Route("chat", _POST, b"/api/chat", model=BODY, generation=True, keep_alive=True, counts=OLLAMA,
+          options=True, output_cap=OLLAMA),
+    Route("embed", _POST, b"/api/embed", model=BODY, generation=True, keep_alive=True, counts=OLLAMA,
+          options=True),
     Route("embeddings", _POST, b"/api/embeddings", model=BODY, generation=True, keep_alive=True,
-          counts=OLLAMA),
+          counts=OLLAMA, options=True),
     Route("chat_completions", _POST, b"/v1/chat/completions", model=BODY, generation=True, zstd=True,
-          counts=OPENAI),
-    Route("completions", _POST, b"/v1/completions", model=BODY, generation=True, zstd=True, counts=OPENAI),
+          counts=OPENAI, output_cap=OPENAI),
+    Route("completions", _POST, b"/v1/completions", model=BODY, generation=True, zstd=True, counts=OPENAI,
+          output_cap=OPENAI),
     Route("v1_embeddings", _POST, b"/v1/embeddings", model=BODY, generation=True, zstd=True, counts=OPENAI),
-    Route("responses", _POST, b"/v1/responses", model=BODY, generation=True, zstd=True, counts=RESPONSES),
-    Route("messages", _POST, b"/v1/messages", model=BODY, generation=True, zstd=True, counts=ANTHROPIC),
+    Route("responses", _POST, b"/v1/responses", model=BODY, generation=True, zstd=True, counts=RESPONSES,
+          output_cap=RESPONSES, web_search=WEB_SEARCH_EXACT),
+    Route("messages", _POST, b"/v1/messages", model=BODY, generation=True, zstd=True, counts=ANTHROPIC,
+          output_cap=ANTHROPIC, web_search=WEB_SEARCH_PREFIX),
+    # Ollama 0.35+: a non-streaming generation; usage.input_tokens / output_tokens (read from the
+    # long tail, as for Responses); bodies up to 64 KiB, 32 MiB with images.
+    Route("systemone", _POST, b"/v1/systemone", model=BODY, generation=True, keep_alive=True,
+          max_body=MAX_SYSTEMONE_BODY, counts=RESPONSES),
     Route("transcriptions", _POST, b"/v1/audio/transcriptions", model=FORM, generation=True,
           max_body=MAX_FORM_BODY, counts=OPENAI),
     # Ollama 0.14 to 0.32.5; later versions answer 404 themselves.
@@ -102,6 +122,9 @@ ROUTES: tuple[Route, ...] = (
     Route("user_keys", _DELETE, b"/api/user/keys/", admin=True, param=True),
     Route("web_search", _POST, b"/api/experimental/web_search", admin=True),
     Route("web_fetch", _POST, b"/api/experimental/web_fetch", admin=True),
+    # Ollama 0.34+: forwards what its local catalog lacks to OpenAI with the caller's headers, and
+    # trusts "local" callers by their connecting address, which behind a gate is always loopback.
+    Route("codex", frozenset(), b"/api/codex/", admin=True, subtree=True),
 )
 
 # A route not in the table; forwarded for admin keys only.
@@ -112,9 +135,10 @@ METRICS = Route("metrics", _GET, b"/metrics")
 
 _EXACT: dict[tuple[bytes, bytes], Route] = {(m, r.path): r for r in ROUTES if not r.param for m in r.methods}
 _PARAM: tuple[Route, ...] = tuple(r for r in ROUTES if r.param)
+_SUBTREE: tuple[Route, ...] = tuple(r for r in ROUTES if r.subtree)
 # Paths whose every method is administrative: /api/pull with GET is still the admin family.
-_ADMIN_PATHS = frozenset(r.path for r in ROUTES if r.admin and not r.param)
-_ADMIN_PREFIXES = tuple(r.path for r in ROUTES if r.admin and r.param)
+_ADMIN_PATHS = frozenset(r.path for r in ROUTES if r.admin and not (r.param or r.subtree))
+_ADMIN_PREFIXES = tuple(r.path for r in ROUTES if r.admin and (r.param or r.subtree))
 
 
 def route_for(method: bytes, path: bytes) -> Route:
@@ -127,6 +151,9 @@ def route_for(method: bytes, path: bytes) -> Route:
             rest = path[len(r.path):]
             if rest and b"/" not in rest:
                 return r
+    for r in _SUBTREE:
+        if path.startswith(r.path) or path == r.path.rstrip(b"/"):
+            return r
     if len(path) > 1 and path.endswith(b"/"):
         # Ollama's router redirects /api/tags/ to /api/tags: the same route.
         return route_for(method, path.rstrip(b"/") or b"/")

@@ -4,19 +4,29 @@
 in as a request goes, and the `usage` report reads lines back through it.
 Lines are gathered during one event-loop turn and written together, so a
 busy proxy makes one write call per turn instead of one per request.
+
+For log rotation (logrotate's default renames the file) SIGHUP and SIGUSR1
+reopen the file by its name, as nginx does on SIGUSR1; a write that fails
+(a full disk) loses its lines but is counted (`write_errors`, in /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+log = logging.getLogger("guardproxy")
+REOPEN_SIGNALS = ("SIGHUP", "SIGUSR1")  # (neither exists on Windows: there the log is never reopened)
+
 # Optional fields appear in a line only when they have a value.
-_OPTIONAL = ("error", "model", "prompt_tokens", "completion_tokens", "upstream")
+_OPTIONAL = ("key_state", "error", "model", "alias", "prompt_tokens", "completion_tokens", "upstream", "clamped")
 _utc_second = -1   # the last second formatted: one strftime per second, not per line
 _utc_text = ""
 
@@ -56,6 +66,9 @@ class LogRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     upstream: str | None = None  # the name of the host that answered (the last one tried)
+    alias: str | None = None   # the model name asked for when it was an [aliases] name ("model" is its target)
+    clamped: list[str] | None = None  # body fields the key's limits lowered or set (as X-Guardproxy-Clamped)
+    key_state: str | None = None  # a refused key that is configured: "revoked", "expired" or "rotated" (its old value)
     at: float = 0.0          # the wall clock at `time`: formatted only if the line is written
 
     @classmethod
@@ -92,7 +105,8 @@ class LogRecord:
         if not isinstance(data, dict):
             return None
         rec = cls("", "-")
-        for name in ("time", "client", "method", "path", "outcome", "key", "error", "model", "request_id", "upstream"):
+        for name in ("time", "client", "method", "path", "outcome", "key", "key_state", "error", "model", "request_id",
+                     "upstream", "alias"):
             value = data.get(name)
             if value is not None:
                 setattr(rec, name, value if isinstance(value, str) else str(value))
@@ -100,6 +114,9 @@ class LogRecord:
             value = data.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(rec, name, value)
+        clamped = data.get("clamped")
+        if isinstance(clamped, list):
+            rec.clamped = [str(c) for c in clamped]
         for name in ("duration_ms", "ttfb_ms"):
             value = data.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -107,9 +124,32 @@ class LogRecord:
         return rec
 
 
+def access_log_problem(target: str) -> str | None:
+    """Why `run` could not open this [log] access target for appending, or None (stdout and off always work).
+
+    Looked at without creating anything, so `doctor` can ask it too (as root it must not
+    leave behind a log file the service's own user cannot write)."""
+    if target in ("", "-"):
+        return None
+    path = os.path.abspath(target)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"cannot open {target!r}: it is a folder"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return f"cannot open {target!r}: permission denied"
+        return None
+    if not os.path.isdir(folder):
+        return f"cannot open {target!r}: its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot open {target!r}: permission denied to create it in {folder}"
+    return None
+
+
 class AccessLog:
     def __init__(self, target: str) -> None:
         self.enabled = target != ""
+        self.target = target
         self._own = False
         self._stream: IO[str] | None = None
         if target == "-":
@@ -118,6 +158,26 @@ class AccessLog:
             self._stream = open(target, "a", encoding="utf-8")
             self._own = True
         self._pending: list[str] = []
+        self.write_errors = 0  # writes that failed, their lines lost
+
+    def reopen(self) -> bool:
+        """Open the file by its name again (after a rotation renamed it); False, and the old file
+        kept, when it cannot be opened."""
+        if not self._own or self._stream is None:
+            return False
+        self.flush()  # what was gathered belongs to the old file
+        try:
+            fresh = open(self.target, "a", encoding="utf-8")
+        except OSError as e:
+            log.warning("access log %s: cannot reopen (%s): still writing to the old file", self.target,
+                        e.strerror or e)
+            return False
+        old, self._stream = self._stream, fresh
+        try:
+            old.close()
+        except OSError:
+            self.write_errors += 1
+        return True
 
     def record(self, rec: LogRecord) -> None:
         if self._stream is None:
@@ -140,10 +200,30 @@ class AccessLog:
             self._stream.write("".join(lines))
             self._stream.flush()
         except (OSError, ValueError):
-            pass  # a full disk or closed stdout must not take the proxy down
+            self.write_errors += 1  # a full disk or closed stdout must not take the proxy down
 
     def close(self) -> None:
         self.flush()
         if self._own and self._stream is not None:
-            self._stream.close()
+            try:
+                self._stream.close()  # (it flushes what a failed write left in its buffer)
+            except OSError:
+                self.write_errors += 1
         self._stream = None
+
+
+def reopen_on_signals(loop: asyncio.AbstractEventLoop, access_log: AccessLog,
+                      names: tuple[str, ...] = REOPEN_SIGNALS) -> list[str]:
+    """These signals reopen the access log; the ones it could handle (none on Windows, where
+    neither signal exists and the loop has no signal handlers)."""
+    installed = []
+    for name in names:
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            loop.add_signal_handler(sig, access_log.reopen)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(name)
+    return installed

@@ -223,6 +223,9 @@ class ClientConnection(asyncio.Protocol):
                 self.idle = False
             if not self.buf:
                 return None
+        # A head already buffered (it came with the connection, or pipelined) ends the idle
+        # state too: a stop closes idle connections at once, and this one has a request.
+        self.idle = False
         scanner = HeadScanner(max_headers)
         end = scanner.feed(self.buf)
         if end < 0:  # the usual case, a whole head in one read, needs no timer

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
-from ..decisions import models, routes
+from ..decisions import aliases, body_edits, models, routes
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.body_checks import check_body
 from ..decisions.routing import Request
@@ -132,7 +133,8 @@ class Exchange:
             state.before_auth(client, now)
             try:
                 key = server.keys.identify(req)
-            except Unauthorized:
+            except Unauthorized as refused:
+                record.key, record.key_state = refused.key_name, refused.key_state
                 await state.auth_failed(client, now)
                 raise
             record.key = key.name
@@ -158,7 +160,7 @@ class Exchange:
             try:
                 if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
                     return await listing.merged(self, key, path)
-                if route.listing and key.models is not None and method == b"GET":
+                if route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self)):
                     return await listing.filtered(self, key, path, host_name)
                 # The body goes to proxy() alone: a stream holds no second reference to it.
                 forwarded = self.proxy(body, host_name)
@@ -202,15 +204,17 @@ class Exchange:
         req, record = self.req, self.record
         assert req is not None
         needs_model = models.needs_model(key, route)
-        if (needs_model or routed) and route.model == routes.PATH:
-            in_path = path[len(route.path):].decode("utf-8", "replace")
+        alias_table = aliases.table(self.config.aliases)
+        if (needs_model or routed or alias_table) and route.model == routes.PATH:
+            in_path = self._path_alias(path[len(route.path):].decode("utf-8", "replace"), alias_table)
             if needs_model:
                 models.check_model(key, in_path)
             record.model = cut(in_path)
             self.model = in_path
             return None
         checks_keep_alive = route.keep_alive and key.max_keep_alive is not None
-        if not (whole or needs_model or checks_keep_alive):
+        edits = body_edits.needs_body(key, route, alias_table)
+        if not (whole or needs_model or checks_keep_alive or edits):
             return None
         if not self.has_body:
             if needs_model:
@@ -228,6 +232,13 @@ class Exchange:
             self.body_left = False
         if req.chunked:
             self.req = req.with_length(len(body))
+        if edits:
+            edited = body_edits.edit_body(key, route, req, body, alias_table)
+            if edited.body is not None:  # forwarded re-encoded, in identity coding
+                body = edited.body
+                req = (self.req or req).without(b"content-encoding").with_length(len(body))
+                self.req = req
+                record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
             found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
             if found.name is not None:
@@ -236,6 +247,17 @@ class Exchange:
             elif found.for_log is not None:
                 record.model = found.for_log
         return body
+
+    def _path_alias(self, name: str, table: aliases.Aliases) -> str:
+        """/v1/models/{alias}: the target's path goes upstream (a target with a '/' is not one segment)."""
+        target = table.target(name)
+        if target is None or "/" in target or not target.isascii():
+            return name
+        assert self.req is not None
+        query = self.req.target.partition(b"?")[1:]
+        self.req = replace(self.req, target=self.route.path + target.encode() + b"".join(query))
+        self.record.alias = name
+        return target
 
     def _buffered_body(self, limit: int) -> bytes | None:
         """A Content-Length body of at most `limit` bytes, wholly buffered already: taken and counted; else None."""
@@ -397,4 +419,6 @@ class Exchange:
 
     @property
     def extra_headers(self) -> bytes:  # in every answer to this request: its ID, and CORS for a browser
-        return b"X-Request-Id: " + self.rid + b"\r\n" + (header_bytes(self.cors) if self.cors else b"")
+        clamped = self.record.clamped
+        return (b"X-Request-Id: " + self.rid + b"\r\n" + (header_bytes(self.cors) if self.cors else b"")
+                + (b"X-Guardproxy-Clamped: " + ",".join(clamped).encode() + b"\r\n" if clamped else b""))

@@ -18,6 +18,7 @@ from ..decisions.routing import Failure, Request, fail_over
 from ..wire.errors import GuardError
 from ..wire.heads import CONTINUE, RequestHead
 from . import bodies
+from . import pool as pool_rules
 from .accesslog import LogRecord
 from .client import ClientConnection
 from .failures import (ClientGone, ConnectFailed, ConnectRefused, ConnectTimeout, FirstByteTimeout,
@@ -100,8 +101,8 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
                     body_task = _send_body(trip, upstream)
             reusable = await result
         except (ClientGone, GuardError) as exc:
-            if not fresh and isinstance(exc, UpstreamGone) and upstream is not None and upstream.reused \
-                    and not stream_body and not upstream.head_sent:
+            if not fresh and pool_rules.may_send_again(upstream, exc, read=pool_rules.is_read(trip.route),
+                                                       streamed=stream_body):
                 fresh = True
                 continue
             failure = _failure(exc, upstream)

@@ -26,6 +26,7 @@ from ..decisions.hostqueue import TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
 from ..wire.errors import BadRequest, ServiceUnavailable
+from . import logs
 from .pool import UpstreamPool
 from .slots import wait_granted
 
@@ -53,11 +54,11 @@ class Member:
 
     __slots__ = ("name", "settings", "host", "pool", "authority", "tags_at", "ps_at", "tags_due", "refreshing")
 
-    def __init__(self, settings: UpstreamHost, connect_timeout: float) -> None:
+    def __init__(self, settings: UpstreamHost, connect_timeout: float, idle_timeout: float = 60.0) -> None:
         self.name = settings.name
         self.settings = settings
         self.host = Host(settings.name, settings.max_concurrent or UNCAPPED, settings.weight, settings.models)
-        self.pool = UpstreamPool(settings.address, connect_timeout=connect_timeout)
+        self.pool = UpstreamPool(settings.address, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
         self.authority = self.pool.authority
         self.tags_at = NEVER   # clock time of the last /api/tags taken, and of the last /api/ps
         self.ps_at = NEVER
@@ -78,7 +79,7 @@ class HostSet:
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
-        self.listings: dict[bytes | tuple[bytes, tuple[str, ...], bool], bytes] = {}
+        self.listings: dict[bytes | tuple[object, ...], bytes] = {}
         self._models: frozenset[str] | None = None  # models(), until the snapshot changes
         self._models_due = True                      # ... then worked out again
         self.apply(config)
@@ -99,12 +100,13 @@ class HostSet:
         for settings in config.hosts():
             m = old.get(settings.name)
             if m is None or m.settings.address != settings.address:
-                m = Member(settings, config.timeouts.connect)
+                m = Member(settings, config.timeouts.connect, config.timeouts.upstream_idle)
             else:
                 if m.host.configure(settings.max_concurrent or UNCAPPED, settings.weight, settings.models):
                     m.tags_due = True
                 m.settings = settings
                 m.pool.connect_timeout = config.timeouts.connect
+                m.pool.idle_timeout = config.timeouts.upstream_idle
             members[settings.name] = m
         for name, m in old.items():
             if members.get(name) is not m:
@@ -256,7 +258,18 @@ class HostSet:
         if host.failed(failure, status, now=self.clock(), sent_at=sent_at) and self.waiting.queued:
             asyncio.get_running_loop().call_later(host.backoff, self.wake)
         if host.up != was_up:
+            self.went(member, "a request's connection was refused")
             self.snapshot_changed()
+
+    def went(self, member: Member, why: str = "") -> None:
+        """Say once that `member` has just gone down or come back up (as Redis is said to go and come back)."""
+        up, total = self.up_count(), len(self.members)
+        where = f"upstream \"{member.name}\" (http://{member.settings.address.authority})"
+        if member.host.up:
+            logs.log.info("%s is up again (%d of %d host%s up)", where, up, total, "s" if total != 1 else "")
+        else:
+            logs.log.warning("%s is down%s (%d of %d host%s up)", where, f": {why}" if why else "", up, total,
+                             "s" if total != 1 else "")
 
     def answered(self, member: Member, status: int, sent_at: float) -> None:
         """A response head came from `member` and went to the client."""

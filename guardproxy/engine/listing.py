@@ -8,10 +8,12 @@ key with a model list sees only its models (models.filter_listing).
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from ..config.model import KeyEntry
-from ..decisions import models
+from ..decisions import aliases, models
+from ..decisions.listing_reader import ListingError
 from ..wire.errors import BadGateway
 from . import forwarding, health
 from .relay import MAX_RESPONSE_HEAD
@@ -33,14 +35,46 @@ async def merged(ex: Lister, key: KeyEntry, path: bytes) -> bool:
     path = _PATHS[ex.route.name]  # (/api/tags/ is /api/tags)
     hosts = ex.hosts
     raw = await health.listing(hosts, path)
-    if key.models is not None:
+    if key.models is not None or lists_aliases(ex):
         # Cut down once per model list and snapshot (hosts.listings is emptied when the snapshot changes).
-        seen_as = (path, key.models, models.may_use_cloud(key))
+        table = aliases.table(ex.config.aliases)
+        seen_as = (path, key.models, models.may_use_cloud(key)) + ((table.pairs,) if table else ())
         cut = hosts.listings.get(seen_as)
         if cut is None:
-            cut = hosts.listings[seen_as] = models.filter_listing(path, key, raw)
+            cut = hosts.listings[seen_as] = _as_seen_by(path, key, raw, table)
         raw = cut
     return ex.respond(200, _JSON + ex.extra_headers, raw)
+
+
+def lists_aliases(ex: Lister) -> bool:
+    """A list that names [aliases] too (/api/tags, /v1/models; not /api/ps, which shows what runs)."""
+    return bool(ex.config.aliases) and ex.route.name in ("tags", "models")
+
+
+def _as_seen_by(path: bytes, key: KeyEntry, raw: bytes, table: aliases.Aliases) -> bytes:
+    """The list with the key's models only, and the aliases it may use."""
+    if key.models is not None:
+        raw = models.filter_listing(path, key, raw)
+    if table and path in (b"/api/tags", b"/v1/models"):
+        raw = aliases.add_to_listing(path, key, raw, table)
+    return raw
+
+
+async def _untrusted_as_seen_by(path: bytes, key: KeyEntry, raw: bytes, table: aliases.Aliases) -> bytes:
+    """_as_seen_by for a host's own list, which is untrusted: read within bounds and a slice at a
+    time (health.read_entries), then rebuilt; 502 if it cannot be read."""
+    field = "data" if path == b"/v1/models" else "models"
+    try:
+        entries = await health.read_entries(raw, field)
+    except ListingError:
+        raise BadGateway("upstream sent an unreadable model list") from None
+    if key.models is not None:
+        entries = models.visible_entries(path, key, entries)
+    doc = {"object": "list", "data": entries} if field == "data" else {"models": entries}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    if table and path in (b"/api/tags", b"/v1/models"):
+        raw = aliases.add_to_listing(path, key, raw, table)
+    return raw
 
 
 async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None) -> bool:
@@ -67,10 +101,7 @@ async def filtered(ex: Lister, key: KeyEntry, path: bytes, host_name: str | None
         raise BadGateway("upstream sent a malformed model list") from None
     status = rh.status
     if status == 200:
-        try:
-            raw = models.filter_listing(path, key, raw)
-        except (ValueError, AttributeError, TypeError):
-            raise BadGateway("upstream sent an unreadable model list") from None
+        raw = await _untrusted_as_seen_by(_PATHS[ex.route.name], key, raw, aliases.table(ex.config.aliases))
     lines = [ln for ln in rh.head[:-4].split(b"\r\n")
              if not ln.lower().startswith((b"content-length:", b"transfer-encoding:", b"connection:"))]
     return ex.respond(status, b"\r\n".join(lines) + b"\r\n" + ex.extra_headers, raw)

@@ -22,6 +22,8 @@ import sys
 import time
 from typing import IO
 
+from ..wire.printable import printable
+
 NAME = "guardproxy"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _WORDS = {logging.DEBUG: "debug: ", logging.WARNING: "warning: "}  # an error's text says it is one
@@ -40,7 +42,8 @@ class LineFormatter(logging.Formatter):
         self.stamp = stamp
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{_WORDS.get(record.levelno, '')}{record.getMessage()}"
+        # A message may quote what a client or a host sent: no control character reaches the terminal.
+        text = f"{_WORDS.get(record.levelno, '')}{printable(record.getMessage())}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         if not self.journal:

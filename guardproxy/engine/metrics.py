@@ -26,6 +26,7 @@ from typing import Callable
 from .. import __version__
 from ..decisions.routes import Route
 from ..wire.errors import GuardError
+from ..wire.printable import printable
 from .accesslog import LogRecord
 from .listed_models import OTHER, listed_name
 
@@ -70,6 +71,7 @@ class Gauges:
     upstreams: tuple[UpstreamState, ...]
     state_errors: int = 0      # [cluster]: Redis calls that failed or timed out
     state_fallbacks: int = 0   # [cluster]: requests decided by on_redis_error instead of Redis
+    access_log_errors: int = 0  # access-log writes that failed (their lines are lost)
 
 
 class Metrics:
@@ -199,6 +201,9 @@ class Metrics:
         _family(w, "guardproxy_shared_state_fallbacks_total", "counter",
                 "Requests decided by [cluster] on_redis_error because Redis could not be asked.")
         w(f"guardproxy_shared_state_fallbacks_total {gauges.state_fallbacks}\n")
+        _family(w, "guardproxy_access_log_write_errors_total", "counter",
+                "Access-log writes that failed (a full disk, say); their lines are lost.")
+        w(f"guardproxy_access_log_write_errors_total {gauges.access_log_errors}\n")
         return "".join(out).encode("utf-8")
 
 
@@ -220,7 +225,10 @@ def _histogram(w: Callable[[str], object], name: str, text: str, by_route: dict[
 
 
 def _escape(value: str) -> str:
-    """A label value as the text format writes it (key names and model names may hold anything)."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A label value as the text format writes it.  Key names and model names may hold anything: control
+    characters are first written as visible escapes (wire/printable.py), so that no scraper, dashboard or
+    `top` ever prints an ESC or a BEL it read here; then the format's own escaping of \\ and \"."""
+    value = printable(value)
+    if "\\" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
     return value

@@ -31,6 +31,8 @@ _TAIL_READS = 4  # past this many kept reads they are joined, and cut to the bud
 _NONE_KEPT: list[bytes] = []  # shared, never appended to: the tail of a response that keeps none
 
 MAX_RESPONSE_HEAD = 65536
+_BIG_REST = 65536  # body bytes behind a response head from which they are viewed, not copied
+MAX_INTERIM = 10  # interim heads before a final one (102s: in one read); more is a 502
 HELD_LIMIT = 65536  # a held-back error answer (503, 429, 404) larger than this fails the exchange
 NO_HOLD: frozenset[int] = frozenset()  # no status is held back (begin's `hold`)
 
@@ -59,7 +61,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
                  "head_at", "last_read", "read_timeout", "first_byte_timeout", "_watch", "_head_request",
                  "_client_keep_alive", "close_client", "_keep_alive", "_paused_by_client", "_write_paused",
                  "_drain_waiter", "_extra_headers", "_tail", "_tail_budget", "_head", "_head_room",
-                 "_splice", "_splice_write_timeout", "_hold", "held")
+                 "_splice", "_splice_write_timeout", "_hold", "held", "_interim", "answered",
+                 "idle_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_idle_close: Callable[["UpstreamConnection"], None]) -> None:
         self.loop = loop
@@ -102,6 +105,9 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         # A response whose status was in `hold`: kept here whole instead of
         # reaching the client, which may then be answered by another host.
         self.held: Collector | None = None
+        self._interim = 0  # interim heads skipped in this exchange (102 Processing aside)
+        self.answered = False  # some byte of this exchange's answer has come back
+        self.idle_since = 0.0  # loop time it went back to the pool
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -147,6 +153,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._head_room = head
         self._hold = hold
         self.held = None
+        self._interim = 0
+        self.answered = False
         self.result = self.loop.create_future()
         self.last_read = self.loop.time()
         self._watch.add(self)
@@ -262,12 +270,13 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
                 return
             self._end_of_body(data, end)
         elif self.state == _HEAD:
-            self.last_read = self.loop.time()
+            # (no clock here: the first-byte deadline runs from begin() to the final head,
+            # so neither a trickled head nor interim heads put it off)
             self._head_data(data)
         elif self.transport is not None:
             self.transport.abort()  # bytes with no request outstanding: out of sync
 
-    def _keep(self, data: bytes) -> None:
+    def _keep(self, data: bytes | memoryview) -> None:
         """Keep the end of the body for token counts, whatever the size of the reads."""
         if self._head_room:  # (the first few KiB of a body: a copy, once)
             piece = data[:self._head_room]
@@ -278,12 +287,12 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         if len(data) >= budget:
             # Of a large read only its end is copied, so big buffers are freed
             # (and their pages reused) at once; it replaces every earlier read.
-            kept[:] = [data[-budget:]]
+            kept[:] = [bytes(data[-budget:])]  # (bytes of a view: the read's buffer is not pinned)
             return
         # A token read is kept by reference, and only every few reads are they
         # joined and cut to the budget: no sizes summed per read, and at most
         # _TAIL_READS small reads (each under the budget) held.
-        kept.append(data)
+        kept.append(cast(bytes, data))  # (a view is never this small: _BIG_REST)
         if len(kept) > _TAIL_READS:
             kept[:] = [b"".join(kept)[-budget:]]
 
@@ -304,31 +313,49 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         self._finish(reusable=end == len(data))
 
     def _head_data(self, data: bytes) -> None:
+        self.answered = True
         buf = self._buf + data if self._buf else data
-        idx = buf.find(b"\r\n\r\n")
-        if idx < 0:
-            if len(buf) > MAX_RESPONSE_HEAD:
+        # Interim heads (103, a stray 100, 102 Processing) are skipped in a loop, never by recursion,
+        # and only MAX_INTERIM of them per response.  102 Processing says the host is still at work
+        # and may come again and again, but never more than MAX_INTERIM in one read, and it never
+        # puts off the first-byte deadline: a host trickling them forever gets its 504.
+        burst = 0
+        while True:
+            idx = buf.find(b"\r\n\r\n")
+            if idx < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self.fail(BadUpstreamHead("upstream response head too large"))
+                else:
+                    self._buf = buf
+                return
+            self._buf = b""
+            if idx + 4 > MAX_RESPONSE_HEAD:
                 self.fail(BadUpstreamHead("upstream response head too large"))
-            else:
-                self._buf = buf
-            return
-        self._buf = b""
-        if idx + 4 > MAX_RESPONSE_HEAD:
-            self.fail(BadUpstreamHead("upstream response head too large"))
-            return
-        try:
-            rh = parse_response_head(buf[:idx + 4], head_request=self._head_request,
-                                     client_keep_alive=self._client_keep_alive, extra=self._extra_headers)
-        except GuardError as err:
-            self.fail(err)
-            return
-        rest = buf[idx + 4:]
-        if rh.status < 200:
+                return
+            try:
+                rh = parse_response_head(buf[:idx + 4], head_request=self._head_request,
+                                         client_keep_alive=self._client_keep_alive, extra=self._extra_headers)
+            except GuardError as err:
+                self.fail(err)
+                return
+            if rh.status >= 200:
+                break
             if rh.status == 101:
                 self.fail(BadUpstreamHead("upstream switched protocols"))
-            elif rest:
-                self._head_data(rest)  # interim response (103, a stray 100): not forwarded
-            return
+                return
+            burst += 1
+            if rh.status != 102:
+                self._interim += 1
+            if self._interim > MAX_INTERIM or burst > MAX_INTERIM:
+                self.fail(BadUpstreamHead("upstream sent too many interim responses"))
+                return
+            buf = buf[idx + 4:]
+            if not buf:
+                return
+        self.last_read = self.loop.time()  # from here on the read timeout counts
+        # A bulk body's first read (up to 256 KiB behind the head) is viewed, not copied:
+        # the framings that never search their input take it as it is (_BIG_REST).
+        rest = buf[idx + 4:] if len(buf) - idx - 4 < _BIG_REST else memoryview(buf)[idx + 4:]
         self.status = rh.status
         if self._hold and rh.status in self._hold:
             held = self.held = Collector(HELD_LIMIT, UpstreamGone("upstream error response too large"))
@@ -346,6 +373,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
             framing = LengthFraming(rh.content_length)
         else:
             framing = CloseFraming()
+        if type(rest) is memoryview and type(framing) is ChunkedFraming:
+            rest = bytes(rest)  # the chunked framing searches its input
         self._framing = framing
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
@@ -353,7 +382,8 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         end = 0
         if rest and not framing.done:
             try:
-                end = framing.feed(rest)
+                # (a view reaches only the framings that count its length: see above)
+                end = framing.feed(cast(bytes, rest))
             except FramingError:
                 # Nothing has gone to the client yet: it can still get a 502.
                 self.fail(BadUpstreamHead("upstream sent a malformed body"))
@@ -362,7 +392,11 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         if self._tail_budget and rest:
             self._keep(rest[:end] if end >= 0 else rest)
         if end < 0:
-            self._sink.write(rh.head + rest)
+            writelines = getattr(self._sink, "writelines", None) if type(rest) is memoryview else None
+            if writelines is not None:
+                writelines((rh.head, rest))  # one writev (uvloop), the body's bytes not copied
+            else:
+                self._sink.write(rh.head + rest)
             self.bytes_out += len(rest)
             if self._splice_write_timeout is not None and type(framing) is LengthFraming:
                 self._start_splice(framing)
@@ -370,7 +404,10 @@ class UpstreamConnection(ZeroCopyBodies, asyncio.Protocol):
         if framing.done:
             self._sink.write(rh.head + rest[:end] if end else rh.head)
             self.bytes_out += end
-            self._finish(reusable=end == len(rest))
+            # A response with no body by definition (HEAD, 204, 304) is never followed by a reuse:
+            # a host may still send a body for it, and those bytes would be read as the next
+            # request's response, another client's.
+            self._finish(reusable=end == len(rest) and not rh.no_body)
         else:
             self._sink.write(rh.head)
 

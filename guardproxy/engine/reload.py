@@ -13,11 +13,14 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 from ..config.load import load_config
 from ..config.model import ConfigError
+from ..config.overrides import Overrides
 from . import logs
 from .server import RESTART_ONLY, GuardServer
+from .state.bans import UnbanWatch
 
 POLL_INTERVAL = 0.5  # a revoked key is refused within a second of the save
 
@@ -31,8 +34,11 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class Reloader:
-    def __init__(self, server: GuardServer, path: Path, *, env_key: str | None = None) -> None:
+    def __init__(self, server: GuardServer, path: Path, *, env_key: str | None = None,
+                 overrides: Overrides = Overrides()) -> None:
         self.server = server
+        self.overrides = overrides  # what the command line set stays set
+        self.unbans = UnbanWatch(path)  # `guardproxy unban` on this machine
         self.path = path
         self.env_key = env_key
         self._seen = _signature(path)
@@ -43,7 +49,7 @@ class Reloader:
         """Load and apply the file now; False (and one log line) if it is broken."""
         self._seen = _signature(self.path)
         try:
-            config = load_config(self.path, env_key=self.env_key)
+            config = self.overrides.apply(load_config(self.path, env_key=self.env_key))
         except ConfigError as e:
             self.refused += 1
             logs.log.warning("%s: config not reloaded, the previous one keeps running: %s", why, e)
@@ -59,6 +65,13 @@ class Reloader:
                       "s" if len(config.keys) != 1 else "", extra)
         return True
 
+    def lift_bans(self) -> None:
+        """Forget the bans `guardproxy unban` asked to lift since the last look (each said in one line)."""
+        for bucket in self.unbans.read():
+            had = self.server.state.forget_ban(bucket)
+            what = "every ban" if bucket is None else f"the ban of {bucket}"
+            logs.log.info("unban: %s lifted%s", what, "" if had or bucket is None else " (none was known here)")
+
     def changed(self) -> bool:
         sig = _signature(self.path)
         return sig is not None and sig != self._seen
@@ -67,6 +80,7 @@ class Reloader:
         """Poll the file's mtime/size/inode (works everywhere, including Windows)."""
         while True:
             await asyncio.sleep(interval)
+            self.lift_bans()
             if self.changed():
                 # An editor may still be writing: wait one more interval for the
                 # size to settle before reading.
@@ -75,12 +89,18 @@ class Reloader:
                 if _signature(self.path) == before:
                     self.reload("file changed")
 
-    def install_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def install_sighup(self, loop: asyncio.AbstractEventLoop, before: Callable[[], object] | None = None) -> bool:
+        """SIGHUP reloads the config, after `before` (the access log's reopen, for log rotation)."""
         sighup = getattr(signal, "SIGHUP", None)
         if sighup is None:
             return False
         try:
-            loop.add_signal_handler(sighup, self.reload, "SIGHUP")
+            loop.add_signal_handler(sighup, self._on_sighup, before)
         except (NotImplementedError, RuntimeError):
             return False
         return True
+
+    def _on_sighup(self, before: Callable[[], object] | None) -> None:
+        if before is not None:
+            before()
+        self.reload("SIGHUP")

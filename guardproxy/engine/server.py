@@ -92,7 +92,8 @@ class GuardServer:
         hosts = tuple(UpstreamState(m.name, self.listed.up(m), m.host.in_flight) for m in self.hosts.members.values())
         waiting = self.state.waiting() + self.hosts.waiting.queued
         return self.metrics.exposition(Gauges(len(self.connections), waiting, hosts,
-                                              self.state.errors, self.state.fallbacks))
+                                              self.state.errors, self.state.fallbacks,
+                                              self.access_log.write_errors))
 
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: keys, CORS, limits, timeouts, hosts.  Running streams keep going.

@@ -52,7 +52,8 @@ class Collector:
         over `limit` bytes."""
         rh = self.response
         assert rh is not None
-        raw = bytes(self.data[len(rh.head):])
+        with memoryview(self.data) as view:
+            raw = bytes(view[len(rh.head):])  # (one copy: a bytearray's slice would be a second one)
         return dechunk(raw, limit) if rh.chunked else raw
 
 

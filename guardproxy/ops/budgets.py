@@ -12,15 +12,15 @@ import time
 from typing import Mapping, cast
 
 from ..config.load import cluster_address
-from ..config.model import Config, ConfigError
+from ..config.model import Config
 from ..config.values import BUDGET_WINDOWS
 from ..decisions.budget import TokenBook
-from ..engine.state.resp import RedisClient, RedisError
+from ..engine.state.resp import RedisError
 from ..engine.state.scripts import tokens_key
 from ..engine.state.tokenfile import read_book, state_path
 from .columns import table
+from .redischeck import RedisDown, connect, why
 
-REDIS_TIMEOUT = 5.0
 
 
 def budget_table(config: Config, book: TokenBook, now: float) -> str:
@@ -58,11 +58,8 @@ def budget_report(config: Config, environ: Mapping[str, str] = os.environ) -> st
 async def _from_redis(config: Config, environ: Mapping[str, str]) -> tuple[TokenBook, float]:
     assert config.cluster is not None
     address = cluster_address(config, environ)
-    client = RedisClient(address, timeout=REDIS_TIMEOUT, connect_timeout=REDIS_TIMEOUT)
-    client.start()
+    client = await connect(address)  # RedisDown at the first failed attempt, said in words
     try:
-        if not await client.wait_connected(REDIS_TIMEOUT):
-            raise ConfigError(f"cluster.redis: no answer from {address.url} within {REDIS_TIMEOUT:g} s")
         clock = await client.call(b"TIME")
         if not (isinstance(clock, list) and len(clock) == 2 and all(isinstance(x, bytes) for x in clock)):
             raise RedisError(f"unexpected answer to TIME: {clock!r}")
@@ -78,6 +75,6 @@ async def _from_redis(config: Config, environ: Mapping[str, str]) -> tuple[Token
                       {b.unit: b.window})
         return book, now
     except RedisError as e:
-        raise ConfigError(f"cluster.redis: {address.url}: {e}") from None
+        raise RedisDown(why(address, e)) from None
     finally:
         await client.close()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from ..wire.printable import printable
 from ..config.model import url_host
 
 DEFAULT_PROMPT = "Reply with one short sentence."
@@ -296,9 +297,9 @@ def run_checks(url: str, key: str, *, origin: str | None = None, model: str | No
 
 def format_table(target: str, results: list[CheckResult]) -> str:
     width = max(len(r.name) for r in results)
-    lines = [f"guardproxy check {target}", ""]
-    for r in results:
-        lines.append(f"  {r.name.ljust(width)}  {'PASS' if r.ok else 'FAIL'}  {r.detail}")
+    lines = [f"guardproxy check {printable(target)}", ""]
+    for r in results:  # a detail may quote what the server answered
+        lines.append(f"  {r.name.ljust(width)}  {'PASS' if r.ok else 'FAIL'}  {printable(r.detail)}")
     failed = sum(not r.ok for r in results)
     lines += ["", f"{len(results) - failed} passed, {failed} failed"]
     return "\n".join(lines)
@@ -338,13 +339,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         target = parse_target(args.url)
     except ValueError as e:
-        print(f"guardproxy check: {e}", file=sys.stderr)
+        print(f"guardproxy check: {printable(str(e))}", file=sys.stderr)
         return 2
     try:
         results = run_checks(args.url, args.key, origin=args.origin, model=args.model,
                              timeout=args.timeout, cafile=args.cafile, upstreams=args.upstream)
     except (OSError, ssl.SSLError) as e:  # e.g. an unreadable --cafile
-        print(f"guardproxy check: {_error_text(e)}", file=sys.stderr)
+        print(f"guardproxy check: {printable(_error_text(e))}", file=sys.stderr)
         return 2
     print(format_table(target.display, results))
     return 0 if all(r.ok for r in results) else 1

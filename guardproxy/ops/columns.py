@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..wire.printable import printable
+
 
 def fit(text: str, width: int) -> str:
-    """Cut to `width` characters, marking the cut with "~"."""
+    """Cut to `width` characters, marking the cut with "~" (control characters escaped first)."""
+    text = printable(text)
     if len(text) <= width:
         return text
     return text[:width - 1] + "~" if width >= 2 else text[:max(width, 0)]
@@ -19,6 +22,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: i
     numbers' headers, then text down to 3 characters and to 1; what is still too wide is cut.
     No width: as wide as the cells (a report that is piped or printed)."""
     gap = 2
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in r] for r in rows]  # names from logs, hosts and clients: no terminal control
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     data = [max([1, *(len(r[i]) for r in rows)]) for i in range(len(headers))]
     width = sum(widths) + gap * (len(widths) - 1) if width is None else width

@@ -26,14 +26,17 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import listening, systemd
+from . import listening, redischeck, systemd
 from .finding import FAIL, INFO, OK, WARN, Finding
-from .hostcheck import check_hosts, hosts_in, http_get
+from .hostcheck import check_hosts, guardproxy_answers, hosts_in
 from .winservice import sc as winservice
-from ..config.load import parse_config
+from ..config.load import cluster_address, parse_config
 from ..config.paths import CONFIG_HELP, config_candidates, env_api_key, existing_config
 from ..config.model import DEFAULT_LISTEN, ENV_KEY, Config, ConfigError, ServerLimits, Upstream, url_host
+from ..config.reader import Reader
+from ..config.redis_url import RedisAddress
 from ..config.source import parse_toml, read_config_text
+from ..engine.accesslog import access_log_problem
 from ..config.values import is_loopback_host, parse_hostport
 from ..engine.fdlimit import files_needed
 
@@ -59,6 +62,13 @@ def check_config(path: Path | None, environ: Mapping[str, str],
         config = parse_config(raw, path, source.text, env_key=env_key)
     except ConfigError as e:
         return None, raw, [Finding(FAIL, f"config: {e}", f"edit {path} at the line named")]
+    # What `run` refuses after reading the file: the same words, so "valid" means `run` starts.
+    problem = access_log_problem(config.access_log)
+    if problem is not None:
+        where = Reader(path, source.text).location(("log", "access"))
+        return config, raw, [Finding(FAIL, f"config: {where}: log.access: {problem}; `run` refuses to start",
+                                     "create that folder and let the account guardproxy runs as write there, "
+                                     "or set [log] access to another file, \"-\" (stdout) or \"\" (off)")]
     return config, raw, [Finding(OK, f"config valid: {path.resolve()}")]
 
 
@@ -76,16 +86,72 @@ def check_keys(config: Config, raw: Mapping[str, Any]) -> list[Finding]:
     return out
 
 
-def check_file_mode(path: Path) -> list[Finding]:
+def config_secrets(raw: Mapping[str, Any]) -> list[str]:
+    """What in the file is secret: plaintext keys, a password in [cluster] redis.  Key hashes are not."""
+    out = []
+    keys = raw.get("keys")
+    if isinstance(keys, list) and any(isinstance(k, dict) and "key" in k for k in keys):
+        out.append("plaintext keys")
+    cluster = raw.get("cluster")
+    url = cluster.get("redis") if isinstance(cluster, dict) else None
+    if isinstance(url, str):
+        try:
+            if RedisAddress.from_url(url).password is not None:
+                out.append("the Redis password")
+        except ValueError:
+            pass
+    return out
+
+
+def check_file_mode(path: Path, raw: Mapping[str, Any] | None = None, *, service: bool = False) -> list[Finding]:
+    """Whether other users can read a secret in the config.
+
+    A config of key hashes may be world-readable: that is the layout of the systemd unit, whose
+    DynamicUser exists only while it runs, so the file cannot be made its own (chmod 600 would stop
+    the service).  Only a secret in the file makes the mode matter.  `service`: a systemd unit is
+    installed, so the fix is a group, never chmod 600."""
     if os.name != "posix":
         return []
     try:
         mode = path.stat().st_mode & 0o777
     except OSError:
         return []
-    if mode & 0o077:
-        return [Finding(WARN, f"{path} is readable by other users (mode {mode:o})", f"chmod 600 {path}")]
-    return []
+    secrets = config_secrets(raw if raw is not None else {})
+    if not mode & 0o007:
+        return []
+    if not secrets:
+        return [Finding(OK, f"{path} is readable by other users (mode {mode:o}), which is fine: "
+                            f"it holds key hashes only")]
+    what = " and ".join(secrets)
+    move = ("replace each `key = \"...\"` with its key_sha256" if "plaintext keys" in secrets else "") + \
+           (" and " if len(secrets) == 2 else "") + \
+           ("move the Redis password to $GUARDPROXY_REDIS_URL" if "the Redis password" in secrets else "")
+    group = (f"chgrp guardproxy-config {path} && chmod 0640 {path}, with SupplementaryGroups=guardproxy-config "
+             f"in the unit (docs/linux-service.md)")
+    fix = f"{move}; or let only guardproxy's group read it: {group}" if service else \
+          f"{move}; or chmod 600 {path} if guardproxy runs as its owner (under systemd: {group})"
+    return [Finding(WARN, f"{path} holds {what} and is readable by every user (mode {mode:o})", fix)]
+
+
+# --- the shared state ------------------------------------------------------------------
+
+def check_redis(config: Config, environ: Mapping[str, str]) -> list[Finding]:
+    """[cluster]: Redis answers, takes the password, is new enough, and is the primary (a replica refuses writes)."""
+    try:
+        address = cluster_address(config, environ)
+    except ConfigError as e:
+        return [Finding(FAIL, f"cluster: {e}", "set [cluster] redis or $GUARDPROXY_REDIS_URL")]
+    rule = config.cluster.on_redis_error if config.cluster is not None else ""
+    try:
+        # The client refuses, as the gate does, a replica, a Redis older than 7 and a Cluster node.
+        found = redischeck.inspect(address)
+    except redischeck.RedisDown as e:
+        return [Finding(FAIL, f"cluster: {e}", redischeck.fix_for(str(e), rule))]
+    if found.role not in (None, "master"):  # (a server that let the handshake through all the same)
+        message = f"Redis at {address.url} is a replica, not the primary"
+        return [Finding(FAIL, f"cluster: {message}", redischeck.fix_for(message, rule))]
+    return [Finding(OK, f"cluster: Redis {found.version or '(version unknown)'} at {address.url} answers, "
+                        f"takes the password and is the primary")]
 
 
 # --- this machine -----------------------------------------------------------------------
@@ -116,7 +182,7 @@ def check_listen_port(host: str, port: int) -> list[Finding]:
         sock.bind((addr, port))
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)) or getattr(e, "winerror", 0) == 10048:
-            if _guardproxy_answers(addr, port):
+            if guardproxy_answers(addr, port):
                 return [Finding(OK, f"guardproxy is already running on {shown}")]
             return [Finding(FAIL, f"listen port {shown} is taken by another program",
                             "stop that program, or choose another `listen` port in the config")]
@@ -126,15 +192,6 @@ def check_listen_port(host: str, port: int) -> list[Finding]:
     finally:
         sock.close()
     return [Finding(OK, f"listen address {shown} is free")]
-
-
-def _guardproxy_answers(addr: str, port: int) -> bool:
-    """Ask the loopback side of the port (never a LAN address) whether it is a guardproxy."""
-    local = "::1" if ":" in addr else "127.0.0.1"
-    try:
-        return http_get(Upstream(local, port), "/health", 16, 2.0) == (200, b"OK")
-    except (OSError, http.client.HTTPException):
-        return False
 
 
 def check_tls(raw: Mapping[str, Any], base: Path) -> list[Finding]:
@@ -244,19 +301,24 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
         path, config, raw, findings = None, None, {}, [Finding(FAIL, f"config: {e}")]
     else:
         config, raw, findings = check_config(path, environ, windows)
+    unit = systemd.unit_state(service_name) if sys.platform.startswith("linux") else None
     if config is not None:
         findings += check_keys(config, raw)
         if config.path is not None:
-            findings += check_file_mode(config.path)
+            findings += check_file_mode(config.path, raw, service=unit is not None)
         hosts, listen = config.hosts(), (config.listen_host, config.listen_port)
+        listed = bool(config.upstreams)
     else:
         # Fall back on what the file says, or the defaults, to check what still can be.
         hosts = hosts_in(raw)
+        listed = isinstance(raw.get("upstreams"), list) and bool(raw["upstreams"])
         try:
             listen = parse_hostport(str(raw.get("listen", DEFAULT_LISTEN)))
         except ValueError:
             listen = parse_hostport(DEFAULT_LISTEN)
-    findings += check_hosts(hosts, listening.listeners() if table is True else table or None)
+    findings += check_hosts(hosts, listening.listeners() if table is True else table or None, listed=listed)
+    if config is not None and config.cluster is not None:
+        findings += check_redis(config, environ)
     findings += check_listen_port(*listen)
     if path is not None:
         findings += check_tls(raw, path.resolve().parent)
@@ -265,9 +327,8 @@ def run_doctor(config_arg: str | None, environ: Mapping[str, str] | None = None,
     if windows:
         findings += check_windows_service(service_name, listen[0], listen[1])
     elif sys.platform.startswith("linux"):
-        state = systemd.unit_state(service_name)
-        if state is not None or systemd.has_systemd():
-            findings += check_systemd_unit(service_name, state)
+        if unit is not None or systemd.has_systemd():
+            findings += check_systemd_unit(service_name, unit)
     return findings
 
 

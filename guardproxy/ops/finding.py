@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..wire.printable import printable
+
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 
 
@@ -14,4 +16,5 @@ class Finding:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{self.level:<4}  {self.text}" + (f" -- fix: {self.fix}" if self.fix else "")
+        """One line: what a host, a file or the system said is in it, so control characters are escaped."""
+        return printable(f"{self.level:<4}  {self.text}" + (f" -- fix: {self.fix}" if self.fix else ""))

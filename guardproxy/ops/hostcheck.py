@@ -13,18 +13,21 @@ import sys
 from typing import Any, Mapping
 
 from . import listening
-from ..config.model import DEFAULT_UPSTREAM, Upstream, UpstreamHost
+from ..config.model import DEFAULT_UPSTREAM, Upstream, UpstreamHost, url_host
 from ..config.values import is_loopback_host, parse_upstream
+from ..decisions.listing_reader import read_listing
 from .finding import FAIL, INFO, OK, WARN, Finding
 
 
 def check_hosts(hosts: tuple[UpstreamHost, ...], sockets: list[listening.Listener] | None,
-                timeout: float = 5.0) -> list[Finding]:
-    """Every check of every host; with several, each line says which host it is about."""
+                timeout: float = 5.0, *, listed: bool = False) -> list[Finding]:
+    """Every check of every host; with several, each line says which host it is about.
+    `listed`: the hosts are [[upstreams]] blocks, so a fix names the block, not `upstream`."""
     out: list[Finding] = []
     for host in hosts:
         label = f"{host.name}: " if len(hosts) > 1 else ""
-        found = check_upstream(host.address, timeout)
+        setting = f"the url of [[upstreams]] \"{host.name}\"" if listed else "`upstream` in the config"
+        found = check_upstream(host.address, timeout, setting, others=listed and len(hosts) > 1)
         if found[0].level != FAIL:   # a host that did not answer as Ollama would only make the others wait too
             found += check_models(host.address, timeout) + check_cloud(host.address, timeout)
         found += check_exposure(host.address, sockets)
@@ -46,24 +49,53 @@ def http_get(upstream: Upstream, path: str, limit: int, timeout: float) -> tuple
         conn.close()
 
 
-def check_upstream(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
+def guardproxy_answers(addr: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a guardproxy listens on this port: its /health answers "OK".  Asked on the loopback
+    side of the port (never a LAN address)."""
+    local = "::1" if ":" in addr else "127.0.0.1"
+    try:
+        return http_get(Upstream(local, port), "/health", 16, timeout) == (200, b"OK")
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def address_in_use(host: str, port: int) -> str:
+    """What to tell someone whose `run` found its listen address taken: by a guardproxy, or by something else."""
+    shown = f"{url_host(host)}:{port}"
+    if guardproxy_answers(host, port):
+        return (f"cannot listen on {shown}: a guardproxy is already running there (its /health answers); "
+                f"stop that one first (`sudo systemctl stop guardproxy`, or Ctrl-C where it runs), or give this "
+                f"one another port with --listen HOST:PORT or `listen` in the config")
+    finder = (f"`netstat -ano | findstr :{port}`" if sys.platform == "win32"
+              else f"`ss -ltnp 'sport = :{port}'` (or `lsof -i :{port}`)")
+    return (f"cannot listen on {shown}: another program (not a guardproxy: no /health answer) is using it; "
+            f"find it with {finder}, or choose another port with --listen HOST:PORT or `listen` in the config")
+
+
+def check_upstream(upstream: Upstream, timeout: float = 5.0, setting: str = "`upstream` in the config", *,
+                   others: bool = False) -> list[Finding]:
+    """`setting` names where the address comes from, for the fix; `others`: other hosts take over meanwhile."""
     url = f"http://{upstream.authority}"
+    meanwhile = "; until then requests go to the other hosts" if others else ""
+    where = "on that host" if not is_loopback_host(upstream.host) else ""
     try:
         status, body = http_get(upstream, "/api/version", 65536, timeout)
     except ConnectionRefusedError:
         return [Finding(FAIL, f"nothing answers at {url}",
-                        "start Ollama (the Ollama app, or `ollama serve`), or set `upstream` in the config")]
+                        f"start Ollama{' ' + where if where else ''} (the Ollama app, `ollama serve` or "
+                        f"`systemctl start ollama`), or correct {setting}{meanwhile}")]
     except TimeoutError:
-        return [Finding(FAIL, f"{url} did not answer within {timeout:g}s", "check that Ollama is running and not stuck")]
+        return [Finding(FAIL, f"{url} did not answer within {timeout:g}s",
+                        f"check that Ollama{' ' + where if where else ''} is running and not stuck, and that "
+                        f"{setting} is its address{meanwhile}")]
     except (OSError, http.client.HTTPException) as e:
-        return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}",
-                        "check `upstream` in the config")]
+        return [Finding(FAIL, f"cannot reach {url}: {getattr(e, 'strerror', None) or e}", f"check {setting}{meanwhile}")]
     if status == 403:
         return [Finding(FAIL, f"{url} answered 403 to its own address as Host",
-                        "point `upstream` at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
+                        f"point {setting} at Ollama by its loopback address, e.g. http://127.0.0.1:11434")]
     if status != 200:
         return [Finding(FAIL, f"{url}/api/version answered {status}: this does not look like Ollama",
-                        "set `upstream` to Ollama's address, usually http://127.0.0.1:11434")]
+                        f"set {setting} to Ollama's address, usually http://127.0.0.1:11434")]
     try:
         version = json.loads(body)["version"]
     except (ValueError, KeyError, TypeError):
@@ -77,9 +109,9 @@ def check_models(upstream: Upstream, timeout: float = 5.0) -> list[Finding]:
         status, body = http_get(upstream, "/api/tags", 8 << 20, timeout)
     except (OSError, http.client.HTTPException):
         return []
-    try:
-        names = [str(m.get("name") or m.get("model")) for m in json.loads(body)["models"]] if status == 200 else None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    try:  # (a host's list is untrusted input: read within bounds, see decisions/listing_reader.py)
+        names = [str(m.get("name") or m.get("model")) for m in read_listing(body)] if status == 200 else None
+    except ValueError:
         names = None
     if names is None:
         return [Finding(WARN, f"http://{upstream.authority}/api/tags answered {status} without a model list")]

@@ -19,13 +19,15 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..config.edit import KeyEdit, append_key, revoke_key, rotate_key
 from ..config.load import parse_config
-from ..config.model import Config, ConfigError, KeyEntry
+from ..config.lock import config_lock
+from ..config.model import CommandError, Config, ConfigError, KeyEntry
 from ..config.paths import CONFIG_HELP, env_api_key, find_config, required_config
 from ..config.source import parse_toml, read_config_text
 from ..config.values import parse_duration
 from ..config.write import create_config, generate_key
 from ..decisions.auth import key_state
 from ..engine.accesslog import LogRecord
+from ..wire.printable import printable
 from .columns import table
 
 LOG_SCAN_LIMIT = 256 * 1024 * 1024  # bytes of access log read, newest first, to find each key's last use
@@ -82,14 +84,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     path, _ = find_config(args.config)
     key = generate_key()
-    if not path.exists():
-        name = args.name or "default"
-        create_config(path, key, name, admin=args.admin)
-        print(f"created {path} with key \"{name}\"", file=sys.stderr)
-    else:
-        name = args.name or _next_name(path)
-        edit = append_key(path, name, key, admin=args.admin)
-        _say(f"added key \"{name}\"", path, edit)
+    with config_lock(path):  # the name chosen, and whether the file exists, hold until the key is saved
+        if not path.exists():
+            name = args.name or "default"
+            create_config(path, key, name, admin=args.admin)
+            print(f"created {path} with key \"{name}\"", file=sys.stderr)
+        else:
+            name = args.name or _next_name(path)
+            edit = append_key(path, name, key, admin=args.admin)
+            _say(f"added key \"{name}\"", path, edit)
     if args.admin:
         print("this key is an admin key: it may pull, push, create, copy and delete models", file=sys.stderr)
     print(key)
@@ -129,7 +132,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     try:
         grace = parse_duration(args.grace)
     except ValueError as e:
-        raise ConfigError(f"--grace: expected {e}") from None
+        raise CommandError(f"keys rotate: --grace: expected {e}") from None
     key = generate_key()
     edit, until = rotate_key(path, args.name, key, grace=grace, now=datetime.now(timezone.utc))
     _say(f"rotated key \"{args.name}\"", path, edit)
@@ -165,6 +168,13 @@ def key_rows(config: Config, raw_keys: Iterable[Any], now: datetime, last: Mappi
     return rows
 
 
+def _gpu_note(e: KeyEntry) -> str | None:
+    """The key's limits on what a body asks of the GPU, when it has any."""
+    limits = [f"{name} {value}" for name, value in (("max_num_ctx", e.max_num_ctx),
+                                                    ("max_output_tokens", e.max_output_tokens)) if value]
+    return f"\"{e.name}\": bodies lowered to " + ", ".join(limits) if limits else None
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -185,8 +195,9 @@ def _rotation_note(e: KeyEntry, state: str) -> str | None:
 
 def render_keys(rows: list[KeyRow], width: int | None, notes: Iterable[str] = ()) -> str:
     """A table when it fits `width` (None: no limit, as when piped); else one short paragraph per key."""
+    rows = [KeyRow(tuple(printable(c) for c in r.cells), r.note and printable(r.note)) for r in rows]
     lines = table(COLUMNS, [r.cells for r in rows], len(COLUMNS))
-    all_notes = [n for n in (r.note for r in rows) if n] + list(notes)
+    all_notes = [n for n in (r.note for r in rows) if n] + [printable(n) for n in notes]
     if width is None or max(map(len, lines)) <= width:
         return "\n".join(lines + [""] * bool(all_notes) + all_notes) + "\n"
     width = max(width, 20)
@@ -258,5 +269,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     raw_keys = data.get("keys", [])
     rows = key_rows(config, raw_keys if isinstance(raw_keys, list) else [], datetime.now(timezone.utc), last)
     width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
-    sys.stdout.write(render_keys(rows, width, [note] if note else []))
+    notes = [n for n in map(_gpu_note, config.keys) if n] + ([note] if note else [])
+    sys.stdout.write(render_keys(rows, width, notes))
     return 0

@@ -16,6 +16,7 @@ import http.client
 import io
 import os
 import shutil
+import signal
 import socket
 import ssl
 import sys
@@ -28,6 +29,7 @@ from .. import __version__
 from ..config.model import ENV_KEY
 from ..config.paths import env_api_key
 from .check import Target, connection, parse_target, positive_seconds
+from ..wire.printable import printable
 from .columns import fit
 from .topview import NotMetrics, Snapshot, parse_metrics, render
 
@@ -176,7 +178,7 @@ def live(target: MetricsTarget, key: str | None, interval: float, out: TextIO, a
 
 def render_error(message: str, interval: float, width: int) -> str:
     """A failed scrape, wrapped rather than cut: the end of the message is usually the useful part."""
-    paragraphs = [f"guardproxy top: {message}", f"retrying every {interval:g}s; Ctrl-C to quit"]
+    paragraphs = [f"guardproxy top: {printable(message)}", f"retrying every {interval:g}s; Ctrl-C to quit"]
     return "\n\n".join("\n".join(fit(line, width) for line in textwrap.wrap(p, max(width, 1)))
                        for p in paragraphs) + "\n"
 
@@ -195,7 +197,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_top)
 
 
+def quit_on_interrupt() -> None:
+    """Ctrl-C (SIGINT) ends `top`, however it was started.
+
+    A process started with SIGINT ignored (a background job of a script, `nohup`-like
+    launchers, some CI runners and test harnesses) inherits the ignore, and Python then
+    keeps it instead of installing its KeyboardInterrupt handler: the live view would
+    never quit on Ctrl-C.  So the handler is installed explicitly."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):
+        pass  # not the main thread, or no such signal here: nothing to change
+
+
 def cmd_top(args: argparse.Namespace) -> int:
+    quit_on_interrupt()
     if isinstance(sys.stdout, io.TextIOWrapper):  # a key or model name the console's code page lacks
         sys.stdout.reconfigure(errors="replace")
     key = args.key or env_api_key(os.environ)
@@ -207,7 +223,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         else:
             live(target, key, args.interval, sys.stdout, enable_ansi())
     except TopError as e:
-        print(f"guardproxy top: {e}", file=sys.stderr)
+        print(f"guardproxy top: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

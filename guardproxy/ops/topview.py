@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,12 +75,22 @@ def increase(prev: Series, now: Series) -> dict[Labels, float]:
     return out
 
 
-def rates(prev: Snapshot | None, now: Snapshot, name: str, by: Sequence[str]) -> dict[tuple[str, ...], float] | None:
-    """Per-second increase of a counter, summed by the labels in `by`; None before there are two scrapes."""
+SCRAPE = ("route", "metrics")  # GET /metrics: a scrape (Prometheus's, or top's own), not a client's request
+
+
+def clients(series: Series) -> Series:
+    """guardproxy_requests_total without the scrapes of /metrics, which are not traffic."""
+    return {labels: v for labels, v in series.items() if SCRAPE not in labels}
+
+
+def rates(prev: Snapshot | None, now: Snapshot, name: str, by: Sequence[str],
+          only: Callable[[Series], Series] = lambda s: s) -> dict[tuple[str, ...], float] | None:
+    """Per-second increase of a counter (its series that `only` keeps), summed by the labels in `by`;
+    None before there are two scrapes."""
     if prev is None or now.at <= prev.at:
         return None
     dt = now.at - prev.at
-    return {k: v / dt for k, v in group(increase(prev.series(name), now.series(name)), by).items()}
+    return {k: v / dt for k, v in group(increase(only(prev.series(name)), only(now.series(name))), by).items()}
 
 
 def interval_quantile(prev: Snapshot | None, now: Snapshot, histogram: str, q: float) -> float | None:
@@ -175,9 +185,9 @@ def _tokens(prev: Snapshot | None, now: Snapshot, limit: int | None, width: int)
 
 
 def _counter_table(prev: Snapshot | None, now: Snapshot, name: str, label: str, title: str,
-                   limit: int | None, width: int) -> list[str]:
-    totals = group(now.series(name), [label])
-    r = rates(prev, now, name, [label])
+                   limit: int | None, width: int, only: Callable[[Series], Series] = lambda s: s) -> list[str]:
+    totals = group(only(now.series(name)), [label])
+    r = rates(prev, now, name, [label], only)
     rows = [[k, fmt_rate(None if r is None else r.get((k,), 0.0)), f"{v:.0f}"]
             for (k,), v in sorted(totals.items()) if v > 0]
     if not rows:
@@ -216,7 +226,7 @@ def _screen(prev: Snapshot | None, now: Snapshot, width: int, rows: int | None) 
         v = now.total(name)
         return "-" if v is None else f"{v:.0f}"
 
-    req = rates(prev, now, "guardproxy_requests_total", [])
+    req = rates(prev, now, "guardproxy_requests_total", [], clients)
     tok = rates(prev, now, "guardproxy_tokens_total", [])
     summary = [f"connections {gauge('guardproxy_connections_open')}", f"streams {gauge('guardproxy_streams_active')}",
                f"queue {gauge('guardproxy_queue_waiting')}",
@@ -233,7 +243,7 @@ def _screen(prev: Snapshot | None, now: Snapshot, width: int, rows: int | None) 
         [head, *_pack(summary, width), *_pack(latency, width)],
         _streams(now, rows, width),
         _tokens(prev, now, rows, width),
-        _counter_table(prev, now, "guardproxy_requests_total", "code", "REQUESTS", rows, width),
+        _counter_table(prev, now, "guardproxy_requests_total", "code", "REQUESTS", rows, width, clients),
         _upstreams(now, rows, width),
         _counter_table(prev, now, "guardproxy_refusals_total", "reason", "REFUSALS", rows, width),
     ]

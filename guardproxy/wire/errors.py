@@ -41,6 +41,16 @@ class BadRequest(GuardError):
 class Unauthorized(GuardError):
     status = 401
     message = "unauthorized"
+    # A configured key that may no longer be used: its name and why ("revoked", "expired", "rotated":
+    # a rotated key's old value after its grace), for the access log only; the client sees the same 401.
+    key_name: str | None = None
+    key_state: str | None = None
+
+    @classmethod
+    def for_key(cls, name: str, state: str) -> "Unauthorized":
+        err = cls()
+        err.key_name, err.key_state = name, state
+        return err
 
 
 class Forbidden(GuardError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import h11
 
 from .errors import BadRequest, GuardError, HeadTooLarge
-from .strict import check_head
+from .strict import check_head, check_parsed
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones guardproxy owns: the
 # client's key must never reach the upstream, Host is rewritten, and the
@@ -131,44 +131,72 @@ except ImportError:  # pragma: no cover - depends on the installed h11
     _h11_parse = _h11_public
 
 
+# The fields parse_request_head notes: the request's own (connection, expect, x-request-id), then,
+# from _ONCE on, those the strict rules allow once (host, content-length, transfer-encoding first).
+_NOTED = {b"connection": 0, b"expect": 1, b"x-request-id": 2, b"host": 3, b"content-length": 4,
+          b"transfer-encoding": 5, b"x-api-key": 6, b"authorization": 7}
+_ONCE = 3
+
+
 def parse_request_head(data: bytes | bytearray | memoryview) -> RequestHead:
     """Parse one complete request head, as strict.HeadScanner found it, or raise a GuardError.
 
-    strict.check_head refuses first what h11 would let through; h11 then
-    parses what is left, so both parsers agree on every head that passes.
+    h11 parses it; strict.check_parsed passes it on h11's reading, or strict.check_head
+    refuses what h11 would let through, so both parsers agree on every head that passes.
     Any bytes-like head is taken; the parsed fields are bytes (they are hashed and kept).
     """
     if type(data) is not bytes:
         data = bytes(data)
-    facts = check_head(data)
     try:
         method, target, version, headers = _h11_parse(data)
     except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
+        check_head(data)  # the strict rules' reason first, as for any head they refuse
         err_cls = HeadTooLarge if e.error_status_hint == 431 else BadRequest
         raise err_cls(f"malformed request: {e}") from None
+    # h11's field list is walked once: for what the request needs, and for the fields the
+    # strict rules allow only once. Each line is thus scanned once, by h11; check_head reads
+    # the lines again only when something is unusual, to refuse with its reason.
     keep_alive = version == b"1.1"
     expect = False
-    host = b""
     request_id: bytes | None = None
     seen_id = False
     connection_tokens: list[bytes] = []
-    for name, _, value in headers:
-        if name == b"connection":
+    once = 0           # bits of the fields seen that the strict rules allow once
+    unusual = False    # something for check_head to judge
+    found: list[bytes | None] = [None, None, None]  # host, content-length, transfer-encoding
+    for name, raw, value in headers:
+        # h11 takes "_" in a name; the strict rules do not. (An int: bytes' `in` with a bytes
+        # operand first tries it as an int and fails, ten times the cost of this test.)
+        if 0x5F in raw:
+            unusual = True
+        if name not in _NOTED:
+            continue
+        kind = _NOTED[name]
+        if kind >= _ONCE:
+            bit = 1 << kind
+            if once & bit:
+                unusual = True
+            once |= bit
+            if kind < _ONCE + 3:
+                found[kind - _ONCE] = value
+        elif kind == 0:
             connection_tokens.extend(_tokens(value))
-        elif name == b"expect":
+        elif kind == 1:
             expect = value.lower() == b"100-continue"
-        elif name == b"host":
-            host = value
-        elif name == b"x-request-id" and not seen_id:  # the first one counts, as Go's Header.Get reads it
+        elif not seen_id:  # the first X-Request-Id counts, as Go's Header.Get reads it
             seen_id = True
             if 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, _ID_CHARS):
                 request_id = value
+    host, cl, te = found
+    facts = None if unusual else check_parsed(data, method, target, version, host, cl, te)
+    if facts is None:
+        facts = check_head(data)
     if b"close" in connection_tokens:
         keep_alive = False
     elif version == b"1.0" and b"keep-alive" in connection_tokens:
         keep_alive = True
     return RequestHead(method, target, version, headers, keep_alive, facts.content_length, facts.chunked,
-                       expect, host, frozenset(connection_tokens), request_id)
+                       expect, host or b"", frozenset(connection_tokens), request_id)
 
 
 def build_upstream_head(req: RequestHead, authority: bytes, client_ip: bytes, proto: bytes,

@@ -8,7 +8,10 @@ get smuggled.  This module checks the raw bytes before h11 sees them:
 
 * HeadScanner finds the end of a head while it arrives, enforcing the size,
   line-ending and header-count limits whatever the segmentation.
-* check_head validates the head the scanner found and returns its framing facts.
+* check_parsed passes a head on h11's reading of it plus two looks at the raw
+  bytes: the common case, each line scanned once (by h11).
+* check_head validates the raw head line by line: the verdict, with its status
+  and reason, for every head check_parsed does not pass.
 
 Every violation raises a GuardError carrying its status; all of them close
 the connection.  Pure logic: no asyncio.
@@ -191,3 +194,58 @@ def check_head(data: bytes) -> HeadFacts:
     if method not in ALLOWED_METHODS:
         raise MethodNotAllowed(headers=[("Allow", ALLOW_HEADER)], close=True)
     return HeadFacts(content_length, chunked)
+
+
+
+# Every control byte but TAB, CR and LF becomes NUL, so one find tells whether a head has any.
+_CONTROL_TO_NUL = bytes(0 if (b < 0x20 and b not in (0x09, 0x0A, 0x0D)) or b == 0x7F else b for b in range(256))
+# origin-form's characters apart from %XX: a target without "%" is checked by one translate.
+_ORIGIN_CHARS = bytes(sorted(set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?")))
+
+
+def check_parsed(data: bytes, method: bytes, target: bytes, version: bytes,
+                 host: bytes | None, content_length: bytes | None, transfer_encoding: bytes | None) -> HeadFacts | None:
+    """The facts of a head that check_head would pass, from h11's parse of it; None: ask check_head.
+
+    The caller has walked h11's fields once: no name with "_", no field of _UNIQUE twice,
+    and the values of Host, Content-Length and Transfer-Encoding. h11 has already refused
+    control bytes, bare CR, malformed names and request lines, and codings other than
+    chunked. What h11 allows and the strict rules do not is looked for here; anything
+    unusual returns None, so that check_head, the authority, gives the verdict and its
+    reason. A sufficient condition, never a second set of rules: whatever it passes,
+    check_head passes with the same facts (tests/unit/wire/test_strict.py holds the two to
+    that on the attack corpus and on random heads).
+    """
+    if version != b"1.1" and version != b"1.0":
+        return None
+    if method not in ALLOWED_METHODS:
+        return None
+    if target == b"*":
+        if method != b"OPTIONS":
+            return None
+    elif target[:1] != b"/" or (target.translate(None, _ORIGIN_CHARS) if 0x25 not in target  # "%"
+                                 else not _ORIGIN_FORM.fullmatch(target)):
+        return None
+    # h11 unfolds obsolete line folding and takes control bytes other than NUL in a value;
+    # the strict rules refuse both. (find, not `in`: see heads.parse_request_head on the
+    # cost of bytes' `in` with a bytes operand.)
+    if data.find(b"\n ") >= 0 or data.find(b"\n\t") >= 0 or data.translate(_CONTROL_TO_NUL).find(0) >= 0:
+        return None
+    cl = content_length
+    if cl is not None:
+        # h11 folds repeated equal Content-Lengths, and "5, 5", into one: the raw bytes must hold exactly one.
+        lowered = data.lower()
+        at = lowered.find(b"\r\ncontent-length:")
+        if at < 0 or lowered.find(b"\r\ncontent-length:", at + 17) >= 0:
+            return None
+        start = at + 17
+        if data[start:data.find(b"\r", start)].strip(b" \t") != cl or len(cl) > 18:
+            return None
+    if transfer_encoding is not None and (cl is not None or version == b"1.0"):
+        return None
+    if host is None:
+        if version == b"1.1":
+            return None
+    elif not _HOST.fullmatch(host):
+        return None
+    return HeadFacts(int(cl) if cl is not None else None, transfer_encoding is not None)

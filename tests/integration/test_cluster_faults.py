@@ -55,10 +55,12 @@ async def check_rule(rule: str, gs: list[Gate]) -> None:
     assert all(g.state.fallbacks > 0 for g in gs)
 
 
-async def shared_again(redis: RedisServer, gs: list[Gate]) -> None:
+async def shared_again(redis: RedisServer, gs: list[Gate], *, dropped: bool = True) -> None:
     await until(lambda: all(g.state.connected for g in gs), timeout=10)
     for g in gs:
-        assert g.said.count("unreachable") == 1 and g.said.count("reachable again") == 1, g.said
+        # Paused briefly, a connection whose late reply came within its back-off step stays up.
+        assert g.said.count("unreachable") == g.said.count("reachable again") == 1 or \
+            not dropped and g.said.count("unreachable") == g.said.count("reachable again") == 0, g.said
     await redis.command("FLUSHALL")
     statuses = [(await fetch(gs[i % 2].port, "GET", "/api/version", headers=LAPTOP)).status for i in range(5)]
     assert statuses == [200] * 4 + [429]
@@ -87,7 +89,7 @@ async def test_redis_paused_then_resumed(fake: FakeOllama, tmp_path: Path, redis
             assert all(g.state.errors >= 1 for g in gs)   # the calls that timed out
         finally:
             redis.resume()
-        await shared_again(redis, gs)
+        await shared_again(redis, gs, dropped=False)
 
 
 async def test_debug_sleep_is_waited_out_for_op_timeout_only(fake: FakeOllama, tmp_path: Path,

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import socket
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import trustme
 from conftest import KEY, Proxy
 from guardproxy import cli
 from guardproxy.ops import systemd
-from guardproxy.ops.doctor import FAIL, INFO, OK, WARN, Finding, check_open_files, run_doctor
+from guardproxy.ops.doctor import FAIL, INFO, OK, WARN, Finding, check_file_mode, check_open_files, run_doctor
 from guardproxy.testing.fake_ollama import FakeOllama
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
@@ -108,12 +109,31 @@ async def test_plaintext_key_gets_its_hash_as_the_fix(fake: FakeOllama, tmp_path
     assert KEY not in warn[0].line()
 
 
-@pytest.mark.posix_only("POSIX file modes")
-async def test_world_readable_config_is_a_warning(fake: FakeOllama, tmp_path: Path) -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+async def test_a_world_readable_config_of_key_hashes_is_fine(fake: FakeOllama, tmp_path: Path, mode: int) -> None:
+    """The systemd unit's layout: 0644 (or 0640 with a group), since its DynamicUser cannot own the file."""
     path = write_config(tmp_path, fake.port)
+    path.chmod(mode)
+    findings = await doctor(path)
+    assert texts(findings, WARN) == [] and texts(findings, FAIL) == []
+    assert "chmod" not in "\n".join(f.line() for f in findings)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+async def test_a_world_readable_secret_is_a_warning_whose_fix_keeps_a_service_running(fake: FakeOllama,
+                                                                                      tmp_path: Path) -> None:
+    path = write_config(tmp_path, fake.port, extra='[cluster]\nredis = "redis://:s3cret@127.0.0.1:1"\n')
     path.chmod(0o644)
-    warn = texts(await doctor(path), WARN)
-    assert warn == [f"warn  {path} is readable by other users (mode 644) -- fix: chmod 600 {path}"]
+    raw = tomllib.loads(path.read_text())
+    (service,) = check_file_mode(path, raw, service=True)
+    assert service.level == WARN and service.text == f"{path} holds the Redis password and is readable by every user (mode 644)"
+    assert "chmod 600" not in service.fix and "$GUARDPROXY_REDIS_URL" in service.fix
+    assert f"chgrp guardproxy-config {path} && chmod 0640 {path}" in service.fix
+    (by_hand,) = check_file_mode(path, raw, service=False)
+    assert f"chmod 600 {path} if guardproxy runs as its owner" in by_hand.fix
+    path.chmod(0o640)
+    assert check_file_mode(path, raw, service=True) == []
 
 
 async def test_invalid_config_names_file_and_line_and_checks_go_on(fake: FakeOllama, tmp_path: Path) -> None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from conftest import KEY, start_proxy
 from guardproxy.config.model import Routing, Timeouts
@@ -156,3 +159,26 @@ async def test_a_reload_adds_and_removes_hosts_while_streams_run(fakes: Fakes, t
         assert len(work(a)) == 1 and len(work(c)) >= 1
         await until(lambda: a.open_connections == 0)  # the removed host's pool let go
         assert (await fetch(proxy.port, "GET", "/ready")).body == b'{"upstreams_up":2}'
+
+
+async def test_a_host_going_down_and_coming_back_is_said_once_each(fakes: Fakes, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="guardproxy")
+    a = await fakes.start(0, models=["m"])
+    b = await fakes.start(1, models=["m"])
+    async with gate(tmp_path, (host(0, a), host(1, b))) as proxy:
+        hosts, checker = proxy.server.hosts, proxy.server.health
+        port = a.port
+        await a.close()
+        await until(lambda: not hosts.members["gpu-a"].host.up)
+        assert (await generate(proxy.port, "m", KEY)).status == 200  # gpu-b answers
+        await asyncio.wait_for(checker.next_round(3), 5)  # more failed checks: nothing more is said
+        again = await fakes.start(0, port, models=["m"])
+        await until(lambda: hosts.members["gpu-a"].host.up)
+        await asyncio.wait_for(checker.next_round(3), 5)
+        assert again.port == port
+    said = [r.getMessage() for r in caplog.records if "gpu-a" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith(f'upstream "gpu-a" (http://127.0.0.2:{port}) is down: ') and "(1 of 2 hosts up)" in said[0]
+    assert said[1] == f'upstream "gpu-a" (http://127.0.0.2:{port}) is up again (2 of 2 hosts up)'
+    assert not [r for r in caplog.records if "gpu-b" in r.getMessage()]

@@ -116,13 +116,22 @@ def screen_text(raw: bytes) -> str:
     return ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "")
 
 
+# Started with SIGINT ignored, as a background job of a script (and some CI runners) starts its commands: the
+# ignore is inherited (asyncio's subprocesses keep it; uvloop's reset it), and Python then installs no
+# KeyboardInterrupt handler of its own.  `top` must quit on Ctrl-C all the same.
+_SIGINT_IGNORED = ("-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
 @pytest.mark.parametrize("columns, rows", [(100, 40), (30, 12)])
-async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int) -> None:
+async def test_on_a_terminal_it_redraws_live_until_interrupted(columns: int, rows: int, sigint: str) -> None:
     master, slave = open_terminal(rows, columns)
     loop = asyncio.get_running_loop()
+    launcher = _SIGINT_IGNORED if sigint == "ignored" else ()
     async with MetricsServer() as server:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardproxy", "top", server.url,
+        proc = await asyncio.create_subprocess_exec(sys.executable, *launcher, "-m", "guardproxy", "top", server.url,
                                                     "--interval", "0.2", cwd=ROOT, env=env(GUARDPROXY_API_KEY=KEY, TERM="xterm"),
                                                     stdin=slave, stdout=slave, stderr=slave)
         os.close(slave)
@@ -200,3 +209,19 @@ async def test_piped_against_a_running_gate_with_traffic(fake: FakeOllama, tmp_p
     assert float(codes["200"][0].rstrip("k")) > 0 and codes["401"] == ["0", "2"]
     assert sections["UPSTREAMS"].splitlines()[1].split()[:2] == [f"127.0.0.1:{fake.port}", "up"]
     assert sections["REFUSALS"].splitlines()[1].split() == ["unauthorized", "0", "2"]
+
+
+async def test_a_hostile_metrics_page_reaches_the_screen_escaped() -> None:
+    """Raw control characters in label values (a crafted /metrics, or a model a host listed) are shown escaped."""
+    evil = "evil\x1b]0;PWNED\x07\x1b[2J\x1b[31m"
+    body = ("# TYPE guardproxy_streams_active gauge\n"
+            f'guardproxy_streams_active{{key="{evil}",model="{evil}"}} 2\n'
+            "# TYPE guardproxy_upstream_up gauge\n"
+            f'guardproxy_upstream_up{{upstream="http://{evil}"}} 1\n'
+            "# TYPE guardproxy_build_info gauge\n"
+            f'guardproxy_build_info{{version="{evil}"}} 1\n')
+    async with MetricsServer(200, body) as server:
+        code, out, err = await run_piped(server.url, "--interval", "0.2", COLUMNS="200", GUARDPROXY_API_KEY=KEY)
+    assert (code, err) == (0, ""), err
+    assert all(c == "\n" or c.isprintable() for c in out), repr(out)
+    assert "evil\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m" in out

@@ -40,13 +40,16 @@ class Gate(Proxy):
 
 @asynccontextmanager
 async def gates(fake_port: int, tmp_path: Path, redis_url: str, n: int, *, lease_ttl: float = 1.0,
-                op_timeout: float = 0.05, rule: str = "local", **overrides: Any) -> AsyncIterator[list[Gate]]:
+                op_timeout: float = 0.05, rule: str = "local", cluster: dict[str, Any] | None = None,
+                **overrides: Any) -> AsyncIterator[list[Gate]]:
+    """`cluster`: more [cluster] fields (sentinels, tls_ca, ...)."""
     out: list[Gate] = []
     try:
         for i in range(n):
             log_path = tmp_path / f"access-{i}.log"
             config = make_config(fake_port, access_log=str(log_path),
-                                 cluster=Cluster(redis_url, "t:", lease_ttl, op_timeout, rule), **overrides)
+                                 cluster=Cluster(redis_url, "t:", lease_ttl, op_timeout, rule, **(cluster or {})),
+                                 **overrides)
             server = GuardServer(config, access_log=AccessLog(str(log_path)))
             state = server.state
             assert isinstance(state, RedisState)

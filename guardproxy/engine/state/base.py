@@ -96,6 +96,10 @@ class State(ABC):
         """Requests of this instance waiting for a slot now."""
         return 0
 
+    def forget_ban(self, bucket: str | None) -> bool:
+        """Drop this instance's copy of a ban (an address bucket, or every one: None); True if it had one."""
+        return False
+
     async def start(self) -> None:
         """Before the first request."""
 

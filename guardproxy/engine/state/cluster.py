@@ -11,11 +11,18 @@ When Redis is down or slower than op_timeout, every decision falls to on_redis_e
 "local" enforces this instance's share of the limits in process (divided by the live instances
 last seen), "open" none, "closed" answers 503.  It is logged once, and once when Redis is back;
 `errors` and `fallbacks` count it.  Tokens counted meanwhile are sent when Redis is back.
+
+A Redis that answers with an error (OOM, NOPERM, BUSY, a script error, ...) is as unavailable as
+one that does not answer: a script that failed may have done half its work or none, so nothing
+it would have decided is trusted until a write succeeds again.  The renewal loop probes it,
+backing off, and the first renewal that succeeds re-sends every lease held here and then the
+tokens and releases that could not be sent, before any other call (one pipelined connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import sys
 import time
@@ -27,16 +34,33 @@ from ...decisions.budget import TokenBook, bucket_seconds
 from ...decisions.concurrency import DEFAULT_HOST, Occupancy
 from ...decisions.limits import address_bucket, limit_share, retry_after_header
 from ...decisions.policy import Banned, BudgetExceeded, KeyRateLimited, LimitsUnavailable, Policies, RateLimited
+from .bans import ALL, UNBAN_CHANNEL, lift_in_redis
 from .base import NO_TICKET, Outcome, State, Ticket
 from .local import spent
 from .commands import Reply
 from .pubsub import RedisSubscriber
-from .resp import RedisClient, RedisError, RedisReplyError
+from .resp import RedisClient, RedisError, RedisRefused, RedisReplyError
+from . import scripts
+from .commands import Script, script_commands
 from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
+PROBE_BACKOFF = (0.05, 5.0)   # while Redis answers errors, renewals probe it this often, doubling
+SCRIPTS = tuple(v for v in vars(scripts).values() if isinstance(v, Script))   # SCRIPT LOADed at each connect
+# What a gate runs itself, besides the scripts' commands: the handshake (INFO; SELECT for a db other
+# than 0), loading and running scripts, the wake-up channel, the heartbeat's removal at close and
+# the `budgets` report (TIME, HGETALL).
+OWN_COMMANDS = ("ping", "info", "select", "evalsha", "script|load", "subscribe", "zrem", "time", "hgetall")
+
+
+def gate_acl(prefix: str) -> str:
+    """The ACL rules of a Redis user for gates with this key_prefix: its keys and channel, the commands it runs."""
+    commands = sorted(set(OWN_COMMANDS) | script_commands(SCRIPTS))
+    return f"resetkeys ~{prefix}* resetchannels &{prefix}* -@all " + " ".join("+" + c for c in commands)
+
+
 RULES = {"local": "limits are enforced by each instance, divided by the instances last seen",
          "open": "no limits are enforced", "closed": "requests are refused with 503"}
 
@@ -47,7 +71,7 @@ def _ms(seconds: float) -> int:
 
 class RedisState(State):
     def __init__(self, config: Config, policies: Policies, address: RedisAddress, *, log: TextIO = sys.stderr,
-                 backoff: tuple[float, float] = (0.05, 1.0), start_wait: float = START_WAIT) -> None:
+                 backoff: tuple[float, float] = (0.05, 5.0), start_wait: float = START_WAIT) -> None:
         cluster = config.cluster
         assert cluster is not None
         self.policies = policies
@@ -65,25 +89,31 @@ class RedisState(State):
         self.slots = SlotQueue(self, config.limits.max_queue)
         self.calls = Calls(self.prefix, self.lease_ttl, self.slots.queued_ttl)
         self.all_slots, self.queued_key = self.calls.all_slots, self.calls.queued
-        self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state)
-        self.subscriber = RedisSubscriber(address, [self.calls.channel], self._freed, backoff=backoff,
+        self.client = RedisClient(address, timeout=cluster.op_timeout, backoff=backoff, on_state=self._client_state,
+                                  scripts=SCRIPTS)
+        self.unban_channel = self.prefix + UNBAN_CHANNEL  # `guardproxy unban`, or [ban] removed on any gate
+        self.subscriber = RedisSubscriber(address, [self.calls.channel, self.unban_channel], self._freed,
+                                          backoff=backoff, on_state=self._subscriber_state,
                                           ping_interval=max(1.0, self.lease_ttl / 3))
         self.errors = 0
         self.fallbacks = 0
         self.instances = 1        # live instances last seen
         self.up: bool | None = None
+        self.sick: RedisError | None = None   # the error Redis answered, until a renewal succeeds
         self.occupancy = Occupancy()                  # the slots this instance holds, whoever granted them
         self.leases: dict[bytes, Ticket] = {}
         self._serial = 0
         self.unsent: dict[tuple[str, Budget], int] = {}   # tokens counted while Redis could not be told
         self.unsent_book = TokenBook()                    # the same, as windows: the local budget estimate
+        self.unreleased: dict[bytes, Ticket] = {}         # leases ended here that Redis could not be told of
         self.seen: dict[tuple[str, str], int] = {}        # the window totals Redis last reported
-        self._reply_errors: set[str] = set()
         self._renew_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._lifting: set[asyncio.Task[None]] = set()
         self.apply(config)
 
     def apply(self, config: Config) -> None:
+        removed = getattr(self, "ban", config.ban).after_failures and not config.ban.after_failures
         self.policies.apply(config)
         self.fallback.apply(config)
         self.ban = config.ban
@@ -91,6 +121,22 @@ class RedisState(State):
         self.calls.configure(self.policies.per_ip, config.ban, self.max_total)
         self.slots.queue.max_queue = config.limits.max_queue
         self.slots.kick()   # limits may have grown
+        if removed:  # [ban] removed: lifted for every gate, not only here (they would find it in Redis again)
+            self._lifting.add(task := asyncio.get_running_loop().create_task(self._lift_all()))
+            task.add_done_callback(self._lifting.discard)
+
+    async def _lift_all(self) -> None:
+        try:
+            n = await lift_in_redis(self.client, self.prefix, None)
+        except RedisError as e:
+            self._say(f"[ban] was removed, but the bans in Redis could not be lifted ({e}); "
+                      f"`guardproxy unban --all` lifts them")
+            return
+        self._say(f"[ban] was removed: {n} ban{'s' if n != 1 else ''} lifted in Redis; every gate forgets its copy")
+
+    def forget_ban(self, bucket: str | None) -> bool:
+        had = self.fallback.bans.lift(bucket)
+        return self.policies.bans.lift(bucket) or had
 
     shares_hosts = True  # several gates in front of one host share its max_concurrent
 
@@ -99,7 +145,8 @@ class RedisState(State):
 
     @property
     def connected(self) -> bool:
-        return self.client.connected
+        """Connected to a Redis that answers without errors: only then is it asked to decide."""
+        return self.sick is None and self.client.connected
 
     # --- the request path ------------------------------------------------------------------
 
@@ -257,13 +304,19 @@ class RedisState(State):
 
         def failed(e: RedisError) -> None:
             self.error(e)
-            if tokens and budget is not None:   # the slot's lease runs out by itself
-                self._unsent(ticket.key, budget, tokens)
+            self._keep(ticket, tokens, slot)
         if self.connected:
             self.client.evalsha_nowait(FINISH, *self.calls.finish(ticket.key, ticket.host, budget,
                                                                   ticket.lease if slot else b"", tokens), on_error=failed)
-        elif tokens and budget is not None:
-            self._unsent(ticket.key, budget, tokens)
+        else:
+            self._keep(ticket, tokens, slot)
+
+    def _keep(self, ticket: Ticket, tokens: int, slot: bool) -> None:
+        """What a FINISH that could not be sent would have told Redis, to send when it answers again."""
+        if tokens and ticket.budget is not None:
+            self._unsent(ticket.key, ticket.budget, tokens)
+        if slot and len(self.unreleased) < 65536:   # (past that, leases simply run out after lease_ttl)
+            self.unreleased[ticket.lease] = ticket
 
     def _unsent(self, name: str, budget: Budget, tokens: int) -> None:
         self.unsent[(name, budget)] = self.unsent.get((name, budget), 0) + tokens
@@ -276,26 +329,56 @@ class RedisState(State):
 
     def error(self, e: RedisError) -> None:
         self.errors += 1
-        if isinstance(e, RedisReplyError) and len(self._reply_errors) < 16 and str(e) not in self._reply_errors:
-            self._reply_errors.add(str(e))   # the connection is fine, so no state change reports it
-            self._say(f"answered an error: {e}; this request was decided by on_redis_error = \"{self.rule}\"")
+        if isinstance(e, RedisReplyError) and self.sick is None and self.client.connected:
+            self.sick = e   # the connection is fine, so no change of its state reports it
+            self._say(f"answered an error ({e}); until a write succeeds again, {RULES[self.rule]} "
+                      f"(on_redis_error = \"{self.rule}\")")
+            self._renew_now.set()
+            self.slots.kick()
 
     def _client_state(self, up: bool, error: BaseException | None) -> None:
         was, self.up = self.up, up
         if not up:
-            self._say(f"unreachable ({error}); until it is back, {RULES[self.rule]} (on_redis_error = \"{self.rule}\")")
+            what = "refuses to serve this gate" if isinstance(error, RedisRefused) else "unreachable"
+            self._say(f"{what} ({error}); until it is back, {RULES[self.rule]} (on_redis_error = \"{self.rule}\")")
             self.slots.kick()
             return
         if was is False:
             self._say("reachable again; limits are shared again")
-        unsent, self.unsent = self.unsent, {}
-        self.unsent_book = TokenBook()
-        for (name, budget), tokens in unsent.items():
-            self.send_finish(Ticket(name, DEFAULT_HOST, False, budget), tokens, False)
+        self.sick = None         # a new connection: the renewal it starts with says whether Redis is well
+        self._send_kept()
         self._renew_now.set()
         self.slots.kick()
 
+    def _send_kept(self) -> None:
+        """The tokens and lease releases kept while Redis could not be told: sent now, in order."""
+        unsent, self.unsent = self.unsent, {}
+        self.unsent_book = TokenBook()
+        unreleased, self.unreleased = self.unreleased, {}
+        for (name, budget), tokens in unsent.items():
+            self.send_finish(Ticket(name, DEFAULT_HOST, False, budget), tokens, False)
+        for ticket in unreleased.values():
+            self.send_finish(ticket, 0, True)
+
+    def _well_again(self) -> None:
+        """A renewal succeeded after Redis answered errors: its leases are back; now the rest."""
+        if self.sick is None:
+            return
+        self.sick = None
+        self._say("answers without errors again; limits are shared again")
+        self._send_kept()
+        self.slots.kick()
+
+    def _subscriber_state(self, up: bool, error: BaseException | None) -> None:
+        """Only a refusal is worth a line: a lost subscription goes with a lost client, which says so."""
+        if not up and isinstance(error, RedisRefused):
+            self._say(f"refuses the subscription to {self.calls.channel.decode(errors='replace')} ({error}); "
+                      "requests waiting for a slot notice freed slots by polling only")
+
     def _freed(self, channel: bytes, data: bytes) -> None:
+        if channel == self.unban_channel:
+            self.forget_ban(None if data == ALL.encode() else data.decode("ascii", "replace"))
+            return
         self.slots.on_freed()
 
     async def renew(self) -> None:
@@ -314,15 +397,25 @@ class RedisState(State):
             self.fallback.set_share(n)
 
     async def _renewing(self) -> None:
+        """Renew every lease_ttl/3; while Redis answers errors, probe it so, backing off."""
+        probe = PROBE_BACKOFF[0]
         while True:
-            if self.connected:
+            every = self.lease_ttl / 3
+            if self.client.connected:
                 try:
                     await self.renew()
                 except RedisError as e:
                     self.error(e)
+                else:
+                    self._well_again()
             self._renew_now.clear()
+            if self.sick is not None:
+                every = min(every, probe * random.uniform(0.5, 1.0))
+                probe = min(probe * 2, PROBE_BACKOFF[1])
+            else:
+                probe = PROBE_BACKOFF[0]
             try:
-                async with asyncio.timeout(self.lease_ttl / 3):
+                async with asyncio.timeout(every):
                     await self._renew_now.wait()
             except TimeoutError:
                 pass

@@ -138,6 +138,9 @@ class LocalState(State):
     def waiting(self) -> int:
         return self.policies.gate.queued
 
+    def forget_ban(self, bucket: str | None) -> bool:
+        return self.policies.bans.lift(bucket)
+
     def apply(self, config: Config) -> None:
         slots.wake(self.policies.apply(config))
         self.budgets.apply(config)

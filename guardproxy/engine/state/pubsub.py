@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from guardproxy.config.redis_url import RedisAddress
 from .commands import Arg, Reply, pack
-from .resp import Connection, Link, RedisUnavailable, StateCallback, report
+from .resp import Connection, Link, RedisReplyError, RedisUnavailable, StateCallback, report
 
 
 class RedisSubscriber(Link):
@@ -53,6 +53,10 @@ class RedisSubscriber(Link):
                 conn.send_only(pack((b"PING",)))
 
     def _on_push(self, reply: Reply) -> None:
+        if isinstance(reply, RedisReplyError):   # SUBSCRIBE refused (NOPERM on the channel, ...)
+            if self._subscribed is not None and not self._subscribed.done():
+                self._subscribed.set_exception(reply)
+            return
         if not isinstance(reply, list) or not reply:
             return
         kind = reply[0]

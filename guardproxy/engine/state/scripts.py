@@ -27,7 +27,7 @@ from functools import lru_cache
 
 from ...config.model import Ban, Budget, KeyEntry, Rate
 from ...decisions.budget import BUCKETS, bucket_seconds
-from .commands import Script, bulk, encode
+from .commands import Args, Script, bulk, one, script_tail
 
 
 @lru_cache(maxsize=4096)
@@ -258,12 +258,12 @@ def _rate(rate: Rate | None) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=4096)
-def _address_block(prefix: bytes, addr: str, failures: bool) -> bytes:
+def _address_block(prefix: bytes, addr: str, failures: bool) -> Args:
     ban, fail, ip_rate = address_keys(prefix, addr)
-    return bulk(ban) + bulk(ip_rate) + (bulk(fail) if failures else b"")
+    return Args.of(ban, ip_rate, fail) if failures else Args.of(ban, ip_rate)
 
 
-_MODES = [bulk(b"0"), bulk(b"1"), bulk(b"2")]
+_MODES = [Args.of(0), Args.of(1), Args.of(2)]
 _MAX_CACHED = 4096
 
 
@@ -279,16 +279,19 @@ class Calls:
         self.all_slots, self.queued, self.instances = prefix + b"slots:all", prefix + b"queued", prefix + b"instances"
         self.channel = prefix + b"freed"
         self.lease_ttl_ms, self.queued_ttl_ms = int(lease_ttl * 1000), int(queued_ttl * 1000)
-        self._admit: dict[tuple[str, bool, str, int | None], tuple[bytes, bytes]] = {}
-        self._finish: dict[tuple[str, str, Budget | None], tuple[bytes, bytes]] = {}
+        # Per key: (the call's item count, the bytes before the address's keys or the lease, the bytes after).
+        self._admit: dict[tuple[str, bool, str, int | None], tuple[int, bytes, bytes, bytes]] = {}
+        self._finish: dict[tuple[str, str, Budget | None], tuple[int, bytes, bytes]] = {}
         self.configure(None, Ban(), None)
 
     def configure(self, per_ip: Rate | None, ban: Ban, max_total: int | None) -> None:
         self.per_ip, self.ban, self.max_total = per_ip, ban, max_total
         self._admit.clear()
         self._finish.clear()
-        self._auth_args = encode((1 if ban.after_failures else 0, *_rate(per_ip), ban.after_failures,
-                                  int(ban.window * 1000), int(ban.duration * 1000)))
+        args = Args.of(1 if ban.after_failures else 0, *_rate(per_ip), ban.after_failures,
+                       int(ban.window * 1000), int(ban.duration * 1000))
+        keys = _address_block(self.prefix, "", True)
+        self._auth = (script_tail(keys, args)[0], bulk(b"%d" % keys.count), args.data)
 
     def admit(self, addr: str, key: KeyEntry, generation: bool, host: str, host_limit: int | None,
               mode: int, lease: bytes) -> tuple[int, bytes]:
@@ -299,19 +302,24 @@ class Calls:
                 self._admit.clear()
             blocks = self._admit[(key.name, generation, host, host_limit)] = self._admit_blocks(
                 key, generation, host, host_limit)
-        return 23, b"$1\r\n8\r\n" + _address_block(self.prefix, addr, False) + blocks[0] + _MODES[mode] + \
-            bulk(lease) + blocks[1]
+        count, head, keys, args = blocks   # the count, computed once per key (see _admit_blocks); the bytes as sent
+        return count, head + _address_block(self.prefix, addr, False).data + keys + _MODES[mode].data + \
+            bulk(lease) + args
 
-    def _admit_blocks(self, key: KeyEntry, generation: bool, host: str, host_limit: int | None) -> tuple[bytes, bytes]:
+    def _admit_blocks(self, key: KeyEntry, generation: bool, host: str,
+                      host_limit: int | None) -> tuple[int, bytes, bytes, bytes]:
         budget = key.tokens if generation else None
         rate_key, key_slots, host_slots = key_keys(self.prefix, key.name, host)
-        keys = encode((rate_key, tokens_key(self.prefix, key.name, budget.unit) if budget else rate_key,
-                       key_slots, host_slots, self.all_slots, self.queued))
-        args = encode((1 if self.ban.after_failures else 0, *_rate(self.per_ip), *_rate(key.rate),
+        keys = Args.of(rate_key, tokens_key(self.prefix, key.name, budget.unit) if budget else rate_key,
+                       key_slots, host_slots, self.all_slots, self.queued)
+        args = Args.of(1 if self.ban.after_failures else 0, *_rate(self.per_ip), *_rate(key.rate),
                        budget.tokens if budget else 0, bucket_seconds(budget.window) if budget else 0,
                        key.max_concurrent or 0, host_limit or 0, self.max_total or 0,
-                       self.lease_ttl_ms, self.queued_ttl_ms))
-        return keys, args
+                       self.lease_ttl_ms, self.queued_ttl_ms)
+        # Counted from the parts as a call joins them (any address, mode and lease count the same).
+        all_keys = _address_block(self.prefix, "", False) + keys
+        count = script_tail(all_keys, _MODES[0] + one(b"") + args)[0]
+        return count, bulk(b"%d" % all_keys.count), keys.data, args.data
 
     def move(self, lease: bytes, old: str, new: str,
              new_limit: int | None) -> tuple[tuple[bytes, ...], tuple[bytes | int, ...]]:
@@ -321,7 +329,8 @@ class Calls:
                 (lease, new_limit or 0, self.lease_ttl_ms, self.channel))
 
     def auth_failed(self, addr: str) -> tuple[int, bytes]:
-        return 10, b"$1\r\n3\r\n" + _address_block(self.prefix, addr, True) + self._auth_args
+        count, head, args = self._auth
+        return count, head + _address_block(self.prefix, addr, True).data + args
 
     def finish(self, name: str, host: str, budget: Budget | None, lease: bytes, tokens: int) -> tuple[int, bytes]:
         """FINISH's (count, tail): `lease` b"" when no slot was held."""
@@ -330,9 +339,11 @@ class Calls:
             if len(self._finish) >= _MAX_CACHED:
                 self._finish.clear()
             _, key_slots, host_slots = key_keys(self.prefix, name, host)
-            blocks = self._finish[(name, host, budget)] = (
-                encode((key_slots, host_slots, self.all_slots,
-                        tokens_key(self.prefix, name, budget.unit) if budget else key_slots, self.queued)),
-                encode((bucket_seconds(budget.window) if budget else 1,
-                        int(budget.window * 1050) if budget else 0, self.channel)))
-        return 11, b"$1\r\n5\r\n" + blocks[0] + bulk(lease) + bulk(b"%d" % tokens) + blocks[1]
+            keys = Args.of(key_slots, host_slots, self.all_slots,
+                           tokens_key(self.prefix, name, budget.unit) if budget else key_slots, self.queued)
+            args = Args.of(bucket_seconds(budget.window) if budget else 1,
+                           int(budget.window * 1050) if budget else 0, self.channel)
+            count = script_tail(keys, one(b"") + one(b"0") + args)[0]   # as a call joins them: lease, tokens
+            blocks = self._finish[(name, host, budget)] = (count, bulk(b"%d" % keys.count) + keys.data, args.data)
+        count, head, tail = blocks
+        return count, head + bulk(lease) + bulk(b"%d" % tokens) + tail

@@ -4,6 +4,7 @@ own API that a gate must know: show, embeddings, status, the account and web rou
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,6 +18,22 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
+# -- server-side web search (Ollama 0.33 middleware/anthropic.go, openai.go) ----------
+
+# With the tool declared, the fake "searches" once and runs one follow-up chat round:
+# two rounds in all, whose usage is summed into the one response, as Ollama does.
+WEB_SEARCH_ROUNDS = 2
+
+
+def _web_search_rounds(data: dict[str, Any], exact: bool) -> int:
+    """1, or WEB_SEARCH_ROUNDS when the body declares Ollama's web-search tool (the middleware's rule)."""
+    for tool in data.get("tools") or []:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and (kind == "web_search" if exact else kind.startswith("web_search")):
+            return WEB_SEARCH_ROUNDS
+    return 1
+
+
 # -- OpenAI Responses (/v1/responses) ------------------------------------------
 
 async def responses(ex: Exchange) -> None:
@@ -25,9 +42,10 @@ async def responses(ex: Exchange) -> None:
     n, delay = gen_params(ex.fake, data, data.get("max_output_tokens"), "max_output_tokens")
     ident = f"resp_{ex.fake.next_id()}"
     created = int(time.time())
-    usage = {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
-             "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
-             "total_tokens": PROMPT_TOKENS + n}
+    rounds = _web_search_rounds(data, exact=True)
+    usage = {"input_tokens": PROMPT_TOKENS * rounds, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": n * rounds, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": (PROMPT_TOKENS + n) * rounds}
     text = "".join(f" tok{i}" for i in range(n))
 
     def response(status: str, out_text: str, with_usage: bool) -> dict[str, Any]:
@@ -66,11 +84,13 @@ async def messages(ex: Exchange) -> None:
     n, delay = gen_params(ex.fake, data, data.get("max_tokens"), "max_tokens")
     ident = f"msg_{ex.fake.next_id()}"
     text = "".join(f" tok{i}" for i in range(n))
+    rounds = _web_search_rounds(data, exact=False)
+    # Summed over the rounds; with web search the last message_delta carries input_tokens too.
+    summed = {"input_tokens": PROMPT_TOKENS * rounds, "output_tokens": n * rounds}
     if not opt_bool(data, "stream", False):
         await ex.send_json(200, {"id": ident, "type": "message", "role": "assistant", "model": model,
                                  "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                                 "stop_sequence": None,
-                                 "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": n}})
+                                 "stop_sequence": None, "usage": summed})
         return
     ex.begin_stream(b"text/event-stream")
     await ex.stream_chunk(_sse("message_start", {"type": "message_start", "message": {
@@ -85,9 +105,31 @@ async def messages(ex: Exchange) -> None:
     await ex.stream_chunk(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
     await ex.stream_chunk(_sse("message_delta", {"type": "message_delta",
                                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                                 "usage": {"output_tokens": n}}))
+                                                 "usage": summed if rounds > 1 else {"output_tokens": n}}))
     await ex.stream_chunk(_sse("message_stop", {"type": "message_stop"}))
     await ex.end_stream()
+
+
+# -- Ollama 0.35 /v1/systemone and 0.34 /api/codex/* ---------------------------------
+
+async def systemone(ex: Exchange) -> None:
+    """A non-streaming generation; its usage in input_tokens / output_tokens, last in the body."""
+    data = parse_json_body(ex.request.body)
+    model = require_model(data)
+    n, delay = gen_params(ex.fake, data, data.get("max_tokens"), "max_tokens")
+    if delay > 0 and n > 0:
+        await asyncio.sleep(delay * n)
+    await ex.send_json(200, {"id": f"sys_{ex.fake.next_id()}", "object": "systemone.response", "model": model,
+                             "created_at": int(time.time()), "done": True,
+                             "output": "".join(f" tok{i}" for i in range(n)),
+                             "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": n,
+                                       "total_tokens": PROMPT_TOKENS + n}})
+
+
+async def codex(ex: Exchange) -> None:
+    """Anything under /api/codex/: Ollama answers from its local catalog or forwards it to OpenAI."""
+    await ex.send_json(200, {"object": "codex", "path": ex.path, "method": ex.method,
+                             "forwarded_authorization": ex.request.header("authorization") is not None})
 
 
 # -- audio and images -------------------------------------------------------------

@@ -168,6 +168,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/embeddings": {"POST": newer.embeddings},
     "/v1/responses": {"POST": newer.responses},
     "/v1/messages": {"POST": newer.messages},
+    "/v1/systemone": {"POST": newer.systemone},
     "/v1/audio/transcriptions": {"POST": newer.transcriptions},
     "/v1/images/generations": {"POST": newer.images},
     "/v1/images/edits": {"POST": newer.images},
@@ -189,8 +190,16 @@ PREFIX_ROUTES: dict[str, dict[str, Handler]] = {
 }
 
 
+_ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# Routes for a whole subtree, any method (Ollama 0.34's "/api/codex/*path").
+SUBTREE_ROUTES: dict[str, dict[str, Handler]] = {"/api/codex/": {m: newer.codex for m in _ANY_METHOD}}
+
+
 def route(path: str) -> dict[str, Handler] | None:
     methods = ROUTES.get(path)
+    for prefix, found in SUBTREE_ROUTES.items():
+        if methods is None and (path.startswith(prefix) or path == prefix.rstrip("/")):
+            return found
     if methods is None:
         for prefix, found in PREFIX_ROUTES.items():
             rest = path[len(prefix):]

@@ -54,6 +54,12 @@ def test_cluster_defaults_and_values() -> None:
     ({"lease_ttl": "10ms"}, r"cluster.lease_ttl: expected a duration of at least 100ms"),
     ({"op_timeout": "1min"}, r"cluster.op_timeout: expected a duration between 1ms and 10s"),
     ({"servers": []}, r"cluster.servers: expected one of the known fields"),
+    ({"redis": "redis+cluster://10.0.0.5:6379"}, r"cluster.redis: .*Redis Cluster is not supported"),
+    ({"sentinels": ["10.0.0.7"]}, r"cluster.sentinels\[0\]: expected a Sentinel as HOST:PORT"),
+    ({"sentinels": ["10.0.0.7:26379"]}, r"cluster.sentinel_master: expected the name the Sentinels monitor"),
+    ({"sentinel_master": "mymaster"}, r"cluster.sentinels: expected the Sentinels to ask"),
+    ({"redis": "redis://h", "tls_server_name": "r.example"}, r"cluster.tls_server_name: expected set only with a rediss"),
+    ({"redis": "rediss://h", "tls_ca": "/nonexistent/ca.pem"}, r"cluster.tls_ca: expected a readable PEM file"),
 ])
 def test_cluster_mistakes(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -73,3 +79,21 @@ def test_the_environment_gives_the_url_and_keeps_a_password_out_of_the_file(tmp_
     assert str(e.value).startswith(f"{tmp_path / 'g.toml'}: cluster.redis: ")  # the file, like every config error
     with pytest.raises(ConfigError, match=r"GUARDPROXY_REDIS_URL \(environment variable\): expected a URL"):
         cluster_address(cluster, {"GUARDPROXY_REDIS_URL": "redis://:pw@h/notadb"})
+
+
+def test_sentinels_and_tls_files_reach_the_address(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-")
+    config = parse_config({**BASE, "cluster": {
+        "redis": "rediss://gate:pw@ignored:1/3", "sentinels": ["10.0.0.7:26379", "[fd00::8]:26380"],
+        "sentinel_master": "mymaster", "tls_ca": "ca.pem", "tls_cert": "client.pem", "tls_key": str(tmp_path / "client.key"),
+        "tls_server_name": "redis.internal"}}, tmp_path / "g.toml")
+    a = cluster_address(config, {})
+    assert a.sentinels == (("10.0.0.7", 26379), ("fd00::8", 26380)) and a.sentinel_master == "mymaster"
+    assert (a.username, a.password, a.db, a.tls) == ("gate", "pw", 3, True)
+    assert (a.tls_ca, a.tls_cert, a.tls_key, a.tls_server_name) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"), "redis.internal")
+    assert a.url == "rediss://gate:***@mymaster/3 (Sentinel 10.0.0.7:26379,[fd00::8]:26380)"
+    # With Sentinels, the URL may be left out: they say where the primary is.
+    bare = parse_config({**BASE, "cluster": {"sentinels": ["10.0.0.7:26379"], "sentinel_master": "m"}}, None)
+    assert cluster_address(bare, {}).sentinels == (("10.0.0.7", 26379),)

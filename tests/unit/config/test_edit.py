@@ -15,7 +15,7 @@ import pytest
 from guardproxy.cli import main
 from guardproxy.config.edit import grace_end, revoke_key, rotate_key
 from guardproxy.config.load import load_config
-from guardproxy.config.model import ConfigError
+from guardproxy.config.model import CommandError, ConfigError
 from guardproxy.config.write import generate_key, hash_key
 from guardproxy.decisions.auth import KeyRing
 from guardproxy.wire.errors import Unauthorized
@@ -194,7 +194,7 @@ def test_env_is_not_in_the_file(cfg: Path) -> None:
 def test_a_revoked_key_is_not_rotated(cfg: Path) -> None:
     revoke_key(cfg, "owner", TODAY)
     before = cfg.read_bytes()
-    with pytest.raises(ConfigError, match="is revoked; make a new key with `keygen`"):
+    with pytest.raises(CommandError, match="is revoked, and a revoked key stays revoked; make a new key with `keygen`"):
         rotate_key(cfg, "owner", generate_key(), grace=0, now=NOW)
     assert cfg.read_bytes() == before
 
@@ -249,7 +249,7 @@ def test_revoke_and_rotate_commands(cfg: Path, capsys: pytest.CaptureFixture[str
     assert "already revoked" in capsys.readouterr().err
     assert main(["keys", "revoke", "nobody", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("guardproxy: config error: ") and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"guardproxy: {cfg}: keys: no key named") and len(err.strip().splitlines()) == 1
     assert main(["keys", "rotate", "owner", "--grace", "a day", "--config", str(cfg)]) == 2
     assert "--grace: expected a duration" in capsys.readouterr().err
     assert main(["keys", "list", "--config", str(tmp_missing := cfg.with_name("none.toml"))]) == 2

@@ -76,7 +76,7 @@ def test_a_trailing_slash_is_the_same_route() -> None:
 def test_generations_and_where_their_model_and_counts_are() -> None:
     gens = {r.name for r in routes.ROUTES if r.generation}
     assert gens == {"generate", "chat", "embed", "embeddings", "chat_completions", "completions", "v1_embeddings",
-                    "responses", "messages", "transcriptions", "image_generations", "image_edits"}
+                    "responses", "messages", "transcriptions", "image_generations", "image_edits", "systemone"}
     assert all(r.model != routes.NO_MODEL for r in routes.ROUTES if r.generation)
     assert all(r.counts for r in routes.ROUTES if r.generation)
     assert route_for(b"POST", b"/api/show").model == routes.BODY_OR_NAME
@@ -91,3 +91,31 @@ def test_generations_and_where_their_model_and_counts_are() -> None:
 def test_names_are_unique_and_stable() -> None:
     names = [r.name for r in routes.ROUTES]
     assert len(names) == len(set(names)) and UNKNOWN.name not in names
+
+
+def test_systemone_is_a_generation_with_model_and_keep_alive() -> None:
+    r = route_for(b"POST", b"/v1/systemone")
+    assert r.name == "systemone" and r.generation and r.model == routes.BODY and r.keep_alive
+    assert r.counts == routes.RESPONSES and not r.admin
+    authorize(ORDINARY, r, b"/v1/systemone")
+
+
+@pytest.mark.parametrize("path", [b"/api/codex", b"/api/codex/", b"/api/codex/v1/responses",
+                                  b"/api/codex/models/gpt-5/x"])
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"DELETE", b"PUT"])
+def test_codex_is_admin_only_at_any_depth_and_method(method: bytes, path: bytes) -> None:
+    r = route_for(method, path)
+    assert r.name == "codex" and r.admin
+    with pytest.raises(Forbidden):
+        authorize(ORDINARY, r, path)
+    authorize(ADMIN, r, path)
+
+
+def test_web_search_and_output_caps_by_route() -> None:
+    assert route_for(b"POST", b"/v1/messages").web_search == routes.WEB_SEARCH_PREFIX
+    assert route_for(b"POST", b"/v1/responses").web_search == routes.WEB_SEARCH_EXACT
+    assert {r.name for r in routes.ROUTES if r.web_search} == {"messages", "responses"}
+    assert {r.name for r in routes.ROUTES if r.options} == {"generate", "chat", "embed", "embeddings"}
+    assert {r.name: r.output_cap for r in routes.ROUTES if r.output_cap} == {
+        "generate": routes.OLLAMA, "chat": routes.OLLAMA, "chat_completions": routes.OPENAI,
+        "completions": routes.OPENAI, "responses": routes.RESPONSES, "messages": routes.ANTHROPIC}

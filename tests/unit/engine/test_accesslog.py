@@ -71,3 +71,39 @@ def test_a_broken_stream_never_raises(tmp_path: Path) -> None:
     log._stream.close()  # as if stdout went away under a service manager
     log.record(LogRecord.new("127.0.0.1", 1))
     log.flush()
+
+
+def test_reopen_follows_a_rename(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    log.record(LogRecord.new("1.1.1.1", 1))
+    path.rename(tmp_path / "access.log.1")
+    log.record(LogRecord.new("2.2.2.2", 1))   # still the renamed file, as logrotate leaves it
+    assert log.reopen()
+    log.record(LogRecord.new("3.3.3.3", 1))
+    log.close()
+    assert [json.loads(x)["client"] for x in (tmp_path / "access.log.1").read_text().splitlines()] == \
+        ["1.1.1.1", "2.2.2.2"]
+    assert [json.loads(x)["client"] for x in path.read_text().splitlines()] == ["3.3.3.3"]
+
+
+def test_reopen_that_fails_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "access.log"
+    path.parent.mkdir()
+    log = AccessLog(str(path))
+    path.rename(tmp_path / "access.log.1")
+    path.parent.rmdir()                        # nowhere to open the new file
+    assert not log.reopen()
+    log.record(LogRecord.new("1.1.1.1", 1))
+    log.close()
+    assert (tmp_path / "access.log.1").read_text().count("1.1.1.1") == 1
+    assert not AccessLog("-").reopen() and not AccessLog("").reopen()  # stdout, off: nothing to reopen
+
+
+def test_failed_writes_are_counted(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        return
+    log = AccessLog("/dev/full")
+    log.record(LogRecord.new("1.1.1.1", 1))
+    log.close()                                # and closing with a full disk does not raise either
+    assert log.write_errors >= 1

@@ -30,13 +30,16 @@ def samples(m: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
             for f in text_string_to_metric_families(m.exposition(GAUGES).decode()) for s in f.samples}
 
 
-def test_label_values_with_quotes_backslashes_and_newlines_read_back_as_they_were() -> None:
+def test_label_values_with_quotes_and_backslashes_read_back_as_they_were_and_controls_as_escapes() -> None:
     m = Metrics(lambda: KNOWN)
-    odd = 'a "quoted"\\name\nwith a newline'
+    odd = 'a "quoted"\\name\nwith a newline\x1b]0;PWNED\x07\x1b[2J\u202e'
+    shown = 'a "quoted"\\name\\nwith a newline\\x1b]0;PWNED\\x07\\x1b[2J\\u202e'
     m.ended(record(odd, 200, "qwen3:8b", 26, 4), routes.route_for(b"POST", b"/api/chat"), 0.3, 0.1)
+    text = m.exposition(GAUGES).decode()
+    assert not any(c in text for c in "\x1b\x07\u202e")
     got = samples(m)
-    assert got["guardproxy_requests_total", frozenset({("key", odd), ("route", "chat"), ("code", "200")})] == 1
-    assert got["guardproxy_tokens_total", frozenset({("key", odd), ("model", "qwen3:8b"), ("kind", "completion")})] == 4
+    assert got["guardproxy_requests_total", frozenset({("key", shown), ("route", "chat"), ("code", "200")})] == 1
+    assert got["guardproxy_tokens_total", frozenset({("key", shown), ("model", "qwen3:8b"), ("kind", "completion")})] == 4
 
 
 def test_histograms_are_cumulative_with_their_sum_and_count() -> None:

@@ -177,3 +177,15 @@ def test_the_live_screen_redraws_in_place_and_fits_its_height() -> None:
     assert render_error("cannot connect to 127.0.0.1 port 11435: connection refused", 1.0, 30) == (
         "guardproxy top: cannot connect\nto 127.0.0.1 port 11435:\nconnection refused\n\n"
         "retrying every 1s; Ctrl-C to\nquit\n")
+
+
+def test_scrapes_of_metrics_are_not_counted_as_requests() -> None:
+    """An idle gate that `top` (or Prometheus) scrapes shows no requests: a scrape has route="metrics"."""
+    def scrape(n: int, at: float) -> Snapshot:
+        return parse_metrics("# TYPE guardproxy_requests_total counter\n"
+                             f'guardproxy_requests_total{{key="ops",route="metrics",code="200"}} {n}\n'
+                             f'guardproxy_requests_total{{key="app",route="chat",code="200"}} 7\n', at)
+    first, second = scrape(10, 0.0), scrape(11, 1.0)
+    screen = render(first, second, 100)
+    assert "requests/s 0 " in screen + " "
+    assert "\nREQUESTS\nCODE  PER SEC  TOTAL\n200         0      7\n" in screen, screen

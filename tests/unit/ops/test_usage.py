@@ -27,6 +27,16 @@ def test_usage_report() -> None:
     assert "llama3.2" in by_model and "qwen3:8b" in by_model
 
 
+def test_scrapes_of_metrics_are_not_credited_to_the_scraping_key() -> None:
+    lines = (['{"time":"2026-11-26T10:00:00Z","client":"127.0.0.1","method":"GET","path":"/metrics","status":200,'
+              '"key":"ops"}'] * 300
+             + ['{"time":"2026-11-26T10:00:00Z","client":"127.0.0.1","method":"POST","path":"/api/chat","status":200,'
+                '"key":"ops","prompt_tokens":3,"completion_tokens":4}'])
+    out = summarise(lines, since=None, by="key")
+    assert out.splitlines()[1].split() == ["ops", "1", "3", "4", "0"]
+    assert "(300 scrapes of /metrics not counted)" in out
+
+
 def test_usage_names_a_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["usage", "--config", str(tmp_path / "none.toml")]) == 2
     err = capsys.readouterr().err
