@@ -35,8 +35,8 @@ def config(tmp_path: Path) -> Path:
 
 
 def leftovers(path: Path) -> list[Path]:
-    """Temporary files an edit left next to the config."""
-    return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    """Temporary files an edit left next to the config (its lock file stays, by design)."""
+    return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp")]
 
 
 class Holder:
