@@ -67,7 +67,7 @@ for f in $heavy; do deselect="$deselect --ignore=$f"; done
 shard() {  # shard NAME PYTEST-ARGS...: its output in $OUT/NAME.log, its JUnit XML in $OUT/NAME.xml
   local name=$1; shift
   # shellcheck disable=SC2086
-  timeout 600 bash -c "source packaging/windows/wine-python.sh; winpy -m pytest -p no:cacheprovider -q -rs \
+  timeout 600 bash -c "source packaging/windows/wine-python.sh; winpy -m pytest -p no:cacheprovider -q -rfEs \
     --junitxml=$OUT/$name.xml $*" > "$OUT/$name.log" 2>&1
 }
 set +e
