@@ -6,9 +6,13 @@
 1. A request body sent in 1-byte chunks (16 MiB to a model-checked key, 2 MiB
    to an ordinary one): the proxy's peak RSS and CPU, and /health latency
    (p50/p99 of requests sent every 5 ms meanwhile).
-2. 3,000 connections to the TLS listener that never send a ClientHello, with
+2. A 1,800-byte zstd body that expands to 20 MiB of `"a":1,` members (and the
+   same members inside one nested object), to a key with a model list: CPU and
+   RSS growth for one body, then /health p50/p99 while 4 of them are checked
+   at once (repeated for a few seconds).
+3. 3,000 connections to the TLS listener that never send a ClientHello, with
    caps of 5 per address and 20 in all: the proxy's open descriptors and RSS.
-3. A hostile host whose /api/ps is 7 MB (110,000 entries, under the 8 MiB cap),
+4. A hostile host whose /api/ps is 7 MB (110,000 entries, under the 8 MiB cap),
    checked every second (health_interval = 1s): /health p50/p99/max over 8 s
    (one request planned every 5 ms, each timed from its planned start) and the
    proxy's CPU meanwhile; the same with an honest host first, as the baseline.
@@ -165,10 +169,18 @@ def sink_upstream() -> tuple[int, threading.Event]:
                 got = conn.recv(1 << 16)
                 if not got:
                     return
-                data = (data + got)[-16:]
-                if data.endswith(b"0\r\n\r\n") or data.endswith(b"}"):
+                data += got
+                head, sep, rest = data.partition(b"\r\n\r\n")
+                if not sep:
+                    data = data[-(1 << 16):]
+                    continue
+                length = [int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
+                          if line.startswith(b"content-length:")]
+                if length and len(rest) >= length[0] or not length and rest.endswith(b"0\r\n\r\n"):
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                     data = b""
+                elif not length:
+                    data = head + sep + rest[-16:]
 
     return threaded_server(serve, done)
 
@@ -253,6 +265,46 @@ async def tiny_chunks(port: int, pid: int, payload: int, timeout: float = 120.0)
             "wall_s": wall, "health_p50_ms": pct(samples, 0.5), "health_p99_ms": pct(samples, 0.99)}
 
 
+def zstd_members(nested: bool, size: int = 20 * 1024 * 1024 - 64) -> bytes:
+    """A small zstd body that expands to `size` bytes of `"a":1,` members (at the top level, or nested)."""
+    import zstandard
+    head, tail = (b'{"model":"llama3.2","x":{', b'"b":1}}') if nested else (b'{"model":"llama3.2",', b'"b":1}')
+    n = (size - len(head) - len(tail)) // 6
+    return zstandard.ZstdCompressor(level=19).compress(head + b'"a":1,' * n + tail)
+
+
+async def _post_zstd(port: int, body: bytes) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode()
+                     + b"\r\nContent-Encoding: zstd\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body)
+        answer = await asyncio.wait_for(reader.read(4096), 60)
+        return answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    finally:
+        writer.close()
+
+
+async def zstd_bodies(port: int, pid: int, nested: bool, seconds: float = 5.0) -> dict[str, float | str]:
+    """One body alone (its CPU and RSS growth), then rounds of 4 at once with /health probed meanwhile."""
+    body = zstd_members(nested)
+    cpu0, rss0, hwm0 = proc_stat(pid)
+    answer = await _post_zstd(port, body)
+    cpu1, _, hwm1 = proc_stat(pid)
+    probe = HealthProbe(port)
+    await asyncio.sleep(0.2)
+    started, rounds = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        await asyncio.gather(*(_post_zstd(port, body) for _ in range(4)))
+        rounds += 1
+    samples = probe.stop()
+    cpu2, _, hwm2 = proc_stat(pid)
+    return {"body_bytes": float(len(body)), "answer": answer, "cpu_ms_one": (cpu1 - cpu0) * 1000,
+            "rss_start_mib": rss0 / 1024, "rss_growth_one_mib": (hwm1 - max(hwm0, rss0)) / 1024,
+            "cpu_ms_per_body_x4": (cpu2 - cpu1) * 1000 / max(1, 4 * rounds), "rss_peak_mib": hwm2 / 1024,
+            "health_p50_ms": pct(samples, 0.5), "health_p99_ms": pct(samples, 0.99)}
+
+
 async def _maybe(reader: asyncio.StreamReader) -> bytes:
     try:
         return await asyncio.wait_for(reader.read(200), 1)
@@ -316,6 +368,20 @@ def _chunks(root: Path, work: Path, small: bool) -> Rows:
     return rows
 
 
+def _zstd(root: Path, work: Path, small: bool) -> Rows:
+    rows: Rows = []
+    for label, nested in (("zstd 1.8 KB -> 20 MiB of members, key with models", False),
+                          ("zstd 1.8 KB -> 20 MiB of members in one nested object", True)):
+        upstream, upstream_done = sink_upstream()
+        proc, port = start_proxy(root, work, '\nmodels = ["llama3.2"]\n', upstream)
+        try:
+            rows.append((label, asyncio.run(zstd_bodies(port, proc.pid, nested, 1.0 if small else 5.0))))
+        finally:
+            stop(proc)
+            upstream_done.set()
+    return rows
+
+
 def _listing(root: Path, work: Path, small: bool) -> Rows:
     rows: Rows = []
     # The same with an honest host (3 loaded models) first: the baseline of this machine as it is now.
@@ -346,7 +412,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout whose guardproxy is measured")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    p.add_argument("--only", choices=("chunks", "listing", "tls"), help="one measurement alone")
+    p.add_argument("--only", choices=("chunks", "zstd", "listing", "tls"), help="one measurement alone")
     args = p.parse_args()
     rows: Rows = []
     small = args.quick
@@ -354,6 +420,8 @@ def main() -> int:
         work = Path(tmp)
         if args.only in (None, "chunks"):
             rows += _chunks(args.root, work, small)
+        if args.only in (None, "zstd"):
+            rows += _zstd(args.root, work, small)
         if args.only in (None, "listing"):
             rows += _listing(args.root, work, small)
         if args.only in (None, "tls"):
@@ -361,7 +429,7 @@ def main() -> int:
     for label, row in rows:
         print(f"{label}:")
         for k, v in row.items():
-            print(f"    {k:16} {v:.2f}" if isinstance(v, float) else f"    {k:16} {v}")
+            print(f"    {k:18} {v:.2f}" if isinstance(v, float) else f"    {k:18} {v}")
     return 0
 
 

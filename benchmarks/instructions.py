@@ -14,6 +14,10 @@ count).  Kinds:
     get      GET /api/tags: proxied with one host; answered from the snapshot with three
     version  GET /api/version: forwarded (three hosts: to the least busy one)
     gen      POST /api/generate, one token, not streamed: forwarded (three hosts: model routing)
+
+`--limits in-process` adds per_ip, a key rate, max_concurrent and a token budget (set so high that
+nothing is refused, as in cluster_cost.py); `--limits redis` keeps them in a redis-server started
+for the run (outside callgrind: only the gate's side of a round trip is counted).
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ def request(kind: str) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def child(mode: str, hosts: int, kind: str, n: int) -> None:
-    from guardproxy.config.model import Config, KeyEntry, Routing, Upstream, UpstreamHost
+async def child(mode: str, hosts: int, kind: str, n: int, limits: str = "none", redis_port: int = 0) -> None:
+    from guardproxy.config.model import (Budget, Cluster, Config, KeyEntry, Rate, Routing, TrafficLimits, Upstream,
+                                         UpstreamHost)
     from guardproxy.engine.server import GuardServer
     from guardproxy.testing.fake_ollama import FakeOllama
     fakes = [await FakeOllama.start(ADDRESSES[i] if hosts > 1 else "127.0.0.1") for i in range(hosts)]
@@ -53,9 +58,17 @@ async def child(mode: str, hosts: int, kind: str, n: int) -> None:
     if mode == "proxy":
         upstreams = tuple(UpstreamHost(f"gpu-{i}", Upstream(f.host, f.port), max_concurrent=64)
                           for i, f in enumerate(fakes)) if hosts > 1 else ()
+        key = KeyEntry("b", hashlib.sha256(KEY.encode()).digest())
+        extra: dict[str, object] = {}
+        if limits != "none":
+            key = KeyEntry("b", key.sha256, rate=Rate(1_000_000, 1.0), max_concurrent=100_000,
+                           tokens=Budget(10 ** 12, 86400.0, "day"))
+            extra["limits"] = TrafficLimits(per_ip=Rate(1_000_000, 1.0), max_concurrent=100_000, max_queue=100_000)
+        if limits == "redis":
+            extra["cluster"] = Cluster(redis=f"redis://127.0.0.1:{redis_port}/0")
         config = Config(path=None, listen_host="127.0.0.1", listen_port=0, upstream=Upstream(fakes[0].host, port),
-                        keys=(KeyEntry("b", hashlib.sha256(KEY.encode()).digest()),), access_log="",
-                        upstreams=upstreams, routing=Routing(health_interval=3600.0))
+                        keys=(key,), access_log="", upstreams=upstreams, routing=Routing(health_interval=3600.0),
+                        **extra)  # type: ignore[arg-type]
         gate = GuardServer(config)
         await gate.start()
         await gate.health.next_round()
@@ -74,9 +87,12 @@ async def child(mode: str, hosts: int, kind: str, n: int) -> None:
     writer.close()
 
 
+LIMITS = ["none", 0]   # --limits, and the redis-server's port with "redis"
+
+
 def collected(mode: str, hosts: int, kind: str, n: int) -> int:
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          __file__, "--child", mode, str(hosts), kind, str(n)],
+                          __file__, "--child", mode, str(hosts), kind, str(n), str(LIMITS[0]), str(LIMITS[1])],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
     m = re.search(r"Collected : (\d+)", out.stderr)
     if m is None:
@@ -93,14 +109,31 @@ def per_request(hosts: int, kind: str, n: int) -> int:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         import uvloop
-        _, mode, hosts, kind, n = sys.argv[1:]
-        uvloop.run(child(mode, int(hosts), kind, int(n)))
+        _, mode, hosts, kind, n, limits, redis_port = sys.argv[1:]
+        uvloop.run(child(mode, int(hosts), kind, int(n), limits, int(redis_port)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default="get,version,gen")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--one", action="store_true", help="one host only")
+    ap.add_argument("--limits", choices=("none", "in-process", "redis"), default="none")
     args = ap.parse_args()
+    LIMITS[0] = args.limits
+    if args.limits == "redis":
+        import tempfile
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from redis_client import start_redis
+        from targets import free_port
+        LIMITS[1] = free_port()
+        redis = start_redis(int(LIMITS[1]), None, tempfile.mkdtemp(prefix="gp-instructions-"))
+        try:
+            return _report(args)
+        finally:
+            redis.kill()
+    return _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
     for kind in args.kinds.split(","):
         one = per_request(1, kind, args.requests)
         if args.one:

@@ -61,6 +61,13 @@ def warnings(config: Config) -> list[str]:
     if config.metrics.listen is not None and not is_loopback_host(config.metrics.listen[0]):
         out.append("metrics.listen = \"{}:{}\" is not a loopback address: whoever reaches it reads the "
                    "metrics (key names, models, traffic) without a key".format(*config.metrics.listen))
+    reserve = config.budgets.reserve
+    for k in config.keys:
+        cap = k.max_output_tokens
+        if k.tokens is not None and k.tokens.tokens < (reserve if cap is None else cap):
+            out.append(f"key \"{k.name}\": its token budget ({k.tokens}) is smaller than what a generation without "
+                       f"an output cap reserves ({reserve if cap is None else cap}): such generations are all "
+                       f"refused; set [budgets] reserve lower, or have clients send a cap")
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .model import (ENV_KEY, DEFAULT_ACCESS_LOG, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LOG_LEVELS, ON_REDIS_ERROR, Ban,
-                    Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
+                    Budgets, Cluster, Config, ConfigError, Cors, KeyEntry, MetricsSettings, Routing, TrafficLimits,
                     ServerLimits, Timeouts, Tls, UpstreamHost, key_text_problem)
 from .reader import Reader
 from .redis_url import ENV_URL, RedisAddress
@@ -26,12 +26,13 @@ from .values import parse_budget, parse_duration, parse_hostport, parse_size, pa
 # --- loading ------------------------------------------------------------------
 
 _TOP = {"listen", "upstream", "keys", "log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics",
-        "upstreams", "routing", "cluster", "aliases"}
+        "upstreams", "routing", "cluster", "budgets", "aliases"}
 _UPSTREAM_FIELDS = {"name", "url", "max_concurrent", "weight", "models"}
 _ROUTING_FIELDS = {"health_interval", "max_attempts"}
+_BUDGET_FIELDS = {"reserve"}
 _KEY_FIELDS = {"name", "key_sha256", "key", "admin", "models", "rate", "max_concurrent", "expires", "cloud",
                "max_keep_alive", "revoked", "previous_key_sha256", "previous_valid_until", "metrics", "tokens",
-               "max_num_ctx", "max_output_tokens"}
+               "weight", "max_num_ctx", "max_output_tokens"}
 _CORS_FIELDS = {"origins", "max_age"}
 _LIMIT_FIELDS = {"per_ip", "max_concurrent", "queue_timeout", "trusted_proxies", "max_queue", "max_tracked",
                  "client_address_header"}
@@ -149,7 +150,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None, text: str = "", *,
                   server=ServerLimits(**limits), tls=tls,
                   cors=_cors(r, data), limits=_limits(r, data), ban=_ban(r, data), log_level=level,
                   metrics=_metrics(r, data), upstreams=upstreams, routing=_routing(r, data),
-                  cluster=_cluster(r, data), aliases=_aliases(r, data))
+                  cluster=_cluster(r, data), budgets=_budgets(r, data), aliases=_aliases(r, data))
+
+
+def _budgets(r: Reader, data: Mapping[str, Any]) -> Budgets:
+    where = ("budgets",)
+    bt = r.table(data.get("budgets", {}), where, _BUDGET_FIELDS)
+    return Budgets(reserve=r.integer(bt, "reserve", where, Budgets.reserve, 0))
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -210,7 +217,15 @@ def _key_scopes(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> dict
             "cloud": cloud, "max_keep_alive": keep_alive, "metrics": metrics,
             "tokens": r.optional(k, "tokens", where, parse_budget),
             "max_num_ctx": r.integer(k, "max_num_ctx", where, None, 1),
-            "max_output_tokens": r.integer(k, "max_output_tokens", where, None, 1)}
+            "max_output_tokens": r.integer(k, "max_output_tokens", where, None, 1),
+            "weight": _key_weight(r, k, where)}
+
+
+def _key_weight(r: Reader, k: Mapping[str, Any], where: tuple[Any, ...]) -> float:
+    weight = k.get("weight", KeyEntry.weight)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 1 <= weight <= 1000:
+        raise r.fail(where + ("weight",), "a number from 1 to 1000: the key's grants per turn while keys wait")
+    return float(weight)
 
 
 def _aliases(r: Reader, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

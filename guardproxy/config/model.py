@@ -67,6 +67,7 @@ class KeyEntry:
     previous_valid_until: datetime | None = None  # ... until this moment (UTC, written by `keys rotate --grace`)
     metrics: bool = False                 # may read GET /metrics (admin keys may too)
     tokens: Budget | None = None          # token budget over a sliding window
+    weight: float = 1.0                   # grants per turn while keys wait for a slot (fair queue), >= 1
     max_num_ctx: int | None = None        # an options.num_ctx above this is lowered to it (the body re-encoded)
     max_output_tokens: int | None = None  # each dialect's output cap lowered to this, and set to it where unlimited
 
@@ -184,6 +185,12 @@ class Routing:
     max_attempts: int = 2         # hosts one request may try before its first byte
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """[budgets]: how a generation is charged against its key's token budget (`tokens`)."""
+    reserve: int = 1024   # output tokens reserved at admission when neither the body nor the key sets a cap
+
+
 ON_REDIS_ERROR = ("local", "open", "closed")
 
 
@@ -222,6 +229,7 @@ class Config:
     upstreams: tuple[UpstreamHost, ...] = ()  # [[upstreams]]; empty: the single `upstream`
     routing: Routing = field(default_factory=Routing)
     cluster: Cluster | None = None
+    budgets: Budgets = field(default_factory=Budgets)
     # [aliases] table: a model name clients ask for = the model it runs ("gpt-4o-mini" = "llama3.2:3b"); the
     # body's model is rewritten before every check, keys' `models` and the cloud scope judge the target
     aliases: tuple[tuple[str, str], ...] = ()

@@ -67,11 +67,15 @@ def tables() -> list[Table]:
         Table("[cluster]", frozenset(load._CLUSTER_FIELDS), model.Cluster, {},
               "Several gates share their limits through one Redis "
               "(see [hosts-and-redis.md](hosts-and-redis.md))."),
+        Table("[budgets]", frozenset(load._BUDGET_FIELDS), model.Budgets, {},
+              "How a generation is charged against its key's `tokens` budget "
+              "(see [security.md](security.md#token-budgets))."),
     ]
 
 
 def _is_table(name: str) -> bool:
-    return name in {"log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics", "routing", "cluster"}
+    return name in {"log", "timeouts", "server", "tls", "cors", "limits", "ban", "metrics", "routing", "cluster",
+                    "budgets"}
 
 
 def field_comments(source: str) -> dict[tuple[str, str], str]:

@@ -19,24 +19,39 @@ class QueueFull(Exception):
 
 
 class FairQueue:
-    """Waiting items per key; keys take turns (a key served goes to the back of the order)."""
+    """Waiting items per key; keys take turns, in proportion to their weights.
+
+    Weighted round robin with credit (deficit round robin): a key at the front of the order is
+    served up to its weight in a row (a key of weight 4 gets 4 grants for each one a key of
+    weight 1 gets), then goes to the back, its credit topped up by its weight (a fractional
+    weight carries over to its next turn).  Every waiting key comes to the front once a round,
+    so none starves.
+    """
 
     def __init__(self, max_queue: int = 1024) -> None:
         self.max_queue = max_queue
         self.queued = 0
-        self._queues: OrderedDict[str, deque[Any]] = OrderedDict()   # round-robin order of keys
+        self._queues: OrderedDict[str, deque[Any]] = OrderedDict()   # the order of turns
+        self._credit: dict[str, float] = {}    # grants left in the key's turn (at least 1 while it waits)
+        self._weight: dict[str, float] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._queues
 
-    def push(self, key: str, item: Any) -> None:
+    def push(self, key: str, item: Any, weight: float = 1.0) -> None:
         if self.queued >= self.max_queue:
             raise QueueFull()
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = deque()
+            self._credit[key] = weight
+        self._weight[key] = weight
         q.append(item)
         self.queued += 1
+
+    def _gone(self, key: str) -> None:
+        del self._queues[key]
+        del self._credit[key], self._weight[key]
 
     def remove(self, key: str, match: Callable[[Any], bool]) -> Any:
         """Take out the first item of `key` that `match`es; None if there is none (it was served)."""
@@ -48,7 +63,7 @@ class FairQueue:
                 del q[i]
                 self.queued -= 1
                 if not q:
-                    del self._queues[key]
+                    self._gone(key)
                 return item
         return None
 
@@ -63,35 +78,46 @@ class FairQueue:
         return self._queues[key][0]
 
     def pop(self, key: str) -> Any:
-        """Serve the first item of `key`; the key goes to the back of the round-robin order."""
-        q = self._queues.pop(key)
-        item = q.popleft()
+        """Serve the first item of `key` (one grant of its turn)."""
+        item = self._queues[key].popleft()
         self.queued -= 1
-        if q:
-            self._queues[key] = q
+        self.served(key)
         return item
 
     def served(self, key: str) -> None:
-        """`key` was just served (an item taken out with remove): it goes to the back of the order."""
-        q = self._queues.pop(key, None)
-        if q is not None:
-            self._queues[key] = q
+        """`key` was just served (an item taken out with pop or remove): one grant of its turn; at the
+        end of its turn it goes to the back of the order."""
+        q = self._queues.get(key)
+        if q is None:
+            return
+        if not q:
+            self._gone(key)
+            return
+        credit = self._credit[key] - 1
+        if credit < 1:
+            self._queues.move_to_end(key)
+            credit += self._weight[key]
+        self._credit[key] = credit
 
     def in_turn(self, limit: int) -> list[tuple[str, Any]]:
-        """Up to `limit` (key, item) in the order they would be served: every key's first, then seconds, ..."""
+        """Up to `limit` (key, item) in the order they would be served: each key's turn (its credit
+        now, its weight in later rounds), round after round."""
         out: list[tuple[str, Any]] = []
-        depth = 0
+        taken = dict.fromkeys(self._queues, 0)
+        turn = {key: int(c) for key, c in self._credit.items()}
         while len(out) < limit:
             added = False
             for key, q in self._queues.items():
-                if depth < len(q):
-                    out.append((key, q[depth]))
-                    added = True
+                end = min(len(q), taken[key] + turn[key])
+                for i in range(taken[key], end):
+                    out.append((key, q[i]))
                     if len(out) == limit:
-                        break
+                        return out
+                added = added or end > taken[key]
+                taken[key] = end
+                turn[key] = max(1, int(self._weight[key]))
             if not added:
                 break
-            depth += 1
         return out
 
 
@@ -162,8 +188,8 @@ class ConcurrencyGate(Occupancy, HoldsQueue):
         self.take(key)
         return True
 
-    def enqueue(self, key: str, key_limit: int | None, waiter: Any) -> None:
-        self.queue.push(key, (waiter, key_limit))
+    def enqueue(self, key: str, key_limit: int | None, waiter: Any, weight: float = 1.0) -> None:
+        self.queue.push(key, (waiter, key_limit), weight)
 
     def cancel(self, key: str, waiter: Any) -> bool:
         """Remove a waiter that gave up; False if it was already granted a slot."""

@@ -33,9 +33,9 @@ class Waiting(HoldsQueue, Generic[W]):
     def __init__(self, max_queue: int = 1024) -> None:
         self.queue = FairQueue(max_queue)
 
-    def enqueue(self, key: str, req: Request, waiter: W) -> None:
-        """Raises TooManyWaiting when the queue is full."""
-        self.queue.push(key, (waiter, req))
+    def enqueue(self, key: str, req: Request, waiter: W, weight: float = 1.0) -> None:
+        """Raises TooManyWaiting when the queue is full; `weight`: the key's (FairQueue)."""
+        self.queue.push(key, (waiter, req), weight)
 
     def cancel(self, key: str, waiter: W) -> bool:
         """Remove a waiter that gave up; False if it was already granted a host."""
@@ -54,7 +54,7 @@ class Waiting(HoldsQueue, Generic[W]):
                     host = place(item[1])
                     if isinstance(host, Host):
                         queue.remove(key, lambda x: x is item)
-                        queue.served(key)   # this key goes to the back of the round-robin order
+                        queue.served(key)   # one grant of this key's turn
                         host.in_flight += 1
                         granted.append((item[0], host))
                         progress = True

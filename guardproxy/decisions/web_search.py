@@ -33,7 +33,7 @@ def may_declare(key: KeyEntry, route: routes.Route) -> bool:
     return not route.web_search or may_use_cloud(key)
 
 
-def could_declare(body: bytes) -> bool:
+def could_declare(body: bytes | bytearray) -> bool:
     """False only when no tool type in the body can read as web_search (no such text, no \\u escape)."""
     return b"web_search" in body or b"\\u" in body
 

@@ -2,11 +2,12 @@
 
     parse (strict check, h11) -> /health? -> CORS preflight? -> path shape
     -> ban, per-address rate -> key -> per-key rate -> /metrics? -> endpoint rules
-    -> model check (reads a small body) -> admission (budget, generation slot) -> a host (hosts.py)
+    -> model check (reads a small body) -> admission: one Grant (budget reservation, generation slot, host)
     -> [only now] an upstream connection -> head and body upstream
-    -> the relay splices the response -> the record is written -> the slot freed, tokens counted
+    -> the relay splices the response -> the record is written -> the slot freed, tokens settled
 
-Limits are kept by `server.state` (engine/state/: in process, or shared through Redis).
+Limits are kept by `server.state` (engine/state/: in process, or shared through Redis); admission.py
+asks it and the host set (hosts.py) for one grant, which the exchange keeps.
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
@@ -20,16 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
 from ..decisions import aliases, body_edits, models, routes
 from ..decisions.cors import header_bytes, is_preflight
 from ..decisions.body_checks import check_body
+from ..decisions.budget import reservation
 from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
+from .admission import Grant, admit
 from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
@@ -37,7 +42,6 @@ from .gate import Gate
 from .hosts import HostSet, Member
 from .metrics import PAGE_HEAD
 from .relay import UpstreamConnection
-from .state.base import Ticket
 from .tokens import usage_from_tail
 
 RETRY_BODY = 1024 * 1024       # a streamed body this small, wholly received, is kept for a retry
@@ -47,10 +51,24 @@ _HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConte
 _READY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
 _NOT_READY = _READY.replace(b"200 OK", b"503 Service Unavailable")
 
+# A body larger than this (or content-coded) is checked in a worker thread.  One thread: checks
+# are CPU work under the GIL, and a single worker leaves the event loop its turn every few ms.
+THREADED_CHECK = 256 * 1024
+_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardproxy-body-check")
+_T = TypeVar("_T")
+
+
+async def _body_work(body: bytes, req: RequestHead, work: Callable[..., _T], *args: Any) -> _T:
+    """work(*args): linear in the body, but tens of milliseconds for a big (or decompressed) one,
+    which then runs off the loop, in the body-check thread."""
+    if len(body) > THREADED_CHECK or req.get(b"content-encoding") is not None:
+        return await asyncio.get_running_loop().run_in_executor(_CHECKS, work, *args)
+    return work(*args)
+
 
 class Exchange:
     __slots__ = ("server", "conn", "head", "req", "route", "record", "started", "cors", "upstream", "model",
-                 "member", "wanted", "lease", "rid", "body_left")
+                 "member", "wanted", "grant", "rid", "body_left")
 
     def __init__(self, server: Gate, conn: ClientConnection, head: bytes) -> None:
         self.server = server
@@ -65,7 +83,7 @@ class Exchange:
         self.model: str | None = None      # the model Ollama will use, when a check or routing read it
         self.member: Member | None = None  # the host the request is on
         self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
-        self.lease: Ticket | None = None    # its admission, when that holds its host's shared slot
+        self.grant: Grant | None = None     # its admission (engine/admission.py)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one
 
@@ -150,24 +168,27 @@ class Exchange:
             slot = pol.slots_on and route.generation
             # Routing over several hosts reads the model, and replays a generation's body on a failover.
             routed = server.hosts.several and route.model != routes.NO_MODEL
-            body = await self._checked_body(key, route, path, whole=slot or routed, routed=routed)
+            # A generation against a token budget reserves its worst case, read from its whole body.
+            budgeted = route.generation and key.tokens is not None
+            body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
-            if state.shares_hosts and route.generation and server.hosts.several:
-                ticket = await self._admit_on_host(key, client, host_name)
-            else:
-                ticket = await state.admit(key, client, route.generation, conn.lost() if slot else None)
+            reserve = self._reservation(key, body) if budgeted else 0
+            merged = route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD")
+            filtered = route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self))
+            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost(),
+                                             forward=not (merged or filtered))
             try:
-                if route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD"):
+                if merged:
                     return await listing.merged(self, key, path)
-                if route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self)):
+                if filtered:
                     return await listing.filtered(self, key, path, host_name)
                 # The body goes to proxy() alone: a stream holds no second reference to it.
-                forwarded = self.proxy(body, host_name)
+                forwarded = self.proxy(body)
                 del body
                 return await forwarded
             finally:
-                state.finish(ticket, record)
+                state.finish(grant.ticket, record)
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:
@@ -176,19 +197,18 @@ class Exchange:
             self.finish(None)
             return False
 
-    async def _admit_on_host(self, key: KeyEntry, client: str, host_name: str | None) -> Ticket:
-        """Admission when several gates share each host's max_concurrent: the host is chosen
-        first, so that its lease is taken with the rest in the one round trip."""
-        state, route, hosts = self.server.state, self.route, self.server.hosts
-        member, self.wanted = hosts.pick(route, self.model, host_name)
-        ticket = await state.admit(key, client, True, self.conn.lost(), member.name, member.settings.max_concurrent)
-        hosts.take(member)
-        self.member, self.lease = member, ticket
-        return ticket
+    def _reservation(self, key: KeyEntry, body: bytes | None) -> int:
+        """The tokens this generation reserves of its key's budget (decisions.budget.reservation)."""
+        assert self.req is not None
+        size = len(body) if body is not None else self.req.content_length or 0
+        # (the body as it goes upstream: a cap above the key's max_output_tokens is lowered to it already)
+        return reservation(self.route, body or b"", size, key.max_output_tokens, self.config.budgets.reserve)
 
     async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None:
-        """Another host after a failure before the first byte (forwarding's), with a shared host slot."""
-        lease, state = self.lease, self.server.state
+        """Another host after a failure before the first byte (forwarding's); a host slot that is the
+        state's lease moves with the request."""
+        grant, state = self.grant, self.server.state
+        lease = grant.ticket if grant is not None and grant.holds_host else None
         move = None if lease is None else lambda m: state.move(lease, m.name, m.settings.max_concurrent)
         return await self.server.hosts.elsewhere(failed, wanted, move)
 
@@ -233,14 +253,15 @@ class Exchange:
         if req.chunked:
             self.req = req.with_length(len(body))
         if edits:
-            edited = body_edits.edit_body(key, route, req, body, alias_table)
+            edited = await _body_work(body, req, body_edits.edit_body, key, route, req, body, alias_table)
             if edited.body is not None:  # forwarded re-encoded, in identity coding
                 body = edited.body
                 req = (self.req or req).without(b"content-encoding").with_length(len(body))
                 self.req = req
                 record.alias, record.clamped = edited.alias, list(edited.clamped) or None
         if needs_model or routed or checks_keep_alive:
-            found = check_body(key, route, req, body, needs_model, routed, checks_keep_alive)
+            found = await _body_work(body, req, check_body, key, route, req, body, needs_model, routed,
+                                     checks_keep_alive)
             if found.name is not None:
                 record.model = cut(found.name)
                 self.model = found.name
@@ -327,17 +348,14 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None, host_name: str | None = None) -> bool:
+    async def proxy(self, body: bytes | None) -> bool:
         """Forward the request (its body already read, or streamed now) to a host and splice the response."""
         req, route = self.req, self.route
         assert req is not None
         server, conn, hosts = self.server, self.conn, self.server.hosts
-        if self.member is None:  # (else chosen with its shared lease in _admit)
-            member, wanted = hosts.first(route, self.model, host_name)  # a generation's slot on it is taken
-            if member is None:
-                assert wanted is not None
-                member = await hosts.wait(wanted, self.record.key or "", server.policies.queue_timeout, conn.lost())
-            self.member, self.wanted = member, wanted
+        grant = self.grant
+        assert grant is not None and grant.member is not None
+        self.member, self.wanted = grant.member, grant.wanted   # (chosen at admission)
         if body is None and self.has_body:
             # Wholly here already and small: kept, so it can be sent again (a stale pooled connection,
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)

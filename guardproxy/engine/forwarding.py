@@ -58,14 +58,18 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     `counts`: keep what the route's token counts need of the response body.
 
     Returns the connection, whether it may be pooled again, and the task
-    still sending the body, if one had to.  A pooled connection the host had
-    just closed is retried once on a fresh one when nothing of the body was
-    consumed, as nginx does.  A failure before the first byte is tried on
-    another host when routing allows it (decisions.routing.fail_over, at most
-    [routing] max_attempts): a 503 or 429 (or a 404 for a model the host
-    listed) is then kept from the client until it is known whether another
-    host takes the request.  Raises ClientGone or a GuardError, with the
-    connection in `trip.upstream`.
+    still sending the body, if one had to.  Nothing that may have run is sent
+    again: once any byte of a request was written to a host, only a read
+    (pool.is_read: listings, show, version) is; a generation or an admin
+    mutation that the host read and then dropped ends in a 502.  So a pooled
+    connection the host had closed is retried once on a fresh one only for a
+    read (pool.may_send_again; one already known closed is never taken),
+    and another host is tried (decisions.routing.fail_over, at most [routing]
+    max_attempts) after a connect failure, or after a 503 or 429 (or a 404 for
+    a model the host listed), answers Ollama gives before it runs anything;
+    those are kept from the client until it is known whether another host
+    takes the request.  Raises ClientGone or a GuardError, with the connection
+    in `trip.upstream`.
     """
     conn, req = trip.conn, trip.req
     assert req is not None and trip.member is not None
@@ -76,6 +80,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     tail = 0 if not counts else LONG_TAIL_BYTES if counts_at == routes.RESPONSES else TAIL_BYTES
     head_bytes = HEAD_BYTES if counts_at == routes.ANTHROPIC else 0
     body_task: asyncio.Task[int] | None = None
+    reads = pool_rules.is_read(trip.route)   # may be sent again though a host read it
     attempts, fresh = 1, False
     while True:
         member = trip.member
@@ -83,6 +88,7 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
         hold = NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
         sent_at = hosts.clock()
         upstream = trip.upstream = None
+        written = False   # some of this request reached the host: it may have run
         try:
             pool = member.pool
             # (pool.acquire written out: a pooled connection is had without creating a coroutine)
@@ -97,20 +103,21 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
             else:
                 assert upstream.transport is not None
                 upstream.transport.write(trip.upstream_head(member.authority) + body)
+                written = True
                 if stream_body:
                     body_task = _send_body(trip, upstream)
             reusable = await result
         except (ClientGone, GuardError) as exc:
-            if not fresh and pool_rules.may_send_again(upstream, exc, read=pool_rules.is_read(trip.route),
-                                                       streamed=stream_body):
+            if not fresh and pool_rules.may_send_again(upstream, exc, read=reads, streamed=stream_body):
                 fresh = True
                 continue
             failure = _failure(exc, upstream)
             if failure is None:
                 raise
             hosts.failed(member, failure, sent_at=sent_at)
-            # With no connection, nothing of a streamed body has left either.
-            if not await _elsewhere(trip, failure, 0, attempts, not stream_body or upstream is None):
+            # To another host only what cannot have run (nothing of it was written), or a read.
+            again = not written or (reads and not stream_body)
+            if not await _elsewhere(trip, failure, 0, attempts, again):
                 raise
             attempts, fresh = attempts + 1, False
             continue
@@ -161,7 +168,8 @@ def _failure(exc: BaseException, upstream: UpstreamConnection | None) -> Failure
 async def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, replayable: bool) -> bool:
     """Move the request to another host when routing says so; False: this attempt's outcome stands.
 
-    `replayable`: the body can be sent again (it was read whole, or none of it has been sent).
+    `replayable`: the request may be sent again (none of it reached the host, or it is a read;
+    a held answer: the host ran nothing), and its body can be (it was read whole, or none was sent).
     """
     wanted, member = trip.wanted, trip.member
     if wanted is None or member is None or not replayable:

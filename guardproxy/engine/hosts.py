@@ -171,14 +171,15 @@ class HostSet:
         """The shared lease of `member` was granted: count the generation here too (for least-busy)."""
         member.host.in_flight += 1
 
-    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]") -> Member:
-        """Wait, in fair order across keys, for a host with room for `wanted`; 503 after `timeout`.
+    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]",
+                   weight: float = 1.0) -> Member:
+        """Wait, in fair order across keys (by their weights), for a host with room for `wanted`; 503 after `timeout`.
 
         `gone` is done when the client hangs up: its place is given up at once.
         """
         waiter: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
         try:
-            self.waiting.enqueue(key, wanted, waiter)
+            self.waiting.enqueue(key, wanted, waiter, weight)
         except TooManyWaiting:
             raise HostQueueTimeout("too many requests are waiting for an upstream host",
                                    headers=[("Retry-After", "1")]) from None

@@ -57,13 +57,14 @@ async def wait_granted(waiter: "asyncio.Future[Any]", timeout: float, gone: "asy
 
 
 async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeout: float,
-                  gone: "asyncio.Future[None] | None" = None) -> None:
-    """Wait, in fair order across keys, for a generation slot of the in-process gate."""
+                  gone: "asyncio.Future[None] | None" = None, weight: float = 1.0) -> bool:
+    """Wait, in fair order across keys, for a generation slot of the in-process gate; True when it
+    had to wait (anything decided before may have changed meanwhile)."""
     if gate.try_acquire(key, key_limit):
-        return
+        return False
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        gate.enqueue(key, key_limit, waiter)
+        gate.enqueue(key, key_limit, waiter, weight)
     except QueueFull:
         raise queue_full() from None
 
@@ -72,6 +73,7 @@ async def acquire(gate: ConcurrencyGate, key: str, key_limit: int | None, timeou
             wake(gate.release(key))   # granted in the same instant it gave up: hand the slot on
 
     await wait_granted(waiter, timeout, gone, give_up)
+    return True
 
 
 def wake(waiters: Iterable[object]) -> None:

@@ -25,18 +25,33 @@ class UnsupportedCoding(GuardError):
     close = True
 
 
-def decoded_body(body: bytes, coding: bytes | None, *, zstd_allowed: bool) -> bytes:
+def decoded_body(body: bytes, coding: bytes | None, *, zstd_allowed: bool) -> bytes | bytearray:
     """The body as Ollama will read it; 415 for a coding it would not decode here."""
     if coding is None or coding == b"":
         return body
     # Ollama compares the header with "zstd" exactly; anything else reaches its JSON decoder as is.
     if coding != b"zstd" or not zstd_allowed:
         raise UnsupportedCoding()
-    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(io.BytesIO(body))
+    # Across frames, as Go's decoder reads a stream of concatenated frames.  The bytearray is
+    # returned as it is: a copy would double the memory a 20 MiB body costs.
+    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(io.BytesIO(body),
+                                                                                  read_across_frames=True)
     out = bytearray()
     try:
-        while len(out) <= MAX_DECODED:
-            piece = reader.read(MAX_DECODED + 1 - len(out))
+        declared = zstandard.frame_content_size(body)
+        if 0 < declared <= MAX_DECODED:
+            # The first frame says its size: decode into exactly that much (no growth, no copies).
+            out = bytearray(declared)
+            with memoryview(out) as view:
+                filled = 0
+                while filled < declared:
+                    got = reader.readinto(view[filled:])
+                    if not got:
+                        break
+                    filled += got
+            del out[filled:]
+        while len(out) <= MAX_DECODED:  # (further frames)
+            piece = reader.read(min(1 << 20, MAX_DECODED + 1 - len(out)))
             if not piece:
                 break
             out += piece
@@ -44,4 +59,4 @@ def decoded_body(body: bytes, coding: bytes | None, *, zstd_allowed: bool) -> by
         raise BadRequest("failed to decompress zstd body") from None
     if len(out) > MAX_DECODED:
         raise PayloadTooLarge("decompressed request body too large")
-    return bytes(out)
+    return out

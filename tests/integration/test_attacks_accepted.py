@@ -68,11 +68,12 @@ async def test_leading_empty_lines_are_ignored(gate: Proxy, upstream: RecordingU
 
 
 async def test_content_length_rewritten_as_guardproxy_writes_it(gate: Proxy, upstream: RecordingUpstream) -> None:
-    raw = (b"POST /api/generate HTTP/1.1\r\ncontent-length:   5  \r\n" + H + K + b"Connection: close\r\n\r\nhello")
+    body = b'{"model":"a"}'
+    raw = (b"POST /api/generate HTTP/1.1\r\ncontent-length:   13  \r\n" + H + K + b"Connection: close\r\n\r\n" + body)
     answer = await send(gate.port, raw, False)
     assert answer.startswith(b"HTTP/1.1 200 ")
-    assert [without_request_id(h) for h in upstream.heads] == [rebuilt(upstream.port, b"POST /api/generate HTTP/1.1", b"", b"Content-Length: 5\r\n")]
-    assert upstream.bodies == [b"hello"]
+    assert [without_request_id(h) for h in upstream.heads] == [rebuilt(upstream.port, b"POST /api/generate HTTP/1.1", b"", b"Content-Length: 13\r\n")]
+    assert upstream.bodies == [body]
 
 
 async def test_options_asterisk_is_allowed_to_admin_keys_only(gate: Proxy, upstream: RecordingUpstream) -> None:

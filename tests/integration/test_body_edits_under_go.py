@@ -1,5 +1,5 @@
 """Bodies the gate rewrites (aliases, clamps) and lets through (web search, placement) read by Go's own
-encoding/json into structs shaped like Ollama's (tests/support/go_body_reader): Go must end up with the
+encoding/json into structs shaped like Ollama's (tests/go_reader/main.go, -lines): Go must end up with the
 values the gate decided on, and with every other member as the client sent it.
 
 Bodies are generated with a fixed seed, mutating what Go's decoder treats specially: letter case and
@@ -10,9 +10,7 @@ repeated objects merge), null, negative, fractional and huge numbers, wrong type
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,8 @@ from guardproxy.decisions.body_edits import edit_body
 from guardproxy.decisions.routes import route_for
 from guardproxy.wire.errors import GuardError
 from guardproxy.wire.heads import parse_request_head
+from support.go_reader import build
 
-SOURCE = Path(__file__).parent.parent / "support" / "go_body_reader" / "main.go"
 BODIES = 3000
 CTX, CAP = 4096, 64
 CAPPED = KeyEntry("capped", b"\0" * 32, max_num_ctx=CTX, max_output_tokens=CAP)
@@ -37,20 +35,17 @@ PATHS = ["/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"
 
 
 @pytest.fixture(scope="module")
-def go_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
+def go_reader() -> Path:
+    binary = build()  # tests/go_reader/main.go, built once per session
+    if binary is None:
         pytest.skip("Go is not installed (Debian's golang-go): the Go reader cannot be built")
-    out = tmp_path_factory.mktemp("go") / "go_body_reader"
-    env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(tmp_path_factory.mktemp("gocache")),
-           "GOPATH": str(tmp_path_factory.mktemp("gopath"))}
-    subprocess.run([go, "build", "-o", str(out), str(SOURCE)], check=True, env=env, timeout=300)
-    return out
+    return binary
 
 
 def read_with_go(reader: Path, bodies: list[str]) -> list[dict[str, Any]]:
     text = "".join(json.dumps(b) + "\n" for b in bodies)
-    done = subprocess.run([str(reader)], input=text, capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run([str(reader), "-lines"], input=text, capture_output=True, text=True, check=True,
+                          timeout=120)
     lines = done.stdout.splitlines()
     assert len(lines) == len(bodies)
     return [json.loads(line) for line in lines]

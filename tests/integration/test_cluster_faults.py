@@ -21,7 +21,7 @@ from support.bodies import gen_body
 from support.gates import Gate, gates, keys
 from support.polling import until
 from support.raw_http import RawResponse, fetch
-from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
+from support.redis_server import RedisServer, redis, stalled  # noqa: F401 (redis: a fixture)
 from support.wine import REDIS_SERVER
 
 pytestmark = pytest.mark.posix_only(REDIS_SERVER)
@@ -120,12 +120,3 @@ async def test_tokens_counted_without_redis_reach_it_when_it_is_back(fake: FakeO
 async def tokens_in_redis(redis: RedisServer, n: int) -> bool:
     values = await redis.command("HVALS", "t:tokens:h:laptop")
     return isinstance(values, list) and sum(int(v) for v in values) == n
-
-
-async def stalled(redis: RedisServer) -> bool:
-    """True once Redis stops answering (DEBUG SLEEP has begun)."""
-    try:
-        await redis.command("PING", timeout=0.02)
-    except TimeoutError:
-        return True
-    return False

@@ -88,12 +88,13 @@ async def queued(redis: RedisServer) -> bool:
 @one_loop
 async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_path: Path) -> None:
     cfg = tmp_path / "g.toml"
-    cfg.write_text(config_text(fake.port, laptop='tokens = "40/day"', access=str(tmp_path / "access.log")))
+    cfg.write_text(config_text(fake.port, laptop='tokens = "80/day"', access=str(tmp_path / "access.log")))
     state = state_path(cfg, {})
     one = await Running.start("run", "--config", str(cfg))
     try:
-        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 26 + 10
-        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 72: overshoots
+        # Each reserves 10 + its body's bytes / 4 (21) and spends 26 + 10.
+        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200
+        assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=10), LAPTOP)).status == 200   # 72
         assert (await fetch(one.port, "POST", "/api/generate", gen_body(tokens=1), LAPTOP)).status == 429
         await until(lambda: saved(state, 72))   # written within a second, without a clean stop
     finally:
@@ -108,7 +109,7 @@ async def test_budgets_survive_a_restart_without_redis(fake: FakeOllama, tmp_pat
         assert usage.returncode == 0, usage.stderr
         budgets = usage.stdout.split("token budgets")[1].splitlines()
         assert budgets[1].split() == ["key", "budget", "used", "left", "full", "again", "in"]
-        assert budgets[2].split()[:4] == ["laptop", "40/day", "72", "0"] and len(budgets) == 3
+        assert budgets[2].split()[:4] == ["laptop", "80/day", "72", "8"] and len(budgets) == 3
     finally:
         await two.stop()
 

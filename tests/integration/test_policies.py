@@ -54,7 +54,7 @@ async def test_path_bypass_variants_refused_and_never_forwarded(gp: Proxy, fake:
 
 async def test_disallowed_model_is_403_and_never_forwarded(gp: Proxy, fake: FakeOllama) -> None:
     for path, body in [("/api/generate", gen_body("mistral:7b")),
-                       ("/api/chat", b'{"MODEL":"mistral:7b","messages":[]}'),
+                       ("/api/chat", b'{"model":"mistral:7b","messages":[]}'),
                        ("/v1/chat/completions", b'{"model":"mistral:7b","messages":[]}'),
                        ("/api/show", b'{"name":"mistral:7b"}')]:
         r = await fetch(gp.port, "POST", path, body, APP)

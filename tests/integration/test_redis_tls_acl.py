@@ -75,7 +75,7 @@ async def test_a_gate_runs_under_its_own_acl_user(fake: FakeOllama, tmp_path: Pa
     async with redis_server(tmp_path, password="admin-pw", args=user) as server:
         url = f"redis://gate:gate-pw@{server.host}:{server.port}/0"
         async with gates(fake.port, tmp_path, url, 2, lease_ttl=0.6, keys=keys(rate=Rate(4, 60.0), max_concurrent=1,
-                                                                               tokens=parse_budget("1000/h")),
+                                                                               tokens=parse_budget("1000000/h")),
                          limits=TrafficLimits(queue_timeout=0.3)) as gs:
             await until(lambda: all(g.state.instances == 2 for g in gs))
             reader, writer = await open_stream(gs[0].port, LAPTOP, gen_body(tokens=100000, delay=0.01))

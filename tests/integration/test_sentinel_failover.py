@@ -109,14 +109,15 @@ async def failover_under_load(fake: FakeOllama, tmp_path: Path, group: SentinelG
             # The phone's rate: 2 more, then 429, counted across both gates.
             assert [(await fetch(gs[i % 2].port, "GET", "/api/version", headers=PHONE)).status
                     for i in range(3)] == [200, 200, 429]
-            # The budget: 46 spent before; 92 after one more; the third crosses 100; then 429.
+            # The budget, by reservation (20 + 22 tokens each): 46 spent before; 92 after one more
+            # (46 + 42 fit in 100); then nothing fits: 429.
             statuses = []
             for i in range(3):
                 r = await fetch(gs[i % 2].port, "POST", "/api/generate", gen_body(tokens=20), BUDGET)
                 statuses.append(r.status)
                 if r.status == 200:
                     await until(lambda: tokens_are(group.replica, 46 * (1 + statuses.count(200))))
-            assert statuses == [200, 200, 429]
+            assert statuses == [200, 429, 429]
             assert [g.state.fallbacks for g in gs] == fallbacks   # every one of these was Redis's decision
         finally:
             writer.transport.abort()

@@ -73,7 +73,7 @@ async def a_state(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIterat
 
 
 async def attempt(state: State, key: KeyEntry | None, *, generation: bool = False, client: str = ADDR,
-                  gone: "asyncio.Future[None] | None" = None) -> tuple[int, Ticket | GuardError]:
+                  gone: "asyncio.Future[None] | None" = None, reserve: int = 0) -> tuple[int, Ticket | GuardError]:
     """One request through the hooks, in the exchange's order: (status, ticket or the refusal)."""
     now = time.monotonic()
     try:
@@ -82,7 +82,7 @@ async def attempt(state: State, key: KeyEntry | None, *, generation: bool = Fals
             await state.auth_failed(client, now)
             return 401, NO_TICKET
         state.after_auth(key, now)
-        return 200, await state.admit(key, client, generation, gone)
+        return 200, await state.admit(key, client, generation, gone, reserve=reserve)
     except GuardError as e:
         return e.status, e
 
@@ -172,26 +172,46 @@ async def test_queue_timeout_and_a_client_that_hangs_up(backend: str, tmp_path: 
         s.finish(again, Outcome())
 
 
+def served(s: State, order: list[str], k: KeyEntry) -> "asyncio.Future[None]":
+    """A generation of `k` that waits for its slot, notes its key in `order` when granted, and ends at once."""
+    async def wait() -> None:
+        _, t = await attempt(s, k, generation=True)
+        assert isinstance(t, Ticket)
+        order.append(k.name)
+        s.finish(t, Outcome())
+    return asyncio.ensure_future(wait())
+
+
 async def test_the_queue_is_fair_across_keys(backend: str, tmp_path: Path) -> None:
     keys = tuple(KeyEntry(n, n.encode() * 16) for n in ("busy", "quiet"))
     async with a_state(backend, tmp_path, keys=keys, limits=TrafficLimits(max_concurrent=1)) as s:
         busy, quiet = keys
         _, held = await attempt(s, busy, generation=True)
         order: list[str] = []
-
-        async def wait(k: KeyEntry) -> None:
-            _, t = await attempt(s, k, generation=True)
-            assert isinstance(t, Ticket)
-            order.append(k.name)
-            s.finish(t, Outcome())
-        tasks = [asyncio.ensure_future(wait(busy)) for _ in range(3)]
+        wait = lambda k: served(s, order, k)   # noqa: E731
+        tasks = [wait(busy) for _ in range(3)]
         await until(lambda: queued(s) == 3)
-        tasks.append(asyncio.ensure_future(wait(quiet)))
+        tasks.append(wait(quiet))
         await until(lambda: queued(s) == 4)
         assert isinstance(held, Ticket)
         s.finish(held, Outcome())
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         assert order[:2] == ["busy", "quiet"]
+
+
+async def test_the_queue_grants_by_key_weight(backend: str, tmp_path: Path) -> None:
+    heavy, light = KeyEntry("heavy", b"h" * 32, weight=4), KeyEntry("light", b"l" * 32)
+    async with a_state(backend, tmp_path, keys=(heavy, light), limits=TrafficLimits(max_concurrent=1)) as s:
+        _, held = await attempt(s, light, generation=True)
+        order: list[str] = []
+        tasks = []
+        for i in range(10):
+            tasks += [served(s, order, heavy), served(s, order, light)]
+            await until(lambda: queued(s) == 2 * i + 2)
+        assert isinstance(held, Ticket)
+        s.finish(held, Outcome())
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        assert "".join(k[0] for k in order[:10]) == "hhhhlhhhhl"
 
 
 async def test_token_budget(backend: str, tmp_path: Path) -> None:
@@ -213,6 +233,43 @@ async def test_token_budget(backend: str, tmp_path: Path) -> None:
         assert 3600 - 60 <= retry_after(r[1]) <= 3600   # the first bucket leaves the hour
         assert (await attempt(s, small))[0] == 200   # not a generation: no tokens to spend
         assert (await attempt(s, B, generation=True))[0] == 200
+
+
+async def test_reservations_of_running_generations_count_against_the_budget(backend: str, tmp_path: Path) -> None:
+    small = replace(A, tokens=parse_budget("100/h"))
+    async with a_state(backend, tmp_path, keys=(small, B)) as s:
+        _, t = await attempt(s, small, generation=True, reserve=60)
+        assert isinstance(t, Ticket) and t.reserved == 60
+        r = await attempt(s, small, generation=True, reserve=41)    # 60 + 41 > 100
+        assert r[0] == 429 and refusal(r) == "token budget exceeded" and retry_after(r[1]) == 1
+        r = await attempt(s, small, generation=True, reserve=101)   # never fits: no Retry-After
+        assert r[0] == 429 and isinstance(r[1], GuardError) and "Retry-After" not in dict(r[1].headers)
+        _, t2 = await attempt(s, small, generation=True, reserve=40)
+        assert isinstance(t2, Ticket)
+        s.finish(t, Outcome(status=502, bytes_out=0))              # never ran: its 60 are free again, nothing spent
+        s.finish(t2, Outcome(prompt_tokens=10, completion_tokens=20))
+        deadline = time.monotonic() + 5
+        while (r := await attempt(s, small, generation=True, reserve=70))[0] != 200:   # 30 spent + 70
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert isinstance(r[1], Ticket)
+        s.finish(r[1], Outcome(prompt_tokens=10, completion_tokens=0))
+
+
+async def test_a_waiting_generation_is_decided_again_when_woken(backend: str, tmp_path: Path) -> None:
+    one = replace(A, tokens=parse_budget("100/h"), max_concurrent=1)
+    async with a_state(backend, tmp_path, keys=(one, B)) as s:
+        _, first = await attempt(s, one, generation=True, reserve=30)
+        assert isinstance(first, Ticket)
+        second = asyncio.ensure_future(attempt(s, one, generation=True, reserve=30))   # 30 + 30 fit: it waits
+        await until(lambda: queued(s) == 1)
+        s.finish(first, Outcome(prompt_tokens=40, completion_tokens=50))   # 90 spent: 30 more do not fit now
+        r = await asyncio.wait_for(second, 5)
+        assert r[0] == 429 and refusal(r) == "token budget exceeded"
+        assert 3600 - 60 <= retry_after(r[1]) <= 3600
+        _, t = await attempt(s, one, generation=True, reserve=10)   # the slot was given back: 90 + 10 fit
+        assert isinstance(t, Ticket)
+        s.finish(t, Outcome(prompt_tokens=1, completion_tokens=1))
 
 
 async def test_a_generation_without_final_counts_is_charged_an_estimate(backend: str, tmp_path: Path) -> None:

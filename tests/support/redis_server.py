@@ -167,3 +167,12 @@ def tls_files(workdir: Path) -> TLSFiles:
     ca.cert_pem.write_to_path(str(files.ca))
     ca.configure_trust(files.client_context)
     return files
+
+
+async def stalled(redis: RedisServer) -> bool:
+    """True once Redis stops answering (DEBUG SLEEP has begun)."""
+    try:
+        await redis.command("PING", timeout=0.02)
+    except TimeoutError:
+        return True
+    return False

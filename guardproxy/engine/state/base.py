@@ -37,15 +37,16 @@ class Outcome(Protocol):
 class Ticket:
     """What `admit` granted one request, for `finish` to give back."""
 
-    __slots__ = ("key", "host", "slot", "budget", "lease")
+    __slots__ = ("key", "host", "slot", "budget", "lease", "reserved")
 
     def __init__(self, key: str, host: str = DEFAULT_HOST, slot: bool = False, budget: Budget | None = None,
-                 lease: bytes = b"") -> None:
+                 lease: bytes = b"", reserved: int = 0) -> None:
         self.key = key
         self.host = host
-        self.slot = slot        # holds a generation slot
-        self.budget = budget    # its tokens count against this budget
-        self.lease = lease      # the slot's lease in shared state
+        self.slot = slot          # holds a generation slot
+        self.budget = budget      # its tokens count against this budget
+        self.lease = lease        # its ID in shared state: the slot's lease, the reservation's, the FINISH's
+        self.reserved = reserved  # tokens of `budget` reserved until it ends (decisions.budget.reservation)
 
 
 NO_TICKET = Ticket("")   # nothing to give back (the usual case: no slot, no budget)
@@ -70,12 +71,15 @@ class State(ABC):
 
     @abstractmethod
     async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
-                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+                    host: str = DEFAULT_HOST, host_limit: int | None = None, reserve: int = 0) -> Ticket:
         """Just before forwarding: what is left of the checks, and a slot for a generation.
 
         Raises a GuardError (429 rates, bans, budget; 503 queue timeout, limits unavailable)
         or ClientGone (hung up while waiting).  `host` is the upstream's name and `host_limit`
         its max_concurrent, given only when `shares_hosts` (else hosts.py counts host slots).
+        `reserve`: the tokens a generation reserves of its key's budget (decisions.budget.reservation);
+        they are decided, with the slot, at the moment the slot is granted, so a request that
+        waited for its slot is decided again when it is woken.
         """
 
     async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
@@ -86,7 +90,8 @@ class State(ABC):
 
     @abstractmethod
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
-        """The request is over (however it ended): free its slot, count its tokens.  Never waits."""
+        """The request is over (however it ended): free its slot, release its reservation, count the
+        tokens it spent (none when it never ran).  Never waits."""
 
     @abstractmethod
     def apply(self, config: Config) -> None:

@@ -42,10 +42,11 @@ from .pubsub import RedisSubscriber
 from .resp import RedisClient, RedisError, RedisRefused, RedisReplyError
 from . import scripts
 from .commands import Script, script_commands
-from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys
+from .scripts import ADMIT, AUTH_FAILED, FINISH, MOVE, RENEW, Calls, key_keys, reservation_member, reserved_key
 from .waiting import SlotQueue
 
 START_WAIT = 1.0          # start-up waits this long for Redis, then serves by on_redis_error
+MAX_UNSENT = 65536        # FINISHes kept one by one while Redis is away; beyond, folded per key
 BACKGROUND_TIMEOUT = 1.0  # renewals and start-up/close calls are off the request path: more patience
 PROBE_BACKOFF = (0.05, 5.0)   # while Redis answers errors, renewals probe it this often, doubling
 SCRIPTS = tuple(v for v in vars(scripts).values() if isinstance(v, Script))   # SCRIPT LOADed at each connect
@@ -101,10 +102,14 @@ class RedisState(State):
         self.up: bool | None = None
         self.sick: RedisError | None = None   # the error Redis answered, until a renewal succeeds
         self.occupancy = Occupancy()                  # the slots this instance holds, whoever granted them
-        self.leases: dict[bytes, Ticket] = {}
+        self.leases: dict[bytes, Ticket] = {}         # slots held here, by lease
+        self.reserving: dict[bytes, Ticket] = {}      # budget reservations held here, by lease (the request's ID)
         self._serial = 0
-        self.unsent: dict[tuple[str, Budget], int] = {}   # tokens counted while Redis could not be told
-        self.unsent_book = TokenBook()                    # the same, as windows: the local budget estimate
+        # FINISHes Redis may not have applied (not connected, or no answer in time), by request ID: sent
+        # again when Redis is back, with the same ID, so one that did run is not applied twice.
+        self.unsent: dict[bytes, tuple[Ticket, int, bool]] = {}
+        self._folds: dict[tuple[str, str], Ticket] = {}
+        self.unsent_book = TokenBook()                    # their tokens, as windows: the local budget estimate
         self.unreleased: dict[bytes, Ticket] = {}         # leases ended here that Redis could not be told of
         self.seen: dict[tuple[str, str], int] = {}        # the window totals Redis last reported
         self._renew_now = asyncio.Event()
@@ -183,18 +188,18 @@ class RedisState(State):
         pass   # decided with the rest, in the one round trip of admit()
 
     async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
-                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+                    host: str = DEFAULT_HOST, host_limit: int | None = None, reserve: int = 0) -> Ticket:
         pol = self.policies
         slot = generation and (pol.slots_on or host_limit is not None)
         budget = key.tokens if generation else None
         if not (slot or budget or pol.per_ip or key.rate or self.ban.after_failures):
             return NO_TICKET
-        if slot:
+        if slot or budget:
             self._serial += 1
             lease = b"%s:%d" % (self.id, self._serial)
         else:
             lease = b""
-        ticket = Ticket(key.name, host, slot, budget, lease)
+        ticket = Ticket(key.name, host, slot, budget, lease, reserve if budget else 0)
         if not self.connected:
             return await self._without_redis(key, client, ticket, host_limit, gone)
         addr = address_bucket(client)
@@ -202,18 +207,19 @@ class RedisState(State):
         freed = self.slots.freed
         try:
             code, wait_ms, total = _ints(await self.client.evalsha_encoded(ADMIT, *self.calls.admit(
-                addr, key, generation, host, host_limit, (2 if queue_first else 1) if slot else 0, lease)), 3)
+                addr, key, generation, host, host_limit, (2 if queue_first else 1) if slot else 0, lease,
+                ticket.reserved)), 3)
         except RedisError as e:
             self.error(e)
             return await self._without_redis(key, client, ticket, host_limit, gone)
         if budget is not None and total >= 0:
             self.seen[(key.name, budget.unit)] = total
         if code == 0:
-            if slot:
-                self.hold(ticket)
+            self.hold(ticket)
             return ticket
         if code == 5:
-            return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=self.slots.freed != freed)
+            return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=self.slots.freed != freed,
+                                         weight=key.weight)
         retry = [retry_after_header(wait_ms / 1000)]
         if code == 1:
             self._banned(addr, wait_ms, self.clock())
@@ -221,7 +227,7 @@ class RedisState(State):
             raise RateLimited(headers=retry)
         if code == 3:
             raise KeyRateLimited(headers=retry)
-        raise BudgetExceeded(headers=retry)
+        raise BudgetExceeded(headers=retry if wait_ms >= 0 else ())   # (-1: it can never fit)
 
     async def _without_redis(self, key: KeyEntry, client: str, ticket: Ticket, host_limit: int | None,
                              gone: "asyncio.Future[None] | None") -> Ticket:
@@ -234,14 +240,15 @@ class RedisState(State):
             fb.before_auth(client, now)
             fb.after_auth(key, now)
             if ticket.budget is not None:
-                self._check_budget_locally(key.name, ticket.budget)
+                self.check_budget_locally(ticket)
         if not ticket.slot:
+            self.hold(ticket)
             return ticket
         if self.rule == "open" or (key.name not in self.slots.queue and self.fits_locally(
                 key.name, key.max_concurrent, ticket.host, host_limit)):
             self.hold(ticket)
             return ticket
-        return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True)
+        return await self.slots.wait(ticket, key.max_concurrent, host_limit, gone, kick=True, weight=key.weight)
 
     async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
         if self.leases.get(ticket.lease) is not ticket:
@@ -273,20 +280,29 @@ class RedisState(State):
         return self.occupancy.fits(key, limit_share(key_limit, n), host, limit_share(host_limit, n),
                                    limit_share(self.max_total, n))
 
-    def _check_budget_locally(self, name: str, budget: Budget) -> None:
-        """This instance's share of what Redis last said was left, less what it has counted since."""
+    def check_budget_locally(self, ticket: Ticket) -> None:
+        """Without Redis: this instance's share of what Redis last said was left, less what it has
+        counted since and what its running generations reserved; `ticket.reserved` must fit."""
+        name, budget = ticket.key, ticket.budget
+        assert budget is not None
         left = (budget.tokens - self.seen.get((name, budget.unit), 0)) // self.instances
-        wait = bucket_seconds(budget.window) if left <= 0 else \
-            self.unsent_book.retry_after(name, Budget(left, budget.window, budget.unit), self.wall())
+        held = sum(t.reserved for t in self.reserving.values() if t.key == name and t.budget == budget)
+        wait = bucket_seconds(budget.window) if left <= 0 else self.unsent_book.retry_after(
+            name, Budget(left, budget.window, budget.unit), self.wall(), held, ticket.reserved)
         if wait:
             raise BudgetExceeded(headers=[retry_after_header(wait)])
 
-    def slot_keys(self, ticket: Ticket) -> tuple[bytes, bytes]:
-        return key_keys(self.prefix, ticket.key, ticket.host)[1:]
+    def candidate(self, ticket: Ticket) -> tuple[tuple[bytes, ...], tuple[int | float, ...]]:
+        """TAKE's keys for a waiting request, and its budget's arguments."""
+        return self.calls.take(ticket.key, ticket.host, ticket.budget)
 
     def hold(self, ticket: Ticket) -> None:
-        self.occupancy.take(ticket.key, ticket.host)
-        self.leases[ticket.lease] = ticket
+        """`ticket` was granted: its slot, and its reservation, are held (and renewed) here."""
+        if ticket.slot:
+            self.occupancy.take(ticket.key, ticket.host)
+            self.leases[ticket.lease] = ticket
+        if ticket.budget is not None:
+            self.reserving[ticket.lease] = ticket
 
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         if ticket is NO_TICKET:
@@ -296,31 +312,50 @@ class RedisState(State):
         if slot:
             self.occupancy.drop(ticket.key, ticket.host)
             self.slots.released()
-        if slot or tokens:
+        reserved = self.reserving.pop(ticket.lease, None) is not None
+        if slot or reserved or tokens:
             self.send_finish(ticket, tokens, slot)
 
     def send_finish(self, ticket: Ticket, tokens: int, slot: bool) -> None:
-        budget = ticket.budget
+        """FINISH, unawaited, with the request's ID: applied once however often it is sent."""
+        if not ticket.lease:
+            self._serial += 1
+            ticket.lease = b"%s:%d" % (self.id, self._serial)
 
         def failed(e: RedisError) -> None:
-            self.error(e)
+            self.error(e)   # it may have run all the same: sent again, with its ID, when Redis is back
             self._keep(ticket, tokens, slot)
         if self.connected:
-            self.client.evalsha_nowait(FINISH, *self.calls.finish(ticket.key, ticket.host, budget,
-                                                                  ticket.lease if slot else b"", tokens), on_error=failed)
+            self.client.evalsha_nowait(FINISH, *self.calls.finish(
+                ticket.key, ticket.host, ticket.budget, ticket.lease, slot, ticket.reserved, tokens), on_error=failed)
         else:
             self._keep(ticket, tokens, slot)
 
     def _keep(self, ticket: Ticket, tokens: int, slot: bool) -> None:
-        """What a FINISH that could not be sent would have told Redis, to send when it answers again."""
+        """What a FINISH that could not be sent (or not known to have run) would have told Redis, to
+        send when it answers again: tokens with the request's ID (the slot's release with them), else
+        the slot's release alone.  (A reservation alone runs out by itself.)"""
         if tokens and ticket.budget is not None:
-            self._unsent(ticket.key, ticket.budget, tokens)
-        if slot and len(self.unreleased) < 65536:   # (past that, leases simply run out after lease_ttl)
+            self._unsent(ticket, tokens, slot)
+        elif slot and len(self.unreleased) < 65536:   # (past that, leases simply run out after lease_ttl)
             self.unreleased[ticket.lease] = ticket
 
-    def _unsent(self, name: str, budget: Budget, tokens: int) -> None:
-        self.unsent[(name, budget)] = self.unsent.get((name, budget), 0) + tokens
-        self.unsent_book.add(name, budget, self.wall(), tokens)
+    def _unsent(self, ticket: Ticket, tokens: int, slot: bool) -> None:
+        budget = ticket.budget
+        assert budget is not None
+        self.unsent_book.add(ticket.key, budget, self.wall(), tokens)
+        if len(self.unsent) < MAX_UNSENT:
+            self.unsent[ticket.lease] = (ticket, tokens, slot)
+            return
+        if slot and len(self.unreleased) < 65536:
+            self.unreleased[ticket.lease] = ticket
+        # Redis away for long: one entry per key and window from here on (its ID new each time).
+        fold = self._folds.get((ticket.key, budget.unit))
+        if fold is None:
+            self._serial += 1
+            fold = self._folds[(ticket.key, budget.unit)] = Ticket(
+                ticket.key, DEFAULT_HOST, False, budget, b"%s:%d" % (self.id, self._serial))
+        self.unsent[fold.lease] = (fold, self.unsent.get(fold.lease, (fold, 0, False))[1] + tokens, False)
 
     # --- Redis's health ----------------------------------------------------------------------
 
@@ -352,11 +387,11 @@ class RedisState(State):
 
     def _send_kept(self) -> None:
         """The tokens and lease releases kept while Redis could not be told: sent now, in order."""
-        unsent, self.unsent = self.unsent, {}
+        unsent, self.unsent, self._folds = self.unsent, {}, {}
         self.unsent_book = TokenBook()
         unreleased, self.unreleased = self.unreleased, {}
-        for (name, budget), tokens in unsent.items():
-            self.send_finish(Ticket(name, DEFAULT_HOST, False, budget), tokens, False)
+        for ticket, tokens, slot in unsent.values():   # each with its request's ID: applied once
+            self.send_finish(ticket, tokens, slot)
         for ticket in unreleased.values():
             self.send_finish(ticket, 0, True)
 
@@ -388,6 +423,10 @@ class RedisState(State):
             _, key_slots, host_slots = key_keys(self.prefix, t.key, t.host)
             for s in (key_slots, host_slots, self.all_slots):
                 sets.setdefault(s, []).append(lease)
+        for lease, t in self.reserving.items():
+            assert t.budget is not None
+            sets.setdefault(reserved_key(self.prefix, t.key, t.budget.unit), []).append(
+                reservation_member(lease, t.reserved))
         args: list[bytes | int] = [self.id, _ms(self.lease_ttl)]
         for members in sets.values():
             args += [len(members), *members]

@@ -37,6 +37,7 @@ class Budgets:
 
     def __init__(self, config: Config, log: TextIO, environ: Mapping[str, str]) -> None:
         self.book = TokenBook()
+        self.held: dict[tuple[str, str], int] = {}   # tokens reserved by running generations, per key and window
         self.wall = time.time     # wall-clock time: windows outlive the process
         self.log = log
         self.path = state_path(config.path, environ) if config.path is not None else None
@@ -62,10 +63,27 @@ class Budgets:
         if has_budgets(config):
             self._open(start=False)
 
-    def check(self, name: str, budget: Budget) -> None:
-        wait = self.book.retry_after(name, budget, self.wall())
+    def check(self, name: str, budget: Budget, need: int = 0) -> None:
+        """Raise BudgetExceeded unless `need` tokens fit beside what is spent and reserved."""
+        if need > budget.tokens:
+            raise BudgetExceeded()   # never fits: no Retry-After
+        wait = self.book.retry_after(name, budget, self.wall(), self.held.get((name, budget.unit), 0), need)
         if wait:
             raise BudgetExceeded(headers=[retry_after_header(wait)])
+
+    def reserve(self, name: str, budget: Budget, need: int, *, checked: bool = False) -> None:
+        """Check (unless `checked` just now), then hold `need` tokens until `release` (nothing awaits
+        in between: one decision)."""
+        if not checked:
+            self.check(name, budget, need)
+        self.held[(name, budget.unit)] = self.held.get((name, budget.unit), 0) + need
+
+    def release(self, name: str, budget: Budget, need: int) -> None:
+        left = self.held.get((name, budget.unit), 0) - need
+        if left > 0:
+            self.held[(name, budget.unit)] = left
+        else:
+            self.held.pop((name, budget.unit), None)
 
     def spend(self, name: str, budget: Budget, tokens: int) -> None:
         if tokens <= 0:
@@ -116,24 +134,36 @@ class LocalState(State):
         self.policies.after_auth(key, now)
 
     async def admit(self, key: KeyEntry, client: str, generation: bool, gone: "asyncio.Future[None] | None",
-                    host: str = DEFAULT_HOST, host_limit: int | None = None) -> Ticket:
+                    host: str = DEFAULT_HOST, host_limit: int | None = None, reserve: int = 0) -> Ticket:
         # (`host` comes only when `shares_hosts`: in one process hosts.py counts the host slots.)
         if not generation:
             return NO_TICKET
-        budget = key.tokens
-        if budget is not None:
-            self.budgets.check(key.name, budget)
-        pol = self.policies
-        if not pol.slots_on:
-            return NO_TICKET if budget is None else Ticket(key.name, budget=budget)
-        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone)
-        return Ticket(key.name, slot=True, budget=budget)
+        budget, budgets, pol = key.tokens, self.budgets, self.policies
+        if budget is None:
+            if not pol.slots_on:
+                return NO_TICKET
+            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
+            return Ticket(key.name, slot=True)
+        slot = pol.slots_on
+        budgets.check(key.name, budget, reserve)   # (refused at once rather than after queueing)
+        waited = slot and await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone,
+                                              key.weight)
+        try:
+            # Decided again after a wait, when the slot is granted: others may have spent meanwhile.
+            budgets.reserve(key.name, budget, reserve, checked=not waited)
+        except BudgetExceeded:
+            if slot:
+                slots.wake(pol.gate.release(key.name))
+            raise
+        return Ticket(key.name, slot=slot, budget=budget, reserved=reserve)
 
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         if ticket.slot:
             slots.wake(self.policies.gate.release(ticket.key))
-        if ticket.budget is not None and outcome is not None:
-            self.budgets.spend(ticket.key, ticket.budget, spent(outcome))
+        if ticket.budget is not None:
+            self.budgets.release(ticket.key, ticket.budget, ticket.reserved)
+            if outcome is not None:
+                self.budgets.spend(ticket.key, ticket.budget, spent(outcome))
 
     def waiting(self) -> int:
         return self.policies.gate.queued

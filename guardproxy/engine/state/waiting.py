@@ -14,7 +14,8 @@ import asyncio
 from typing import Protocol
 
 from ...decisions.concurrency import FairQueue, QueueFull
-from ...decisions.policy import LimitsUnavailable, Policies
+from ...decisions.limits import retry_after_header
+from ...decisions.policy import BudgetExceeded, LimitsUnavailable, Policies
 from .. import slots
 from .base import Outcome, Ticket
 from .resp import RedisClient, RedisError
@@ -37,7 +38,8 @@ class Shared(Protocol):
 
     @property
     def connected(self) -> bool: ...
-    def slot_keys(self, ticket: Ticket) -> tuple[bytes, bytes]: ...
+    def candidate(self, ticket: Ticket) -> tuple[tuple[bytes, ...], tuple[int | float, ...]]: ...
+    def check_budget_locally(self, ticket: Ticket) -> None: ...
     def hold(self, ticket: Ticket) -> None: ...
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None: ...
     def send_finish(self, ticket: Ticket, tokens: int, slot: bool) -> None: ...
@@ -83,11 +85,12 @@ class SlotQueue:
             self._kick.set()
 
     async def wait(self, ticket: Ticket, key_limit: int | None, host_limit: int | None,
-                   gone: "asyncio.Future[None] | None", *, kick: bool) -> Ticket:
-        """Queue until a pass grants a slot; `kick`: run a pass at once (a slot may already be free)."""
+                   gone: "asyncio.Future[None] | None", *, kick: bool, weight: float = 1.0) -> Ticket:
+        """Queue until a pass grants a slot; `kick`: run a pass at once (a slot may already be free);
+        `weight`: the key's share of the grants while keys wait (FairQueue)."""
         w = _Waiter(asyncio.get_running_loop().create_future(), ticket, key_limit, host_limit)
         try:
-            self.queue.push(ticket.key, w)
+            self.queue.push(ticket.key, w, weight)
         except QueueFull:
             raise slots.queue_full() from None
         self._waiting.set()
@@ -125,10 +128,11 @@ class SlotQueue:
         offered = self.queue.in_turn(MAX_OFFERED)
         if state.connected:
             keys = [state.all_slots, state.queued_key]
-            args: list[bytes | int] = [int(state.lease_ttl * 1000), state.max_total or 0, int(self.queued_ttl * 1000)]
+            args: list[bytes | int | float] = [int(state.lease_ttl * 1000), state.max_total or 0, int(self.queued_ttl * 1000)]
             for _, w in offered:
-                keys += state.slot_keys(w.ticket)
-                args += [w.ticket.lease, w.key_limit or 0, w.host_limit or 0]
+                more, budget = state.candidate(w.ticket)
+                keys += more
+                args += [w.ticket.lease, w.key_limit or 0, w.host_limit or 0, *budget, w.ticket.reserved]
             try:
                 flags = await state.client.evalsha(TAKE, keys, args)
                 if not isinstance(flags, list) or len(flags) != len(offered):
@@ -139,7 +143,10 @@ class SlotQueue:
                 for (key, w), ok in zip(offered, flags):
                     if ok == 1:
                         self._grant(key, w, leased=True)
-                if all(ok == 1 for ok in flags) and self.queue.queued:
+                    elif isinstance(ok, int) and ok < 0:   # its budget, decided again now, is spent
+                        self._refuse(key, w, BudgetExceeded(headers=[retry_after_header((-1 - ok) / 1000)]
+                                                            if ok < -1 else ()))
+                if all(ok != 0 for ok in flags) and self.queue.queued:
                     self._kick.set()   # more waited than were offered, and there may be room for them
                 return
         state.fallbacks += 1
@@ -150,11 +157,21 @@ class SlotQueue:
             return
         for key, w in offered:
             if state.rule == "open" or state.fits_locally(key, w.key_limit, w.ticket.host, w.host_limit):
+                if state.rule == "local" and w.ticket.budget is not None:
+                    try:
+                        state.check_budget_locally(w.ticket)
+                    except BudgetExceeded as refused:
+                        self._refuse(key, w, refused)
+                        continue
                 self._grant(key, w, leased=False)
+
+    def _refuse(self, key: str, w: _Waiter, refusal: Exception) -> None:
+        if self.queue.remove(key, lambda x: x is w) is not None:
+            w.future.set_exception(refusal)
 
     def _grant(self, key: str, w: _Waiter, *, leased: bool) -> None:
         if self.queue.remove(key, lambda x: x is w) is None:
-            if leased:   # it gave up during the round trip: free the slot at once
+            if leased:   # it gave up during the round trip: free the slot (and reservation) at once
                 self.state.send_finish(w.ticket, 0, True)
             return
         self.queue.served(key)

@@ -39,9 +39,9 @@ def test_counts_match_what_each_script_reads(build: str) -> None:
     calls = Calls(b"gp:", 15.0, 30.0)
     calls.configure(Rate(10, 1.0), Ban(after_failures=3), 8)
     script, (count, tail) = {
-        "admit": (ADMIT, calls.admit("203.0.113.9", KEY, True, "gpu-a", 4, 1, b"id:1")),
+        "admit": (ADMIT, calls.admit("203.0.113.9", KEY, True, "gpu-a", 4, 1, b"id:1", 42)),
         "auth_failed": (AUTH_FAILED, calls.auth_failed("203.0.113.9")),
-        "finish": (FINISH, calls.finish("laptop", "gpu-a", KEY.tokens, b"id:1", 46)),
+        "finish": (FINISH, calls.finish("laptop", "gpu-a", KEY.tokens, b"id:1", True, 42, 46)),
     }[build]
     command = read_command(script, count, tail)
     assert command[:2] == [b"EVALSHA", script.sha]
