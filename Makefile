@@ -12,7 +12,7 @@ endif
 PY      = $(BIN)/python
 ARGS   ?=
 
-.PHONY: run test typecheck docs demo bench bench-deps clean venv exe smoke-exe image image-smoke
+.PHONY: run test typecheck docs demo bench bench-deps clean venv exe smoke-exe image image-smoke windows
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ image: $(VENV)/.installed
 image-smoke: $(VENV)/.installed
 	$(PY) packaging/container/image_smoke.py
 
+## windows: on Debian, under a Windows CPython in Wine: the tests, guardproxy.exe built and smoke-tested,
+##          and the exe as a Windows service (packaging/windows/ci.sh; installs Wine if needed)
+windows:
+	bash packaging/windows/ci.sh
 ## bench-deps: nginx, Caddy and wrk from Debian's packages (root, or sudo)
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench-deps:

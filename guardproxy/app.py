@@ -84,6 +84,13 @@ def run(config: Config, loop: str = "auto", overrides: Overrides = Overrides()) 
         return 0
 
 
+def _set_from_thread(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    try:
+        loop.call_soon_threadsafe(stop.set)
+    except RuntimeError:
+        pass  # the loop has closed: the server has stopped already
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Overrides = Overrides()) -> int:
     """Serve until SIGINT/SIGTERM, or until `stop` is set (the Windows service sets it)."""
     from .engine.accesslog import AccessLog, access_log_problem, reopen_on_signals
@@ -127,6 +134,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None, overrides: Ov
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, AttributeError, RuntimeError):
             pass  # Windows: Ctrl+C arrives as KeyboardInterrupt / cancellation
+    if signals and sys.platform == "win32":
+        # Ctrl+Break, and the console control event another Windows program can send to a
+        # process group (Ctrl+C cannot be sent to one): the same graceful stop.
+        signal.signal(signal.SIGBREAK, lambda _sig, _frame: loop.call_soon_threadsafe(stop.set))
+    from .engine.parent import watch_parent
+    watch_parent(lambda: _set_from_thread(loop, stop))  # the one-file exe's first process (PyInstaller #4858)
     watch: asyncio.Task[None] | None = None
     # SIGHUP and SIGUSR1 reopen the access log (log rotation); SIGHUP then reloads the config.
     if config.path is not None:

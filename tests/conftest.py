@@ -21,6 +21,7 @@ from guardproxy.config.write import hash_key
 from guardproxy.testing.fake_ollama import FakeOllama
 from guardproxy.engine.server import GuardServer
 from support.upstreams import RecordingUpstream
+from support.wine import REDIS_SERVER
 
 KEY = "gp_test-key-0123456789abcdefghijklmnopqrstuv"
 OTHER_KEY = "gp_second-key-0123456789abcdefghijklmnopqrs"
@@ -32,10 +33,50 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="event loop(s) for the integration tests")
 
 
+def _under_wine() -> bool:
+    """A Windows CPython running in Wine (ntdll exports wine_get_version there)."""
+    if sys.platform != "win32":
+        return False
+    import ctypes
+    try:
+        return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+    except OSError:
+        return False
+
+
+ON_WINDOWS = sys.platform == "win32"
+UNDER_WINE = _under_wine()
+
+
+def _skip_reason(item: pytest.Item) -> str | None:
+    """Why a test marked `posix_only`, `windows_only` or `wine_skip` cannot run here (None: it runs)."""
+    for name, applies, prefix in (("posix_only", ON_WINDOWS, "not on Windows"),
+                                  ("windows_only", not ON_WINDOWS, "Windows only"),
+                                  ("wine_skip", UNDER_WINE, "not under Wine")):
+        mark = item.get_closest_marker(name)
+        if mark is None:
+            continue
+        if not mark.args or not isinstance(mark.args[0], str) or not mark.args[0]:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{name} needs a reason as its argument")
+        if applies:
+            return f"{prefix}: {mark.args[0]}"
+    return None
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `perf` assert on wall-clock time: they run last, after the rest of the suite
-    has stopped competing for the CPU (a stable sort keeps every other order as collected)."""
+    has stopped competing for the CPU (a stable sort keeps every other order as collected).
+    Tests marked `posix_only` / `windows_only` / `wine_skip` are skipped, with their reason, on Windows /
+    elsewhere / under Wine."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if "redis" in getattr(item, "fixturenames", ()) or (callspec is not None
+                                                            and callspec.params.get("backend") == "redis"):
+            item.add_marker(pytest.mark.posix_only(REDIS_SERVER))
+        reason = _skip_reason(item)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
     items.sort(key=lambda item: item.get_closest_marker("perf") is not None)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,47 @@ def write_atomic(path: Path, text: str, *, private: bool, new: bool = False) -> 
         if new:
             _name_new_file(tmp, target)
         else:
-            os.replace(tmp, target)
+            _replace(tmp, target)
     except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         if isinstance(e, OSError) and not (new and isinstance(e, FileExistsError)):
-            raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
+            raise ConfigError(f"{path}: cannot write: {_why(e)}") from None
         raise
     _sync_directory(target.parent)
     return target
+
+
+# Windows refuses to replace a file that another program holds open without delete sharing
+# (an editor, a backup or virus scanner reading it): those let go within moments, so a few
+# tries over about 1.5 s before giving up.  POSIX renames over open files.
+_REPLACE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.75) if os.name == "nt" else ()
+_SHARING_VIOLATION, _ACCESS_DENIED = 32, 5  # Windows error codes
+
+
+def _replace(tmp: str, target: Path) -> None:
+    for delay in _REPLACE_RETRIES:
+        try:
+            os.replace(tmp, target)
+            return
+        except PermissionError as e:
+            if getattr(e, "winerror", None) not in (_SHARING_VIOLATION, _ACCESS_DENIED):
+                raise
+            time.sleep(delay)
+    os.replace(tmp, target)
+
+
+def _why(e: OSError) -> str:
+    """The reason a write failed, in words that say what to do (the file itself is unchanged)."""
+    code = getattr(e, "winerror", None)
+    if code == _SHARING_VIOLATION:
+        return "another program has the file open (close it and try again); the file is unchanged"
+    if code == _ACCESS_DENIED:
+        return ("access denied: the file is read-only, or open in another program, or needs an Administrator "
+                "prompt; the file is unchanged")
+    return str(e.strerror or e)
 
 
 def _name_new_file(tmp: str, target: Path) -> None:

@@ -271,6 +271,7 @@ async def test_blob_uploads_take_max_blob_not_max_body(tmp_path: Path) -> None:
 
 
 @pytest.mark.perf
+@pytest.mark.posix_only("measures memory with the resource module")
 async def test_a_1_gib_blob_upload_streams_with_flat_memory(tmp_path: Path) -> None:
     import resource
     received = 0

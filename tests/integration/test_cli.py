@@ -33,6 +33,7 @@ def test_version(tmp_path: Path) -> None:
 
 
 @one_loop
+@pytest.mark.posix_only("POSIX file modes, and a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_first_run_writes_private_config_and_prints_key_once(tmp_path: Path) -> None:
     async with await FakeOllama.start() as fake:
         run = await Running.start("--listen", "127.0.0.1:0", "--upstream", fake.url, cwd=tmp_path)

@@ -51,6 +51,7 @@ def test_upstream_in_the_singular_gets_file_line_and_did_you_mean(tmp_path: Path
 
 
 @one_loop
+@pytest.mark.posix_only("a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_a_taken_port_says_whether_a_guardproxy_holds_it(fake: FakeOllama, tmp_path: Path) -> None:
     path = tmp_path / "guardproxy.toml"
     path.write_text(f'upstream = "http://127.0.0.1:{fake.port}"\n[log]\naccess = ""\n'
@@ -76,7 +77,7 @@ def test_usage_with_redis_down_says_so_at_once(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_text('{"time":"2026-11-26T10:00:00Z","client":"127.0.0.1","status":200,"key":"a"}\n')
     dead = free_port()
-    path.write_text(f'[log]\naccess = "{log}"\n[cluster]\nredis = "redis://127.0.0.1:{dead}"\n'
+    path.write_text(f"[log]\naccess = '{log}'\n[cluster]\nredis = \"redis://127.0.0.1:{dead}\"\n"
                     f'[[keys]]\nname = "a"\nkey_sha256 = "{hash_key(KEY)}"\ntokens = "1000/h"\n')
     r = gp("usage", "--config", str(path), "--since", "all", cwd=tmp_path)
     assert r.returncode == 1 and r.stdout.splitlines()[1].split()[:2] == ["a", "1"]  # the log's report is there

@@ -6,12 +6,19 @@ import asyncio
 import json
 import shutil
 
-import ollama
-import openai
 import pytest
+
+try:
+    import ollama
+    import openai
+except ImportError:  # under Wine 8, pydantic-core's Rust extension does not load: see WINE_PYDANTIC
+    ollama = openai = None  # type: ignore[assignment]
 
 from conftest import KEY, Proxy
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.wine import WINE_PYDANTIC
+
+pytestmark = pytest.mark.wine_skip(WINE_PYDANTIC)
 
 
 async def curl(*args: str) -> tuple[int, bytes]:

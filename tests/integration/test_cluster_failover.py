@@ -21,6 +21,9 @@ from support.hosts import Fakes, host, models_asked
 from support.polling import until
 from support.raw_http import fetch
 from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
+from support.wine import REDIS_SERVER
+
+pytestmark = pytest.mark.posix_only(REDIS_SERVER)
 
 LAPTOP = {"X-API-Key": KEY}
 TO_B = {"X-API-Key": ADMIN_KEY, "X-Guardproxy-Upstream": "gpu-b"}

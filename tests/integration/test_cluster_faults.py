@@ -22,6 +22,9 @@ from support.gates import Gate, gates, keys
 from support.polling import until
 from support.raw_http import RawResponse, fetch
 from support.redis_server import RedisServer, redis, stalled  # noqa: F401 (redis: a fixture)
+from support.wine import REDIS_SERVER
+
+pytestmark = pytest.mark.posix_only(REDIS_SERVER)
 
 LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
 OP_TIMEOUT = 0.05

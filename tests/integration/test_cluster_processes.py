@@ -24,6 +24,9 @@ from support.polling import until
 from support.processes import Running
 from support.raw_http import fetch
 from support.redis_server import RedisServer, redis  # noqa: F401 (redis: a fixture)
+from support.wine import REDIS_SERVER
+
+pytestmark = pytest.mark.posix_only(REDIS_SERVER)
 
 one_loop = pytest.mark.asyncio(loop_factories=["asyncio"])   # the processes run their own loops
 LAPTOP, PHONE = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}

@@ -9,11 +9,16 @@ import struct
 import time
 from datetime import datetime, timezone
 
-import ollama
-import openai
 import pytest
 
+try:
+    import ollama
+    import openai
+except ImportError:  # under Wine 8, pydantic-core's Rust extension does not load: see WINE_PYDANTIC
+    ollama = openai = None  # type: ignore[assignment]
+
 from guardproxy.testing.fake_ollama import FakeOllama
+from support.wine import WINE_PYDANTIC
 from support.raw_http import read_response, request_bytes
 
 
@@ -219,6 +224,7 @@ async def test_close_drops_open_connections() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.wine_skip(WINE_PYDANTIC)
 async def test_ollama_client() -> None:
     async with await FakeOllama.start(default_tokens=3) as fake:
         client = ollama.AsyncClient(host=fake.url)
@@ -258,6 +264,7 @@ async def check_ollama_client(client: ollama.AsyncClient, fake: FakeOllama) -> N
 
 
 @pytest.mark.asyncio
+@pytest.mark.wine_skip(WINE_PYDANTIC)
 async def test_openai_client() -> None:
     async with await FakeOllama.start(default_tokens=3) as fake:
         client = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="x", max_retries=0)

@@ -152,6 +152,7 @@ async def test_interim_heads_are_capped(tmp_path: Path, interim: bytes, count: i
 
 
 @pytest.mark.parametrize("period", [0.05, 0.01])
+@pytest.mark.posix_only("asserts on delays finer than the 15.6 ms tick of Windows' clock and timers")
 async def test_a_host_trickling_102_processing_gets_504_at_first_byte(tmp_path: Path, period: float) -> None:
     # 102 Processing every `period`, for ever (in practice: for 5 s): 504 once first_byte has passed.
     up = await RecordingUpstream.start(interim_host(b"HTTP/1.1 102 Processing\r\n\r\n", int(5 / period),

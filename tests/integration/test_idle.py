@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).parent.parent / "load" / "idle_connections.py"
 
 @pytest.mark.perf
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"] if sys.platform != "win32" else ["asyncio"])
+@pytest.mark.posix_only("reads the resident memory from /proc")
 def test_two_thousand_idle_connections(loop: str) -> None:
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to read the resident memory")

@@ -55,12 +55,14 @@ async def run_until_up(tmp_path: Path, level: str | None, *args: str, journal: b
 
 
 @one_loop
+@pytest.mark.posix_only("a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_the_config_level_hides_what_is_below_it(tmp_path: Path) -> None:
     err = await run_until_up(tmp_path, "warning")
     assert err == f'guardproxy: warning: key "old" is stored in plaintext in {tmp_path / "g.toml"}; replace it with key_sha256\n'
 
 
 @one_loop
+@pytest.mark.posix_only("a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_the_command_line_level_wins_over_the_config(tmp_path: Path) -> None:
     err = await run_until_up(tmp_path, "warning", "--log-level", "info")
     lines = err.splitlines()

@@ -38,6 +38,7 @@ def test_the_rule_is_the_state_files(tmp_path: Path) -> None:
 
 
 @one_loop
+@pytest.mark.posix_only("a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_run_keys_list_and_usage_from_another_folder_read_one_log(fake: FakeOllama, tmp_path: Path) -> None:
     path = _config(tmp_path / "gate", fake.port)
     elsewhere = tmp_path / "elsewhere"

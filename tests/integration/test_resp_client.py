@@ -18,6 +18,9 @@ from guardproxy.engine.state.resp import RedisClient, RedisRefused, RedisReplyEr
 from support.polling import until
 from support.ports import free_port
 from support.redis_server import RedisServer, redis, redis_server, tls_files  # noqa: F401 (redis: a fixture)
+from support.wine import REDIS_SERVER
+
+pytestmark = pytest.mark.posix_only(REDIS_SERVER)
 
 ECHO = Script("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
 SLACK = 0.1   # scheduling on a busy 2-core machine; a stalled call would take the whole second

@@ -44,6 +44,7 @@ async def _next_reload(gate: Running) -> str:
 
 
 @one_loop
+@pytest.mark.posix_only("a graceful stop by SIGTERM (on Windows SIGTERM is TerminateProcess)")
 async def test_a_revocation_under_upstream_and_listen_keeps_both(fake: FakeOllama, tmp_path: Path) -> None:
     path = tmp_path / "guardproxy.toml"
     path.write_text(CONFIG.format(file_port=free_port(), dead=free_port(), app=hash_key(KEY),

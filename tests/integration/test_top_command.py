@@ -71,7 +71,8 @@ async def run_piped(*args: str, **environ: str) -> tuple[int, str, str]:
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    # (Windows' text streams end lines with CRLF)
+    return proc.returncode, out.decode().replace("\r\n", "\n"), err.decode().replace("\r\n", "\n")
 
 
 async def test_piped_it_prints_one_snapshot_with_rates_and_exits() -> None:

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 
+# How long a child guardproxy may take: its imports alone take seconds under Windows CPython in Wine.
+CHILD_TIMEOUT = 90.0 if sys.platform == "win32" else 20.0
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without its GUARDPROXY_* variables, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDPROXY_")}
@@ -18,14 +22,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def gp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def gp(*args: str, cwd: Path, env: dict[str, str] | None = None,
+       timeout: float = CHILD_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """`python -m guardproxy ARGS` run to its end, its output captured as text."""
     return subprocess.run([sys.executable, "-m", "guardproxy", *args], cwd=cwd, env=child_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 async def launch(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 20) -> tuple[asyncio.subprocess.Process, int, str]:
+                 timeout: float = CHILD_TIMEOUT) -> tuple[asyncio.subprocess.Process, int, str]:
     """`python -m guardproxy ARGS` without the caller's GUARDPROXY_* variables: (process, port, banner).
 
     Returns once the banner names the port it listens on; stderr stays piped (a few lines).

@@ -18,9 +18,10 @@ from ...config.write import create_config, generate_key
 from ..keys import new_key_banner
 from .host import host_service
 from .logfile import LOG_MAX_BYTES, service_log_paths
-from .sc import (DEFAULT_NAME, SC_ERRORS, firewall_add_args, firewall_delete_args, firewall_rule_exists,
-                 firewall_rule_name, run_sc, run_tool, sc_args, sc_create_args, sc_description_args,
-                 sc_failure_args, service_command_line, service_state, validate_service_name)
+from .sc import (DEFAULT_NAME, FIREWALL_PRESENT, FIREWALL_UNKNOWN, SC_ERRORS, firewall_add_args,
+                 firewall_delete_args, firewall_rule_exists, firewall_rule_name, firewall_rule_state, run_sc, run_tool,
+                 sc_args, sc_create_args, sc_description_args, sc_failure_args, service_command_line, service_state,
+                 validate_service_name)
 
 EXIT_NOT_WINDOWS = 2
 
@@ -112,8 +113,12 @@ def _install(args: argparse.Namespace, name: str) -> int:
     print(f"logs: {log} (rotated at {LOG_MAX_BYTES // (1024 * 1024)} MiB)")
     if args.open_firewall:
         proc = run_tool(firewall_add_args(firewall_rule_name(name), config.listen_port))
-        if proc.returncode == 0:
+        if proc.returncode == 0 and firewall_rule_state(firewall_rule_name(name)) == FIREWALL_PRESENT:
             print(f"firewall: inbound TCP {config.listen_port} allowed (rule \"{firewall_rule_name(name)}\")")
+        elif proc.returncode == 0:
+            # A netsh that answers 0 and then does not show the rule (Wine's is a stub) proves nothing.
+            print(f"firewall: netsh accepted rule \"{firewall_rule_name(name)}\" but does not show it; "
+                  f"check it with `netsh advfirewall firewall show rule name={firewall_rule_name(name)}`")
         else:
             print(f"guardproxy service install: could not add the firewall rule: {' '.join(proc.stdout.split())}",
                   file=sys.stderr)
@@ -150,6 +155,8 @@ def _status(name: str) -> int:
         print(f"service {name}: not installed")
         return 3
     rule = firewall_rule_name(name)
-    fw = "present" if firewall_rule_exists(rule) else "absent"
+    fw = firewall_rule_state(rule)
+    if fw == FIREWALL_UNKNOWN:
+        fw = "unknown: netsh printed nothing, so not found"
     print(f"service {name}: {state.lower()} (firewall rule \"{rule}\": {fw})")
     return 0 if state == "RUNNING" else 3

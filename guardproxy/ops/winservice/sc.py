@@ -127,5 +127,35 @@ def service_state(name: str, run: Runner = run_tool) -> str | None:
     return parse_sc_state(proc.stdout or "") or "UNKNOWN"
 
 
+FIREWALL_PRESENT, FIREWALL_ABSENT, FIREWALL_UNKNOWN = "present", "absent", "unknown"
+
+
+def parse_firewall_show(rule: str, returncode: int, output: str) -> str:
+    """What `netsh advfirewall firewall show rule name=RULE` says of the rule, from what it prints.
+
+    Present only when a line names the rule as its value ("Rule Name:   RULE", whatever the
+    label's language); absent when netsh answers without naming it ("No rules match the
+    specified criteria.", exit 1); unknown when it prints nothing, as a stub netsh does
+    (Wine's exits 0 and says nothing): the exit code alone never makes a rule present.
+    """
+    text = output.strip()
+    if not text:
+        return FIREWALL_UNKNOWN
+    named = re.compile(r"^[^:\r\n]+:[ \t]+" + re.escape(rule) + r"[ \t]*$", re.MULTILINE)
+    if returncode == 0 and named.search(text):
+        return FIREWALL_PRESENT
+    return FIREWALL_ABSENT
+
+
+def firewall_rule_state(rule: str, run: Runner = run_tool) -> str:
+    """"present", "absent" or "unknown" (see parse_firewall_show)."""
+    try:
+        proc = run(firewall_show_args(rule))
+    except OSError:  # no netsh at all
+        return FIREWALL_UNKNOWN
+    return parse_firewall_show(rule, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
+
+
 def firewall_rule_exists(rule: str, run: Runner = run_tool) -> bool:
-    return run(firewall_show_args(rule)).returncode == 0
+    """True only when netsh shows the rule (never from its exit code alone)."""
+    return firewall_rule_state(rule, run) == FIREWALL_PRESENT

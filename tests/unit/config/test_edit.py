@@ -81,6 +81,7 @@ def cfg(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.posix_only("checks that the POSIX mode 0640 is kept")
 def test_revoke_adds_one_line_to_the_block(cfg: Path) -> None:
     assert ring_accepts(cfg, PLAIN) == "vercel-app"
     edit = revoke_key(cfg, "vercel-app", TODAY)

@@ -58,6 +58,7 @@ def test_absent_means_no_limit_and_no_alias() -> None:
     ('"claude-3-5-haiku" = "qwen3:8b"', '"GPT-4O-MINI" = "qwen3:8b"',
      "/etc/gp.toml:11: aliases.GPT-4O-MINI: expected one alias per name"),
 ])
+@pytest.mark.posix_only("the messages name the POSIX path /etc/gp.toml")
 def test_mistakes_name_file_line_and_field(old: str, new: str, where: str) -> None:
     text = TEXT.replace(old, new)
     with pytest.raises(ConfigError) as e:
@@ -65,6 +66,7 @@ def test_mistakes_name_file_line_and_field(old: str, new: str, where: str) -> No
     assert str(e.value).startswith(where), str(e.value)
 
 
+@pytest.mark.posix_only("the message names the POSIX path /etc/gp.toml")
 def test_aliases_that_are_not_a_table() -> None:
     text = 'aliases = 5\n' + TEXT.split("[aliases]")[0]
     with pytest.raises(ConfigError) as e:

@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from guardproxy.engine.accesslog import AccessLog, LogRecord
 
 
@@ -73,6 +75,7 @@ def test_a_broken_stream_never_raises(tmp_path: Path) -> None:
     log.flush()
 
 
+@pytest.mark.posix_only("renames a log file that is open, as logrotate does")
 def test_reopen_follows_a_rename(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog(str(path))
@@ -87,6 +90,7 @@ def test_reopen_follows_a_rename(tmp_path: Path) -> None:
     assert [json.loads(x)["client"] for x in path.read_text().splitlines()] == ["3.3.3.3"]
 
 
+@pytest.mark.posix_only("renames a log file that is open, as logrotate does")
 def test_reopen_that_fails_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "access.log"
     path.parent.mkdir()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from guardproxy.config.model import Budget
 from guardproxy.config.values import BUDGET_WINDOWS
 from guardproxy.decisions.budget import TokenBook
@@ -17,6 +19,7 @@ def test_state_path_is_next_to_the_config(tmp_path: Path) -> None:
     assert state_path(tmp_path / "guardproxy.toml", {}) == tmp_path / "guardproxy.state.sqlite3"
 
 
+@pytest.mark.posix_only("systemd's STATE_DIRECTORY (a colon-separated list of POSIX paths)")
 def test_state_path_is_in_systemds_state_directory(tmp_path: Path) -> None:
     # StateDirectory= with several directories sets a colon-separated list: the first is ours.
     environ = {"STATE_DIRECTORY": f"{tmp_path / 'state'}:{tmp_path / 'other'}"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from guardproxy.config.load import load_config
 from guardproxy.engine.state.local import Budgets
 from guardproxy.ops.budgets import budget_report
@@ -12,6 +14,7 @@ from guardproxy.ops.budgets import budget_report
 CONFIG = '[[keys]]\nname = "app"\nkey_sha256 = "' + "a" * 64 + '"\ntokens = "1000/day"\n'
 
 
+@pytest.mark.posix_only("systemd's STATE_DIRECTORY (a colon-separated list of POSIX paths)")
 def test_budgets_live_in_systemds_state_directory_and_survive_a_restart(tmp_path: Path) -> None:
     # The hardened unit reads its config in /etc and may write only in StateDirectory=.
     etc, state = tmp_path / "etc", tmp_path / "state"

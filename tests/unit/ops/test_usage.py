@@ -57,7 +57,7 @@ def test_usage_takes_a_config_whose_key_is_in_the_environment(tmp_path: Path, mo
     log = tmp_path / "access.log"
     log.write_text('{"time":"2026-11-26T10:00:00Z","client":"1.1.1.1","status":200,"key":"env"}\n')
     cfg = tmp_path / "guardproxy.toml"
-    cfg.write_text(f'[log]\naccess = "{log}"\n')
+    cfg.write_text(f"[log]\naccess = '{log}'\n")  # a literal string: a Windows path's backslashes
     monkeypatch.setenv("GUARDPROXY_API_KEY", "gp_" + "k" * 40)
     assert main(["usage", "--config", str(cfg), "--since", "all"]) == 0
     assert "env " in capsys.readouterr().out

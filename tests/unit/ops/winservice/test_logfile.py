@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ntpath
+import posixpath
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ CFG = r"C:\ProgramData\guardproxy\guardproxy.toml"
 def test_logs_live_next_to_the_config() -> None:
     assert ws.service_log_paths(CFG, ntpath) == (r"C:\ProgramData\guardproxy\guardproxy.log",
                                                  r"C:\ProgramData\guardproxy\access.log")
-    assert ws.service_log_paths("/etc/gp/guardproxy.toml") == ("/etc/gp/guardproxy.log", "/etc/gp/access.log")
+    assert ws.service_log_paths("/etc/gp/guardproxy.toml", posixpath) == ("/etc/gp/guardproxy.log", "/etc/gp/access.log")
 
 
 def test_the_sizes_are_the_services_own() -> None:

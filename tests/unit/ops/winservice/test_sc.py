@@ -167,3 +167,32 @@ def test_service_state_and_firewall_lookup_use_the_right_commands() -> None:
     run, seen = _fake_sc(1, "No rules match the specified criteria.")
     assert ws.firewall_rule_exists("guardproxy", run) is False
     assert seen == [ws.firewall_show_args("guardproxy")]
+
+
+NETSH_SHOWS_RULE = """
+Rule Name:                            guardproxy
+----------------------------------------------------------------------
+Enabled:                              Yes
+Direction:                            In
+Profiles:                             Domain,Private,Public
+LocalPort:                            11435
+Action:                               Allow
+Ok.
+
+"""
+
+
+@pytest.mark.parametrize("returncode,output,state", [
+    (0, NETSH_SHOWS_RULE, "present"),
+    (0, NETSH_SHOWS_RULE.replace("Rule Name:", "Regelname:"), "present"),  # a translated label
+    (1, "No rules match the specified criteria.\n", "absent"),
+    (0, NETSH_SHOWS_RULE.replace("guardproxy", "guardproxy-other"), "absent"),  # another rule's name
+    (0, "", "unknown"),      # Wine's netsh: a stub that exits 0 and prints nothing
+    (0, "  \r\n", "unknown"),
+    (1, "", "unknown"),
+])
+def test_the_firewall_rule_is_read_from_what_netsh_prints(returncode: int, output: str, state: str) -> None:
+    assert ws.parse_firewall_show("guardproxy", returncode, output) == state
+    run, _ = _fake_sc(returncode, output)
+    assert ws.firewall_rule_state("guardproxy", run) == state
+    assert ws.firewall_rule_exists("guardproxy", run) is (state == "present")
