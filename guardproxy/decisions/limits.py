@@ -124,7 +124,9 @@ def limit_share(limit: int | None, n: int) -> int | None:
 
 
 def retry_after_header(seconds: float) -> tuple[str, str]:
-    return ("Retry-After", str(max(1, math.ceil(seconds))))
+    # Whole seconds, rounded up, but not for float noise: (now + 900) - now can come out a hair
+    # above 900 when two readings of a coarse clock (Windows' ticks every 15.6 ms) are equal.
+    return ("Retry-After", str(max(1, math.ceil(round(seconds, 6)))))
 
 
 # --- who is the client ------------------------------------------------------------

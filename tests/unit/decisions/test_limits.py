@@ -130,3 +130,14 @@ def test_a_ban_imposed_from_elsewhere() -> None:
     b = BanTable(Ban(3, 60.0, 900.0))
     b.impose("198.51.100.1", 1500.0)
     assert b.retry_after("198.51.100.1", 1000.0) == 500.0 and b.retry_after("198.51.100.1", 1500.0) == 0.0
+
+
+@pytest.mark.parametrize("now", [0.0, 3974.827860110608, 16323.925035323095, 65260.63348441413, 524147.11025838455])
+def test_a_bans_retry_after_is_its_duration_when_the_clock_has_not_ticked(now: float) -> None:
+    # Windows' clock ticks every 15.6 ms: the check often reads the very time the ban was set at,
+    # and (now + 900) - now may then come out a hair above 900 in floating point.
+    from guardproxy.decisions.limits import retry_after_header
+    bans = BanTable(Ban(after_failures=1, window=60.0, duration=900.0))
+    assert bans.failure("a", now)
+    assert retry_after_header(bans.retry_after("a", now)) == ("Retry-After", "900")
+    assert retry_after_header(0.4) == ("Retry-After", "1") and retry_after_header(2.0001) == ("Retry-After", "3")
