@@ -39,6 +39,18 @@ STARTUP_TIMEOUT = 30.0
 TOKEN_DELAY = "0.03" if sys.platform == "win32" else "0.005"  # a one-file binary unpacks itself first; the first start can be slow
 
 
+class Checklist:
+    """A smoke test's checks: one PASS or FAIL line each; `failures` names what failed."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __call__(self, ok: bool, what: str) -> None:
+        print(f"  {'PASS' if ok else 'FAIL'}  {what}", flush=True)  # (a pipe: each line as it is decided)
+        if not ok:
+            self.failures.append(what)
+
+
 class Process:
     """A child process whose output lines are collected by a thread, so waiting never blocks."""
 
@@ -133,7 +145,7 @@ def start_gate(binary: str, config: Path) -> tuple[Process, str, str]:
     return gate, m.group(1), m.group(3)
 
 
-def stop_by_killing_the_first_process(binary: str, gate: Process, url: str, expect) -> None:  # type: ignore[no-untyped-def]
+def stop_by_killing_the_first_process(binary: str, gate: Process, url: str, expect: "Checklist") -> None:
     """PyInstaller #4858: a one-file exe is two processes, and whoever stops it stops the first one
     (`taskkill /PID` without /T, a service manager, a supervisor).  The child must notice, stop
     gracefully and leave nothing listening."""
@@ -163,12 +175,8 @@ def main(argv: list[str]) -> int:
     if not Path(binary).is_file():
         print(f"FAIL: no executable at {binary}; build it with `make exe`", file=sys.stderr)
         return 1
-    failures: list[str] = []
-
-    def expect(ok: bool, what: str) -> None:
-        print(f"  {'PASS' if ok else 'FAIL'}  {what}")
-        if not ok:
-            failures.append(what)
+    expect = Checklist()
+    failures = expect.failures
 
     started = time.perf_counter()
     version = run_binary(binary, "--version")

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "packaging"))
 
 from guardproxy import __version__  # noqa: E402
 from guardproxy.ops.check import format_table, run_checks  # noqa: E402
-from smoke_test import Process  # noqa: E402  (the executable's smoke test: a child process's lines)
+from smoke_test import Checklist, Process  # noqa: E402  (the executable's smoke test: a child process's lines)
 
 KEY = "gp_container-smoke-key-0123456789abcdefghijk"
 UID = "10001"
@@ -155,12 +155,8 @@ def main(argv: list[str]) -> int:
         print("SKIP: the container smoke test needs podman, which is not installed "
               "(apt-get install podman buildah runc fuse-overlayfs slirp4netns uidmap debootstrap ...)")
         return 0
-    failures: list[str] = []
-
-    def expect(ok: bool, what: str) -> None:
-        print(f"  {'PASS' if ok else 'FAIL'}  {what}", flush=True)
-        if not ok:
-            failures.append(what)
+    expect = Checklist()
+    failures = expect.failures
 
     with tempfile.TemporaryDirectory(prefix="guardproxy-container-") as tmp:
         env = dict(os.environ)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "packaging"))
 
 from guardproxy.ops.check import GENERATION_TOKENS, format_table, run_checks  # noqa: E402
 from guardproxy.ops.winservice.sc import service_state  # noqa: E402
-from smoke_test import Process, port_closed  # noqa: E402
+from smoke_test import Checklist, Process, port_closed  # noqa: E402
 
 KEY = "gp_service-test-key-0123456789abcdefghijklmno"
 NAME = f"guardproxy-ci-{os.getpid()}"
@@ -74,12 +74,8 @@ def main(argv: list[str]) -> int:
         print("service_test: Windows services exist only on Windows", file=sys.stderr)
         return 2
     binary = str(Path(argv[0] if argv else ROOT / "dist" / "guardproxy.exe").resolve())
-    failures: list[str] = []
-
-    def expect(ok: bool, what: str) -> None:
-        print(f"  {'PASS' if ok else 'FAIL'}  {what}")
-        if not ok:
-            failures.append(what)
+    expect = Checklist()
+    failures = expect.failures
 
     started = time.perf_counter()
     fake = Process([sys.executable, "-m", "guardproxy.testing.fake_ollama", "--host", "127.0.0.1", "--port", "0",
