@@ -264,11 +264,16 @@ def parse_response_head(data: bytes | bytearray | memoryview, *, head_request: b
     """
     if type(data) is not bytes:
         data = bytes(data)
-    lines = data[:-4].split(b"\r\n")
+    text = data[:-4]
+    # One search for the whole head: a control byte anywhere but in the CRLF between lines (a line
+    # split on CRLF holds one exactly where the head with every CRLF taken out does).
+    if _BAD_REASON.search(text.replace(b"\r\n", b"")):
+        raise BadUpstreamHead()
+    lines = text.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
-            or rest[3:4] not in (b"", b" ") or _BAD_REASON.search(rest):
+            or rest[3:4] not in (b"", b" "):
         raise BadUpstreamHead()
     status = int(code)
     keep_alive = version == b"HTTP/1.1"
@@ -277,8 +282,8 @@ def parse_response_head(data: bytes | bytearray | memoryview, *, head_request: b
     out = [b"HTTP/1.1 ", rest, b"\r\n"]
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or _BAD_REASON.search(line) \
-                or line[:1] in (b" ", b"\t"):
+        # (a line folded onto the one before starts with a space or a tab: its name is not stripped)
+        if not sep or not name or name != name.strip():
             raise BadUpstreamHead()
         lname = name.lower()
         value = value.strip()
