@@ -83,7 +83,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> str:
         spy = None
         if args.python:
             spy = subprocess.Popen([args.python, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o",
-                                    str(stacks), "-p", str(target.pid)],
+                                    str(stacks), "-p", str(target.pid)] + (["--native"] if args.native else []),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             result = await SCENARIOS[args.scenario][1](target, Sizes(), None if args.target == "direct" else KEY,
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frequency", type=int, default=1999, help="samples per second")
     p.add_argument("--python", nargs="?", const=shutil.which("py-spy") or "py-spy", default=None,
                    metavar="PY_SPY", help="also sample Python stacks with py-spy (pip install py-spy)")
+    p.add_argument("--native", action="store_true", help="py-spy: C frames too (uvloop, the interpreter)")
     args = p.parse_args(argv)
     if shutil.which("perf") is None:
         p.error("`perf` is not installed (Debian: linux-perf)")
