@@ -32,11 +32,10 @@ class Grant:
 
     __slots__ = ("ticket", "member", "wanted", "holds_host")
 
-    def __init__(self, ticket: Ticket, member: Member | None = None, wanted: Request | None = None,
-                 holds_host: bool = False) -> None:
+    def __init__(self, ticket: Ticket, member: Member | None, wanted: Request, holds_host: bool = False) -> None:
         self.ticket = ticket          # for state.finish
         self.member = member          # the host it goes to (None: a listing guardproxy answers itself)
-        self.wanted = wanted          # what routing knows of it (None with a single `upstream`)
+        self.wanted = wanted          # what routing knows of it (for a failover)
         self.holds_host = holds_host  # the ticket holds the host's slot: a lease the state moves on a failover
 
 
@@ -55,11 +54,10 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
     slot = gate.policies.slots_on and route.generation
     ticket = await state.admit(key, client, route.generation, gone if slot else None, reserve=reserve)
     if not forward:
-        return Grant(ticket)
+        return Grant(ticket, None, hosts.request(route, model, host_name))
     try:
         found, wanted = hosts.first(route, model, host_name)
         if found is None:
-            assert wanted is not None
             found = await hosts.wait(wanted, key.name, max(0.0, deadline - loop.time()), gone, key.weight)
     except BaseException:
         state.finish(ticket, None)   # (nothing ran: the slot and the reservation go back)

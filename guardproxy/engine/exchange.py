@@ -82,7 +82,7 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
         self.model: str | None = None      # the model Ollama will use, when a check or routing read it
         self.member: Member | None = None  # the host the request is on
-        self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
+        self.wanted: Request | None = None  # what routing knows of it (set with `member`)
         self.grant: Grant | None = None     # its admission (engine/admission.py)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one

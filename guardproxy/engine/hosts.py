@@ -8,9 +8,12 @@ for a host with room, takes failures and answers into each host's breaker
 and health, and applies a reloaded host list without touching running
 exchanges.  health.py keeps the snapshot fresh.
 
-With a single `upstream` there is nothing to choose: every request goes to
-it (as before there were several), and only the counters are kept, for
-/ready and the metrics.
+Hosts are always a set: the single `upstream` is a set of one, placed by the
+same code.  That one is never unavailable (decisions.routing.Hosts.alone, as
+nginx's lone server): it is always tried, so a refused connection is its 502,
+not a 503, and it has no max_concurrent of its own (UNCAPPED).  `several` says
+the hosts were configured as [[upstreams]]: their model lists are merged, and
+requests are routed by model.
 """
 
 from __future__ import annotations
@@ -74,8 +77,7 @@ class HostSet:
         self.clock = clock
         self.members: dict[str, Member] = {}
         self.hosts = Hosts(())
-        self.single: Member | None = None
-        self.several = False
+        self.several = False   # [[upstreams]]: listings merged, requests routed by model
         self.turn = 0
         self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
@@ -112,9 +114,8 @@ class HostSet:
             if members.get(name) is not m:
                 m.pool.close()
         self.members = members
-        self.hosts = Hosts([m.host for m in members.values()])
-        self.single = next(iter(members.values())) if not config.upstreams else None
-        self.several = self.single is None
+        self.hosts = Hosts([m.host for m in members.values()], lone=not config.upstreams)
+        self.several = bool(config.upstreams)
         self.snapshot_changed()
         self.wake()  # more room, or new hosts, for whoever waits
 
@@ -128,21 +129,12 @@ class HostSet:
 
     # --- placing a request -------------------------------------------------------
 
-    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member | None, Request | None]:
+    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member | None, Request]:
         """The host for a request, its slot taken for a generation; (None, request): wait for one.
 
-        The request (None with a single `upstream`) goes with the exchange,
-        for a failover.  Raises UnknownHost or NoUpstream.
+        The request goes with the exchange, for a failover.  Raises UnknownHost or NoUpstream.
         """
-        single = self.single
-        if single is not None:
-            if target is not None and target != single.name:
-                raise UnknownHost()
-            if route.generation:
-                single.host.in_flight += 1
-            return single, None
-        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN,
-                         generation=route.generation)
+        wanted = self.request(route, model, target)
         choice = self._place(wanted)
         if isinstance(choice, Host):
             if wanted.generation:
@@ -154,10 +146,16 @@ class HostSet:
             raise UnknownHost()
         raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
 
+    @staticmethod
+    def request(route: Route, model: str | None, target: str | None) -> Request:
+        """What routing knows of a request."""
+        return Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN,
+                       generation=route.generation)
+
     def pick(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
         """With several hosts, the host for a generation whose host slot is a shared lease ([cluster]):
         the best one now, full or not (the lease decides), its slot not taken here (see `take`)."""
-        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN, generation=True)
+        wanted = self.request(route, model, target)
         choice = self._place(wanted)
         if choice is Verdict.WAIT:  # full here: the least busy of the full ones, warm first
             choice = self._place(Request(wanted.model, target, wanted.admin_route, generation=False))
@@ -238,7 +236,9 @@ class HostSet:
 
     def _room(self) -> bool:
         """Some host that takes requests now has a free slot (else no waiter can have one)."""
-        now = self.clock()
+        now, alone = self.clock(), self.hosts.alone
+        if alone is not None:
+            return alone.in_flight < alone.max_concurrent
         return any(h.in_flight < h.max_concurrent and h.available(now) for h in self.hosts.order)
 
     def _retry_after(self) -> int:
@@ -310,8 +310,8 @@ class HostSet:
                 self._models = models
         return self._models
 
-    def hold_for(self, member: Member, wanted: Request | None, attempts: int) -> frozenset[int]:
+    def hold_for(self, member: Member, wanted: Request, attempts: int) -> frozenset[int]:
         """The statuses to keep from the client on this attempt: those another host may answer instead."""
-        if wanted is None or attempts >= self.routing.max_attempts or wanted.target is not None:
+        if self.hosts.alone is not None or attempts >= self.routing.max_attempts or wanted.target is not None:
             return _NO_HOLD
         return HOLD_LISTED if wanted.model is not None and member.host.lists(wanted.model) else HOLD
