@@ -25,13 +25,14 @@ from typing import Awaitable, Callable
 
 from ..config.model import Config, UpstreamHost
 from ..decisions import routing
-from ..decisions.hostqueue import TooManyWaiting, Waiting
+from ..decisions.hostqueue import Admitted, TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
-from ..wire.errors import BadRequest, ServiceUnavailable
+from ..wire.errors import BadRequest, GuardError, ServiceUnavailable
 from . import logs
 from .pool import UpstreamPool
-from .slots import wait_granted
+from .slots import QueueTimeout, queue_full, wait_granted
+from .state.base import NO_TICKET, Full, Ticket
 
 UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of its own
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
@@ -72,6 +73,18 @@ class Member:
         return f"Member({self.name!r}, {self.settings.address.authority})"
 
 
+class Waiter:
+    """A generation in the queue: what it is woken with, and the rest of its decision."""
+
+    __slots__ = ("future", "decide", "ticket", "by_state")
+
+    def __init__(self, future: "asyncio.Future[Member]", decide: Callable[[], Ticket | Full], by_state: bool) -> None:
+        self.future = future
+        self.decide = decide      # its key's slot and budget, decided again when a host has room
+        self.ticket = NO_TICKET   # what `decide` granted with the host
+        self.by_state = by_state  # it last waited for its key's (or the global) slot, not for a host
+
+
 class HostSet:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -79,7 +92,7 @@ class HostSet:
         self.hosts = Hosts(())
         self.several = False   # [[upstreams]]: listings merged, requests routed by model
         self.turn = 0
-        self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
+        self.waiting: Waiting[Waiter] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
         self.listings: dict[bytes | tuple[object, ...], bytes] = {}
         self._models: frozenset[str] | None = None  # models(), until the snapshot changes
@@ -169,26 +182,51 @@ class HostSet:
         """The shared lease of `member` was granted: count the generation here too (for least-busy)."""
         member.host.in_flight += 1
 
-    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]",
-                   weight: float = 1.0) -> Member:
-        """Wait, in fair order across keys (by their weights), for a host with room for `wanted`; 503 after `timeout`.
+    def place(self, wanted: Request) -> Member | None:
+        """The best host for `wanted` with room now, its slot not taken (see `take`); None: every
+        suitable host is full.  Raises UnknownHost or NoUpstream."""
+        choice = self._place(wanted)
+        if isinstance(choice, Host):
+            return self.members[choice.name]
+        if choice is Verdict.WAIT:
+            return None
+        if choice is Verdict.NO_SUCH_HOST:
+            raise UnknownHost()
+        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
 
-        `gone` is done when the client hangs up: its place is given up at once.
+    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]", weight: float,
+                   decide: Callable[[], Ticket | Full], undo: Callable[[Ticket], None], *,
+                   by_state: bool = False) -> tuple[Member, Ticket]:
+        """Wait, in fair order across keys (by their weights), for a host with room for `wanted` at a
+        moment `decide` grants the rest (its key's slot, its budget); 503 after `timeout`.
+
+        `decide` runs each time a host has room for it: a Ticket, a Full (it waits on), or a
+        GuardError that refuses it.  `gone` is done when the client hangs up: its place is given up
+        at once.  `by_state`: it waits for its key's slot, not for a host (which 503 it gets).
         """
-        waiter: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
+        w = Waiter(asyncio.get_running_loop().create_future(), decide, by_state)
         try:
-            self.waiting.enqueue(key, wanted, waiter, weight)
+            self.waiting.enqueue(key, wanted, w, weight)
         except TooManyWaiting:
+            if by_state:
+                raise queue_full() from None
             raise HostQueueTimeout("too many requests are waiting for an upstream host",
                                    headers=[("Retry-After", "1")]) from None
 
         def give_up() -> None:
-            # Leave the queue, or hand on a host granted in the same instant (or it is lost for good).
-            if not self.waiting.cancel(key, waiter) and waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
+            # Leave the queue, or hand on what was granted in the same instant (or it is lost for good).
+            fut = w.future
+            if not self.waiting.cancel(key, w) and fut.done() and not fut.cancelled() and fut.exception() is None:
+                undo(w.ticket)
+                self.release(fut.result())
 
-        await wait_granted(waiter, timeout, gone, give_up, HostQueueTimeout)
-        return waiter.result()
+        try:
+            await wait_granted(w.future, timeout, gone, give_up, HostQueueTimeout)
+        except HostQueueTimeout:
+            if w.by_state:
+                raise QueueTimeout(headers=[("Retry-After", "1")]) from None
+            raise
+        return w.future.result(), w.ticket
 
     async def elsewhere(self, failed: Member, wanted: Request, move: Callable[[Member], Awaitable[bool]] | None = None
                         ) -> tuple[Member, Request] | None:
@@ -227,8 +265,22 @@ class HostSet:
         """Give hosts with room to the waiters they suit, in fair order."""
         if not self.waiting.queued:
             return
-        for waiter, host in self.waiting.grant(self._place, self._room):
-            waiter.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
+        for waiter, host in self.waiting.grant(self._place, self._room, self._admit):
+            waiter.future.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
+
+    @staticmethod
+    def _admit(w: Waiter, host: Host) -> Admitted:
+        """The rest of a waiter's decision, at the moment `host` has room for it."""
+        try:
+            got = w.decide()
+        except GuardError as refused:
+            w.future.set_exception(refused)
+            return Admitted.REFUSED
+        if isinstance(got, Full):
+            w.by_state = True
+            return Admitted.NOT_KEY if got is Full.KEY else Admitted.NOT_ANY
+        w.ticket, w.by_state = got, False
+        return Admitted.YES
 
     def _place(self, wanted: Request) -> Host | Verdict:
         self.turn += 1

@@ -17,6 +17,7 @@ round trip of `admit` (and of `auth_failed`), since a round trip per stage would
 from __future__ import annotations
 
 import asyncio
+import enum
 from abc import ABC, abstractmethod
 from typing import Protocol
 
@@ -52,6 +53,12 @@ class Ticket:
 NO_TICKET = Ticket("")   # nothing to give back (the usual case: no slot, no budget)
 
 
+class Full(enum.Enum):
+    """Why `take` granted no slot: the request waits (the one queue, hosts.py)."""
+    KEY = "key"   # its key's max_concurrent is reached: the key's later requests wait too
+    ALL = "all"   # [limits] max_concurrent is reached: no generation can start
+
+
 class State(ABC):
     shares_hosts = False  # a host's max_concurrent is a lease of this state, not counted by hosts.py alone
     errors = 0          # calls to shared state that failed or timed out (none in process)
@@ -81,6 +88,19 @@ class State(ABC):
         they are decided, with the slot, at the moment the slot is granted, so a request that
         waited for its slot is decided again when it is woken.
         """
+
+    def take(self, key: KeyEntry, reserve: int) -> Ticket | Full:
+        """In one process: the key's slot and its budget reservation for a generation whose host has
+        room, decided at once (nothing awaited): a Ticket, or why it must wait.  Raises
+        BudgetExceeded.  Called when the request arrives, and again each time it is woken."""
+        raise NotImplementedError("this state decides slots in its own admit")
+
+    def check_budget(self, key: KeyEntry, reserve: int) -> None:
+        """Raise BudgetExceeded unless `reserve` tokens fit now (a request is refused at once rather
+        than after waiting; `take` decides again when it is woken)."""
+
+    def check_ban(self, client: str, now: float) -> None:
+        """Raise Banned while the client's address is banned (as far as this instance knows)."""
 
     async def move(self, ticket: Ticket, host: str, host_limit: int | None) -> bool:
         """A failover: move the host slot `admit` granted to `host`.  True when it is taken there and

@@ -19,7 +19,7 @@ from ...decisions.concurrency import DEFAULT_HOST
 from ...decisions.limits import retry_after_header
 from ...decisions.policy import BudgetExceeded, Policies
 from .. import slots
-from .base import NO_TICKET, Outcome, State, Ticket
+from .base import NO_TICKET, Full, Outcome, State, Ticket
 from .tokenfile import FLUSH_INTERVAL, TokenFile, state_path
 
 
@@ -156,6 +156,31 @@ class LocalState(State):
                 slots.wake(pol.gate.release(key.name))
             raise
         return Ticket(key.name, slot=slot, budget=budget, reserved=reserve)
+
+    def take(self, key: KeyEntry, reserve: int) -> Ticket | Full:
+        pol, budget = self.policies, key.tokens
+        slot = pol.slots_on
+        if slot:
+            gate = pol.gate
+            if gate.max_total is not None and gate.total >= gate.max_total:
+                return Full.ALL
+            if key.max_concurrent is not None and gate.running.get(key.name, 0) >= key.max_concurrent:
+                return Full.KEY
+        if budget is None:
+            if not slot:
+                return NO_TICKET
+        else:
+            self.budgets.reserve(key.name, budget, reserve)   # (raises BudgetExceeded)
+        if slot:
+            pol.gate.take(key.name)
+        return Ticket(key.name, slot=slot, budget=budget, reserved=reserve if budget is not None else 0)
+
+    def check_budget(self, key: KeyEntry, reserve: int) -> None:
+        if key.tokens is not None:
+            self.budgets.check(key.name, key.tokens, reserve)
+
+    def check_ban(self, client: str, now: float) -> None:
+        self.policies.check_ban(client, now)
 
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         if ticket.slot:
