@@ -1,4 +1,5 @@
-"""Generations waiting for an Ollama host with room, served fairly across keys.  Pure logic: no asyncio."""
+"""Generations waiting for an Ollama host with room (and, in process, their key's slot), served fairly
+across keys.  Pure logic: no asyncio."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class Waiting(HoldsQueue, Generic[W]):
     first waiter, in that order, that `place` now puts on a host; within a
     key, a request whose hosts are all still full does not hold up one behind
     it that the freed host can take.  Waiters are opaque objects owned by the
-    caller.
+    caller.  A waiter a host has room for is decided in full then (`admit`): its
+    key may have no slot free (the key's waiters are skipped), nothing may start
+    (the pass ends), or it is refused (it leaves the queue).
 
     A pass stops as soon as no host has room (`room`), as the gate's does at
     its global limit: placing a thousand waiters on full hosts costs a

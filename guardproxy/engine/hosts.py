@@ -4,7 +4,9 @@ One Member per configured host holds its routing.Host (what `choose`
 reads), its keep-alive pool, and when its model lists were last fetched.
 The HostSet places each request (decisions.routing.choose), counts the
 generations in flight per host, keeps the fair queue of generations waiting
-for a host with room, takes failures and answers into each host's breaker
+(in process the one queue: a waiter goes when a host has room for it and its
+`decide`, the state's slot and budget decision made again then, grants the
+rest; admission.py), takes failures and answers into each host's breaker
 and health, and applies a reloaded host list without touching running
 exchanges.  health.py keeps the snapshot fresh.
 

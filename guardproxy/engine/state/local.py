@@ -1,7 +1,9 @@
 """The in-process backend: one gate, its limits in its own memory, token budgets in a state file.
 
 Rates, bans and the concurrency gate are decisions.policy.Policies, called where the pipeline
-has always called them; this module adds the waiting for a slot and the token budgets.
+has always called them; this module adds the token budgets, and `take`: a generation's slot and
+reservation decided at once, at the moment a host has room for it (the queue is the hosts' one,
+engine/hosts.py).  `admit` with a generation waits in the gate's own queue: the state used alone.
 """
 
 from __future__ import annotations
