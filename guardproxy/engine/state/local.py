@@ -73,11 +73,9 @@ class Budgets:
         if wait:
             raise BudgetExceeded(headers=[retry_after_header(wait)])
 
-    def reserve(self, name: str, budget: Budget, need: int, *, checked: bool = False) -> None:
-        """Check (unless `checked` just now), then hold `need` tokens until `release` (nothing awaits
-        in between: one decision)."""
-        if not checked:
-            self.check(name, budget, need)
+    def reserve(self, name: str, budget: Budget, need: int) -> None:
+        """Check, then hold `need` tokens until `release` (nothing awaits in between: one decision)."""
+        self.check(name, budget, need)
         self.held[(name, budget.unit)] = self.held.get((name, budget.unit), 0) + need
 
     def release(self, name: str, budget: Budget, need: int) -> None:
@@ -140,24 +138,23 @@ class LocalState(State):
         # (`host` comes only when `shares_hosts`: in one process hosts.py counts the host slots.)
         if not generation:
             return NO_TICKET
-        budget, budgets, pol = key.tokens, self.budgets, self.policies
+        pol = self.policies
+        got = Full.KEY if key.name in pol.gate.queue else self.take(key, reserve)   # (keep the key's order)
+        if isinstance(got, Ticket):
+            return got
+        # The state used alone: its gate's own fair queue, for the slot.
+        self.check_budget(key, reserve)   # (refused at once rather than after queueing)
+        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
+        budget = key.tokens
         if budget is None:
-            if not pol.slots_on:
-                return NO_TICKET
-            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
             return Ticket(key.name, slot=True)
-        slot = pol.slots_on
-        budgets.check(key.name, budget, reserve)   # (refused at once rather than after queueing)
-        waited = slot and await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone,
-                                              key.weight)
         try:
-            # Decided again after a wait, when the slot is granted: others may have spent meanwhile.
-            budgets.reserve(key.name, budget, reserve, checked=not waited)
+            # Decided again now that the slot is granted: others may have spent meanwhile.
+            self.budgets.reserve(key.name, budget, reserve)
         except BudgetExceeded:
-            if slot:
-                slots.wake(pol.gate.release(key.name))
+            slots.wake(pol.gate.release(key.name))
             raise
-        return Ticket(key.name, slot=slot, budget=budget, reserved=reserve)
+        return Ticket(key.name, slot=True, budget=budget, reserved=reserve)
 
     def take(self, key: KeyEntry, reserve: int) -> Ticket | Full:
         pol, budget = self.policies, key.tokens
