@@ -41,6 +41,8 @@ HOLD = frozenset({429, 503})            # answers kept from the client while ano
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
 _NO_HOLD: frozenset[int] = frozenset()
+# Requests without a model or a host named, by [admin_route][generation]: most requests to one host.
+_PLAIN = tuple(tuple(Request(admin_route=admin, generation=gen) for gen in (False, True)) for admin in (False, True))
 
 
 class UnknownHost(BadRequest):
@@ -163,9 +165,12 @@ class HostSet:
 
     @staticmethod
     def request(route: Route, model: str | None, target: str | None) -> Request:
-        """What routing knows of a request."""
-        return Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN,
-                       generation=route.generation)
+        """What routing knows of a request (one made once when it names no model and no host:
+        a Request is never changed)."""
+        admin = route.admin or route is UNKNOWN
+        if model is None and target is None:
+            return _PLAIN[admin][route.generation]
+        return Request(model=model, target=target, admin_route=admin, generation=route.generation)
 
     def pick(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
         """With several hosts, the host for a generation whose host slot is a shared lease ([cluster]):
