@@ -58,7 +58,6 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
         if not forward:
             return Grant(ticket, None, hosts.request(route, model, host_name))
         member, wanted = hosts.first(route, model, host_name)
-        assert member is not None   # (only a generation waits for a host)
         return Grant(ticket, member, wanted)
     if state.shares_hosts:
         member, wanted = hosts.pick(route, model, host_name)
@@ -72,21 +71,21 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
         hosts.take(member)
         return Grant(ticket, member, wanted, holds_host=ticket.slot)
     wanted = hosts.request(route, model, host_name)
-    member = hosts.place(wanted)
-    got = state.take(key, reserve) if member is not None else None
+    room = hosts.place(wanted)
+    got = state.take(key, reserve) if room is not None else None
     if isinstance(got, Ticket):
-        assert member is not None
-        hosts.take(member)
-        return Grant(got, member, wanted)
+        assert room is not None
+        hosts.take(room)
+        return Grant(got, room, wanted)
     state.check_budget(key, reserve)   # refused at once rather than after waiting
 
     def decide() -> Ticket | Full:   # each time a host has room for it: everything again
         _still_allowed(gate, key, client)
         return state.take(key, reserve)
 
-    member, ticket = await hosts.wait(wanted, key.name, gate.policies.queue_timeout, gone, key.weight, decide,
-                                      lambda t: state.finish(t, None), by_state=got is not None)
-    return Grant(ticket, member, wanted)
+    found, ticket = await hosts.wait(wanted, key.name, gate.policies.queue_timeout, gone, key.weight, decide,
+                                     lambda t: state.finish(t, None), by_state=got is not None)
+    return Grant(ticket, found, wanted)
 
 
 def _still_allowed(gate: Gate, key: KeyEntry, client: str) -> None:

@@ -146,22 +146,13 @@ class HostSet:
 
     # --- placing a request -------------------------------------------------------
 
-    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member | None, Request]:
-        """The host for a request, its slot taken for a generation; (None, request): wait for one.
-
-        The request goes with the exchange, for a failover.  Raises UnknownHost or NoUpstream.
-        """
+    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
+        """The host for a request that takes no slot (it never waits), and what routing knows of it
+        (it goes with the exchange, for a failover).  Raises UnknownHost or NoUpstream."""
         wanted = self.request(route, model, target)
-        choice = self._place(wanted)
-        if isinstance(choice, Host):
-            if wanted.generation:
-                choice.in_flight += 1
-            return self.members[choice.name], wanted
-        if choice is Verdict.WAIT:
-            return None, wanted
-        if choice is Verdict.NO_SUCH_HOST:
-            raise UnknownHost()
-        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
+        member = self.place(wanted)
+        assert member is not None, "only a generation waits for a host"
+        return member, wanted
 
     @staticmethod
     def request(route: Route, model: str | None, target: str | None) -> Request:
@@ -172,27 +163,27 @@ class HostSet:
             return _PLAIN[admin][route.generation]
         return Request(model=model, target=target, admin_route=admin, generation=route.generation)
 
+    def place(self, wanted: Request) -> Member | None:
+        """The best host for `wanted` with room now, its slot not taken (see `take`); None: every
+        suitable host is full.  Raises UnknownHost or NoUpstream."""
+        return self._member(self._place(wanted))
+
     def pick(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
-        """With several hosts, the host for a generation whose host slot is a shared lease ([cluster]):
-        the best one now, full or not (the lease decides), its slot not taken here (see `take`)."""
+        """The host for a generation whose host slot is a shared lease ([cluster]): the best one
+        now, full or not (the lease decides), its slot not taken here (see `take`)."""
         wanted = self.request(route, model, target)
         choice = self._place(wanted)
         if choice is Verdict.WAIT:  # full here: the least busy of the full ones, warm first
             choice = self._place(Request(wanted.model, target, wanted.admin_route, generation=False))
-        if isinstance(choice, Host):
-            return self.members[choice.name], wanted
-        if choice is Verdict.NO_SUCH_HOST:
-            raise UnknownHost()
-        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
+        member = self._member(choice)
+        assert member is not None   # (a request that takes no slot is never told to wait)
+        return member, wanted
 
     def take(self, member: Member) -> None:
-        """The shared lease of `member` was granted: count the generation here too (for least-busy)."""
+        """A generation was granted `member` (its slot, or its shared lease): count it there."""
         member.host.in_flight += 1
 
-    def place(self, wanted: Request) -> Member | None:
-        """The best host for `wanted` with room now, its slot not taken (see `take`); None: every
-        suitable host is full.  Raises UnknownHost or NoUpstream."""
-        choice = self._place(wanted)
+    def _member(self, choice: Host | Verdict) -> Member | None:
         if isinstance(choice, Host):
             return self.members[choice.name]
         if choice is Verdict.WAIT:
