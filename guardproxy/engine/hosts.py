@@ -286,9 +286,10 @@ class HostSet:
 
     def _room(self) -> bool:
         """Some host that takes requests now has a free slot (else no waiter can have one)."""
-        now, alone = self.clock(), self.hosts.alone
-        if alone is not None:
+        alone = self.hosts.alone
+        if alone is not None:   # (never unavailable)
             return alone.in_flight < alone.max_concurrent
+        now = self.clock()
         return any(h.in_flight < h.max_concurrent and h.available(now) for h in self.hosts.order)
 
     def _retry_after(self) -> int:
