@@ -150,7 +150,10 @@ class HostSet:
         """The host for a request that takes no slot (it never waits), and what routing knows of it
         (it goes with the exchange, for a failover).  Raises UnknownHost or NoUpstream."""
         wanted = self.request(route, model, target)
-        member = self.place(wanted)
+        choice = self._place(wanted)
+        if isinstance(choice, Host):   # (the usual case, without a call more)
+            return self.members[choice.name], wanted
+        member = self._member(choice)
         assert member is not None, "only a generation waits for a host"
         return member, wanted
 
