@@ -1,7 +1,8 @@
-"""A generation that waited is decided again, in full, at the moment it would run: a ban imposed on its
-address meanwhile, or its key removed by a reload meanwhile, refuses it instead of running it; and it
-waits in one queue, for its key's slot and a host together, so it takes whichever host frees first.
-Driven on memory transports and a virtual clock (support/virtual.py)."""
+"""One admission path.  A generation that waited is decided again, in full, at the moment it would
+run: a ban imposed on its address meanwhile, or its key removed by a reload meanwhile, refuses it
+instead of running it; it waits in one queue, for its key's slot and a host together.  The single
+`upstream` is a set of one, always tried.  Driven on memory transports and a virtual clock
+(support/virtual.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from dataclasses import replace
 import pytest
 
 from conftest import OTHER_KEY, make_config
-from guardproxy.config.model import Ban, Config, KeyEntry, TrafficLimits, Upstream, UpstreamHost
+from guardproxy.config.model import Ban, Config, KeyEntry, Routing, TrafficLimits, Upstream, UpstreamHost
+from guardproxy.engine.failures import ConnectRefused
 from support.virtual import MemoryTransport, settle
-from test_engine_virtual_time import GENERATE, LAPTOP, Engine, final_line, run
+from test_engine_virtual_time import GENERATE, LAPTOP, OWNER, Engine, final_line, run
 
 PHONE = {"X-API-Key": OTHER_KEY}
 
@@ -129,5 +131,29 @@ def test_a_generation_waiting_for_its_key_slot_takes_the_host_its_slot_frees_bef
             assert (await e.response(client))[0] == 200
         await settle()
         assert e.server.policies.gate.total == 0 and all(h.in_flight == 0 for h in e.server.hosts.hosts.order)
+        await e.stop()
+    run(scenario)
+
+
+def test_the_single_upstream_is_always_tried_a_refused_connect_is_a_502_never_a_503() -> None:
+    """The single `upstream` is a host set of one, placed by the same code as several: down, or
+    behind its breaker, it is still tried (as nginx's lone server), and a host named otherwise is 400."""
+    async def scenario() -> None:
+        e = Engine(make_config(11434, routing=Routing(health_interval=5.0)))
+        (member,) = e.server.hosts.members.values()
+        tries = []
+
+        async def refused() -> object:
+            tries.append(e.loop.time())
+            raise ConnectRefused()
+        member.pool.connect = refused  # type: ignore[method-assign]
+        for _ in range(3):
+            for method, target, body in (("GET", "/api/version", None), ("POST", "/api/generate", GENERATE)):
+                status, _, reply = await e.response(e.send(method, target, body, LAPTOP))
+                assert status == 502 and json.loads(reply) == {"error": "upstream unavailable"}
+        assert len(tries) == 6 and not member.host.up   # down by its refusals, and tried all the same
+        status, _, _ = await e.response(e.send("GET", "/api/version", None,
+                                               {**OWNER, "X-Guardproxy-Upstream": "gpu-b"}))
+        assert status == 400
         await e.stop()
     run(scenario)
