@@ -154,10 +154,13 @@ def test_a_client_that_stops_reading_is_dropped_at_the_write_timeout_and_the_hos
         conn.pause_writing()   # the client's socket buffer is full
         await settle()
         assert not sent.transport.reading   # backpressure: the host is no longer read
-        await g.until_time(g.loop.time() + 30.0)
-        conn.resume_writing()   # it read some: the write deadline starts again at the next stall
+        t_stall = g.loop.time()
+        await g.until_time(t_stall + 30.0)
+        conn.resume_writing()   # it read some: no deadline until it stalls again
         assert sent.transport.reading
         sent.reply(chunk(b'{"response":"b"}\n'))
+        await g.until_time(t_stall + 90.0)
+        assert not t.is_closing()
         conn.pause_writing()
         t0 = g.loop.time()
         await g.until_time(t0 + 59.9)

@@ -207,6 +207,54 @@ def test_a_generation_is_not_failed_over_after_its_first_byte_timeout() -> None:
     run(scenario)
 
 
+def test_not_even_a_read_is_failed_over_after_its_first_byte_timeout() -> None:
+    async def scenario() -> None:
+        g = await two_host_gate(timeouts=Timeouts(first_byte=120.0))
+        a, b = g.hosts["gpu-a"], g.hosts["gpu-b"]
+        t0 = g.loop.time()
+        status, _, _ = await g.response(g.send("POST", "/api/show", b'{"model":"llama3.2"}', LAPTOP))
+        assert status == 504 and 120.0 <= g.loop.time() - t0 <= 121.0
+        assert len(a.work) == 1 and b.work == []
+        await g.stop()
+    run(scenario)
+
+
+def test_a_generation_a_host_read_and_dropped_is_not_sent_to_another_host() -> None:
+    async def scenario() -> None:
+        g = await two_host_gate()
+        a, b = g.hosts["gpu-a"], g.hosts["gpu-b"]
+        client = g.send("POST", "/api/generate", GENERATE, LAPTOP)
+        await settle()
+        (sent,) = a.work
+        sent.transport.hang_up()   # read, then reset before any answer: it may have run
+        status, _, body = await g.response(client)
+        assert status == 502 and json.loads(body) == {"error": "upstream closed the connection"}
+        assert b.work == [] and len(a.work) == 1
+        await g.stop()
+    run(scenario)
+
+
+def test_a_read_a_host_dropped_before_its_answer_goes_to_another_host() -> None:
+    async def scenario() -> None:
+        g = await two_host_gate()
+        a, b = g.hosts["gpu-a"], g.hosts["gpu-b"]
+        client = g.send("POST", "/api/show", b'{"model":"llama3.2"}', LAPTOP)
+        await settle()
+        (sent,) = a.work
+        sent.transport.hang_up()   # on a pooled connection: perhaps one the host had closed, so ...
+        await settle()
+        (_, fresh) = a.work        # ... once more on a fresh one to the same host
+        assert fresh.transport is not sent.transport and b.work == []
+        fresh.transport.hang_up()  # that too: another host
+        await settle()
+        (again,) = b.work
+        assert again.body == sent.body
+        again.reply(response(200, b'{"modelfile":""}'))
+        assert (await g.response(client))[0] == 200
+        await g.stop()
+    run(scenario)
+
+
 def test_a_stream_cut_mid_way_is_not_sent_again() -> None:
     async def scenario() -> None:
         g = await two_host_gate()
