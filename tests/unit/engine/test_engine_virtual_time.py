@@ -13,6 +13,7 @@ import pytest
 from conftest import make_config
 from guardproxy.config.model import TrafficLimits, Upstream, UpstreamHost
 from guardproxy.config.values import parse_budget
+from guardproxy.decisions import routes
 from support.raw_http import request_bytes
 from support.virtual import response, settle
 from support.virtual_gate import GENERATE, LAPTOP, OWNER, PHONE, Gate, final_line, generation, run
@@ -66,36 +67,40 @@ def test_a_refusal_after_the_body_was_read_keeps_the_connection_for_the_next_req
     run(scenario)
 
 
-GENERATION_ROUTES = {
-    "/api/generate": GENERATE,
-    "/api/chat": json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-    "/api/embed": json.dumps({"model": "llama3.2", "input": "hi"}).encode(),
-    "/api/embeddings": json.dumps({"model": "llama3.2", "prompt": "hi"}).encode(),
-    "/v1/chat/completions": json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-    "/v1/completions": json.dumps({"model": "llama3.2", "prompt": "hi"}).encode(),
-    "/v1/embeddings": json.dumps({"model": "llama3.2", "input": "hi"}).encode(),
-    "/v1/responses": json.dumps({"model": "llama3.2", "input": "hi"}).encode(),
-    "/v1/messages": json.dumps({"model": "llama3.2", "max_tokens": 5,
-                                "messages": [{"role": "user", "content": "hi"}]}).encode(),
-}
+FORM_CT = "multipart/form-data; boundary=xXx"
+
+
+def body_for(route: routes.Route) -> tuple[bytes, dict[str, str]]:
+    """A request of `route` naming llama3.2, as its clients send it."""
+    if route.model == routes.FORM:
+        return (b'--xXx\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF0000WAVE\r\n'
+                b'--xXx\r\nContent-Disposition: form-data; name="model"\r\n\r\nllama3.2\r\n--xXx--\r\n',
+                {"Content-Type": FORM_CT})
+    return json.dumps({"model": "llama3.2", "prompt": "hi", "input": "hi", "max_tokens": 3,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode(), {}
+
+
+GENERATION_ROUTES = {r.path.decode(): r for r in routes.ROUTES if r.generation}
 
 
 @pytest.mark.parametrize("path", sorted(GENERATION_ROUTES))
 def test_each_generation_route_takes_a_slot(path: str) -> None:
     async def scenario() -> None:
         g = Gate(make_config(11434, limits=TrafficLimits(max_concurrent=1, queue_timeout=20.0)))
-        holder = g.send("POST", path, GENERATION_ROUTES[path], LAPTOP)
+        body, headers = body_for(GENERATION_ROUTES[path])
+        holder = g.send("POST", path, body, {**LAPTOP, **headers})
         await settle()
         assert len(g.host.work) == 1   # it holds the only slot
         other = "/api/chat" if path != "/api/chat" else "/api/generate"
         t0 = g.loop.time()
-        waiting = g.send("POST", other, GENERATION_ROUTES[other], LAPTOP)
+        other_body, other_headers = body_for(GENERATION_ROUTES[other])
+        waiting = g.send("POST", other, other_body, {**LAPTOP, **other_headers})
         status, fields, _ = await g.response(waiting)
         assert (status, fields["Retry-After"]) == (503, "1") and 20.0 <= g.loop.time() - t0 <= 20.1
         assert len(g.host.work) == 1
         g.host.work[0].reply(response(200, b"{}"))
         assert (await g.response(holder))[0] == 200
-        freed = g.send("POST", other, GENERATION_ROUTES[other], LAPTOP)
+        freed = g.send("POST", other, other_body, {**LAPTOP, **other_headers})
         await settle()
         assert len(g.host.work) == 2   # the slot was given back
         g.host.work[1].reply(response(200, b"{}"))

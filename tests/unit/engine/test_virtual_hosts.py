@@ -130,6 +130,7 @@ def test_a_single_upstream_down_by_its_checks_is_still_tried_and_ready_says_503(
     async def scenario() -> None:
         g = Gate(make_config(11434, routing=Routing(health_interval=10.0)))
         await g.server.health.next_round()
+        assert [s.target for s in g.host.requests] == [b"/", b"/api/ps", b"/api/tags"]
         assert (await g.response(g.send("GET", "/ready")))[:3:2] == (200, b'{"upstreams_up":1}')
         g.host.refuse = True
         for t in g.host.connections:
@@ -173,5 +174,28 @@ def test_a_generation_waits_for_a_host_queue_timeout_and_gets_503() -> None:
         assert len(g.hosts["gpu-a"].work) == 1
         g.hosts["gpu-a"].work[0].reply(final_line(1, 1))
         assert (await g.response(holder))[0] == 200
+        await g.stop()
+    run(scenario)
+
+
+def test_a_refused_host_is_back_after_two_good_checks_once_its_breaker_has_closed() -> None:
+    async def scenario() -> None:
+        g = Gate(hosts_config("gpu-a", "gpu-b", interval=0.4))
+        a = g.hosts["gpu-a"]
+        a.loaded = ("llama3.2:latest",)
+        await g.server.health.next_round()
+        a.refuse = True   # killed
+        for t in a.connections:
+            t.hang_up()
+        await settle()
+        t0 = g.loop.time()
+        assert (await generate(g, {"gpu-b": final_line(1, 1)}))[:2] == (["gpu-b"], 200)   # refused: gpu-b answers
+        assert g.server.hosts.up_count() == 1
+        a.refuse = False   # restarted at once
+        await g.server.health.next_round(2)
+        assert g.server.hosts.up_count() == 2 and g.loop.time() - t0 < 1.0   # up by its checks ...
+        assert (await generate(g, {"gpu-b": final_line(1, 1)}))[0] == ["gpu-b"]   # ... its breaker still open
+        await g.until_time(t0 + 1.0)
+        assert (await generate(g, {"gpu-a": final_line(1, 1)}))[0] == ["gpu-a"]   # warm: first choice again
         await g.stop()
     run(scenario)
