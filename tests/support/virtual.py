@@ -183,6 +183,9 @@ def ollama_checks(host: "MemoryHost", sent: Sent) -> bytes | None:
     if sent.target == b"/":
         return response(200, b"Ollama is running", headers="") if host.healthy else response(500, b"{}", "Error")
     if sent.target in (b"/api/tags", b"/api/ps"):
+        own = host.tags_body if sent.target == b"/api/tags" else host.ps_body
+        if own is not None:
+            return response(200, own)
         names = host.models if sent.target == b"/api/tags" else host.loaded
         return response(200, json.dumps({"models": [{"name": n, "model": n} for n in names]}).encode())
     return None
@@ -202,6 +205,8 @@ class MemoryHost:
         self.refuse = self.hang = False
         self.healthy = True
         self.models, self.loaded = models, loaded
+        self.tags_body: bytes | None = None   # answered instead of a list of `models` / `loaded`
+        self.ps_body: bytes | None = None
         self.connections: list[MemoryTransport] = []
         self.requests: list[Sent] = []
         self._read: dict[int, int] = {}   # bytes of each connection's writes taken as requests

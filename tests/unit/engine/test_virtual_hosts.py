@@ -199,3 +199,40 @@ def test_a_refused_host_is_back_after_two_good_checks_once_its_breaker_has_close
         assert (await generate(g, {"gpu-a": final_line(1, 1)}))[0] == ["gpu-a"]   # warm: first choice again
         await g.stop()
     run(scenario)
+
+
+DEEP = b'{"models":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+MANY = b'{"models":[' + b",".join(b'{"name":"m%06d:latest","model":"m%06d:latest","size":1,"x":1}' % (i, i)
+                                  for i in range(110_000)) + b"]}"   # 7 MB, under the 8 MiB cap
+
+
+@pytest.mark.parametrize("which", ["both", "tags"])
+@pytest.mark.parametrize("bad", [DEEP, MANY, b'{"models":[{"name":"a"}', b"<html>"], ids=["deep", "many", "cut", "html"])
+def test_one_host_with_an_unreadable_list_stays_down_and_breaks_no_merged_listing(
+        caplog: pytest.LogCaptureFixture, bad: bytes, which: str) -> None:
+    caplog.set_level(logging.INFO, logger="guardproxy")
+
+    async def scenario() -> None:
+        g = Gate(hosts_config("gpu-a", "gpu-b", interval=10.0))
+        good, evil = g.hosts["gpu-a"], g.hosts["gpu-b"]
+        good.loaded = ("llama3.2:latest",)
+        evil.models = evil.loaded = ("qwen3:latest",)
+        evil.tags_body = bad
+        if which == "both":
+            evil.ps_body = bad
+        await g.server.health.next_round(3)
+        for _ in range(4):   # down, and it stays down
+            await g.server.health.next_round()
+            assert g.server.hosts.up_count() == 1
+        status, _, body = await g.response(g.send("GET", "/ready"))
+        assert (status, json.loads(body)) == (200, {"upstreams_up": 1})
+        status, _, body = await g.response(g.send("GET", "/api/tags", None, LAPTOP))
+        assert status == 200 and [m["name"] for m in json.loads(body)["models"]] == ["llama3.2:latest"]
+        status, _, body = await g.response(g.send("GET", "/api/ps", None, LAPTOP))
+        assert status == 200
+        assert [(m["name"], m["upstream"]) for m in json.loads(body)["models"]] == [("llama3.2:latest", "gpu-a")]
+        await g.stop()
+    run(scenario)
+    lines = [r for r in caplog.records if "gpu-b" in r.getMessage() and "cannot read" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]   # one line, not one per round
+    assert not any(r.exc_info for r in caplog.records)                   # and no traceback anywhere
