@@ -177,11 +177,13 @@ def response(status: int = 200, body: bytes = b"{}", reason: str = "OK", headers
 
 
 def ollama_checks(host: "MemoryHost", sent: Sent) -> bytes | None:
-    """What an Ollama answers to the gate's health checks and list fetches (None: anything else)."""
+    """What an Ollama answers at once: the gate's health checks, list fetches, its version (None: anything else)."""
     if sent.method != b"GET":
         return None
     if sent.target == b"/":
         return response(200, b"Ollama is running", headers="") if host.healthy else response(500, b"{}", "Error")
+    if sent.target == b"/api/version":
+        return response(200, b'{"version":"0.9.0"}')
     if sent.target in (b"/api/tags", b"/api/ps"):
         own = host.tags_body if sent.target == b"/api/tags" else host.ps_body
         if own is not None:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import make_config
-from guardproxy.config.model import TrafficLimits, Upstream, UpstreamHost
+from guardproxy.config.model import Ban, Rate, TrafficLimits, Upstream, UpstreamHost
 from guardproxy.config.values import parse_budget
 from guardproxy.decisions import routes
 from support.raw_http import request_bytes
@@ -225,5 +225,51 @@ def test_a_host_with_room_goes_to_the_waiting_keys_by_their_weights() -> None:
             running.reply(final_line(1, 1))
             await settle()
         assert "".join(order) == "f" + "llllp" * 2
+        await g.stop()
+    run(scenario)
+
+
+# --- rates and bans, on the same clock ------------------------------------------------------------
+
+def test_a_key_over_its_rate_gets_429_until_its_window_has_passed() -> None:
+    async def scenario() -> None:
+        keys = list(make_config(1).keys)
+        keys[0] = replace(keys[0], rate=Rate(2, 60.0))
+        g = Gate(make_config(11434, keys=tuple(keys)))
+
+        async def version(who: dict[str, str]) -> tuple[int, dict[str, str]]:
+            status, fields, _ = await g.response(g.send("GET", "/api/version", None, who))
+            return status, fields
+        t0 = g.loop.time()
+        assert [(await version(LAPTOP))[0] for _ in range(2)] == [200, 200]
+        status, fields = await version(LAPTOP)
+        assert (status, fields["Retry-After"]) == (429, "30")   # 2 a minute: the next one in 30 s
+        assert (await version(PHONE))[0] == 200   # another key is not held back
+        await g.until_time(t0 + 29.5)
+        status, fields = await version(LAPTOP)
+        assert (status, fields["Retry-After"]) == (429, "1")
+        await g.until_time(t0 + 30.0)
+        assert (await version(LAPTOP))[0] == 200
+        status, fields = await version(LAPTOP)
+        assert (status, fields["Retry-After"]) == (429, "30")
+        assert len(g.host.requests) == 4   # the refusals never reached the host
+        await g.stop()
+    run(scenario)
+
+
+def test_an_address_banned_after_failed_keys_is_let_in_again_after_the_ban() -> None:
+    async def scenario() -> None:
+        g = Gate(make_config(11434, ban=Ban(after_failures=3, window=600.0, duration=900.0)))
+        for _ in range(3):
+            assert (await g.response(g.send("GET", "/api/tags", None, {"X-API-Key": "gp_guess-" + "x" * 30})))[0] == 401
+        t0 = g.loop.time()
+        status, fields, _ = await g.response(g.send("GET", "/api/tags", None, LAPTOP))   # even the right key
+        assert (status, fields["Retry-After"]) == (429, "900")
+        await g.until_time(t0 + 899.0)
+        status, fields, _ = await g.response(g.send("GET", "/api/tags", None, LAPTOP))
+        assert (status, fields["Retry-After"]) == (429, "1")
+        await g.until_time(t0 + 900.0)
+        assert (await g.response(g.send("GET", "/api/tags", None, LAPTOP)))[0] == 200
+        assert [s.target for s in g.host.requests] == [b"/api/tags"]
         await g.stop()
     run(scenario)
