@@ -118,6 +118,8 @@ class MemoryTransport(asyncio.Transport):
         self.closed = True
 
     def abort(self) -> None:
+        if self.is_closing():
+            return   # (as asyncio's: nothing is buffered here, so a closed transport is gone already)
         self._lose()
         self.aborted = True
 

@@ -6,6 +6,7 @@ where the kernel's part matters (backpressure, resets)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from conftest import KEY, make_config
@@ -226,5 +227,48 @@ def test_a_request_with_the_key_in_a_split_head_is_served() -> None:
         await settle()
         g.host.requests[0].reply(response(200, b"{}"))
         assert (await g.response(t))[0] == 200
+        await g.stop()
+    run(scenario)
+
+
+def test_a_stop_closes_idle_connections_at_once_and_cuts_a_running_stream_at_the_grace_period() -> None:
+    async def scenario() -> None:
+        g = Gate(make_config(11434))
+        idle_conn, idle = g.connect()
+        idle_conn.data_received(request_bytes("GET", "/health"))
+        assert (await g.response(idle))[0] == 200
+        conn, client = g.connect()
+        conn.data_received(request_bytes("POST", "/api/generate", GENERATE, LAPTOP))
+        await settle()
+        (sent,) = g.host.work
+        sent.reply(STREAM_HEAD + chunk(b'{"response":"a"}\n'))
+        t0 = g.loop.time()
+        stopping = asyncio.ensure_future(g.server.stop(grace=30.0))
+        await settle()
+        assert idle.is_closing() and not client.is_closing()   # waiting for a next request: closed at once
+        await g.until_time(t0 + 29.9)
+        sent.reply(chunk(b'{"response":"b"}\n'))   # the stream runs on meanwhile
+        assert not client.is_closing() and bytes(client.written).endswith(chunk(b'{"response":"b"}\n'))
+        await stopping
+        assert 30.0 <= g.loop.time() - t0 <= 30.1 and client.aborted and sent.transport.is_closing()
+        await g.stop()
+    run(scenario)
+
+
+def test_a_stop_waits_for_a_stream_that_ends_within_the_grace_period_and_no_longer() -> None:
+    async def scenario() -> None:
+        g = Gate(make_config(11434))
+        conn, client = g.connect()
+        conn.data_received(request_bytes("POST", "/api/generate", GENERATE, LAPTOP))
+        await settle()
+        (sent,) = g.host.work
+        sent.reply(STREAM_HEAD + chunk(b'{"response":"a"}\n'))
+        t0 = g.loop.time()
+        stopping = asyncio.ensure_future(g.server.stop(grace=30.0))
+        await g.until_time(t0 + 10.0)
+        sent.reply(chunk(b'{"done":true}\n') + b"0\r\n\r\n")
+        await stopping
+        assert g.loop.time() - t0 == 10.0   # not the whole grace period
+        assert bytes(client.written).endswith(b"0\r\n\r\n") and not client.aborted
         await g.stop()
     run(scenario)
