@@ -91,6 +91,10 @@ class Gate:
         self._read: dict[int, int] = {}
         self.clients: list[ClientConnection] = []
 
+    def waiting(self) -> int:
+        """Requests waiting in the gate, for a slot or for a host (what the waiting gauge shows)."""
+        return self.server.state.waiting() + self.server.hosts.waiting.queued
+
     @property
     def host(self) -> MemoryHost:
         """The only host."""

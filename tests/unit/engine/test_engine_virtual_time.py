@@ -31,11 +31,11 @@ def test_a_generation_waits_for_its_slot_queue_timeout_and_no_more() -> None:
         t0 = g.loop.time()
         second = g.send("POST", "/api/generate", GENERATE, LAPTOP)
         await g.until_time(t0 + 29.9)
-        assert not second.written and g.server.state.waiting() == 1   # still waiting
+        assert not second.written and g.waiting() == 1   # still waiting
         status, fields, body = await g.response(second)
         assert (status, fields["Retry-After"]) == (503, "1") and 30.0 <= g.loop.time() - t0 <= 30.1
         assert "busy" in json.loads(body)["error"]
-        assert g.server.state.waiting() == 0 and "Connection" not in fields   # the body was read: it stays open
+        assert g.waiting() == 0 and "Connection" not in fields   # the body was read: it stays open
         assert len(g.host.work) == 1 and not first.written   # the first still holds the slot
         g.host.work[0].reply(final_line(1, 1))
         assert (await g.response(first))[0] == 200
@@ -118,7 +118,7 @@ def test_a_waiting_generation_is_decided_again_when_its_slot_frees() -> None:
         await settle()
         second = g.send("POST", "/api/generate", GENERATE, LAPTOP)   # its 20 + 21 fit beside the first's: it waits
         await settle()
-        assert g.server.state.waiting() == 1 and len(g.host.work) == 1
+        assert g.waiting() == 1 and len(g.host.work) == 1
         g.host.work[0].reply(final_line(26, 40))   # 66 spent: 41 more no longer fit
         assert (await g.response(first))[0] == 200
         status, _, body = await g.response(second)
@@ -147,7 +147,7 @@ def test_a_generation_waits_queue_timeout_in_all_through_the_slot_and_host_queue
         assert not second.written                  # in the host queue now, still within its 30 s
         status, _, _ = await g.response(second)
         assert status == 503 and 30.0 <= g.loop.time() - t0 <= 30.1   # not 20 + 30
-        assert g.server.hosts.waiting.queued == 0
+        assert g.waiting() == 0
         g.host.work[-1].reply(final_line(26, 20))
         assert (await g.response(third))[0] == 200
         await g.stop()
@@ -162,14 +162,14 @@ def test_a_client_that_hangs_up_in_the_slot_queue_leaves_it_at_once() -> None:
         for _ in range(4):   # more than max_queue: each gave its place up before the next came
             ghost = g.send("POST", "/api/generate", GENERATE, LAPTOP)
             await settle()
-            assert g.server.state.waiting() == 1
+            assert g.waiting() == 1
             t0 = g.loop.time()
             ghost.hang_up()
             await settle()
-            assert g.server.state.waiting() == 0 and g.loop.time() == t0   # at once, not at queue_timeout
+            assert g.waiting() == 0 and g.loop.time() == t0   # at once, not at queue_timeout
         live = g.send("POST", "/api/generate", GENERATE, PHONE)
         await settle()
-        assert g.server.state.waiting() == 1   # queued, not refused as over max_queue
+        assert g.waiting() == 1   # queued, not refused as over max_queue
         g.host.work[0].reply(final_line(1, 1))
         assert (await g.response(holder))[0] == 200
         await settle()
@@ -191,10 +191,10 @@ def test_a_client_that_hangs_up_in_the_host_queue_leaves_it_at_once() -> None:
         await settle()
         ghost = g.send("POST", "/api/generate", GENERATE, PHONE)
         await settle()
-        assert g.server.hosts.waiting.queued == 1
+        assert g.waiting() == 1
         ghost.hang_up()
         await settle()
-        assert g.server.hosts.waiting.queued == 0
+        assert g.waiting() == 0
         g.host.work[0].reply(final_line(1, 1))
         assert (await g.response(holder))[0] == 200
         after = g.send("POST", "/api/generate", GENERATE, PHONE)   # the host's slot was not lost to the ghost
@@ -217,7 +217,7 @@ def test_a_host_with_room_goes_to_the_waiting_keys_by_their_weights() -> None:
             g.send("POST", "/api/generate", generation(prompt="laptop"), LAPTOP)
             g.send("POST", "/api/generate", generation(prompt="phone"), PHONE)
         await settle()
-        assert g.server.hosts.waiting.queued == 20
+        assert g.waiting() == 20
         order = []
         for _ in range(11):
             (running,) = g.host.pending   # one at a time: max_concurrent 1

@@ -325,16 +325,23 @@ def test_an_idle_pooled_connection_is_closed_at_upstream_idle() -> None:
             assert (await g.response(client))[0] == 200
         await version()
         t0 = g.loop.time()
-        await g.until_time(t0 + 30.0)
-        await version()                      # reused, and idle again from now
-        assert len(g.host.connections) == 1
-        t1 = g.loop.time()
-        await g.until_time(t1 + 59.9)
+        await g.until_time(t0 + 59.9)
         assert not g.host.connections[0].is_closing()
-        await g.until_time(t1 + 60.0)
+        await g.until_time(t0 + 60.0)
         await settle()
         assert g.host.connections[0].closed  # closed by the gate, with no request to prompt it
         await version()
+        t1 = g.loop.time()
+        await g.until_time(t1 + 30.0)
+        await version()                      # reused, and idle again from now
         assert len(g.host.connections) == 2
+        t2 = g.loop.time()
+        await g.until_time(t2 + 59.9)
+        assert not g.host.connections[1].is_closing()
+        await g.until_time(t2 + 60.0)
+        await settle()
+        assert g.host.connections[1].closed
+        await version()
+        assert len(g.host.connections) == 3
         await g.stop()
     run(scenario)

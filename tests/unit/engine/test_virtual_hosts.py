@@ -167,10 +167,10 @@ def test_a_generation_waits_for_a_host_queue_timeout_and_gets_503() -> None:
         t0 = g.loop.time()
         waiting = g.send("POST", "/api/generate", GENERATE, LAPTOP)
         await g.until_time(t0 + 29.9)
-        assert g.server.hosts.waiting.queued == 1 and not waiting.written
+        assert g.waiting() == 1 and not waiting.written
         status, fields, body = await g.response(waiting)
         assert (status, fields["Retry-After"]) == (503, "1") and 30.0 <= g.loop.time() - t0 <= 30.1
-        assert "busy" in json.loads(body)["error"] and g.server.hosts.waiting.queued == 0
+        assert "busy" in json.loads(body)["error"] and g.waiting() == 0
         assert len(g.hosts["gpu-a"].work) == 1
         g.hosts["gpu-a"].work[0].reply(final_line(1, 1))
         assert (await g.response(holder))[0] == 200
