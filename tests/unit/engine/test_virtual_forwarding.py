@@ -32,6 +32,15 @@ async def two_host_gate(**overrides: Any) -> Gate:
     return g
 
 
+async def version(g: Gate) -> None:
+    """GET /api/version, answered by the host at once (its connection then goes back to the pool)."""
+    client = g.send("GET", "/api/version", None, OWNER)
+    await settle()
+    (sent,) = g.host.pending
+    sent.reply(response(200))
+    assert (await g.response(client))[0] == 200
+
+
 # --- deadlines ----------------------------------------------------------------------------------
 
 def test_a_host_that_never_answers_is_a_504_at_first_byte_and_is_closed() -> None:
@@ -277,10 +286,7 @@ def test_a_mutation_a_host_read_and_dropped_is_not_sent_again() -> None:
     async def scenario() -> None:
         g = Gate(make_config(11434))
         g.host.answer = None
-        client = g.send("GET", "/api/version", None, OWNER)
-        await settle()
-        g.host.requests[0].reply(response(200))
-        assert (await g.response(client))[0] == 200   # the connection goes back to the pool
+        await version(g)   # the connection goes back to the pool
         client = g.send("POST", "/api/create", b'{"model":"m","from":"llama3.2"}', OWNER)
         await settle()
         assert [s.target for s in g.host.requests] == [b"/api/version", b"/api/create"]
@@ -296,10 +302,7 @@ def test_a_read_a_host_dropped_is_sent_again_on_a_fresh_connection() -> None:
     async def scenario() -> None:
         g = Gate(make_config(11434))
         g.host.answer = None
-        client = g.send("GET", "/api/version", None, OWNER)
-        await settle()
-        g.host.requests[0].reply(response(200))
-        assert (await g.response(client))[0] == 200
+        await version(g)
         client = g.send("GET", "/api/version", None, OWNER)
         await settle()
         g.host.connections[0].hang_up()
@@ -317,23 +320,17 @@ def test_an_idle_pooled_connection_is_closed_at_upstream_idle() -> None:
     async def scenario() -> None:
         g = Gate(make_config(11434, timeouts=Timeouts(upstream_idle=60.0)))
         g.host.answer = None
-
-        async def version() -> None:
-            client = g.send("GET", "/api/version", None, LAPTOP)
-            await settle()
-            g.host.pending[0].reply(response(200))
-            assert (await g.response(client))[0] == 200
-        await version()
+        await version(g)
         t0 = g.loop.time()
         await g.until_time(t0 + 59.9)
         assert not g.host.connections[0].is_closing()
         await g.until_time(t0 + 60.0)
         await settle()
         assert g.host.connections[0].closed  # closed by the gate, with no request to prompt it
-        await version()
+        await version(g)
         t1 = g.loop.time()
         await g.until_time(t1 + 30.0)
-        await version()                      # reused, and idle again from now
+        await version(g)                     # reused, and idle again from now
         assert len(g.host.connections) == 2
         t2 = g.loop.time()
         await g.until_time(t2 + 59.9)
@@ -341,7 +338,7 @@ def test_an_idle_pooled_connection_is_closed_at_upstream_idle() -> None:
         await g.until_time(t2 + 60.0)
         await settle()
         assert g.host.connections[1].closed
-        await version()
+        await version(g)
         assert len(g.host.connections) == 3
         await g.stop()
     run(scenario)
