@@ -30,7 +30,7 @@ from ..decisions import routing
 from ..decisions.hostqueue import Admitted, TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
-from ..wire.errors import BadRequest, GuardError, ServiceUnavailable
+from ..wire.errors import BadRequest, ServiceUnavailable
 from . import logs
 from .pool import UpstreamPool
 from .slots import QueueTimeout, queue_full, wait_granted
@@ -274,8 +274,8 @@ class HostSet:
         """The rest of a waiter's decision, at the moment `host` has room for it."""
         try:
             got = w.decide()
-        except GuardError as refused:
-            w.future.set_exception(refused)
+        except Exception as refused:   # a GuardError (429, 401); anything else is the waiter's alone,
+            w.future.set_exception(refused)   # not the pass's nor the exchange whose release ran it
             return Admitted.REFUSED
         if isinstance(got, Full):
             w.by_state = True
