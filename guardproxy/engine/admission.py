@@ -62,9 +62,9 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
     if state.shares_hosts:
         member, wanted = hosts.pick(route, model, host_name)
         ticket = await state.admit(key, client, True, gone, member.name, member.settings.max_concurrent, reserve)
-        if ticket.slot:
+        if ticket.waited:
             try:
-                _still_allowed(gate, key, client)   # (it may have waited for its slot)
+                _still_allowed(gate, key, client)
             except BaseException:
                 state.finish(ticket, None)
                 raise

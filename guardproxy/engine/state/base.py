@@ -43,7 +43,7 @@ class Outcome(Protocol):
 class Ticket:
     """What `admit` granted one request, for `finish` to give back."""
 
-    __slots__ = ("key", "host", "slot", "budget", "lease", "reserved")
+    __slots__ = ("key", "host", "slot", "budget", "lease", "reserved", "waited")
 
     def __init__(self, key: str, host: str = DEFAULT_HOST, slot: bool = False, budget: Budget | None = None,
                  lease: bytes = b"", reserved: int = 0) -> None:
@@ -53,6 +53,7 @@ class Ticket:
         self.budget = budget      # its tokens count against this budget
         self.lease = lease        # its ID in shared state: the slot's lease, the reservation's, the FINISH's
         self.reserved = reserved  # tokens of `budget` reserved until it ends (decisions.budget.reservation)
+        self.waited = False       # granted after waiting in a queue: what may have changed is decided again
 
 
 NO_TICKET = Ticket("")   # nothing to give back (the usual case: no slot, no budget)
