@@ -41,7 +41,7 @@ HOLD = frozenset({429, 503})            # answers kept from the client while ano
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
 _NO_HOLD: frozenset[int] = frozenset()
-# Requests without a model or a host named, by [admin_route][generation]: most requests to one host.
+# Requests that name no host, and no model routing reads, by [admin_route][generation]: most to one host.
 _PLAIN = tuple(tuple(Request(admin_route=admin, generation=gen) for gen in (False, True)) for admin in (False, True))
 
 
@@ -157,12 +157,11 @@ class HostSet:
         assert member is not None, "only a generation waits for a host"
         return member, wanted
 
-    @staticmethod
-    def request(route: Route, model: str | None, target: str | None) -> Request:
-        """What routing knows of a request (one made once when it names no model and no host:
-        a Request is never changed)."""
+    def request(self, route: Route, model: str | None, target: str | None) -> Request:
+        """What routing knows of a request: one made once when it names no host and no model, or a
+        model no placement reads (a lone host's), since a Request is never changed."""
         admin = route.admin or route is UNKNOWN
-        if model is None and target is None:
+        if target is None and (model is None or self.hosts.alone is not None):
             return _PLAIN[admin][route.generation]
         return Request(model=model, target=target, admin_route=admin, generation=route.generation)
 
@@ -176,6 +175,8 @@ class HostSet:
         now, full or not (the lease decides), its slot not taken here (see `take`)."""
         wanted = self.request(route, model, target)
         choice = self._place(wanted)
+        if isinstance(choice, Host):   # (the usual case, without a call more)
+            return self.members[choice.name], wanted
         if choice is Verdict.WAIT:  # full here: the least busy of the full ones, warm first
             choice = self._place(Request(wanted.model, target, wanted.admin_route, generation=False))
         member = self._member(choice)
