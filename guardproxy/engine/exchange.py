@@ -34,7 +34,7 @@ from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
-from .admission import Grant, admit, finish as settle
+from .admission import Grant, admit, admit_at_once, finish as settle
 from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
@@ -170,14 +170,21 @@ class Exchange:
             routed = server.hosts.several and route.model != routes.NO_MODEL
             # A generation against a token budget reserves its worst case, read from its whole body.
             budgeted = route.generation and key.tokens is not None
-            body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
+            if self.has_body or route.model == routes.PATH:
+                body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
+            else:   # (no coroutine for a request without a body: a listing, a version, a health probe)
+                if models.needs_model(key, route):
+                    raise BadRequest("request body must name a model")
+                body = None
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
             reserve = self._reservation(key, body) if budgeted else 0
             merged = route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD")
             filtered = route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self))
-            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost(),
-                                             forward=not (merged or filtered))
+            forward = not (merged or filtered)
+            self.grant = grant = (admit_at_once(server, route, self.model, host_name, forward=forward)
+                                  or await admit(server, key, client, route, self.model, host_name, reserve,
+                                                 conn.lost(), forward=forward))
             try:
                 if merged:
                     return await listing.merged(self, key, path)
