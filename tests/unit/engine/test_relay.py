@@ -263,7 +263,7 @@ async def test_tail_keeps_the_end_of_a_generation_whatever_the_reads(piece: int)
     assert head == b"" and len(tail) <= 256 and response.endswith(tail)
     assert chunk(final) in tail  # the whole final line, however it was split
     assert up.tail() == (b"", b"")  # handed over once
-    assert len(up._tail) == 0
+    assert up._tail is None  # nothing kept past the hand-over
 
 
 async def test_kept_reads_stay_few_for_token_streams() -> None:
@@ -274,10 +274,13 @@ async def test_kept_reads_stay_few_for_token_streams() -> None:
     for _ in range(1000):
         up.data_received(line)
     # At most four reads: the budget's worth joined, and the few reads since.
-    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3 * len(line)
+    assert up._tail is not None
+    kept = up._tail.reads
+    assert len(kept) <= 4 and sum(map(len, kept)) <= 256 + 3 * len(line)
     for _ in range(1000):
         up.data_received(b"x")  # an upstream writing byte by byte: joined, still bounded
-    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3
+    kept = up._tail.reads
+    assert len(kept) <= 4 and sum(map(len, kept)) <= 256 + 3
 
 
 async def test_head_keeps_the_start_for_anthropic_counts() -> None:
