@@ -37,7 +37,7 @@ from .deadlines import Deadlines
 from .failures import ClientGone, UpstreamGone
 from .flow import FlowControl
 from .held import NO_HOLD, HeldAnswer
-from .response import BEGIN, BODY, END, FINAL_HEAD, HEAD, IDLE, MAX_RESPONSE_HEAD, HeadReader, framing_for, next_state
+from .response import BEGIN, BODY, END, FINAL_HEAD, HEAD, IDLE, MAX_RESPONSE_HEAD, TRANSITIONS, HeadReader
 from .sinks import NOWHERE, Collector, Sink
 from .splice import Splice
 from .token_tail import TokenTail
@@ -62,7 +62,7 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
     # Slots, not a __dict__: one of these lives per open stream, and past 30
     # attributes CPython stops sharing instance-dict keys (about 1.5 KiB each).
     __slots__ = ("loop", "_on_idle_close", "transport", "closed", "reused", "idle_since", "state",
-                 "_sink", "_reader", "_framing", "_tail", "_hold", "held", "result", "head_sent", "status",
+                 "_sink", "_reader", "_framing", "_tail", "_kept", "held", "result", "head_sent", "status",
                  "bytes_out", "head_at", "answered", "close_client", "_keep_alive", "_watch",
                  "_paused_by_client", "_write_paused", "_drain_waiter", "_splice")
 
@@ -75,10 +75,10 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
         self.idle_since = 0.0  # loop time it went back to the pool
         self.state = IDLE  # (response.py: the states and the moves between them)
         self._sink: Sink = NOWHERE
-        self._reader: HeadReader | None = None  # only while a response head is awaited
+        self._reader = HeadReader()
         self._framing: Framing = NoBody()
         self._tail: TokenTail | None = None  # only while a generation keeps its ends
-        self._hold = NO_HOLD
+        self._kept: TokenTail | None = None  # this connection's, made for its first generation and reused
         # A response whose status was in `hold`: kept here whole instead of
         # reaching the client, which may then be answered by another host.
         self.held: HeldAnswer | None = None
@@ -116,11 +116,11 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
         `hold`: statuses whose response is kept in `held`, whole, instead of going to `sink`.
         IllegalTransition if an exchange is attached already.
         """
-        self.state = next_state(self.state, BEGIN)
+        self.state = TRANSITIONS[self.state][BEGIN]  # (IllegalTransition: an exchange is attached already)
         self._sink = sink
         if type(sink) is Collector:
             sink.bind(self)  # past its limit, it ends this exchange
-        self._reader = HeadReader(head_request, keep_alive, extra_headers)
+        self._reader.start(head_request, keep_alive, extra_headers, hold)
         self.head_sent = False
         self.status = 0
         self.bytes_out = 0
@@ -128,8 +128,14 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
         self.close_client = not keep_alive
         # Only generations keep references to their last reads (for token counts),
         # so a bulk response never holds more than the transport's own buffer.
-        self._tail = TokenTail(tail, head) if tail else None
-        self._hold = hold
+        if tail:
+            kept = self._kept
+            if kept is None:
+                kept = self._kept = TokenTail()  # (once per connection: making one costs more than a small answer's head)
+            kept.start(tail, head)
+            self._tail = kept
+        else:
+            self._tail = None
         self.held = None
         self.answered = False
         self.result = self.loop.create_future()
@@ -143,16 +149,16 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
         return self.result
 
     def _detach(self) -> None:
-        self.state = next_state(self.state, END)
+        self.state = TRANSITIONS[self.state][END]
         self._watch.discard(self)
         self._sink = NOWHERE
-        self._reader = None
         if self._splice is not None:
             self._splice.close()
             self._splice = None
             if not self.closed and self.transport is not None:
                 self.transport.resume_reading()
-        self._resume_after_client()
+        if self._paused_by_client:
+            self._resume_after_client()
 
     def _finish(self, reusable: bool) -> None:
         self._detach()
@@ -241,7 +247,6 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
     def _head_data(self, data: bytes) -> None:
         self.answered = True
         reader = self._reader
-        assert reader is not None  # (HEAD: begin() made it)
         try:
             final = reader.feed(data)
         except GuardError as err:
@@ -249,21 +254,20 @@ class UpstreamConnection(ZeroCopyBodies, FlowControl, Deadlines, asyncio.Protoco
             return
         if final is None:
             return
-        rh, rest = final
-        self._reader = None
+        rh, framing, rest = final
         self.last_read = self.loop.time()  # from here on the read timeout counts
         self.status = rh.status
-        if self._hold and rh.status in self._hold:
+        if reader.hold and rh.status in reader.hold:
             self._sink = self.held = HeldAnswer(self)
             self.held.response = rh
         elif type(self._sink) is Collector:
             self._sink.response = rh  # it rewrites the answer, so it needs the parsed head
         self.close_client = rh.close_client
         self._keep_alive = rh.upstream_keep_alive
-        framing = self._framing = framing_for(rh)
+        self._framing = framing
         self.bytes_out = len(rh.head)
         self.head_at = time.perf_counter()
-        self.state = next_state(self.state, FINAL_HEAD)
+        self.state = TRANSITIONS[self.state][FINAL_HEAD]
         end = 0
         if rest and not framing.done:
             try:

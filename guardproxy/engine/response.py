@@ -9,8 +9,7 @@ wrong exchange.
     IDLE --begin--> HEAD --head--> BODY --end--> IDLE
                       \\----end------------------^   (an error, or a body-less answer)
 
-The head is read by a HeadReader, which exists only while a head is awaited
-(a stream in its body holds none): it buffers a head split over reads, skips
+The head is read by a HeadReader: it buffers a head split over reads, skips
 interim heads (103, a stray 100, 102 Processing), and refuses what a proxy must
 not pass on.  The body's end is then found by the framing the head names
 (wire/framing.py); feeding it is the relay's token path, so that part stays in
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 from ..wire.framing import ChunkedFraming, CloseFraming, Framing, LengthFraming, NoBody
 from ..wire.heads import BadUpstreamHead, ResponseHead, parse_response_head
+from .held import NO_HOLD
 
 MAX_RESPONSE_HEAD = 65536
 MAX_INTERIM = 10  # interim heads before a final one (102s: in one read); more is a 502
@@ -36,11 +36,6 @@ BEGIN = "begin"  # an exchange is attached: its request is (about to be) sent
 FINAL_HEAD = "head"  # the final response head was read
 END = "end"  # the exchange is over: its body ended, it failed, or its client left
 
-TRANSITIONS: dict[int, dict[str, int]] = {
-    IDLE: {BEGIN: HEAD},
-    HEAD: {FINAL_HEAD: BODY, END: IDLE},
-    BODY: {END: IDLE},
-}
 
 
 class IllegalTransition(RuntimeError):
@@ -52,16 +47,40 @@ class IllegalTransition(RuntimeError):
         self.event = event
 
 
+class Moves(dict[str, int]):
+    """The moves out of one state: event -> next state; any other event raises IllegalTransition.
+
+    (A dict whose __missing__ raises, so a legal move costs the connection two
+    lookups, no call: `self.state = TRANSITIONS[self.state][BEGIN]`.)
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: int, moves: dict[str, int]) -> None:
+        super().__init__(moves)
+        self.state = state
+
+    def __missing__(self, event: str) -> int:
+        raise IllegalTransition(self.state, event)
+
+
+TRANSITIONS: dict[int, Moves] = {
+    IDLE: Moves(IDLE, {BEGIN: HEAD}),
+    HEAD: Moves(HEAD, {FINAL_HEAD: BODY, END: IDLE}),
+    BODY: Moves(BODY, {END: IDLE}),
+}
+
+
 def next_state(state: int, event: str) -> int:
     """The state `event` moves `state` to; IllegalTransition if the table has no such move."""
-    try:
-        return TRANSITIONS[state][event]
-    except KeyError:
-        raise IllegalTransition(state, event) from None
+    return TRANSITIONS[state][event]
 
 
 class HeadReader:
-    """The response head of one exchange, read from reads of any size; dropped once the final head is in.
+    """The response head of one exchange at a time, read from reads of any size.
+
+    One per connection, started again by each exchange (start): making one per
+    exchange would cost more than reading a small answer's head does.
 
     Interim heads are skipped in a loop, never by recursion, and only
     MAX_INTERIM of them per response.  102 Processing says the host is still at
@@ -70,17 +89,22 @@ class HeadReader:
     trickling them forever gets its 504.
     """
 
-    __slots__ = ("buf", "interim", "head_request", "client_keep_alive", "extra")
+    __slots__ = ("buf", "interim", "head_request", "client_keep_alive", "extra", "hold")
 
-    def __init__(self, head_request: bool, client_keep_alive: bool, extra: bytes) -> None:
+    def __init__(self) -> None:
+        self.start(False, True, b"", NO_HOLD)
+
+    def start(self, head_request: bool, client_keep_alive: bool, extra: bytes, hold: frozenset[int]) -> None:
         self.buf = b""
         self.interim = 0  # interim heads skipped in this exchange (102 Processing aside)
         self.head_request = head_request
         self.client_keep_alive = client_keep_alive
         self.extra = extra  # headers added to the client's copy of the head
+        self.hold = hold  # final statuses whose answer is held back (held.py), not the reader's to judge
 
-    def feed(self, data: bytes) -> tuple[ResponseHead, bytes | memoryview] | None:
-        """The final head and the body bytes behind it in this read, or None until it is whole.
+    def feed(self, data: bytes) -> tuple[ResponseHead, Framing, bytes | memoryview] | None:
+        """The final head, the framing it names, and the body bytes behind it in this read;
+        None until the head is whole.
 
         Raises a GuardError (BadUpstreamHead and its kind) for a head no client may get.
         A bulk body's first read (up to 256 KiB behind the head) is viewed, not copied
@@ -112,17 +136,16 @@ class HeadReader:
             buf = buf[idx + 4:]
             if not buf:
                 return None
+        # What finds the end of the body (written out here, not called: this runs once per response)
+        framing: Framing
+        if rh.no_body:
+            framing = NoBody()
+        elif rh.chunked:
+            framing = ChunkedFraming()
+        elif rh.content_length is not None:
+            framing = LengthFraming(rh.content_length)
+        else:
+            framing = CloseFraming()
         if len(buf) - idx - 4 < _BIG_REST or rh.chunked:  # (the chunked framing searches its input)
-            return rh, buf[idx + 4:]
-        return rh, memoryview(buf)[idx + 4:]
-
-
-def framing_for(rh: ResponseHead) -> Framing:
-    """What finds the end of the body behind this head."""
-    if rh.no_body:
-        return NoBody()
-    if rh.chunked:
-        return ChunkedFraming()
-    if rh.content_length is not None:
-        return LengthFraming(rh.content_length)
-    return CloseFraming()
+            return rh, framing, buf[idx + 4:]
+        return rh, framing, memoryview(buf)[idx + 4:]

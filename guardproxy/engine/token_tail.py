@@ -2,8 +2,11 @@
 
 tokens.py reads the counts from these bytes once the response has ended, so
 nothing is parsed per token.  Only generations keep anything: every other
-exchange has no TokenTail at all (relay.UpstreamConnection._tail is None), so a
-bulk response never holds more than the transport's own buffer.
+exchange has no TokenTail attached (relay.UpstreamConnection._tail is None), so a
+bulk response never holds more than the transport's own buffer.  A connection
+makes its TokenTail for its first generation and starts it again for each
+later one: making an object per generation would cost about as many
+instructions as reading a small answer's head.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ class TokenTail:
 
     __slots__ = ("reads", "budget", "head", "head_room")
 
-    def __init__(self, budget: int, head_room: int = 0) -> None:
+    def __init__(self, budget: int = 256, head_room: int = 0) -> None:
         self.reads: list[bytes] = []
-        self.budget = budget  # > 0
+        self.start(budget, head_room)
+
+    def start(self, budget: int, head_room: int = 0) -> None:
+        """A new body: keep its last `budget` (> 0) bytes, and its first `head_room`."""
+        self.reads.clear()
+        self.budget = budget
         self.head = b""
         self.head_room = head_room
 

@@ -301,3 +301,39 @@ async def test_collector_stops_a_response_past_its_limit() -> None:
     with pytest.raises(UpstreamGone, match="too large"):
         await result
     assert transport.aborted
+
+
+async def test_a_held_status_is_kept_from_the_sink_and_bounded() -> None:
+    from guardproxy.engine.held import HELD_LIMIT
+    up, _, _ = connection()
+    sink = Sink()
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(answer)
+    assert await result is True
+    assert sink.data == b"" and not up.head_sent and up.status == 503  # another host may take it
+    assert up.held is not None and bytes(up.held.data).endswith(b"\r\n\r\n{}") and up.held.response is not None
+    up, transport, _ = connection()
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n" % (2 * HELD_LIMIT))
+    up.data_received(b"x" * HELD_LIMIT)
+    with pytest.raises(UpstreamGone, match="too large"):
+        await result
+    assert sink.data == b"" and transport.aborted
+    up, _, _ = connection()
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(LENGTH)  # a status not held goes to the client as it comes
+    assert await result is True and up.held is None and bytes(sink.data) == LENGTH
+
+
+async def test_a_token_tail_only_for_generations() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink())
+    up.data_received(CHUNKED)
+    assert await result is True
+    assert up._tail is None and up.tail() == (b"", b"")  # not a generation: nothing kept for counts
+    result = begin(up, Sink(), tail=256)  # the same connection, reused for a generation
+    assert up._tail is not None
+    up.data_received(LENGTH)
+    await result
+    assert up.tail() == (b"", b"hello") and up._tail is None  # handed over, then gone
