@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from conftest import ADMIN_KEY, KEY, Proxy
-from guardproxy.config.model import KeyEntry, TrafficLimits
+from guardproxy.config.model import KeyEntry
 from guardproxy.config.write import hash_key
 from support.hosts import Fakes, Held, fakes, gate, generate, host, models_asked, work  # noqa: F401 (fakes: a fixture)
 from support.polling import until
@@ -84,17 +84,6 @@ async def test_when_every_host_is_full_a_generation_waits_for_the_first_one_that
         assert (await asyncio.wait_for(waiting, 10)).status == 200
         assert len(work(cold)) == 2 and len(work(warm)) == 1
         on_warm.close()
-
-
-async def test_a_full_gate_answers_503_with_retry_after_after_queue_timeout(fakes: Fakes, tmp_path: Path) -> None:
-    a = await fakes.start(0, models=["m"])
-    async with gate(tmp_path, (host(0, a, 1),), limits=TrafficLimits(queue_timeout=0.2)) as proxy:
-        held = await Held.open(proxy.port, "m", KEY)
-        resp = await generate(proxy.port, "m", KEY)
-        assert resp.status == 503 and resp.header("retry-after") == "1"
-        assert "busy" in json.loads(resp.body)["error"]
-        assert len(work(a)) == 1 and proxy.server.hosts.waiting.queued == 0
-        held.close()
 
 
 async def test_a_model_no_host_has_gets_one_hosts_own_404(fakes: Fakes, tmp_path: Path) -> None:
