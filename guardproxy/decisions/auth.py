@@ -38,6 +38,7 @@ class KeyRing:
     def __init__(self, entries: Iterable[KeyEntry]) -> None:
         entries = tuple(entries)
         self._by_hash = {e.sha256: e for e in entries}
+        self._by_name = {e.name: e for e in entries}
         # A current key always wins over another key's previous one.
         self._previous = {e.previous_sha256: e for e in entries
                           if e.previous_sha256 is not None and e.previous_sha256 not in self._by_hash}
@@ -79,3 +80,18 @@ class KeyRing:
             if today > entry.expires:
                 raise Unauthorized.for_key(entry.name, "expired")
         return entry
+
+    def recheck(self, entry: KeyEntry, today: date | None = None) -> None:
+        """Raise Unauthorized unless the key identified as `entry` still may be used: a request that
+        waited for a slot is decided again when it is woken, and a reload may have removed, revoked
+        or replaced the key meanwhile."""
+        current = self._by_name.get(entry.name)
+        if current is None or entry.sha256 not in (current.sha256, current.previous_sha256):
+            raise Unauthorized()
+        if current.revoked is not None:
+            raise Unauthorized.for_key(current.name, "revoked")
+        if current.expires is not None:
+            if today is None:
+                today = datetime.now(timezone.utc).date()
+            if today > current.expires:
+                raise Unauthorized.for_key(current.name, "expired")

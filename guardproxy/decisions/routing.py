@@ -248,14 +248,18 @@ class Host:
 class Hosts:
     """The configured hosts in order, with what `choose` precomputes from that order."""
 
-    __slots__ = ("order", "by_name", "rotations")
+    __slots__ = ("order", "by_name", "rotations", "alone")
 
-    def __init__(self, hosts: Sequence[Host]) -> None:
+    def __init__(self, hosts: Sequence[Host], *, lone: bool = False) -> None:
         self.order = tuple(hosts)
         self.by_name = {h.name: h for h in self.order}
         if len(self.by_name) != len(self.order):
             raise ValueError("host names must be unique")
         n = len(self.order)
+        # `lone`: one host that is never unavailable, as nginx never marks the server of a group of
+        # one: with nowhere else to go it is always tried, and its own failure is the answer (a 502).
+        # (The single `upstream`; [[upstreams]] keep health and breaker even when there is one.)
+        self.alone: Host | None = self.order[0] if lone and n == 1 else None
         # Scanning from a different start on each turn makes the first of
         # equally busy hosts, the one kept, rotate without a list of ties.
         self.rotations = tuple(self.order[i:] + self.order[:i] for i in range(n)) or ((),)
@@ -314,8 +318,18 @@ def choose(hosts: Hosts, req: Request, now: float, turn: int) -> Host | Verdict:
     request queues until one frees).  A request that takes no slot (/api/show,
     say) never waits: for it, loaded but full comes third and cold and full
     fourth.
+
+    A lone host (Hosts.alone) is never unavailable: down or behind its breaker, it is still the
+    host, and it is full only for a generation at its max_concurrent.
     """
     tried = req.tried
+    alone = hosts.alone
+    if alone is not None:
+        if req.target is not None and req.target != alone.name:
+            return Verdict.NO_SUCH_HOST
+        if tried and alone.name in tried:
+            return Verdict.UNAVAILABLE
+        return Verdict.WAIT if req.generation and alone.in_flight >= alone.max_concurrent else alone
     if req.target is not None:
         # Explicit means explicit: health and breaker do not overrule an admin.
         host = hosts.by_name.get(req.target)

@@ -2,17 +2,26 @@
 
     grant = await admit(gate, key, client, route, model, host_name, reserve, gone)
     ...                                   # forwarded on grant.member
-    gate.state.finish(grant.ticket, record)
+    finish(gate, grant, record, member)   # slots freed, the reservation settled, the next waiter decided
 
-The state (engine/state/) decides rates, bans, the budget reservation and the generation slot in
-one call, and when several gates share each host's max_concurrent ([cluster] with [[upstreams]])
-the host's lease too: the host is then chosen first (hosts.pick), so that its lease is decided
-with the rest, at the same moment and in the same round trip.  In one process the host is chosen
-as soon as the state has granted the rest, with nothing awaited in between, among the hosts with
-room (hosts.first, which counts a generation's host slot); when none has, the request waits in the
-hosts' fair queue (hosts.wait) for what is left of the same queue_timeout: a request waits at most
-queue_timeout in all, whichever queues it passes through.  A request refused on the way gives back
-what it was granted.  (A listing answered by guardproxy itself takes no host here: `forward` False.)
+One order for every generation: its host is chosen first (hosts.py, decisions.routing.choose,
+also for the single `upstream`, a set of one), then the state decides the rest with it, at one
+moment: the key's slot, the budget reservation, and (bans, on a wake) whether it may still run.
+
+- In one process that moment has nothing awaited in it: a host with room is found and the state
+  `take`s the key's slot and reservation in the same step.  When either is missing the request
+  waits in one fair queue (hosts.wait: per key, by weight), and each time a host has room for it
+  the whole decision is made again: the key's slot and budget, its ban, whether its key still
+  exists after a reload.  So a waiting request gets whichever suitable host frees first, waits at
+  most queue_timeout in all, and a budget spent or a ban imposed meanwhile refuses it (429)
+  instead of running it.
+- With Redis ([cluster]) the host is picked (hosts.pick) and its lease is decided with the rest in
+  the one round trip of state.admit; a request that waits there is decided again, budget included,
+  by the grant pass (state/waiting.py), and its ban is checked here when it is woken.
+
+A request that takes no slot and reserves nothing (anything but a generation, or a generation
+without limits) takes no ticket.  A request refused on the way gives back what it was granted.
+(A listing answered by guardproxy itself takes no host here: `forward` False.)
 """
 
 from __future__ import annotations
@@ -24,19 +33,18 @@ from ..decisions.routes import Route
 from ..decisions.routing import Request
 from .gate import Gate
 from .hosts import Member
-from .state.base import Ticket
+from .state.base import Full, Outcome, Ticket
 
 
 class Grant:
-    """What admission granted one request: the state's ticket, and the host when it was chosen with it."""
+    """What admission granted one request: the state's ticket, its host, and what routing knows of it."""
 
     __slots__ = ("ticket", "member", "wanted", "holds_host")
 
-    def __init__(self, ticket: Ticket, member: Member | None = None, wanted: Request | None = None,
-                 holds_host: bool = False) -> None:
+    def __init__(self, ticket: Ticket, member: Member | None, wanted: Request, holds_host: bool = False) -> None:
         self.ticket = ticket          # for state.finish
         self.member = member          # the host it goes to (None: a listing guardproxy answers itself)
-        self.wanted = wanted          # what routing knows of it (None with a single `upstream`)
+        self.wanted = wanted          # what routing knows of it (for a failover)
         self.holds_host = holds_host  # the ticket holds the host's slot: a lease the state moves on a failover
 
 
@@ -45,23 +53,52 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
     """Decide the request's admission; raises what the state raises (429, 503, ClientGone) or what
     choosing a host does (UnknownHost, NoUpstream, HostQueueTimeout)."""
     state, hosts = gate.state, gate.hosts
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + gate.policies.queue_timeout
-    if state.shares_hosts and route.generation and hosts.several:
-        member, picked = hosts.pick(route, model, host_name)
+    if not route.generation:   # no slot, no reservation, never a wait: rates alone (with Redis)
+        ticket = await state.admit(key, client, False, None)
+        if not forward:
+            return Grant(ticket, None, hosts.request(route, model, host_name))
+        member, wanted = hosts.first(route, model, host_name)
+        return Grant(ticket, member, wanted)
+    if state.shares_hosts:
+        member, wanted = hosts.pick(route, model, host_name)
         ticket = await state.admit(key, client, True, gone, member.name, member.settings.max_concurrent, reserve)
+        if ticket.waited:
+            try:
+                _still_allowed(gate, key, client)
+            except BaseException:
+                state.finish(ticket, None)
+                raise
         hosts.take(member)
-        return Grant(ticket, member, picked, holds_host=True)
-    slot = gate.policies.slots_on and route.generation
-    ticket = await state.admit(key, client, route.generation, gone if slot else None, reserve=reserve)
-    if not forward:
-        return Grant(ticket)
-    try:
-        found, wanted = hosts.first(route, model, host_name)
-        if found is None:
-            assert wanted is not None
-            found = await hosts.wait(wanted, key.name, max(0.0, deadline - loop.time()), gone, key.weight)
-    except BaseException:
-        state.finish(ticket, None)   # (nothing ran: the slot and the reservation go back)
-        raise
+        return Grant(ticket, member, wanted, holds_host=ticket.slot)
+    wanted = hosts.request(route, model, host_name)
+    room = hosts.place(wanted)
+    got = state.take(key, reserve) if room is not None else None
+    if isinstance(got, Ticket):
+        assert room is not None
+        hosts.take(room)
+        return Grant(got, room, wanted)
+    state.check_budget(key, reserve)   # refused at once rather than after waiting
+
+    def decide() -> Ticket | Full:   # each time a host has room for it: everything again
+        _still_allowed(gate, key, client)
+        return state.take(key, reserve)
+
+    found, ticket = await hosts.wait(wanted, key.name, gate.policies.queue_timeout, gone, key.weight, decide,
+                                     lambda t: state.finish(t, None), by_state=got is not None)
     return Grant(ticket, found, wanted)
+
+
+def _still_allowed(gate: Gate, key: KeyEntry, client: str) -> None:
+    """What may have changed while a request waited: a ban on its address, its key by a reload."""
+    gate.state.check_ban(client, gate.clock())
+    gate.keys.recheck(key)
+
+
+def finish(gate: Gate, grant: Grant, outcome: Outcome | None, on: Member | None = None) -> None:
+    """The request is over: its key's slot, its reservation and its host's slot are given back at
+    one moment, and only then is the next waiter decided (a freed host with its key's slot still
+    held would go to another key).  `on`: the host it ended on, after a failover."""
+    gate.state.finish(grant.ticket, outcome)
+    member = on or grant.member
+    if member is not None and grant.wanted.generation:   # (a generation's host slot was taken)
+        gate.hosts.release(member)   # (wakes whoever waits)

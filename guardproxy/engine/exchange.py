@@ -7,7 +7,7 @@
     -> the relay splices the response -> the record is written -> the slot freed, tokens settled
 
 Limits are kept by `server.state` (engine/state/: in process, or shared through Redis); admission.py
-asks it and the host set (hosts.py) for one grant, which the exchange keeps.
+chooses the host (hosts.py) and asks the state for the rest, in one grant that the exchange keeps.
 
 An Exchange carries everything about its request (the connection, the
 parsed head, the record, the CORS headers), the way uvicorn's
@@ -34,7 +34,7 @@ from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
-from .admission import Grant, admit
+from .admission import Grant, admit, finish as settle
 from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
@@ -82,7 +82,7 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None  # the connection of the last upstream call
         self.model: str | None = None      # the model Ollama will use, when a check or routing read it
         self.member: Member | None = None  # the host the request is on
-        self.wanted: Request | None = None  # what routing knows of it (None with a single `upstream`)
+        self.wanted: Request | None = None  # what routing knows of it (set with `member`)
         self.grant: Grant | None = None     # its admission (engine/admission.py)
         self.rid = new_request_id()  # X-Request-Id, unless the client sends a safe one
         self.body_left = False  # body bytes may still be on the connection: no next request after this one
@@ -188,7 +188,7 @@ class Exchange:
                 del body
                 return await forwarded
             finally:
-                state.finish(grant.ticket, record)
+                settle(server, grant, record, self.member)   # (the host it ended on, after a failover)
         except GuardError as err:
             return self.refuse(err)
         except ClientGone:
@@ -352,7 +352,7 @@ class Exchange:
         """Forward the request (its body already read, or streamed now) to a host and splice the response."""
         req, route = self.req, self.route
         assert req is not None
-        server, conn, hosts = self.server, self.conn, self.server.hosts
+        server, conn = self.server, self.conn
         grant = self.grant
         assert grant is not None and grant.member is not None
         self.member, self.wanted = grant.member, grant.wanted   # (chosen at admission)
@@ -374,8 +374,6 @@ class Exchange:
             return self._cut_short(exc, usage)
         finally:
             streams[key] -= 1
-            if usage:
-                hosts.release(self.member)  # (the host it ended on, after a failover)
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:

@@ -39,7 +39,7 @@ class Trip(Protocol):
     record: LogRecord
     upstream: UpstreamConnection | None
     member: Member | None
-    wanted: Request | None  # what routing knows of the request (None with a single `upstream`)
+    wanted: Request | None  # what routing knows of the request (None until admission placed it)
 
     @property
     def config(self) -> Config: ...
@@ -83,9 +83,10 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
     reads = pool_rules.is_read(trip.route)   # may be sent again though a host read it
     attempts, fresh = 1, False
     while True:
-        member = trip.member
+        member, wanted = trip.member, trip.wanted
+        assert wanted is not None   # (placed at admission, moved by a failover)
         trip.record.upstream = member.name
-        hold = NO_HOLD if stream_body else hosts.hold_for(member, trip.wanted, attempts)
+        hold = NO_HOLD if stream_body else hosts.hold_for(member, wanted, attempts)
         sent_at = hosts.clock()
         upstream = trip.upstream = None
         written = False   # some of this request reached the host: it may have run
@@ -130,8 +131,8 @@ async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra:
         # An answer kept from the client: another host takes the request, or it goes out after all.
         status = upstream.status
         if status == 404:
-            assert trip.wanted is not None and trip.wanted.model is not None
-            hosts.not_found(member, trip.wanted.model)
+            assert wanted.model is not None
+            hosts.not_found(member, wanted.model)
         else:
             hosts.failed(member, Failure.STATUS, status, sent_at=sent_at)
         if await _elsewhere(trip, Failure.STATUS, status, attempts, True):
@@ -172,7 +173,8 @@ async def _elsewhere(trip: Trip, failure: Failure, status: int, attempts: int, r
     a held answer: the host ran nothing), and its body can be (it was read whole, or none was sent).
     """
     wanted, member = trip.wanted, trip.member
-    if wanted is None or member is None or not replayable:
+    assert wanted is not None and member is not None
+    if not replayable:
         return False
     # A 404 is held back only when the host's list held the model, and only then retried.
     if not fail_over(failure, status, attempts=attempts, max_attempts=trip.config.routing.max_attempts,

@@ -4,13 +4,18 @@ One Member per configured host holds its routing.Host (what `choose`
 reads), its keep-alive pool, and when its model lists were last fetched.
 The HostSet places each request (decisions.routing.choose), counts the
 generations in flight per host, keeps the fair queue of generations waiting
-for a host with room, takes failures and answers into each host's breaker
+(in process the one queue: a waiter goes when a host has room for it and its
+`decide`, the state's slot and budget decision made again then, grants the
+rest; admission.py), takes failures and answers into each host's breaker
 and health, and applies a reloaded host list without touching running
 exchanges.  health.py keeps the snapshot fresh.
 
-With a single `upstream` there is nothing to choose: every request goes to
-it (as before there were several), and only the counters are kept, for
-/ready and the metrics.
+Hosts are always a set: the single `upstream` is a set of one, placed by the
+same code.  That one is never unavailable (decisions.routing.Hosts.alone, as
+nginx's lone server): it is always tried, so a refused connection is its 502,
+not a 503, and it has no max_concurrent of its own (UNCAPPED).  `several` says
+the hosts were configured as [[upstreams]]: their model lists are merged, and
+requests are routed by model.
 """
 
 from __future__ import annotations
@@ -22,19 +27,22 @@ from typing import Awaitable, Callable
 
 from ..config.model import Config, UpstreamHost
 from ..decisions import routing
-from ..decisions.hostqueue import TooManyWaiting, Waiting
+from ..decisions.hostqueue import Admitted, TooManyWaiting, Waiting
 from ..decisions.routes import UNKNOWN, Route
 from ..decisions.routing import Failure, Host, Hosts, Request, Verdict, choose
 from ..wire.errors import BadRequest, ServiceUnavailable
 from . import logs
 from .pool import UpstreamPool
-from .slots import wait_granted
+from .slots import QueueTimeout, queue_full, wait_granted
+from .state.base import NO_TICKET, Full, Ticket
 
 UNCAPPED = 1 << 30  # max_concurrent of a single `upstream`: it has no cap of its own
 HOLD = frozenset({429, 503})            # answers kept from the client while another host may take the request
 HOLD_LISTED = frozenset({404, 429, 503})  # ... and a 404 from a host whose list held the model
 NEVER = float("-inf")
 _NO_HOLD: frozenset[int] = frozenset()
+# Requests that name no host, and no model routing reads, by [admin_route][generation]: most to one host.
+_PLAIN = tuple(tuple(Request(admin_route=admin, generation=gen) for gen in (False, True)) for admin in (False, True))
 
 
 class UnknownHost(BadRequest):
@@ -69,15 +77,26 @@ class Member:
         return f"Member({self.name!r}, {self.settings.address.authority})"
 
 
+class Waiter:
+    """A generation in the queue: what it is woken with, and the rest of its decision."""
+
+    __slots__ = ("future", "decide", "ticket", "by_state")
+
+    def __init__(self, future: "asyncio.Future[Member]", decide: Callable[[], Ticket | Full], by_state: bool) -> None:
+        self.future = future
+        self.decide = decide      # its key's slot and budget, decided again when a host has room
+        self.ticket = NO_TICKET   # what `decide` granted with the host
+        self.by_state = by_state  # it last waited for its key's (or the global) slot, not for a host
+
+
 class HostSet:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.members: dict[str, Member] = {}
         self.hosts = Hosts(())
-        self.single: Member | None = None
-        self.several = False
+        self.several = False   # [[upstreams]]: listings merged, requests routed by model
         self.turn = 0
-        self.waiting: Waiting[asyncio.Future[Member]] = Waiting(config.limits.max_queue)
+        self.waiting: Waiting[Waiter] = Waiting(config.limits.max_queue)
         # Merged answers built from the current snapshot, by path, and as keys with a model list see them.
         self.listings: dict[bytes | tuple[object, ...], bytes] = {}
         self._models: frozenset[str] | None = None  # models(), until the snapshot changes
@@ -112,9 +131,8 @@ class HostSet:
             if members.get(name) is not m:
                 m.pool.close()
         self.members = members
-        self.hosts = Hosts([m.host for m in members.values()])
-        self.single = next(iter(members.values())) if not config.upstreams else None
-        self.several = self.single is None
+        self.hosts = Hosts([m.host for m in members.values()], lone=not config.upstreams)
+        self.several = bool(config.upstreams)
         self.snapshot_changed()
         self.wake()  # more room, or new hosts, for whoever waits
 
@@ -128,69 +146,89 @@ class HostSet:
 
     # --- placing a request -------------------------------------------------------
 
-    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member | None, Request | None]:
-        """The host for a request, its slot taken for a generation; (None, request): wait for one.
-
-        The request (None with a single `upstream`) goes with the exchange,
-        for a failover.  Raises UnknownHost or NoUpstream.
-        """
-        single = self.single
-        if single is not None:
-            if target is not None and target != single.name:
-                raise UnknownHost()
-            if route.generation:
-                single.host.in_flight += 1
-            return single, None
-        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN,
-                         generation=route.generation)
+    def first(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
+        """The host for a request that takes no slot (it never waits), and what routing knows of it
+        (it goes with the exchange, for a failover).  Raises UnknownHost or NoUpstream."""
+        wanted = self.request(route, model, target)
         choice = self._place(wanted)
-        if isinstance(choice, Host):
-            if wanted.generation:
-                choice.in_flight += 1
+        if isinstance(choice, Host):   # (the usual case, without a call more)
             return self.members[choice.name], wanted
-        if choice is Verdict.WAIT:
-            return None, wanted
-        if choice is Verdict.NO_SUCH_HOST:
-            raise UnknownHost()
-        raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
+        member = self._member(choice)
+        assert member is not None, "only a generation waits for a host"
+        return member, wanted
+
+    def request(self, route: Route, model: str | None, target: str | None) -> Request:
+        """What routing knows of a request: one made once when it names no host and no model, or a
+        model no placement reads (a lone host's), since a Request is never changed."""
+        admin = route.admin or route is UNKNOWN
+        if target is None and (model is None or self.hosts.alone is not None):
+            return _PLAIN[admin][route.generation]
+        return Request(model=model, target=target, admin_route=admin, generation=route.generation)
+
+    def place(self, wanted: Request) -> Member | None:
+        """The best host for `wanted` with room now, its slot not taken (see `take`); None: every
+        suitable host is full.  Raises UnknownHost or NoUpstream."""
+        return self._member(self._place(wanted))
 
     def pick(self, route: Route, model: str | None, target: str | None) -> tuple[Member, Request]:
-        """With several hosts, the host for a generation whose host slot is a shared lease ([cluster]):
-        the best one now, full or not (the lease decides), its slot not taken here (see `take`)."""
-        wanted = Request(model=model, target=target, admin_route=route.admin or route is UNKNOWN, generation=True)
+        """The host for a generation whose host slot is a shared lease ([cluster]): the best one
+        now, full or not (the lease decides), its slot not taken here (see `take`)."""
+        wanted = self.request(route, model, target)
         choice = self._place(wanted)
+        if isinstance(choice, Host):   # (the usual case, without a call more)
+            return self.members[choice.name], wanted
         if choice is Verdict.WAIT:  # full here: the least busy of the full ones, warm first
             choice = self._place(Request(wanted.model, target, wanted.admin_route, generation=False))
+        member = self._member(choice)
+        assert member is not None   # (a request that takes no slot is never told to wait)
+        return member, wanted
+
+    def take(self, member: Member) -> None:
+        """A generation was granted `member` (its slot, or its shared lease): count it there."""
+        member.host.in_flight += 1
+
+    def _member(self, choice: Host | Verdict) -> Member | None:
         if isinstance(choice, Host):
-            return self.members[choice.name], wanted
+            return self.members[choice.name]
+        if choice is Verdict.WAIT:
+            return None
         if choice is Verdict.NO_SUCH_HOST:
             raise UnknownHost()
         raise NoUpstream(headers=[("Retry-After", str(self._retry_after()))])
 
-    def take(self, member: Member) -> None:
-        """The shared lease of `member` was granted: count the generation here too (for least-busy)."""
-        member.host.in_flight += 1
+    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]", weight: float,
+                   decide: Callable[[], Ticket | Full], undo: Callable[[Ticket], None], *,
+                   by_state: bool = False) -> tuple[Member, Ticket]:
+        """Wait, in fair order across keys (by their weights), for a host with room for `wanted` at a
+        moment `decide` grants the rest (its key's slot, its budget); 503 after `timeout`.
 
-    async def wait(self, wanted: Request, key: str, timeout: float, gone: "asyncio.Future[None]",
-                   weight: float = 1.0) -> Member:
-        """Wait, in fair order across keys (by their weights), for a host with room for `wanted`; 503 after `timeout`.
-
-        `gone` is done when the client hangs up: its place is given up at once.
+        `decide` runs each time a host has room for it: a Ticket, a Full (it waits on), or a
+        GuardError that refuses it.  `gone` is done when the client hangs up: its place is given up
+        at once.  `by_state`: it waits for its key's slot, not for a host (which 503 it gets).
         """
-        waiter: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
+        w = Waiter(asyncio.get_running_loop().create_future(), decide, by_state)
         try:
-            self.waiting.enqueue(key, wanted, waiter, weight)
+            self.waiting.enqueue(key, wanted, w, weight)
         except TooManyWaiting:
+            if by_state:
+                raise queue_full() from None
             raise HostQueueTimeout("too many requests are waiting for an upstream host",
                                    headers=[("Retry-After", "1")]) from None
 
         def give_up() -> None:
-            # Leave the queue, or hand on a host granted in the same instant (or it is lost for good).
-            if not self.waiting.cancel(key, waiter) and waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
+            # Leave the queue, or hand on what was granted in the same instant (or it is lost for good).
+            fut = w.future
+            if not self.waiting.cancel(key, w) and fut.done() and not fut.cancelled() and fut.exception() is None:
+                undo(w.ticket)
+                self.release(fut.result())
 
-        await wait_granted(waiter, timeout, gone, give_up, HostQueueTimeout)
-        return waiter.result()
+        try:
+            await wait_granted(w.future, timeout, gone, give_up, HostQueueTimeout)
+        except HostQueueTimeout:
+            if w.by_state:
+                raise QueueTimeout(headers=[("Retry-After", "1")]) from None
+            raise
+        return w.future.result(), w.ticket
 
     async def elsewhere(self, failed: Member, wanted: Request, move: Callable[[Member], Awaitable[bool]] | None = None
                         ) -> tuple[Member, Request] | None:
@@ -229,8 +267,22 @@ class HostSet:
         """Give hosts with room to the waiters they suit, in fair order."""
         if not self.waiting.queued:
             return
-        for waiter, host in self.waiting.grant(self._place, self._room):
-            waiter.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
+        for waiter, host in self.waiting.grant(self._place, self._room, self._admit):
+            waiter.future.set_result(self.members[host.name])  # (a waiter that gave up has left the queue)
+
+    @staticmethod
+    def _admit(w: Waiter, host: Host) -> Admitted:
+        """The rest of a waiter's decision, at the moment `host` has room for it."""
+        try:
+            got = w.decide()
+        except Exception as refused:   # a GuardError (429, 401); anything else is the waiter's alone,
+            w.future.set_exception(refused)   # not the pass's nor the exchange whose release ran it
+            return Admitted.REFUSED
+        if isinstance(got, Full):
+            w.by_state = True
+            return Admitted.NOT_KEY if got is Full.KEY else Admitted.NOT_ANY
+        w.ticket, w.by_state = got, False
+        return Admitted.YES
 
     def _place(self, wanted: Request) -> Host | Verdict:
         self.turn += 1
@@ -238,6 +290,9 @@ class HostSet:
 
     def _room(self) -> bool:
         """Some host that takes requests now has a free slot (else no waiter can have one)."""
+        alone = self.hosts.alone
+        if alone is not None:   # (never unavailable)
+            return alone.in_flight < alone.max_concurrent
         now = self.clock()
         return any(h.in_flight < h.max_concurrent and h.available(now) for h in self.hosts.order)
 
@@ -310,8 +365,8 @@ class HostSet:
                 self._models = models
         return self._models
 
-    def hold_for(self, member: Member, wanted: Request | None, attempts: int) -> frozenset[int]:
+    def hold_for(self, member: Member, wanted: Request, attempts: int) -> frozenset[int]:
         """The statuses to keep from the client on this attempt: those another host may answer instead."""
-        if wanted is None or attempts >= self.routing.max_attempts or wanted.target is not None:
+        if self.hosts.alone is not None or attempts >= self.routing.max_attempts or wanted.target is not None:
             return _NO_HOLD
         return HOLD_LISTED if wanted.model is not None and member.host.lists(wanted.model) else HOLD

@@ -1,11 +1,12 @@
 """Waiting for a generation slot: the asynchronous edge of the concurrency decisions.
 
-    await acquire(gate, key, key_limit, queue_timeout, gone)   # in-process (decisions.concurrency)
+    await acquire(gate, key, key_limit, queue_timeout, gone)   # the in-process state used alone
     ...                                                        # the generation runs
     wake(gate.release(key))                                    # however it ended
 
 The gate decides (fair order across keys, limits, queue size); this module only waits for its
 answer and wakes whoever a freed slot goes to.  `wait_granted` is the wait itself, shared with
+the hosts' queue (in process, where a generation waits for its slot and its host together) and
 the Redis backend, whose answers arrive from a round trip instead of at once.
 """
 

@@ -137,7 +137,7 @@ async def test_a_queued_request_whose_client_left_gives_its_place_up(tmp_path: P
         holder_r, holder_w = await asyncio.open_connection("127.0.0.1", p.port)
         holder_w.write(request_bytes("POST", "/api/generate", GEN, AUTH))
         await asyncio.wait_for(up.got_request.wait(), 5)
-        gate = p.server.policies.gate
+        gate = p.server.hosts.waiting   # the one queue of generations
         for _ in range(4):  # four clients queue, then hang up
             _, w = await asyncio.open_connection("127.0.0.1", p.port)
             w.write(request_bytes("POST", "/api/generate", GEN, AUTH))

@@ -106,20 +106,20 @@ async def test_ban_then_unban(fake: FakeOllama, tmp_path: Path) -> None:
 
 async def test_queue_is_fair_across_keys_and_slot_freed_on_disconnect(fake: FakeOllama, tmp_path: Path) -> None:
     p = await start(fake.port, tmp_path, limits=Limits(max_concurrent=1, queue_timeout=10.0))
-    gate = p.server.policies.gate
+    gate, queue = p.server.policies.gate, p.server.hosts.waiting   # slots in use; the one queue
     try:
         _, w1 = await open_stream(p.port, PHONE, gen_body("llama3.2", tokens=100000, delay=0.01))
         waiting = []
         for i, (who, model) in enumerate([(PHONE, "phone-2"), (PHONE, "phone-3"), (PHONE, "phone-4"), (ADMIN, "admin-1")]):
             waiting.append(asyncio.ensure_future(fetch(p.port, "POST", "/api/generate", gen_body(model, tokens=1), who)))
-            await until(lambda n=i + 1: gate.queued == n)
+            await until(lambda n=i + 1: queue.queued == n)
         w1.transport.abort()  # the hang-up ends the stream and frees its slot
         results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
         assert all(r.status == 200 for r in results)
         order = [rec.json()["model"] for rec in fake.requests[1:]]
         # One busy key cannot starve the other: admin goes second, not last.
         assert order == ["phone-2", "admin-1", "phone-3", "phone-4"]
-        assert gate.total == 0 and gate.queued == 0
+        assert gate.total == 0 and queue.queued == 0
     finally:
         await stop(p)
 

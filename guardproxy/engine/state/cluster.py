@@ -158,6 +158,9 @@ class RedisState(State):
     def before_auth(self, client: str, now: float) -> None:
         self.fallback.check_ban(client, now)   # a ban known here (from Redis, or counted without it)
 
+    def check_ban(self, client: str, now: float) -> None:
+        self.fallback.check_ban(client, now)
+
     async def auth_failed(self, client: str, now: float) -> None:
         if not (self.ban.after_failures or self.policies.per_ip):
             return   # nothing to count

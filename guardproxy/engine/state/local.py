@@ -1,7 +1,9 @@
 """The in-process backend: one gate, its limits in its own memory, token budgets in a state file.
 
 Rates, bans and the concurrency gate are decisions.policy.Policies, called where the pipeline
-has always called them; this module adds the waiting for a slot and the token budgets.
+has always called them; this module adds the token budgets, and `take`: a generation's slot and
+reservation decided at once, at the moment a host has room for it (the queue is the hosts' one,
+engine/hosts.py).  `admit` with a generation waits in the gate's own queue: the state used alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ...decisions.concurrency import DEFAULT_HOST
 from ...decisions.limits import retry_after_header
 from ...decisions.policy import BudgetExceeded, Policies
 from .. import slots
-from .base import NO_TICKET, Outcome, State, Ticket
+from .base import NO_TICKET, Full, Outcome, State, Ticket
 from .tokenfile import FLUSH_INTERVAL, TokenFile, state_path
 
 
@@ -71,11 +73,9 @@ class Budgets:
         if wait:
             raise BudgetExceeded(headers=[retry_after_header(wait)])
 
-    def reserve(self, name: str, budget: Budget, need: int, *, checked: bool = False) -> None:
-        """Check (unless `checked` just now), then hold `need` tokens until `release` (nothing awaits
-        in between: one decision)."""
-        if not checked:
-            self.check(name, budget, need)
+    def reserve(self, name: str, budget: Budget, need: int) -> None:
+        """Check, then hold `need` tokens until `release` (nothing awaits in between: one decision)."""
+        self.check(name, budget, need)
         self.held[(name, budget.unit)] = self.held.get((name, budget.unit), 0) + need
 
     def release(self, name: str, budget: Budget, need: int) -> None:
@@ -138,24 +138,48 @@ class LocalState(State):
         # (`host` comes only when `shares_hosts`: in one process hosts.py counts the host slots.)
         if not generation:
             return NO_TICKET
-        budget, budgets, pol = key.tokens, self.budgets, self.policies
+        pol = self.policies
+        got = Full.KEY if key.name in pol.gate.queue else self.take(key, reserve)   # (keep the key's order)
+        if isinstance(got, Ticket):
+            return got
+        # The state used alone: its gate's own fair queue, for the slot.
+        self.check_budget(key, reserve)   # (refused at once rather than after queueing)
+        await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
+        budget = key.tokens
         if budget is None:
-            if not pol.slots_on:
-                return NO_TICKET
-            await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone, key.weight)
             return Ticket(key.name, slot=True)
-        slot = pol.slots_on
-        budgets.check(key.name, budget, reserve)   # (refused at once rather than after queueing)
-        waited = slot and await slots.acquire(pol.gate, key.name, key.max_concurrent, pol.queue_timeout, gone,
-                                              key.weight)
         try:
-            # Decided again after a wait, when the slot is granted: others may have spent meanwhile.
-            budgets.reserve(key.name, budget, reserve, checked=not waited)
+            # Decided again now that the slot is granted: others may have spent meanwhile.
+            self.budgets.reserve(key.name, budget, reserve)
         except BudgetExceeded:
-            if slot:
-                slots.wake(pol.gate.release(key.name))
+            slots.wake(pol.gate.release(key.name))
             raise
-        return Ticket(key.name, slot=slot, budget=budget, reserved=reserve)
+        return Ticket(key.name, slot=True, budget=budget, reserved=reserve)
+
+    def take(self, key: KeyEntry, reserve: int) -> Ticket | Full:
+        pol, budget = self.policies, key.tokens
+        slot = pol.slots_on
+        if slot:
+            gate = pol.gate
+            if gate.max_total is not None and gate.total >= gate.max_total:
+                return Full.ALL
+            if key.max_concurrent is not None and gate.running.get(key.name, 0) >= key.max_concurrent:
+                return Full.KEY
+        if budget is None:
+            if not slot:
+                return NO_TICKET
+        else:
+            self.budgets.reserve(key.name, budget, reserve)   # (raises BudgetExceeded)
+        if slot:
+            pol.gate.take(key.name)
+        return Ticket(key.name, slot=slot, budget=budget, reserved=reserve if budget is not None else 0)
+
+    def check_budget(self, key: KeyEntry, reserve: int) -> None:
+        if key.tokens is not None:
+            self.budgets.check(key.name, key.tokens, reserve)
+
+    def check_ban(self, client: str, now: float) -> None:
+        self.policies.check_ban(client, now)
 
     def finish(self, ticket: Ticket, outcome: Outcome | None) -> None:
         if ticket.slot:

@@ -102,6 +102,7 @@ class SlotQueue:
                 self.state.finish(ticket, None)   # granted in the same instant it gave up: hand it back
 
         await slots.wait_granted(w.future, self.state.policies.queue_timeout, gone, give_up)
+        ticket.waited = True
         return ticket
 
     async def granting(self) -> None:

@@ -220,3 +220,20 @@ def test_host_names_are_unique_and_settings_sane() -> None:
         Host("a", max_concurrent=0)
     with pytest.raises(ValueError):
         Host("a", weight=0)
+
+
+def test_a_lone_host_is_never_unavailable_and_waits_only_at_its_cap() -> None:
+    """The single `upstream` is a set of one: down or behind its breaker, it is still tried (nginx)."""
+    a = Host("a", max_concurrent=2)
+    hosts = Hosts([a], lone=True)
+    a.health_check(False, refused=True)
+    a.failed(Failure.REFUSED, now=NOW, sent_at=NOW)
+    assert not a.available(NOW)
+    assert choose(hosts, Request(model="m"), NOW, 0) is a
+    assert choose(hosts, Request(model=None, admin_route=True), NOW, 0) is a
+    assert choose(hosts, Request(target="b"), NOW, 0) is Verdict.NO_SUCH_HOST
+    assert choose(hosts, Request(model="m").after(a), NOW, 0) is Verdict.UNAVAILABLE
+    a.in_flight = 2
+    assert choose(hosts, Request(model="m"), NOW, 0) is Verdict.WAIT
+    assert choose(hosts, Request(model="m", generation=False), NOW, 0) is a
+    assert choose(Hosts([a]), Request(model="m", generation=False), NOW, 0) is Verdict.UNAVAILABLE
