@@ -56,7 +56,7 @@ class ClientConnection(asyncio.Protocol):
         self.buf = bytearray()
         self.closed = False
         # Waiting for the first byte of a next request head: such a connection
-        # may be closed at once at shutdown.  (UpstreamConnection's _IDLE state
+        # may be closed at once at shutdown.  (UpstreamConnection's IDLE state, response.py,
         # is another thing: an upstream connection with no exchange attached.)
         self.idle = True
         self.peer_ip = "unknown"

@@ -14,6 +14,7 @@ from ..wire.framing import Framing, LengthFraming
 from .failures import ClientGone, UpstreamGone
 from .sinks import Sink
 from .splice import AVAILABLE as SPLICE_AVAILABLE, SPLICE_MIN, Splice, socket_fd
+from .token_tail import TokenTail
 
 
 class Spliceable(Protocol):
@@ -26,7 +27,7 @@ class Spliceable(Protocol):
     _sink: Sink
     _framing: Framing
     _splice: Splice | None
-    _tail_budget: int
+    _tail: TokenTail | None
     _paused_by_client: bool
 
     def _spliced(self, n: int) -> None: ...
@@ -42,7 +43,7 @@ class ZeroCopyBodies:
 
     def _start_splice(self: Spliceable, framing: LengthFraming) -> None:
         """Hand the rest of a long body to the kernel, all but the tail a generation keeps for its counts."""
-        count = framing.remaining - self._tail_budget
+        count = framing.remaining - (self._tail.budget if self._tail is not None else 0)
         if count < SPLICE_MIN or not SPLICE_AVAILABLE:
             return
         sink = self._sink
@@ -62,7 +63,7 @@ class ZeroCopyBodies:
         splice.start()
 
     def _spliced(self: Spliceable, n: int) -> None:
-        self.bytes_out += n  # (progress the read timeout's sweep sees: relay.check_timeout)
+        self.bytes_out += n  # (progress the read timeout's sweep sees: deadlines.py)
 
     def _splice_done(self: Spliceable) -> None:
         self._splice = None

@@ -263,7 +263,7 @@ async def test_tail_keeps_the_end_of_a_generation_whatever_the_reads(piece: int)
     assert head == b"" and len(tail) <= 256 and response.endswith(tail)
     assert chunk(final) in tail  # the whole final line, however it was split
     assert up.tail() == (b"", b"")  # handed over once
-    assert len(up._tail) == 0
+    assert up._tail is None  # nothing kept past the hand-over
 
 
 async def test_kept_reads_stay_few_for_token_streams() -> None:
@@ -274,10 +274,13 @@ async def test_kept_reads_stay_few_for_token_streams() -> None:
     for _ in range(1000):
         up.data_received(line)
     # At most four reads: the budget's worth joined, and the few reads since.
-    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3 * len(line)
+    assert up._tail is not None
+    kept = up._tail.reads
+    assert len(kept) <= 4 and sum(map(len, kept)) <= 256 + 3 * len(line)
     for _ in range(1000):
         up.data_received(b"x")  # an upstream writing byte by byte: joined, still bounded
-    assert len(up._tail) <= 4 and sum(map(len, up._tail)) <= 256 + 3
+    kept = up._tail.reads
+    assert len(kept) <= 4 and sum(map(len, kept)) <= 256 + 3
 
 
 async def test_head_keeps_the_start_for_anthropic_counts() -> None:
@@ -298,3 +301,39 @@ async def test_collector_stops_a_response_past_its_limit() -> None:
     with pytest.raises(UpstreamGone, match="too large"):
         await result
     assert transport.aborted
+
+
+async def test_a_held_status_is_kept_from_the_sink_and_bounded() -> None:
+    from guardproxy.engine.held import HELD_LIMIT
+    up, _, _ = connection()
+    sink = Sink()
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(answer)
+    assert await result is True
+    assert sink.data == b"" and not up.head_sent and up.status == 503  # another host may take it
+    assert up.held is not None and bytes(up.held.data).endswith(b"\r\n\r\n{}") and up.held.response is not None
+    up, transport, _ = connection()
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n" % (2 * HELD_LIMIT))
+    up.data_received(b"x" * HELD_LIMIT)
+    with pytest.raises(UpstreamGone, match="too large"):
+        await result
+    assert sink.data == b"" and transport.aborted
+    up, _, _ = connection()
+    result = begin(up, sink, hold=frozenset({503}))
+    up.data_received(LENGTH)  # a status not held goes to the client as it comes
+    assert await result is True and up.held is None and bytes(sink.data) == LENGTH
+
+
+async def test_a_token_tail_only_for_generations() -> None:
+    up, _, _ = connection()
+    result = begin(up, Sink())
+    up.data_received(CHUNKED)
+    assert await result is True
+    assert up._tail is None and up.tail() == (b"", b"")  # not a generation: nothing kept for counts
+    result = begin(up, Sink(), tail=256)  # the same connection, reused for a generation
+    assert up._tail is not None
+    up.data_received(LENGTH)
+    await result
+    assert up.tail() == (b"", b"hello") and up._tail is None  # handed over, then gone
