@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
@@ -190,10 +190,21 @@ class Exchange:
                     return await listing.merged(self, key, path)
                 if filtered:
                     return await listing.filtered(self, key, path, host_name)
-                # The body goes to proxy() alone: a stream holds no second reference to it.
-                forwarded = self.proxy(body)
+                # The relay is awaited here, not in a coroutine of its own: a frame fewer held for as long
+                # as a stream runs.  The body goes to it alone: a stream holds no second reference to it.
+                keep_alive = self.keep_alive   # (as the response head says it, when the stream ends too)
+                relayed = self.relay_call(body, keep_alive)
                 del body
-                return await forwarded
+                usage = route.generation
+                streams, key_name = server.metrics.streams, record.key or "-"
+                streams[key_name] = streams.get(key_name, 0) + 1
+                try:
+                    upstream, reusable, body_task = await relayed
+                except (ClientGone, GuardError) as exc:
+                    return self._cut_short(exc, usage)
+                finally:
+                    streams[key_name] -= 1
+                return self.relayed(upstream, reusable, body_task, usage, keep_alive)
             finally:
                 settle(server, grant, record, self.member)   # (the host it ended on, after a failover)
         except GuardError as err:
@@ -355,11 +366,9 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None) -> bool:
-        """Forward the request (its body already read, or streamed now) to a host and splice the response."""
-        req, route = self.req, self.route
-        assert req is not None
-        server, conn = self.server, self.conn
+    def relay_call(self, body: bytes | None, keep_alive: bool) -> Coroutine[Any, Any, forwarding.Relayed]:
+        """Forwarding to the host chosen at admission (its body already read, or streamed now): the
+        coroutine that sends the request and splices the response (forwarding.relay), to await."""
         grant = self.grant
         assert grant is not None and grant.member is not None
         self.member, self.wanted = grant.member, grant.wanted   # (chosen at admission)
@@ -368,19 +377,13 @@ class Exchange:
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
             body = self._buffered_body(RETRY_BODY)
         streamed = body is None and self.has_body
-        keep_alive = self.keep_alive
-        usage = route.generation
-        body_task: asyncio.Task[int] | None = None
-        streams, key = server.metrics.streams, self.record.key or "-"
-        streams[key] = streams.get(key, 0) + 1
-        try:
-            upstream, reusable, body_task = await forwarding.relay(
-                self, body or b"", conn.transport, keep_alive=keep_alive, extra=self.extra_headers,
-                stream_body=streamed, counts=usage)
-        except (ClientGone, GuardError) as exc:
-            return self._cut_short(exc, usage)
-        finally:
-            streams[key] -= 1
+        return forwarding.relay(self, body or b"", self.conn.transport, keep_alive=keep_alive,
+                                extra=self.extra_headers, stream_body=streamed, counts=self.route.generation)
+
+    def relayed(self, upstream: UpstreamConnection, reusable: bool, body_task: "asyncio.Task[int] | None",
+                usage: bool, keep_alive: bool) -> bool:
+        """The response has been spliced: the connection pooled or closed, the record completed.
+        True if the client connection stays open for the next request."""
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -388,6 +391,7 @@ class Exchange:
                 self.record.bytes_in += body_task.result()
             else:
                 body_task.cancel()
+        assert self.member is not None
         if reusable and body_complete:
             self.member.pool.release(upstream)
         else:
