@@ -15,6 +15,12 @@ count).  Kinds:
     version  GET /api/version: forwarded (three hosts: to the least busy one)
     gen      POST /api/generate, one token, not streamed: forwarded (three hosts: model routing)
 
+`--feature F` turns one of the request path's optional features on for the key (no limits):
+`models` (a `models` list: the body's model read and checked), `clamp` (`max_output_tokens` and
+`max_num_ctx` below what the body asks: the body re-encoded), `cap` (`max_output_tokens` above
+it: read, nothing rewritten), `alias` (an [aliases] entry for the body's model: rewritten), `cloud`
+(`cloud = true`: no cloud scan of the body).  Compare with `--feature none`.
+
 `--limits in-process` adds per_ip, a key rate, max_concurrent and a token budget (set so high that
 nothing is refused, as in cluster_cost.py); `--limits redis` keeps them in a redis-server started
 for the run (outside callgrind: only the gate's side of a round trip is counted).
@@ -43,12 +49,19 @@ def request(kind: str) -> bytes:
         return f"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode()
     if kind == "version":
         return f"GET /api/version HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode()
-    body = b'{"model":"llama3.2","prompt":"hi","stream":false,"options":{"num_predict":1}}'
+    body = b'{"model":"llama3.2","prompt":"hi","stream":false,"options":{"num_predict":1,"num_ctx":8192}}'
     return (f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def child(mode: str, hosts: int, kind: str, n: int, limits: str = "none", redis_port: int = 0) -> None:
+FEATURES: dict[str, dict[str, object]] = {
+    "none": {}, "models": {"models": ("llama3.2*",)}, "clamp": {"max_output_tokens": 1, "max_num_ctx": 4096},
+    "cap": {"max_output_tokens": 4096, "max_num_ctx": 65536}, "alias": {}, "cloud": {"cloud": True},
+}
+
+
+async def child(mode: str, hosts: int, kind: str, n: int, limits: str = "none", redis_port: int = 0,
+                feature: str = "none") -> None:
     from guardproxy.config.model import (Budget, Cluster, Config, KeyEntry, Rate, Routing, TrafficLimits, Upstream,
                                          UpstreamHost)
     from guardproxy.engine.server import GuardServer
@@ -58,8 +71,10 @@ async def child(mode: str, hosts: int, kind: str, n: int, limits: str = "none", 
     if mode == "proxy":
         upstreams = tuple(UpstreamHost(f"gpu-{i}", Upstream(f.host, f.port), max_concurrent=64)
                           for i, f in enumerate(fakes)) if hosts > 1 else ()
-        key = KeyEntry("b", hashlib.sha256(KEY.encode()).digest())
+        key = KeyEntry("b", hashlib.sha256(KEY.encode()).digest(), **FEATURES[feature])  # type: ignore[arg-type]
         extra: dict[str, object] = {}
+        if feature == "alias":
+            extra["aliases"] = (("llama3.2", "llama3.2:latest"),)
         if limits != "none":
             key = KeyEntry("b", key.sha256, rate=Rate(1_000_000, 1.0), max_concurrent=100_000,
                            tokens=Budget(10 ** 12, 86400.0, "day"))
@@ -87,12 +102,13 @@ async def child(mode: str, hosts: int, kind: str, n: int, limits: str = "none", 
     writer.close()
 
 
-LIMITS = ["none", 0]   # --limits, and the redis-server's port with "redis"
+LIMITS = ["none", 0, "none"]   # --limits, the redis-server's port with "redis", --feature
 
 
 def collected(mode: str, hosts: int, kind: str, n: int) -> int:
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          __file__, "--child", mode, str(hosts), kind, str(n), str(LIMITS[0]), str(LIMITS[1])],
+                          __file__, "--child", mode, str(hosts), kind, str(n), str(LIMITS[0]), str(LIMITS[1]),
+                          str(LIMITS[2])],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
     m = re.search(r"Collected : (\d+)", out.stderr)
     if m is None:
@@ -109,16 +125,18 @@ def per_request(hosts: int, kind: str, n: int) -> int:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         import uvloop
-        _, mode, hosts, kind, n, limits, redis_port = sys.argv[1:]
-        uvloop.run(child(mode, int(hosts), kind, int(n), limits, int(redis_port)))
+        _, mode, hosts, kind, n, limits, redis_port, feature = sys.argv[1:]
+        uvloop.run(child(mode, int(hosts), kind, int(n), limits, int(redis_port), feature))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default="get,version,gen")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--one", action="store_true", help="one host only")
     ap.add_argument("--limits", choices=("none", "in-process", "redis"), default="none")
+    ap.add_argument("--feature", choices=sorted(FEATURES), default="none")
     args = ap.parse_args()
     LIMITS[0] = args.limits
+    LIMITS[2] = args.feature
     if args.limits == "redis":
         import tempfile
         sys.path.insert(0, str(ROOT / "benchmarks"))

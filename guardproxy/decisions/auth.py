@@ -51,7 +51,7 @@ class KeyRing:
         """
         api_keys = []
         bearer = []
-        for name, _, value in req.headers:
+        for _, name, value in req.headers:
             if name == b"x-api-key":
                 api_keys.append(value)
             elif name == b"authorization":

@@ -47,9 +47,10 @@ def needs_body(key: KeyEntry, route: routes.Route, aliases: Aliases) -> bool:
 def edit_body(key: KeyEntry, route: routes.Route, req: RequestHead, body: bytes, aliases: Aliases) -> Edited:
     """The body as it goes on (see the module's text); Forbidden or BadRequest when it may not."""
     plain = decoded_body(body, req.get(b"content-encoding"), zstd_allowed=route.zstd)
-    escaped = b"\\u" in plain
+    # (find, not `in`: bytes' `in` with a bytes operand costs half as much again per scan)
+    escaped = plain.find(b"\\u") >= 0
     searching = not web_search.may_declare(key, route) and web_search.could_declare(plain)
-    placing = route.options and not key.admin and (escaped or any(n in plain for n in clamps.PLACEMENT_BYTES))
+    placing = route.options and not key.admin and (escaped or clamps.mentions_placement(plain))
     aliased = bool(aliases) and route.model in _JSON_MODEL
     if not (searching or placing or aliased or clamps.edits_body(key, route)):
         return UNCHANGED  # nothing here can be refused or changed: not parsed

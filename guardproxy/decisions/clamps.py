@@ -26,6 +26,14 @@ from .json_members import JsonObject, MergedObject
 # api.Runner's placement fields: which GPUs and threads a model loads on, and how.
 PLACEMENT = ("num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap", "draft_num_predict")
 PLACEMENT_BYTES = tuple(name.encode() for name in PLACEMENT)
+
+
+def mentions_placement(body: bytes | bytearray) -> bool:
+    """Whether a placement option's name appears anywhere in the body (then it is parsed)."""
+    for name in PLACEMENT_BYTES:
+        if body.find(name) >= 0:
+            return True
+    return False
 # The options whose values are read; the others keep their text unread.
 READ_OPTIONS = frozenset(PLACEMENT + ("num_ctx", "num_predict"))
 # The top-level fields read here (as Go folds them).

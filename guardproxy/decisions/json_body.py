@@ -57,6 +57,15 @@ _WS_RE = re.compile(_WS)
 _SCALAR_RE = re.compile(_SCALAR)
 _KEY_RE = re.compile(rb"(" + _STR + rb")" + _WS + rb":" + _WS)
 # After a value inside a container: as many further flat members (elements) as follow, in one call.
+# One member of the top level in one call: its name, and its value when that is a scalar (else
+# _skip walks it); then what follows it: a comma, or the closing brace (group 1).
+_MEMBER_RE = re.compile(rb"(" + _STR + rb")" + _WS + rb":" + _WS + rb"(" + _SCALAR + rb")?")
+_AFTER_RE = re.compile(_WS + rb"(?:,|(\}))" + _WS)
+# A container holding scalars only (the usual `options`, a `stop` list), checked in one call.
+_FLAT_OBJ = re.compile(rb"\{" + _WS + rb"(?:" + _STR + _WS + rb":" + _WS + _SCALAR + rb"(?:" + _WS + rb"," + _WS + _STR
+                       + _WS + rb":" + _WS + _SCALAR + rb")*+" + _WS + rb")?\}")
+_FLAT_ARR = re.compile(rb"\[" + _WS + rb"(?:" + _SCALAR + rb"(?:" + _WS + rb"," + _WS + _SCALAR + rb")*+" + _WS
+                       + rb")?\]")
 _OBJ_RUN = re.compile(rb"(?:" + _WS + rb"," + _WS + _STR + _WS + rb":" + _WS + _SCALAR + rb")*+" + _WS)
 _ARR_RUN = re.compile(rb"(?:" + _WS + rb"," + _WS + _SCALAR + rb")*+" + _WS)
 _OPEN = {0x7B: 0x7D, 0x5B: 0x5D}  # opener -> closer
@@ -68,6 +77,8 @@ class Malformed(BadRequest):
 
 def fold(name: str) -> str:
     """A field name as Go's decoder compares it (ASCII case and the four letters that fold onto ASCII)."""
+    if name.isascii() and name.islower():
+        return name  # (the usual spelling: nothing to fold, and translate's per-letter lookups spared)
     return name.translate(_FOLD)
 
 
@@ -76,6 +87,11 @@ def _skip(b: bytes | bytearray, pos: int, depth: int) -> int:
     m = _SCALAR_RE.match(b, pos)
     if m is not None:
         return m.end()
+    if depth < MAX_DEPTH:
+        flat = _FLAT_OBJ if b[pos:pos + 1] == b"{" else _FLAT_ARR
+        m = flat.match(b, pos, min(len(b), pos + RUN_BYTES))
+        if m is not None:
+            return m.end()
     stack: list[int] = []
     at_value = True
     n = len(b)
@@ -144,6 +160,11 @@ def _go_float(text: str) -> float:
     return f
 
 
+# Built once: json.loads with hooks would build a decoder (and its scanner) per call.
+_DECODERS = (json.JSONDecoder(parse_float=_go_float, parse_int=int),
+             json.JSONDecoder(parse_float=_go_float, parse_int=_go_float))
+
+
 def decode_value(raw: bytes | bytearray, *, go_any: bool = False) -> Any:
     """A read field's value, built, its strings checked for what Go would replace.  `go_any`:
     every number as a float, as Go decodes into `any` (the options map)."""
@@ -153,8 +174,12 @@ def decode_value(raw: bytes | bytearray, *, go_any: bool = False) -> Any:
         text = raw.decode("utf-8")  # strict: no invalid bytes, no encoded surrogates
     except UnicodeDecodeError:
         raise BadRequest("request body has invalid UTF-8 in a field it checks") from None
+    if text[:1] == '"' and "\\" not in text:
+        # A string without escapes (the grammar has checked it: no control characters, one quote
+        # at each end) is its own text: the usual model name, built without the JSON decoder.
+        return text[1:-1]
     try:
-        value = json.loads(text, parse_float=_go_float, parse_int=_go_float if go_any else int)
+        value = _DECODERS[go_any].decode(text)
     except (ValueError, RecursionError):
         raise BadRequest("request body has a number out of range") from None
     if "\\u" in text or "\\U" in text:
@@ -163,7 +188,7 @@ def decode_value(raw: bytes | bytearray, *, go_any: bool = False) -> Any:
 
 
 def _key(raw: bytes | bytearray) -> str:
-    if b"\\" not in raw:
+    if 0x5C not in raw:  # (no backslash; an int operand: bytes' `in` with bytes is far slower)
         try:
             return raw[1:-1].decode("utf-8")
         except UnicodeDecodeError:
@@ -188,14 +213,17 @@ def read_top(body: bytes | bytearray, fields: frozenset[str] = FIELDS, *, top: b
         pos += 1
     else:
         while True:
-            m = _KEY_RE.match(body, pos)
+            m = _MEMBER_RE.match(body, pos)
             if m is None:
                 raise Malformed()
             members += 1
             if members > MAX_TOP_MEMBERS and top:
                 raise BadRequest(f"request body has more than {MAX_TOP_MEMBERS} top-level members")
-            start = m.end()
-            end = _skip(body, start, 1)
+            if m.end(2) >= 0:
+                start, end = m.span(2)  # a scalar: matched with its name
+            else:
+                start = m.end()
+                end = _skip(body, start, 1)
             key = _key(m.group(1))
             folded = fold(key)
             if folded in fields:
@@ -204,15 +232,12 @@ def read_top(body: bytes | bytearray, fields: frozenset[str] = FIELDS, *, top: b
                 if folded in found:
                     raise BadRequest(f"request body sets {folded!r} more than once")
                 found[folded] = body[start:end]
-            pos = _WS_RE.match(body, end).end()  # type: ignore[union-attr]
-            c = body[pos] if pos < n else -1
-            if c == 0x2C:
-                pos = _WS_RE.match(body, pos + 1).end()  # type: ignore[union-attr]
-                continue
-            if c == 0x7D:
-                pos += 1
+            after = _AFTER_RE.match(body, end)
+            if after is None:
+                raise Malformed()
+            pos = after.end()
+            if after.end(1) >= 0:  # the closing brace (and the whitespace after it)
                 break
-            raise Malformed()
     if _WS_RE.match(body, pos).end() != n:  # type: ignore[union-attr]
         raise BadRequest("request body has data after its JSON object")
     return found

@@ -85,7 +85,7 @@ class Policies:
         if not self.proxies.nets:
             return peer
         name = self.address_header
-        return self.proxies.client_address(peer, [v for n, _, v in req.headers if n == name], self.address_header_name)
+        return self.proxies.client_address(peer, [v for _, n, v in req.headers if n == name], self.address_header_name)
 
     def check_ban(self, client: str, now: float) -> None:
         """Banned while the address is."""

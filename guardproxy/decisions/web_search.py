@@ -35,7 +35,7 @@ def may_declare(key: KeyEntry, route: routes.Route) -> bool:
 
 def could_declare(body: bytes | bytearray) -> bool:
     """False only when no tool type in the body can read as web_search (no such text, no \\u escape)."""
-    return b"web_search" in body or b"\\u" in body
+    return body.find(b"web_search") >= 0 or body.find(b"\\u") >= 0
 
 
 def _is_web_search(rule: str, value: str) -> bool:

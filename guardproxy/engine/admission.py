@@ -33,7 +33,7 @@ from ..decisions.routes import Route
 from ..decisions.routing import Request
 from .gate import Gate
 from .hosts import Member
-from .state.base import Full, Outcome, Ticket
+from .state.base import NO_TICKET, Full, Outcome, Ticket
 
 
 class Grant:
@@ -54,6 +54,9 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
     choosing a host does (UnknownHost, NoUpstream, HostQueueTimeout)."""
     state, hosts = gate.state, gate.hosts
     if not route.generation:   # no slot, no reservation, never a wait: rates alone (with Redis)
+        at_once = admit_at_once(gate, route, model, host_name, forward=forward)
+        if at_once is not None:
+            return at_once
         ticket = await state.admit(key, client, False, None)
         if not forward:
             return Grant(ticket, None, hosts.request(route, model, host_name))
@@ -86,6 +89,20 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
     found, ticket = await hosts.wait(wanted, key.name, gate.policies.queue_timeout, gone, key.weight, decide,
                                      lambda t: state.finish(t, None), by_state=got is not None)
     return Grant(ticket, found, wanted)
+
+
+def admit_at_once(gate: Gate, route: Route, model: str | None, host_name: str | None, *,
+                  forward: bool = True) -> Grant | None:
+    """admit() without an await where nothing is left to decide: a request that takes no slot, with a
+    state whose rates and bans were decided before the key and after it (in process).  None: await
+    admit().  (Two coroutines fewer on every small request.)"""
+    if route.generation or not gate.state.decided_before_admit:
+        return None
+    hosts = gate.hosts
+    if not forward:
+        return Grant(NO_TICKET, None, hosts.request(route, model, host_name))
+    member, wanted = hosts.first(route, model, host_name)
+    return Grant(NO_TICKET, member, wanted)
 
 
 def _still_allowed(gate: Gate, key: KeyEntry, client: str) -> None:

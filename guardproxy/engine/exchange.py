@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 from dataclasses import replace
 
 from ..config.model import Config, KeyEntry
@@ -34,7 +34,7 @@ from ..decisions.routing import Request
 from ..wire.errors import BadRequest, Forbidden, GuardError, PayloadTooLarge, Unauthorized, render, response_head
 from ..wire.heads import CONTINUE, RequestHead, build_upstream_head, new_request_id, parse_request_head
 from . import bodies, forwarding, listing
-from .admission import Grant, admit, finish as settle
+from .admission import Grant, admit, admit_at_once, finish as settle
 from .accesslog import LogRecord, cut
 from .client import ClientConnection
 from .failures import ClientGone
@@ -170,23 +170,41 @@ class Exchange:
             routed = server.hosts.several and route.model != routes.NO_MODEL
             # A generation against a token budget reserves its worst case, read from its whole body.
             budgeted = route.generation and key.tokens is not None
-            body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
+            if self.has_body or route.model == routes.PATH:
+                body = await self._checked_body(key, route, path, whole=slot or routed or budgeted, routed=routed)
+            else:   # (no coroutine for a request without a body: a listing, a version, a health probe)
+                if models.needs_model(key, route):
+                    raise BadRequest("request body must name a model")
+                body = None
             del req  # (it may have been replaced by one framed with the body's length: keep one)
             method = self.req.method
             reserve = self._reservation(key, body) if budgeted else 0
             merged = route.listing and host_name is None and server.hosts.several and method in (b"GET", b"HEAD")
             filtered = route.listing and method == b"GET" and (key.models is not None or listing.lists_aliases(self))
-            self.grant = grant = await admit(server, key, client, route, self.model, host_name, reserve, conn.lost(),
-                                             forward=not (merged or filtered))
+            forward = not (merged or filtered)
+            self.grant = grant = (admit_at_once(server, route, self.model, host_name, forward=forward)
+                                  or await admit(server, key, client, route, self.model, host_name, reserve,
+                                                 conn.lost(), forward=forward))
             try:
                 if merged:
                     return await listing.merged(self, key, path)
                 if filtered:
                     return await listing.filtered(self, key, path, host_name)
-                # The body goes to proxy() alone: a stream holds no second reference to it.
-                forwarded = self.proxy(body)
+                # The relay is awaited here, not in a coroutine of its own: a frame fewer held for as long
+                # as a stream runs.  The body goes to it alone: a stream holds no second reference to it.
+                keep_alive = self.keep_alive   # (as the response head says it, when the stream ends too)
+                relayed = self.relay_call(body, keep_alive)
                 del body
-                return await forwarded
+                usage = route.generation
+                streams, key_name = server.metrics.streams, record.key or "-"
+                streams[key_name] = streams.get(key_name, 0) + 1
+                try:
+                    upstream, reusable, body_task = await relayed
+                except (ClientGone, GuardError) as exc:
+                    return self._cut_short(exc, usage)
+                finally:
+                    streams[key_name] -= 1
+                return self.relayed(upstream, reusable, body_task, usage, keep_alive)
             finally:
                 settle(server, grant, record, self.member)   # (the host it ended on, after a failover)
         except GuardError as err:
@@ -348,11 +366,9 @@ class Exchange:
 
     # --- through the upstream ------------------------------------------------------
 
-    async def proxy(self, body: bytes | None) -> bool:
-        """Forward the request (its body already read, or streamed now) to a host and splice the response."""
-        req, route = self.req, self.route
-        assert req is not None
-        server, conn = self.server, self.conn
+    def relay_call(self, body: bytes | None, keep_alive: bool) -> Coroutine[Any, Any, forwarding.Relayed]:
+        """Forwarding to the host chosen at admission (its body already read, or streamed now): the
+        coroutine that sends the request and splices the response (forwarding.relay), to await."""
         grant = self.grant
         assert grant is not None and grant.member is not None
         self.member, self.wanted = grant.member, grant.wanted   # (chosen at admission)
@@ -361,19 +377,13 @@ class Exchange:
             # another host).  (A larger one never is: the client's read buffer pauses far below 1 MiB.)
             body = self._buffered_body(RETRY_BODY)
         streamed = body is None and self.has_body
-        keep_alive = self.keep_alive
-        usage = route.generation
-        body_task: asyncio.Task[int] | None = None
-        streams, key = server.metrics.streams, self.record.key or "-"
-        streams[key] = streams.get(key, 0) + 1
-        try:
-            upstream, reusable, body_task = await forwarding.relay(
-                self, body or b"", conn.transport, keep_alive=keep_alive, extra=self.extra_headers,
-                stream_body=streamed, counts=usage)
-        except (ClientGone, GuardError) as exc:
-            return self._cut_short(exc, usage)
-        finally:
-            streams[key] -= 1
+        return forwarding.relay(self, body or b"", self.conn.transport, keep_alive=keep_alive,
+                                extra=self.extra_headers, stream_body=streamed, counts=self.route.generation)
+
+    def relayed(self, upstream: UpstreamConnection, reusable: bool, body_task: "asyncio.Task[int] | None",
+                usage: bool, keep_alive: bool) -> bool:
+        """The response has been spliced: the connection pooled or closed, the record completed.
+        True if the client connection stays open for the next request."""
         body_complete = body_task is None or (body_task.done() and not body_task.cancelled()
                                               and body_task.exception() is None)
         if body_task is not None:
@@ -381,6 +391,7 @@ class Exchange:
                 self.record.bytes_in += body_task.result()
             else:
                 body_task.cancel()
+        assert self.member is not None
         if reusable and body_complete:
             self.member.pool.release(upstream)
         else:

@@ -51,8 +51,12 @@ class Trip(Protocol):
     async def elsewhere(self, failed: Member, wanted: Request) -> tuple[Member, Request] | None: ...
 
 
+# What relay() returns: the connection, whether it may be pooled again, the task still sending the body.
+Relayed = tuple[UpstreamConnection, bool, "asyncio.Task[int] | None"]
+
+
 async def relay(trip: Trip, body: bytes, sink: Sink, *, keep_alive: bool, extra: bytes, stream_body: bool,
-                counts: bool = False) -> tuple[UpstreamConnection, bool, "asyncio.Task[int] | None"]:
+                counts: bool = False) -> Relayed:
     """Send the head and `body` (or stream the body) to `trip.member`; the response goes to `sink`.
 
     `counts`: keep what the route's token counts need of the response body.

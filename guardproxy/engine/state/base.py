@@ -67,6 +67,9 @@ class Full(enum.Enum):
 
 class State(ABC):
     shares_hosts = False  # a host's max_concurrent is a lease of this state, not counted by hosts.py alone
+    # admit() of a request that takes no slot decides nothing: its rates and bans were decided by
+    # before_auth/after_auth (in process), so admission need not await it.
+    decided_before_admit = False
     errors = 0          # calls to shared state that failed or timed out (none in process)
     fallbacks = 0       # requests decided without shared state (by [cluster] on_redis_error)
 

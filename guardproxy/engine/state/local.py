@@ -119,6 +119,8 @@ class Budgets:
 
 
 class LocalState(State):
+    decided_before_admit = True   # (admit returns NO_TICKET for a request that takes no slot)
+
     def __init__(self, config: Config, policies: Policies, *, log: TextIO = sys.stderr,
                  environ: Mapping[str, str]) -> None:
         self.policies = policies
