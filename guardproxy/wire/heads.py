@@ -56,6 +56,11 @@ def new_request_id() -> bytes:
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+# The field list of a request whose upstream head is built already (Exchange.upstream_head): shared,
+# never appended to.
+NO_FIELDS: list[tuple[bytes, bytes, bytes]] = []
+
+
 @dataclass(slots=True)
 class RequestHead:
     method: bytes

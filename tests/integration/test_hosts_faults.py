@@ -34,6 +34,21 @@ async def test_a_host_that_answers_503_at_once_is_failed_over_and_then_left_alon
     assert [line["upstream"] for line in lines] == ["gpu-b"] * 5 and {line["status"] for line in lines} == {200}
 
 
+async def test_a_request_failed_over_reaches_each_host_with_its_own_host_field_and_every_other_field(
+        fakes: Fakes, tmp_path: Path) -> None:
+    # The upstream head is built once; for the next host only its Host line changes.
+    busy = await fakes.start(0, models=["m"], loaded=["m"], busy=True)  # warm: chosen first
+    ok = await fakes.start(1, models=["m"])
+    async with gate(tmp_path, (host(0, busy), host(1, ok))) as proxy:
+        resp = await generate(proxy.port, "m", KEY)
+        assert resp.status == 200
+    (first,), (second,) = work(busy), work(ok)
+    assert first.header("host") == f"{busy.host}:{busy.port}" and second.header("host") == f"{ok.host}:{ok.port}"
+    assert [(k.lower(), v) for k, v in first.headers if k.lower() != "host"] == \
+        [(k.lower(), v) for k, v in second.headers if k.lower() != "host"]
+    assert second.header("x-forwarded-for") == "127.0.0.1" and second.header("x-request-id")
+
+
 async def test_at_most_max_attempts_hosts_and_the_last_answer_is_ollamas_own(fakes: Fakes, tmp_path: Path) -> None:
     busy = [await fakes.start(i, models=["m"], busy=True) for i in range(3)]
     async with gate(tmp_path, tuple(host(i, f) for i, f in enumerate(busy))) as proxy:
