@@ -260,6 +260,9 @@ def check_windows_service(name: str, listen_host: str, port: int) -> list[Findin
         return [Finding(INFO, f"no Windows service \"{name}\" installed",
                         "`guardproxy service install --open-firewall` in an Administrator prompt, "
                         "to start guardproxy on boot")]
+    if state == "UNKNOWN":
+        return [Finding(WARN, f"cannot tell the state of Windows service \"{name}\" (sc.exe gave no answer)",
+                        f"`sc.exe query {name}` in a prompt shows it")]
     out = [Finding(OK if state == "RUNNING" else WARN, f"Windows service \"{name}\" is {state.lower()}",
                    "" if state == "RUNNING" else f"`guardproxy service start --name {name}`")]
     if not is_loopback_host(listen_host):

@@ -16,7 +16,8 @@ import trustme
 from conftest import KEY, Proxy
 from guardproxy import cli
 from guardproxy.ops import systemd
-from guardproxy.ops.doctor import FAIL, INFO, OK, WARN, Finding, check_file_mode, check_open_files, run_doctor
+from guardproxy.ops.doctor import (FAIL, INFO, OK, WARN, Finding, check_file_mode, check_open_files, check_windows_service,
+                                   run_doctor)
 from guardproxy.testing.fake_ollama import FakeOllama
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
@@ -239,3 +240,11 @@ async def test_every_host_is_reported_and_only_the_exposed_one_fails(tmp_path: P
     assert f"ok    gpu-a: port {inside.port} is not open to other machines (it listens on loopback only)" in oks
     (fail,) = [f for f in findings if f.level == FAIL]
     assert fail.text.startswith(f"gpu-b: Ollama listens on 0.0.0.0:{exposed.port}: anyone on the LAN")
+
+
+@pytest.mark.posix_only("sc.exe exists on Windows: here it cannot be started, as when Windows refuses to start it")
+def test_a_service_manager_that_cannot_be_asked_is_a_warning_not_a_traceback() -> None:
+    (finding,) = check_windows_service("guardproxy", "127.0.0.1", 11435)
+    assert finding.level == WARN
+    assert finding.text == 'cannot tell the state of Windows service "guardproxy" (sc.exe gave no answer)'
+    assert "sc.exe query guardproxy" in finding.fix

@@ -109,8 +109,16 @@ def explain_sc_failure(returncode: int, output: str) -> str:
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
+NOT_RUN = -1  # run_tool's return code for a program that could not be started at all
+
+
 def run_tool(args: Sequence[str]) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(list(args), capture_output=True, text=True, errors="replace")
+    """Run sc.exe or netsh.  A program Windows cannot start (missing, refused, a failed CreateProcess)
+    is an answer with return code NOT_RUN and the reason, for the caller to report: never a traceback."""
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        return subprocess.CompletedProcess(list(args), NOT_RUN, "", f"cannot run {args[0]}: {e}")
 
 
 def run_sc(args: Sequence[str], run: Runner = run_tool) -> tuple[bool, str]:
@@ -122,6 +130,8 @@ def run_sc(args: Sequence[str], run: Runner = run_tool) -> tuple[bool, str]:
 def service_state(name: str, run: Runner = run_tool) -> str | None:
     """"RUNNING", "STOPPED", ... or None when no such service is installed."""
     proc = run(sc_args("query", name))
+    if proc.returncode == NOT_RUN:
+        return "UNKNOWN"   # (the service manager could not be asked: installed or not is not known)
     if proc.returncode != 0:
         return None
     return parse_sc_state(proc.stdout or "") or "UNKNOWN"
@@ -152,6 +162,8 @@ def firewall_rule_state(rule: str, run: Runner = run_tool) -> str:
     try:
         proc = run(firewall_show_args(rule))
     except OSError:  # no netsh at all
+        return FIREWALL_UNKNOWN
+    if proc.returncode == NOT_RUN:
         return FIREWALL_UNKNOWN
     return parse_firewall_show(rule, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
 

@@ -196,3 +196,14 @@ def test_the_firewall_rule_is_read_from_what_netsh_prints(returncode: int, outpu
     run, _ = _fake_sc(returncode, output)
     assert ws.firewall_rule_state("guardproxy", run) == state
     assert ws.firewall_rule_exists("guardproxy", run) is (state == "present")
+
+
+def test_a_tool_windows_cannot_start_is_an_answer_not_a_traceback() -> None:
+    # (Wine's CreateProcess has failed with WinError 1359 now and then; a missing sc.exe is the same case.)
+    proc = ws.run_tool(["guardproxy-no-such-program.exe", "query", "x"])
+    assert proc.returncode == ws.NOT_RUN and proc.stderr.startswith("cannot run guardproxy-no-such-program.exe: ")
+    cannot = lambda args: ws.run_tool(["guardproxy-no-such-program.exe", *args[1:]])  # noqa: E731
+    assert ws.service_state("guardproxy", cannot) == "UNKNOWN"
+    assert ws.firewall_rule_state("guardproxy", cannot) == ws.FIREWALL_UNKNOWN
+    ok, why = ws.run_sc(["guardproxy-no-such-program.exe", "start", "x"])
+    assert not ok and "cannot run guardproxy-no-such-program.exe" in why
