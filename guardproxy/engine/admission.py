@@ -57,11 +57,7 @@ async def admit(gate: Gate, key: KeyEntry, client: str, route: Route, model: str
         at_once = admit_at_once(gate, route, model, host_name, forward=forward)
         if at_once is not None:
             return at_once
-        ticket = await state.admit(key, client, False, None)
-        if not forward:
-            return Grant(ticket, None, hosts.request(route, model, host_name))
-        member, wanted = hosts.first(route, model, host_name)
-        return Grant(ticket, member, wanted)
+        return _placed_at_once(gate, await state.admit(key, client, False, None), route, model, host_name, forward)
     if state.shares_hosts:
         member, wanted = hosts.pick(route, model, host_name)
         ticket = await state.admit(key, client, True, gone, member.name, member.settings.max_concurrent, reserve)
@@ -98,11 +94,17 @@ def admit_at_once(gate: Gate, route: Route, model: str | None, host_name: str | 
     admit().  (Two coroutines fewer on every small request.)"""
     if route.generation or not gate.state.decided_before_admit:
         return None
+    return _placed_at_once(gate, NO_TICKET, route, model, host_name, forward)
+
+
+def _placed_at_once(gate: Gate, ticket: Ticket, route: Route, model: str | None, host_name: str | None,
+                    forward: bool) -> Grant:
+    """The grant of a request that takes no slot: its host placed now (it never waits for one)."""
     hosts = gate.hosts
     if not forward:
-        return Grant(NO_TICKET, None, hosts.request(route, model, host_name))
+        return Grant(ticket, None, hosts.request(route, model, host_name))
     member, wanted = hosts.first(route, model, host_name)
-    return Grant(NO_TICKET, member, wanted)
+    return Grant(ticket, member, wanted)
 
 
 def _still_allowed(gate: Gate, key: KeyEntry, client: str) -> None:

@@ -163,9 +163,9 @@ class LocalState(State):
         slot = pol.slots_on
         if slot:
             gate = pol.gate
-            if gate.max_total is not None and gate.total >= gate.max_total:
+            if not gate.fits(key.name, None, DEFAULT_HOST, None, gate.max_total):
                 return Full.ALL
-            if key.max_concurrent is not None and gate.running.get(key.name, 0) >= key.max_concurrent:
+            if not gate.fits(key.name, key.max_concurrent, DEFAULT_HOST, None, None):
                 return Full.KEY
         if budget is None:
             if not slot:
