@@ -21,5 +21,7 @@ def test_quick_bench_prints_a_checked_table_per_scenario(tmp_path: Path) -> None
     tables = report[report.index("### 1. "):]
     rows = [line for line in tables.splitlines() if line.startswith("| guardproxy |")]
     assert len(rows) == 7
-    assert all("n/a" not in row for row in rows)
+    missing = [row for row in rows if "n/a" in row]
+    assert not missing, "a figure with no value (its table's row; the run's output follows):\n" + "\n".join(
+        missing) + "\n" + proc.stdout[-3000:]
     assert "| direct |" in report
